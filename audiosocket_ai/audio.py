@@ -1,0 +1,230 @@
+"""Audio plumbing: formats, streaming resampling, 20 ms framing and G.711 helpers.
+
+Everything here is synchronous and I/O-free. PCM is always signed 16-bit little-endian
+mono ``bytes`` unless a function says otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import attrs
+import numpy as np
+import soxr
+
+FRAME_MS = 20
+"""Telephony frame length: Asterisk sends, and expects, one message per 20 ms."""
+
+SAMPLE_WIDTH = 2
+"""Bytes per sample of signed-linear audio."""
+
+Quality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
+
+
+def frame_bytes(rate: int, ms: int = FRAME_MS) -> int:
+    """Bytes of slin audio in ``ms`` milliseconds at ``rate`` Hz (320 for 20 ms at 8 kHz).
+
+    44.1 kHz does not divide into 20 ms evenly (882 samples, fine) — every supported rate
+    gives a whole number of samples per 20 ms.
+    """
+    return rate * ms // 1000 * SAMPLE_WIDTH
+
+
+def duration_ms(pcm_len: int, rate: int) -> float:
+    """Milliseconds of audio in ``pcm_len`` bytes of slin at ``rate``."""
+    return pcm_len / SAMPLE_WIDTH / rate * 1000.0
+
+
+def silence(rate: int, ms: float = FRAME_MS) -> bytes:
+    """``ms`` of digital silence at ``rate`` (rounded down to whole samples)."""
+    return bytes(int(rate * ms / 1000) * SAMPLE_WIDTH)
+
+
+def rms_dbfs(pcm: bytes) -> float:
+    """Loudness of ``pcm`` in dBFS (-inf for digital silence)."""
+    if len(pcm) < 2:
+        return float("-inf")
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    power = float(np.mean(samples * samples))
+    if power <= 0.0:
+        return float("-inf")
+    return 10.0 * np.log10(power / (32768.0 * 32768.0))
+
+
+@attrs.frozen
+class AudioFormat:
+    """A slin stream's shape: rate in Hz (mono, 16-bit little-endian)."""
+
+    rate: int
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes in one 20 ms frame."""
+        return frame_bytes(self.rate)
+
+
+class Resampler:
+    """Streaming sample-rate converter (soxr) that loses and duplicates nothing.
+
+    soxr keeps filter state between chunks, so a signal resampled chunk by chunk equals
+    the same signal resampled in one call (within soxr's own rounding), whatever the chunk
+    sizes: this is what lets us resample 20 ms frames as they arrive. Call :meth:`flush`
+    at the end of a stream to get the filter's tail.
+
+    Args:
+        in_rate: rate of the input PCM.
+        out_rate: rate wanted.
+        quality: soxr quality; ``"HQ"`` towards speech recognition, ``"MQ"`` or ``"LQ"``
+            where latency and CPU matter more than the last dB of stop-band.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream = (
+            None
+            if in_rate == out_rate
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
+        )
+        self._odd = b""
+
+    def process(self, pcm: bytes) -> bytes:
+        """Resample a chunk; output may lag input by the filter delay until :meth:`flush`."""
+        if self._odd:
+            pcm = self._odd + pcm
+            self._odd = b""
+        if len(pcm) % 2:
+            self._odd = pcm[-1:]
+            pcm = pcm[:-1]
+        if self._stream is None:
+            return bytes(pcm)
+        samples = np.frombuffer(pcm, dtype="<i2")
+        return self._stream.resample_chunk(samples, last=False).astype("<i2").tobytes()
+
+    def flush(self) -> bytes:
+        """Return what the filter still holds and reset for a new stream."""
+        if self._stream is None:
+            return b""
+        tail = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).astype("<i2").tobytes()
+        self._stream.clear()
+        return tail
+
+
+def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> bytes:
+    """Resample a whole buffer in one call (e.g. a synthesized sentence)."""
+    if in_rate == out_rate or not pcm:
+        return pcm
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    return soxr.resample(samples, in_rate, out_rate, quality=quality).astype("<i2").tobytes()
+
+
+class Framer:
+    """Cuts a stream of PCM chunks into exact fixed-size frames, keeping the remainder."""
+
+    def __init__(self, frame_size: int) -> None:
+        if frame_size <= 0 or frame_size % 2:
+            raise ValueError(f"frame size must be a positive even byte count, got {frame_size}")
+        self.frame_size = frame_size
+        self._pending = bytearray()
+
+    def push(self, pcm: bytes) -> list[bytes]:
+        """Add ``pcm``; return every whole frame now available."""
+        self._pending += pcm
+        size = self.frame_size
+        count = len(self._pending) // size
+        frames = [bytes(self._pending[i * size : (i + 1) * size]) for i in range(count)]
+        del self._pending[: count * size]
+        return frames
+
+    def flush(self, *, pad: bool = True) -> bytes | None:
+        """Return the partial last frame (zero-padded if ``pad``), or None if empty."""
+        if not self._pending:
+            return None
+        tail = bytes(self._pending)
+        self._pending.clear()
+        return tail + bytes(self.frame_size - len(tail)) if pad else tail
+
+
+# --- G.711 -----------------------------------------------------------------------------
+# Tables built once with the ITU-T G.711 reference algorithm (as in Sun's g711.c).
+
+def _ulaw_to_linear(byte: int) -> int:
+    byte = ~byte & 0xFF
+    t = ((byte & 0x0F) << 3) + 0x84
+    t <<= (byte & 0x70) >> 4
+    return (0x84 - t) if byte & 0x80 else (t - 0x84)
+
+
+def _alaw_to_linear(byte: int) -> int:
+    byte ^= 0x55
+    t = (byte & 0x0F) << 4
+    seg = (byte & 0x70) >> 4
+    if seg == 0:
+        t += 8
+    elif seg == 1:
+        t += 0x108
+    else:
+        t = (t + 0x108) << (seg - 1)
+    return t if byte & 0x80 else -t
+
+
+_ULAW_DECODE = np.array([_ulaw_to_linear(b) for b in range(256)], dtype="<i2")
+_ALAW_DECODE = np.array([_alaw_to_linear(b) for b in range(256)], dtype="<i2")
+
+
+_SEG_END = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
+
+
+def _linear_to_ulaw(sample: int) -> int:
+    value = sample >> 2
+    if value < 0:
+        value, mask = -value, 0x7F
+    else:
+        mask = 0xFF
+    value = min(value, 8159) + 33
+    for segment, bound in enumerate(_SEG_END):
+        if value <= bound:
+            return (((segment << 4) | ((value >> (segment + 1)) & 0x0F)) ^ mask) & 0xFF
+    return 0x7F ^ mask
+
+
+def _linear_to_alaw(sample: int) -> int:
+    if sample >= 0:
+        mask = 0xD5
+    else:
+        mask = 0x55
+        sample = -sample - 1
+    sample = min(sample, 32767)
+    if sample < 256:
+        return ((sample >> 4) & 0x0F | 0) ^ mask
+    exponent = min(sample.bit_length() - 8, 7)
+    mantissa = (sample >> (exponent + 3)) & 0x0F
+    return ((exponent << 4) | mantissa) ^ mask
+
+
+@functools.cache
+def _encode_table(law: str) -> np.ndarray:
+    """65,536-entry table indexed by a sample's unsigned bit pattern, built on first use."""
+    encode = _linear_to_ulaw if law == "ulaw" else _linear_to_alaw
+    return np.array([encode(s - 65536 if s >= 32768 else s) for s in range(65536)], dtype=np.uint8)
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    """G.711 μ-law bytes → slin."""
+    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    """slin → G.711 μ-law bytes."""
+    return _encode_table("ulaw")[np.frombuffer(pcm, dtype="<u2")].tobytes()
+
+
+def alaw_decode(data: bytes) -> bytes:
+    """G.711 A-law bytes → slin."""
+    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+
+
+def alaw_encode(pcm: bytes) -> bytes:
+    """slin → G.711 A-law bytes."""
+    return _encode_table("alaw")[np.frombuffer(pcm, dtype="<u2")].tobytes()
