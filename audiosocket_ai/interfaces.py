@@ -18,7 +18,7 @@ Design rules, so that any engine (local model or cloud API) fits the real-time p
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -39,7 +39,7 @@ class SpeechEnded:
     at_ms: float
 
 
-VadEvent = Union[SpeechStarted, SpeechEnded]
+VadEvent = SpeechStarted | SpeechEnded
 
 
 @attrs.frozen

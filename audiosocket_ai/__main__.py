@@ -1,0 +1,3 @@
+from audiosocket_ai.cli import main
+
+main()

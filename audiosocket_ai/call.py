@@ -1,0 +1,417 @@
+"""One AudioSocket connection after its UUID: reader, paced writer and agent, in one nursery.
+
+Data flow (bytes in → frames out), all inside :meth:`Call.run`::
+
+    socket ──read──▶ Decoder ──▶ inbound audio channel (bounded; drops when full) ──▶ agent
+                              └─▶ DTMF channel                                   ──▶ agent
+    agent ──Playback.write──▶ Playout queue (bounded; holds writers back)
+    Playout.run ── one frame per 20 ms tick ──▶ socket   (the only writer while the call runs)
+
+The call ends — and every task in its nursery with it — when the peer closes, when the
+agent hangs up (hangup frame, then close), when the agent fails, or on a protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import uuid as uuid_module
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .audio import FRAME_MS, frame_bytes, ulaw_decode
+from .playout import DEFAULT_MAX_AHEAD_MS, Playback, Playout
+from .protocol import Audio, Decoder, Dtmf, Error, Hangup, Message, ProtocolError, Unknown, Uuid
+from .protocol.encoder import HANGUP_BYTES
+
+log = logging.getLogger(__name__)
+
+AgentFunction = Callable[["Call"], Awaitable[None]]
+
+
+class EndReason(enum.StrEnum):
+    """Why a call ended; logged, counted in metrics and kept in the call outcome."""
+
+    CALLER_HUNG_UP = "caller_hung_up"
+    AGENT_HUNG_UP = "agent_hung_up"
+    AGENT_FINISHED = "agent_finished"
+    AGENT_ERROR = "agent_error"
+    PROTOCOL_ERROR = "protocol_error"
+    PEER_ERROR = "peer_error"
+    CONNECTION_LOST = "connection_lost"
+    PEER_NOT_READING = "peer_not_reading"
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_DURATION = "max_duration"
+    SHUTDOWN = "shutdown"
+
+
+@attrs.define(kw_only=True)
+class CallSettings:
+    """Per-call knobs the server passes down (all have production-sane defaults)."""
+
+    default_rate: int = 8000
+    """Rate assumed until the first audio frame says otherwise (the application is 8 kHz)."""
+    rate_detect_ms: int = 30
+    """How long to wait after the UUID for a first audio frame before pacing at the
+    default rate. Dial(AudioSocket/…) sends its first frame within ~1 ms, the application
+    within one frame; waiting this long means we answer in the call's own kind from the
+    first frame and still start well inside Asterisk's 2 s idle timer."""
+    inbound_queue_ms: int = 1000
+    """Inbound audio kept for a slow agent before frames are dropped (and counted)."""
+    max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
+    write_timeout: float = 2.0
+    """A frame that cannot be written for this long means the peer stopped reading."""
+    idle_timeout: float | None = None
+    """End the call after this many seconds without any inbound message (None: never).
+    Off by default: a caller on hold legitimately sends nothing."""
+    max_duration: float | None = None
+    """Hard cap on a call's length in seconds (None: unlimited)."""
+    repair_mislabelled_ulaw: bool = True
+    """Decode 160-byte 0x10 frames at 50/s as μ-law (Dial without ``c()`` from a μ-law
+    caller) instead of treating the noise as speech."""
+    max_payload: int = 0xFFFF
+
+
+@attrs.define
+class CallStats:
+    """Counters for one call (also feed the server's metrics)."""
+
+    frames_in: int = 0
+    bytes_in: int = 0
+    audio_dropped: int = 0
+    dtmf_in: int = 0
+    unknown_in: int = 0
+
+
+class Call:
+    """A live call, as an agent sees it.
+
+    Agents receive the caller's audio with :meth:`audio`, DTMF digits with :meth:`dtmf`,
+    speak with :meth:`play` or :meth:`playback`, cut themselves off with :meth:`flush`
+    and end the call with :meth:`hangup`. Everything else about the socket is handled
+    here: the agent never writes to it directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        uuid: uuid_module.UUID,
+        stream: trio.abc.Stream,
+        decoder: Decoder,
+        pending: list[Message] | None = None,
+        settings: CallSettings | None = None,
+        peer: str = "?",
+    ) -> None:
+        self.uuid = uuid
+        self.peer = peer
+        self.settings = settings or CallSettings()
+        self.stats = CallStats()
+        self.outcome: dict[str, Any] = {}
+        """Free-form results the agent wants the dialplan to read (transfer target,
+        collected fields, …); published by the server when the call ends."""
+        self.end_reason: EndReason | None = None
+        self._stream = stream
+        self._decoder = decoder
+        self._pending = list(pending or [])
+        self.playout = Playout(rate=self.settings.default_rate, max_ahead_ms=self.settings.max_ahead_ms)
+        self._rate_known = trio.Event()
+        inbound_frames = max(1, math.ceil(self.settings.inbound_queue_ms / FRAME_MS))
+        self._audio_send, self._audio_recv = trio.open_memory_channel[Audio](inbound_frames)
+        self._dtmf_send, self._dtmf_recv = trio.open_memory_channel[str](64)
+        self._hangup_requested = False
+        self._hangup_after_playout = True
+        self._hangup_reason = EndReason.AGENT_HUNG_UP
+        self._ended = trio.Event()
+        self._cancel_scope: trio.CancelScope | None = None
+        self._ulaw_suspect = 0
+        self._ulaw_mode = False
+        self._last_inbound = 0.0
+        self.started_at = 0.0
+        self.ended_at = 0.0
+
+    # --- what agents use -------------------------------------------------------------
+
+    @property
+    def rate(self) -> int:
+        """The call's sample rate (known from its first audio frame)."""
+        return self.playout.rate
+
+    @property
+    def played_ms(self) -> int:
+        """Agent audio sent to the caller so far, in milliseconds."""
+        return self.playout.played_ms
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    async def audio(self) -> AsyncIterator[Audio]:
+        """Iterate the caller's audio frames (slin at :attr:`rate`) until the call ends."""
+        async for frame in self._audio_recv:
+            yield frame
+
+    async def dtmf(self) -> AsyncIterator[str]:
+        """Iterate DTMF digits as the caller presses them, until the call ends."""
+        async for digit in self._dtmf_recv:
+            yield digit
+
+    def playback(self, rate: int | None = None) -> Playback:
+        """Open an utterance to stream audio into (``async with call.playback() as p``)."""
+        return self.playout.open(rate)
+
+    async def play(self, pcm: bytes, rate: int | None = None, *, wait: bool = False) -> Playback:
+        """Queue ``pcm`` (slin at ``rate``, default the call's) as one utterance.
+
+        Returns once the audio is queued, or once it has been played if ``wait``.
+        """
+        playback = self.playout.open(rate)
+        await playback.write(pcm)
+        playback.close()
+        if wait:
+            await playback.wait_played()
+        return playback
+
+    def flush(self) -> int:
+        """Stop talking now: drop queued agent audio; returns the ms dropped."""
+        return self.playout.flush()
+
+    async def hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:
+        """End the call politely: let queued audio finish (unless told not to), send the
+        hangup frame, close. ``AudioSocket()`` then returns and the dialplan continues.
+
+        Returns when the call has ended. Called from the agent, the agent is cancelled
+        as part of the call ending, so code after ``await call.hangup()`` does not run.
+        """
+        self.request_hangup(after_playout=after_playout, reason=reason)
+        await self._ended.wait()
+
+    def request_hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:
+        """Like :meth:`hangup` without waiting; safe to call from outside the call."""
+        if self._hangup_requested and not after_playout:
+            self._hangup_after_playout = False
+        if not self._hangup_requested:
+            self._hangup_requested = True
+            self._hangup_after_playout = after_playout
+            self._hangup_reason = reason
+            self.playout.stop_accepting()
+
+    # --- running the call ------------------------------------------------------------
+
+    async def run(self, agent: AgentFunction) -> EndReason:
+        """Serve the call until it ends; never raises for anything the peer or agent did."""
+        self.started_at = self._last_inbound = trio.current_time()
+        log.info("call started from %s", self.peer)
+        try:
+            with trio.CancelScope() as scope:
+                self._cancel_scope = scope
+                if self.settings.max_duration is not None:
+                    scope.deadline = self.started_at + self.settings.max_duration
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._wait_for_rate()
+                    nursery.start_soon(self._write_loop)
+                    nursery.start_soon(self._run_agent, agent)
+                    if self.settings.idle_timeout is not None:
+                        nursery.start_soon(self._idle_watchdog)
+            if scope.cancelled_caught and self.end_reason is None:
+                self.end_reason = EndReason.MAX_DURATION
+                await self._send_final_hangup()
+        finally:
+            self._ended.set()
+            self.ended_at = trio.current_time()
+            with trio.CancelScope(shield=True):
+                await _close_quietly(self._stream)
+        reason = self.end_reason or EndReason.CONNECTION_LOST
+        log.info(
+            "call ended reason=%s duration=%.1fs frames_in=%d frames_out=%d agent_ms=%d underruns=%d late_ticks=%d",
+            reason.value, self.ended_at - self.started_at, self.stats.frames_in, self.playout.frames_sent,
+            self.playout.played_ms, self.playout.underruns, self.playout.late_ticks,
+        )
+        return reason
+
+    def _finish(self, reason: EndReason) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def _wait_for_rate(self) -> None:
+        with trio.move_on_after(self.settings.rate_detect_ms / 1000):
+            await self._rate_known.wait()
+
+    async def _read_loop(self) -> None:
+        try:
+            for message in self._pending:
+                self._dispatch(message)
+            self._pending.clear()
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    self._decoder.eof()
+                    log.info("caller closed the connection")
+                    self._finish(EndReason.CALLER_HUNG_UP)
+                    return
+                self._last_inbound = trio.current_time()
+                for message in self._decoder.feed(data):
+                    self._dispatch(message)
+                    if self.end_reason is not None:
+                        return
+        except ProtocolError as exc:
+            log.error("protocol error from %s: %s; hanging up", self.peer, exc)
+            self.request_hangup(after_playout=False, reason=EndReason.PROTOCOL_ERROR)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("connection lost while reading: %s", exc or type(exc).__name__)
+            self._finish(EndReason.CONNECTION_LOST)
+        finally:
+            self._audio_send.close()
+            self._dtmf_send.close()
+
+    def _dispatch(self, message: Message) -> None:
+        stats = self.stats
+        stats.frames_in += 1
+        match message:
+            case Audio():
+                stats.bytes_in += len(message.pcm)
+                message = self._check_ulaw(message)
+                if not self._rate_known.is_set():
+                    self.playout.set_rate(message.rate)
+                    self._rate_known.set()
+                    log.info("call audio is slin %d Hz", message.rate)
+                elif message.rate != self.playout.rate:
+                    log.warning("caller audio changed from %d to %d Hz", self.playout.rate, message.rate)
+                    self.playout.set_rate(message.rate)
+                try:
+                    self._audio_send.send_nowait(message)
+                except trio.WouldBlock:
+                    stats.audio_dropped += 1
+                    if stats.audio_dropped in (1, 10, 100) or stats.audio_dropped % 1000 == 0:
+                        log.warning("agent is not keeping up: %d inbound frames dropped", stats.audio_dropped)
+            case Dtmf(digit=digit):
+                stats.dtmf_in += 1
+                log.info("dtmf digit=%s", digit)
+                try:
+                    self._dtmf_send.send_nowait(digit)
+                except trio.WouldBlock:
+                    log.warning("dtmf digit=%s dropped: agent is not reading digits", digit)
+            case Uuid():
+                log.warning("second UUID message ignored (%s)", message.uuid)
+            case Hangup():
+                log.info("peer sent a hangup message")
+                self._finish(EndReason.CALLER_HUNG_UP)
+            case Error(code=code):
+                log.error("peer sent an error message (code %s); ending the call", code)
+                self._finish(EndReason.PEER_ERROR)
+            case Unknown(kind=kind, reason=why):
+                stats.unknown_in += 1
+                if stats.unknown_in <= 5:
+                    log.warning("skipping message kind 0x%02x: %s", kind, why)
+
+    def _check_ulaw(self, message: Audio) -> Audio:
+        """Spot μ-law bytes labelled as slin 8 kHz (Dial(AudioSocket/…) without ``c()``).
+
+        Asterisk then sends 160-byte 0x10 frames every 20 ms; real slin at 8 kHz is 320
+        bytes per 20 ms. Ten such frames in a row, on a call with no other frame size, are
+        the signature.
+        """
+        if self._ulaw_mode:
+            return Audio(8000, ulaw_decode(message.pcm)) if message.rate == 8000 else message
+        if message.rate != 8000 or self._ulaw_suspect < 0:
+            return message
+        if len(message.pcm) == frame_bytes(8000) // 2:
+            self._ulaw_suspect += 1
+            if self._ulaw_suspect >= 10:
+                log.warning(
+                    "inbound 0x10 frames are 160 bytes every 20 ms: this looks like μ-law labelled "
+                    "as slin (add c(slin) or c(slin16) to Dial(AudioSocket/…)); %s",
+                    "decoding it as μ-law" if self.settings.repair_mislabelled_ulaw else "NOT repairing",
+                )
+                if self.settings.repair_mislabelled_ulaw:
+                    self._ulaw_mode = True
+                    return Audio(8000, ulaw_decode(message.pcm))
+                self._ulaw_suspect = -1
+        else:
+            self._ulaw_suspect = -1
+        return message
+
+    async def _write_loop(self) -> None:
+        playout = self.playout
+
+        def should_stop() -> bool:
+            return self._hangup_requested and (not self._hangup_after_playout or not playout.speaking)
+
+        try:
+            await playout.run(self._send, should_stop=should_stop)
+        except _WriteFailed:
+            return
+        self.end_reason = self.end_reason or self._hangup_reason
+        await self._send_final_hangup()
+        self._finish(self._hangup_reason)
+
+    async def _send_final_hangup(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._send(HANGUP_BYTES)
+                log.info("sent hangup")
+                with trio.move_on_after(self.settings.write_timeout):
+                    await _send_eof(self._stream)
+            except _WriteFailed:
+                pass
+
+    async def _send(self, data: bytes) -> None:
+        """Write one whole message; never leaves half a frame on the wire."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.settings.write_timeout) as timeout:
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.info("connection lost while writing: %s", exc or type(exc).__name__)
+                    self._finish(EndReason.CONNECTION_LOST)
+                    raise _WriteFailed from exc
+            if timeout.cancelled_caught:
+                log.warning("peer has not read for %.1fs; ending the call", self.settings.write_timeout)
+                self._finish(EndReason.PEER_NOT_READING)
+                raise _WriteFailed
+
+    async def _run_agent(self, agent: AgentFunction) -> None:
+        try:
+            await agent(self)
+        except Exception:
+            log.exception("agent failed; hanging up")
+            self.request_hangup(after_playout=False, reason=EndReason.AGENT_ERROR)
+            return
+        if not self._hangup_requested and self.end_reason is None:
+            log.info("agent returned; hanging up after playout")
+            self.request_hangup(after_playout=True, reason=EndReason.AGENT_FINISHED)
+
+    async def _idle_watchdog(self) -> None:
+        timeout = self.settings.idle_timeout
+        assert timeout is not None
+        while True:
+            await trio.sleep_until(self._last_inbound + timeout)
+            if trio.current_time() >= self._last_inbound + timeout:
+                log.warning("no inbound message for %.1fs; hanging up", timeout)
+                self.request_hangup(after_playout=False, reason=EndReason.IDLE_TIMEOUT)
+                return
+
+
+class _WriteFailed(Exception):
+    """Internal: the socket can no longer be written; the call is already ending."""
+
+
+async def _send_eof(stream: trio.abc.Stream) -> None:
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        try:
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
+    try:
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass

@@ -1,0 +1,152 @@
+"""The ``audiosocket-ai`` command: ``serve`` answers calls, ``call`` places a test call."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import uuid as uuid_module
+import wave
+from pathlib import Path
+
+import click
+import trio
+
+from . import __version__
+from .agent import load_agent_factory, read_wav
+from .audio import resample
+from .call import CallSettings
+from .logging_setup import configure_logging
+from .server import DEFAULT_HOST, DEFAULT_PORT, Server, ServerConfig
+from .testing import run_call
+
+log = logging.getLogger("audiosocket_ai")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="audiosocket-ai")
+def main() -> None:
+    """Put an AI voice agent on an Asterisk line over AudioSocket.
+
+    In the dialplan: Answer() then AudioSocket(${UUID()},127.0.0.1:9092); here:
+    audiosocket-ai serve.
+    """
+
+
+@main.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on ('::' for all IPv6+IPv4). AudioSocket has no authentication: "
+                   "keep it on loopback or a private network.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0 picks a free one).")
+@click.option("--agent", "agent_spec", default="echo", show_default=True,
+              help="Built-in agent name (echo, tone) or module:attribute of your own agent or agent factory.")
+@click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
+              help="Calls served at once; more get a hangup frame.")
+@click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="On SIGTERM/SIGINT, seconds calls in progress may continue before being hung up "
+                   "(a second signal hangs up at once).")
+@click.option("--handshake-timeout", default=5.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a new connection has to send its UUID.")
+@click.option("--idle-timeout", default=None, type=click.FloatRange(0.1),
+              help="Hang up after this many seconds with no inbound message (default: never).")
+@click.option("--max-duration", default=None, type=click.FloatRange(1),
+              help="Hang up calls longer than this many seconds (default: no limit).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="human", show_default=True, type=click.Choice(["human", "json"]),
+              help="One line per event; every line names the call.")
+def serve(host: str, port: int, agent_spec: str, max_calls: int, drain_timeout: float,
+          handshake_timeout: float, idle_timeout: float | None, max_duration: float | None,
+          log_level: str, log_format: str) -> None:
+    """Answer AudioSocket calls with an agent until SIGINT/SIGTERM."""
+    configure_logging(log_level, fmt=log_format)
+    try:
+        factory = load_agent_factory(agent_spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--agent") from exc
+    config = ServerConfig(
+        host=host, port=port, max_calls=max_calls, handshake_timeout=handshake_timeout,
+        drain_timeout=drain_timeout,
+        call=CallSettings(idle_timeout=idle_timeout, max_duration=max_duration),
+    )
+    server = Server(factory, config)
+    try:
+        trio.run(_serve_until_signalled, server)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        sys.exit(1)
+
+
+async def _serve_until_signalled(server: Server) -> None:
+    listeners = await server.listen()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_handle_signals, signals, server)
+            await server.serve(listeners)
+            nursery.cancel_scope.cancel()
+
+
+async def _handle_signals(signals: trio.abc.ReceiveChannel[int] | object, server: Server) -> None:
+    count = 0
+    async for signum in signals:  # type: ignore[attr-defined]
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.info("%s received: draining (%.1fs); send it again to hang up at once",
+                     name, server.config.drain_timeout)
+            server.drain()
+        else:
+            log.info("%s received again: hanging up every call now", name)
+            server.hangup_all()
+
+
+@main.command()
+@click.argument("wav_in", metavar="IN.wav", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "wav_out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write what the server sent back (WAV at the call's rate).")
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--rate", default="8000", show_default=True, type=click.Choice(["8000", "16000"]),
+              help="8000 sends kind 0x10 like AudioSocket(); "
+                   "16000 sends 0x12 like Dial(AudioSocket/…/c(slin16)).")
+@click.option("--dtmf", default="", help="DTMF digits to press (0-9*#A-D), 200 ms apart.")
+@click.option("--dtmf-at", "dtmf_at_ms", default=None, type=click.IntRange(0),
+              help="Milliseconds after the start to press the digits (default: after the audio).")
+@click.option("--tail", "tail_ms", default=3000, show_default=True, type=click.IntRange(0),
+              help="Milliseconds to keep listening (sending silence) after the audio, unless the server hangs up first.")
+@click.option("--uuid", "call_uuid", default=None, help="Call UUID to send (random by default).")
+def call(wav_in: Path, wav_out: Path, host: str, port: int, rate: str, dtmf: str, dtmf_at_ms: int | None,
+         tail_ms: int, call_uuid: str | None) -> None:
+    """Play IN.wav into a server exactly as Asterisk would and record the reply.
+
+    Sends the UUID, then the audio as paced 20 ms slin frames (and DTMF if asked), keeps
+    the line open for --tail ms, and writes every audio frame received to --out. Prints a
+    one-line summary: frames, duration, how the call ended.
+    """
+    bad = set(dtmf) - set("0123456789*#ABCD")
+    if bad:
+        raise click.BadParameter(f"not DTMF digits: {''.join(sorted(bad))}", param_hint="--dtmf")
+    try:
+        pcm, file_rate = read_wav(wav_in)
+    except (ValueError, wave.Error, EOFError) as exc:
+        raise click.BadParameter(str(exc), param_hint="IN.wav") from exc
+    call_rate = int(rate)
+    pcm = resample(pcm, file_rate, call_rate)
+    parsed_uuid = uuid_module.UUID(call_uuid) if call_uuid else None
+    try:
+        pbx = trio.run(lambda: run_call(host, port, pcm, rate=call_rate, dtmf=dtmf, dtmf_at_ms=dtmf_at_ms,
+                                        tail_ms=tail_ms, uuid=parsed_uuid))
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {host}:{port}: {exc}") from exc
+    reply = pbx.received_audio()
+    summary = pbx.summary()
+    out_rate = summary.rates[0] if len(summary.rates) == 1 else call_rate
+    with wave.open(str(wav_out), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(out_rate)
+        out.writeframes(reply)
+    click.echo(summary.describe())
+    if pbx.protocol_error is not None:
+        raise click.ClickException(f"server broke the protocol: {pbx.protocol_error}")

@@ -1,0 +1,286 @@
+"""Outbound audio for one call: a queue of 20 ms frames paced on an absolute clock.
+
+Asterisk plays what it receives the moment it arrives and drops what overflows its queue,
+so the server must be the clock. :class:`Playout` holds the agent's audio as whole frames;
+:meth:`Playout.run` sends exactly one frame per 20 ms tick (agent audio if any is queued,
+silence otherwise) with deadlines computed as ``start + n * 20 ms`` so that the time spent
+sending never accumulates into drift. If the event loop stalls for longer than a tick it
+does not catch up with a burst: it resynchronises and counts the ticks it lost.
+
+Audio is queued through :class:`Playback` handles (one per utterance). A handle knows how
+much of *its* audio was actually sent, which is what barge-in needs to keep only the words
+the caller heard.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .audio import FRAME_MS, frame_bytes, resample
+from .protocol.encoder import encode_audio
+from .protocol.kinds import AUDIO_KIND_BY_RATE
+
+log = logging.getLogger(__name__)
+
+TICK = FRAME_MS / 1000.0
+"""Seconds between two outbound frames."""
+
+DEFAULT_MAX_AHEAD_MS = 500
+"""How much agent audio may wait in the queue before writers are held back.
+
+Large enough that a writer delayed by a busy event loop does not starve the pacer, small
+enough that memory stays bounded; barge-in does not depend on it (``flush`` is instant).
+"""
+
+
+class Playback:
+    """One utterance queued for playout: write PCM into it, then close it.
+
+    Created by :meth:`Playout.open`. ``played_ms`` counts the frames of this utterance
+    that have really been sent to Asterisk; after a flush it stays at what was heard.
+    """
+
+    def __init__(self, playout: Playout, rate: int | None) -> None:
+        self._playout = playout
+        self._source_rate = rate
+        self._partial = bytearray()
+        self.queued_frames = 0
+        self.played_frames = 0
+        self.dropped_frames = 0
+        self.closed = False
+        self.interrupted = False
+        self._done = trio.Event()
+
+    @property
+    def played_ms(self) -> int:
+        """Milliseconds of this utterance the caller has heard so far."""
+        return self.played_frames * FRAME_MS
+
+    @property
+    def done(self) -> bool:
+        """True once every frame was played or dropped and no more can be written."""
+        return self._done.is_set()
+
+    async def write(self, pcm: bytes, rate: int | None = None) -> None:
+        """Queue ``pcm`` (slin at ``rate``, default the rate given at open or the call's).
+
+        Waits while the playout queue is full, so a fast producer (TTS) is held back to
+        real time instead of growing memory.
+
+        Raises:
+            trio.ClosedResourceError: this playback was closed or flushed.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("playback already closed (flushed or finished)")
+        rate = rate or self._source_rate or self._playout.rate
+        if rate != self._playout.rate:
+            pcm = resample(pcm, rate, self._playout.rate, quality="MQ")
+        self._partial += pcm
+        size = self._playout.frame_size
+        whole = len(self._partial) // size * size
+        if whole:
+            chunk = bytes(self._partial[:whole])
+            del self._partial[:whole]
+            await self._playout._enqueue(self, chunk)
+
+    def close(self) -> None:
+        """No more audio: pad the last partial frame with silence and let it play out."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._partial:
+            tail = bytes(self._partial) + bytes(self._playout.frame_size - len(self._partial))
+            self._partial.clear()
+            self._playout._enqueue_nowait(self, tail)
+        self._check_done()
+
+    async def wait_played(self) -> None:
+        """Wait until all of this utterance has been sent (or dropped by a flush).
+
+        Closes the playback first, so whatever is written is what will play.
+        """
+        self.close()
+        await self._done.wait()
+
+    async def __aenter__(self) -> Playback:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_done(self) -> None:
+        if self.closed and self.played_frames + self.dropped_frames >= self.queued_frames:
+            self._done.set()
+
+
+class Playout:
+    """The paced outbound stream of one call.
+
+    Args:
+        rate: the call's sample rate; outbound frames use the matching slin kind.
+        max_ahead_ms: queue size that makes :meth:`Playback.write` wait.
+    """
+
+    def __init__(self, *, rate: int = 8000, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
+        self._frames: collections.deque[tuple[Playback, bytes]] = collections.deque()
+        self._max_frames = max(1, math.ceil(max_ahead_ms / FRAME_MS))
+        self._space = trio.lowlevel.ParkingLot()
+        self._last_handle: Playback | None = None
+        self.closing = False
+        self.rate = rate
+        self.frame_size = frame_bytes(rate)
+        self._silence_message = b""
+        self._kind = 0
+        self._set_rate(rate)
+        # statistics, read by metrics and tests
+        self.frames_sent = 0
+        self.agent_frames_sent = 0
+        self.silence_frames_sent = 0
+        self.late_ticks = 0
+        self.resyncs = 0
+        self.underruns = 0
+        self.frames_flushed = 0
+
+    # --- producer side -------------------------------------------------------------
+
+    def open(self, rate: int | None = None) -> Playback:
+        """Start a new utterance; audio written to it plays after what is already queued."""
+        return Playback(self, rate)
+
+    @property
+    def queued_ms(self) -> int:
+        """Agent audio waiting to be sent, in milliseconds."""
+        return len(self._frames) * FRAME_MS
+
+    @property
+    def played_ms(self) -> int:
+        """Total agent audio sent on this call, in milliseconds."""
+        return self.agent_frames_sent * FRAME_MS
+
+    @property
+    def speaking(self) -> bool:
+        """True while agent audio is queued: the caller is hearing the agent."""
+        return bool(self._frames)
+
+    def flush(self) -> int:
+        """Drop every queued frame at once (barge-in); return how many ms were dropped.
+
+        Every open playback is marked interrupted and closed, so a producer that keeps
+        writing gets :class:`trio.ClosedResourceError` instead of talking over the caller.
+        """
+        dropped = len(self._frames)
+        handles = {handle for handle, _ in self._frames}
+        if self._last_handle is not None:
+            handles.add(self._last_handle)
+        for handle, _ in self._frames:
+            handle.dropped_frames += 1
+        self._frames.clear()
+        for handle in handles:
+            if not handle.done:
+                handle.interrupted = True
+                handle._partial.clear()
+                handle.closed = True
+                handle._check_done()
+        self.frames_flushed += dropped
+        self._notify_space()
+        return dropped * FRAME_MS
+
+    def stop_accepting(self) -> None:
+        """The call is hanging up: what is queued still plays, new audio is discarded.
+
+        Writers are not raised at (they are about to be cancelled with the call); their
+        audio is simply not queued, so the hangup is not postponed by an agent that keeps
+        talking — or an echo that keeps echoing.
+        """
+        self.closing = True
+        self._notify_space()
+
+    def set_rate(self, rate: int) -> None:
+        """Switch the outbound rate (the caller's codec changed); queued audio is dropped."""
+        if rate == self.rate:
+            return
+        if self._frames:
+            log.warning("call rate changed from %d to %d Hz; dropping %d ms of queued audio",
+                        self.rate, rate, self.queued_ms)
+            self.flush()
+        self._set_rate(rate)
+
+    def _set_rate(self, rate: int) -> None:
+        self.rate = rate
+        self.frame_size = frame_bytes(rate)
+        self._kind = AUDIO_KIND_BY_RATE[rate]
+        self._silence_message = encode_audio(self._kind, bytes(self.frame_size))
+
+    async def _enqueue(self, handle: Playback, pcm: bytes) -> None:
+        size = self.frame_size
+        for offset in range(0, len(pcm), size):
+            while len(self._frames) >= self._max_frames and not self.closing:
+                await self._space.park()
+                if handle.closed:
+                    raise trio.ClosedResourceError("playback flushed while waiting to queue audio")
+            if self.closing:
+                return
+            self._append(handle, pcm[offset : offset + size])
+
+    def _enqueue_nowait(self, handle: Playback, pcm: bytes) -> None:
+        if not self.closing:
+            self._append(handle, pcm)
+
+    def _append(self, handle: Playback, frame: bytes) -> None:
+        self._frames.append((handle, frame))
+        handle.queued_frames += 1
+        self._last_handle = handle
+
+    def _notify_space(self) -> None:
+        if self._space:
+            self._space.unpark_all()
+
+    # --- pacer ---------------------------------------------------------------------
+
+    def next_message(self) -> bytes:
+        """The wire bytes for the next tick: one agent frame, or one silence frame."""
+        if self._frames:
+            handle, frame = self._frames.popleft()
+            handle.played_frames += 1
+            handle._check_done()
+            self.agent_frames_sent += 1
+            if len(self._frames) < self._max_frames:
+                self._notify_space()
+            return encode_audio(self._kind, frame)
+        last = self._last_handle
+        if last is not None and not last.closed and last.played_frames:
+            # an utterance is open and has started, but its next audio is not here yet
+            self.underruns += 1
+        self.silence_frames_sent += 1
+        return self._silence_message
+
+    async def run(self, send: Callable[[bytes], Awaitable[object]], *,
+                  should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Send one frame per 20 ms tick through ``send`` until ``should_stop()`` is true.
+
+        ``should_stop`` is checked before every tick, so a hangup waits at most one tick.
+
+        Cancellation: may be cancelled between ticks; ``send`` itself should shield the
+        write so that a frame is never left half-written.
+        """
+        deadline = trio.current_time()
+        while not should_stop():
+            await send(self.next_message())
+            self.frames_sent += 1
+            deadline += TICK
+            now = trio.current_time()
+            behind = now - deadline
+            if behind > TICK:
+                # The loop stalled for more than a tick. Sending the missed frames now
+                # would be a burst Asterisk partly drops; skip them and start afresh.
+                missed = int(behind / TICK)
+                self.late_ticks += missed
+                self.resyncs += 1
+                deadline += missed * TICK
+            await trio.sleep_until(deadline)
+

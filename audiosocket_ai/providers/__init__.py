@@ -1,0 +1,1 @@
+"""Speech and language providers that implement :mod:`audiosocket_ai.interfaces`."""

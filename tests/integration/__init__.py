@@ -1,0 +1,1 @@
+"""Tests against a real Asterisk (marker ``integration``); see docs/integration-tests.md."""

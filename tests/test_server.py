@@ -1,0 +1,265 @@
+"""The server and a call's life cycle over real loopback TCP."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+
+import numpy as np
+import pytest
+import trio
+
+import audiosocket_ai as asa
+from audiosocket_ai.call import CallSettings
+from audiosocket_ai.protocol import Audio, Hangup, encode
+from audiosocket_ai.testing import FakeAsterisk
+
+from .conftest import established, noise, settled, until_echoed
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+async def test_echo_returns_the_same_audio_in_the_same_kind(serve, rate: int) -> None:
+    sent = noise(1000, rate)
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port, rate=rate) as pbx:
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+    received = pbx.received_audio()
+    assert sent in received, "echo must be bit-exact"
+    assert {item.message.rate for item in pbx.received if isinstance(item.message, Audio)} == {rate}
+
+
+async def test_silence_flows_before_the_agent_speaks(serve) -> None:
+    async def slow_greeter(call: asa.Call) -> None:
+        await trio.sleep(0.5)
+        await call.play(asa.tone_pcm(500, 200, call.rate), wait=True)
+        await call.hangup()
+
+    async with serve(slow_greeter) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=5)
+    frames = [item for item in pbx.received if isinstance(item.message, Audio)]
+    first_audible = next(i for i, item in enumerate(frames) if any(item.message.pcm))
+    assert frames[0].t - pbx.connected_at < 0.2, "silence starts right after the UUID"
+    assert 20 <= first_audible <= 30, "≈25 silence frames while the agent waits 0.5 s"
+    assert sum(1 for item in frames if any(item.message.pcm)) == 10
+    assert all(len(item.message.pcm) == 320 for item in frames)
+    assert isinstance(pbx.received[-1].message, Hangup)
+
+
+async def test_agent_hangup_plays_everything_then_sends_hangup_then_closes(serve) -> None:
+    async with serve(asa.ToneAgent(duration_ms=1000)) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=5)
+        await settled(server)
+        assert server.stats.ended == {"agent_hung_up": 1}
+    assert pbx.server_hung_up and pbx.server_closed
+    audible = [item for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm)]
+    assert len(audible) == 50, "the whole 1000 ms prompt is heard before the hangup"
+    assert isinstance(pbx.received[-1].message, Hangup)
+    span = audible[-1].t - audible[0].t
+    assert 0.9 < span < 1.2, f"paced in real time, not a burst (took {span:.3f}s)"
+
+
+async def test_caller_hangs_up_mid_playback(serve, calllog) -> None:
+    async with serve(asa.ToneAgent(duration_ms=5000)) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await trio.sleep(0.3)
+        await settled(server)
+        assert server.stats.ended == {"caller_hung_up": 1}
+    ended = [r for r in calllog.records if "call ended" in r.getMessage()]
+    assert len(ended) == 1 and ended[0].call == str(pbx.uuid)
+
+
+async def test_connection_without_uuid_is_closed_after_the_handshake_deadline(serve, calllog) -> None:
+    async with serve(asa.echo_agent, handshake_timeout=0.3) as (server, port):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b""
+        assert server.stats.rejected == {"handshake_timeout": 1}
+        assert server.active_calls == 0
+    assert any("no UUID within 0.3s" in r.getMessage() for r in calllog.records)
+
+
+async def test_first_message_must_be_the_uuid(serve) -> None:
+    async with serve(asa.echo_agent) as (server, port):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(encode(Audio(8000, bytes(320))))
+        with trio.fail_after(3):
+            reply = await stream.receive_some(100)
+        assert reply == b"\x00\x00\x00"
+        assert server.stats.rejected == {"bad_handshake": 1}
+
+
+async def test_calls_over_the_limit_get_a_hangup(serve, calllog) -> None:
+    async with serve(asa.echo_agent, max_calls=1) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as first:
+            await established(server)
+            async with FakeAsterisk.connect("127.0.0.1", port) as second:
+                assert await second.wait_for_hangup(timeout=3)
+            assert second.server_hung_up
+            assert not first.server_hung_up and not first.server_closed
+            assert server.ready is False
+        assert server.stats.rejected == {"max_calls": 1}
+    assert any("max_calls" in r.getMessage() and r.call == str(second.uuid) for r in calllog.records)
+
+
+async def test_bad_bytes_end_only_that_call(serve, calllog) -> None:
+    sent = noise(1500, 8000, seed=7)
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as good:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(good.send_audio, sent)
+                async with FakeAsterisk.connect("127.0.0.1", port) as bad:
+                    await bad.send_silence(100)
+                    await bad.send_raw(b"\x01\x00\x05hello")  # a UUID of 5 bytes: framing is broken
+                    assert await bad.wait_for_hangup(timeout=3)
+            await until_echoed(good, sent)
+            assert not good.server_closed
+        await settled(server)
+        assert server.stats.ended.get("protocol_error") == 1
+    assert bad.server_hung_up, "the broken call still gets a polite hangup frame"
+    assert sent in good.received_audio(), "the other call's audio is intact"
+    errors = [r for r in calllog.records if "protocol error" in r.getMessage()]
+    assert errors and errors[0].call == str(bad.uuid)
+
+
+async def test_unknown_kinds_are_skipped_and_the_call_goes_on(serve, calllog) -> None:
+    sent = noise(300, 8000)
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_raw(b"\x42\x00\x02hi")
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+    assert sent in pbx.received_audio()
+    assert any("skipping message kind 0x42" in r.getMessage() for r in calllog.records)
+
+
+async def test_failing_agent_hangs_up_its_call_only(serve, calllog) -> None:
+    async def broken(call: asa.Call) -> None:
+        await trio.sleep(0.1)
+        raise RuntimeError("model exploded")
+
+    async with serve(broken) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=3)
+        async with FakeAsterisk.connect("127.0.0.1", port) as again:
+            assert await again.wait_for_hangup(timeout=3)
+        await settled(server)
+        assert server.stats.ended == {"agent_error": 2}
+    failure = [r for r in calllog.records if "agent failed" in r.getMessage()]
+    assert failure[0].call == str(pbx.uuid) and failure[0].exc_info
+
+
+async def test_agent_that_returns_hangs_up_after_its_audio(serve) -> None:
+    async def brief(call: asa.Call) -> None:
+        await call.play(asa.tone_pcm(700, 400, call.rate))
+
+    async with serve(brief) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=3)
+    assert sum(1 for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm)) == 20
+    await settled(server)
+    assert server.stats.ended == {"agent_finished": 1}
+
+
+async def test_dtmf_reaches_the_agent_in_order(serve, calllog) -> None:
+    digits: list[str] = []
+
+    async def keypad(call: asa.Call) -> None:
+        async for digit in call.dtmf():
+            digits.append(digit)
+            if digit == "#":
+                await call.hangup()
+
+    async with serve(keypad) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_dtmf("123*ABCD0#", gap_ms=20)
+            assert await pbx.wait_for_hangup(timeout=3)
+    assert "".join(digits) == "123*ABCD0#"
+    logged = [r for r in calllog.records if "dtmf digit=" in r.getMessage()]
+    assert [r.getMessage()[-1] for r in logged] == list("123*ABCD0#")
+    assert {r.call for r in logged} == {str(pbx.uuid)}
+
+
+async def test_mislabelled_ulaw_is_detected_and_decoded(serve, calllog) -> None:
+    tone = asa.tone_pcm(440, 600, 8000)
+    ulaw = asa.audio.ulaw_encode(tone)
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            for offset in range(0, len(ulaw), 160):  # what Dial without c() sends: μ-law in 0x10
+                await pbx.send_raw(encode(Audio(8000, ulaw[offset : offset + 160])))
+                await trio.sleep(0.02)
+            await pbx.send_silence(100)
+    assert any("looks like μ-law labelled as slin" in r.getMessage() for r in calllog.records)
+    echoed = np.frombuffer(pbx.received_audio(), dtype="<i2")
+    crossings = np.sum(np.diff(np.signbit(echoed[np.abs(echoed) > 0])) != 0)
+    assert crossings > 300, "the repaired stream is the 440 Hz tone, not μ-law noise"
+
+
+async def test_drain_lets_calls_finish_and_refuses_new_ones(serve) -> None:
+    sent = noise(600, 8000)
+    async with serve(asa.echo_agent, drain_timeout=5) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            server.drain()
+            await trio.sleep(0.1)
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", port)
+            assert server.ready is False
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+            assert not pbx.server_closed
+    assert sent in pbx.received_audio(), "a draining server keeps serving the call in progress"
+
+
+async def test_shutdown_hangs_up_calls_politely(serve) -> None:
+    async with serve(asa.echo_agent, drain_timeout=0) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            server.drain()
+            assert await pbx.wait_for_hangup(timeout=2)
+        await settled(server)
+        assert server.stats.ended == {"shutdown": 1}
+    assert pbx.server_hung_up
+
+
+async def test_max_duration_and_idle_timeout(serve) -> None:
+    settings = CallSettings(max_duration=0.5)
+    async with serve(asa.echo_agent, call=settings) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=3)
+        assert pbx.server_hung_up
+        await settled(server)
+        assert server.stats.ended == {"max_duration": 1}
+    settings = CallSettings(idle_timeout=0.3)
+    async with serve(asa.echo_agent, call=settings) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            assert await pbx.wait_for_hangup(timeout=3)
+        await settled(server)
+        assert server.stats.ended == {"idle_timeout": 1}
+
+
+async def test_duplicate_uuid_is_refused(serve) -> None:
+    shared = uuid_module.uuid4()
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port, uuid=shared) as first:
+            await established(server)
+            async with FakeAsterisk.connect("127.0.0.1", port, uuid=shared) as second:
+                assert await second.wait_for_hangup(timeout=2)
+            assert not first.server_closed
+        assert server.stats.rejected == {"duplicate_uuid": 1}
+
+
+async def test_ipv6_loopback(serve) -> None:
+    import audiosocket_ai.server as server_module
+
+    server = server_module.Server(lambda: asa.echo_agent, server_module.ServerConfig(host="::1", port=0))
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        port = listeners[0].socket.getsockname()[1]
+        sent = noise(200, 8000)
+        async with FakeAsterisk.connect("::1", port) as pbx:
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+        server.hangup_all()
+    assert sent in pbx.received_audio()
