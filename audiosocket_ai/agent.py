@@ -15,6 +15,7 @@ per-call state in ``self``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -98,7 +99,15 @@ class ToneAgent:
                 pass
 
 
+@functools.cache
+def _default_assistant() -> AgentFunction:
+    from .pipeline.factory import build_assistant
+
+    return build_assistant()
+
+
 BUILTIN_AGENTS: dict[str, Callable[[], Any]] = {
+    "assistant": _default_assistant,
     "echo": lambda: echo_agent,
     "tone": ToneAgent,
 }

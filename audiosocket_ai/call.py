@@ -18,7 +18,7 @@ import logging
 import math
 import uuid as uuid_module
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -132,6 +132,7 @@ class Call:
         self._last_inbound = 0.0
         self.started_at = 0.0
         self.ended_at = 0.0
+        self._taps: list[AudioTap] = []
 
     # --- what agents use -------------------------------------------------------------
 
@@ -198,6 +199,14 @@ class Call:
             self._hangup_after_playout = after_playout
             self._hangup_reason = reason
             self.playout.stop_accepting()
+
+    def add_tap(self, tap: AudioTap) -> None:
+        """See every inbound frame and every outbound tick (for recording); must be cheap."""
+        self._taps.append(tap)
+
+    def remove_tap(self, tap: AudioTap) -> None:
+        if tap in self._taps:
+            self._taps.remove(tap)
 
     # --- running the call ------------------------------------------------------------
 
@@ -284,6 +293,8 @@ class Call:
                 elif message.rate != self.playout.rate:
                     log.warning("caller audio changed from %d to %d Hz", self.playout.rate, message.rate)
                     self.playout.set_rate(message.rate)
+                for tap in self._taps:
+                    tap.on_inbound(message.pcm, message.rate)
                 try:
                     self._audio_send.send_nowait(message)
                 except trio.WouldBlock:
@@ -363,6 +374,9 @@ class Call:
 
     async def _send(self, data: bytes) -> None:
         """Write one whole message; never leaves half a frame on the wire."""
+        if self._taps and len(data) > 3 and data[0] != 0:
+            for tap in self._taps:
+                tap.on_outbound(data[3:], self.playout.rate)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.settings.write_timeout) as timeout:
                 try:
@@ -396,6 +410,14 @@ class Call:
                 log.warning("no inbound message for %.1fs; hanging up", timeout)
                 self.request_hangup(after_playout=False, reason=EndReason.IDLE_TIMEOUT)
                 return
+
+
+class AudioTap(Protocol):
+    """Observer of a call's audio in both directions (e.g. a recorder)."""
+
+    def on_inbound(self, pcm: bytes, rate: int) -> None: ...
+
+    def on_outbound(self, pcm: bytes, rate: int) -> None: ...
 
 
 class _WriteFailed(Exception):

@@ -13,7 +13,7 @@ import click
 import trio
 
 from . import __version__
-from .agent import load_agent_factory, read_wav
+from .agent import AgentFactory, load_agent_factory, read_wav
 from .audio import resample
 from .call import CallSettings
 from .logging_setup import configure_logging
@@ -39,8 +39,9 @@ def main() -> None:
                    "keep it on loopback or a private network.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one).")
-@click.option("--agent", "agent_spec", default="echo", show_default=True,
-              help="Built-in agent name (echo, tone) or module:attribute of your own agent or agent factory.")
+@click.option("--agent", "agent_spec", default="assistant", show_default=True,
+              help="Built-in agent (assistant: the spoken STT→LLM→TTS conversation; echo; tone) or "
+                   "module:attribute of your own agent or agent factory.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
 @click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
@@ -52,19 +53,50 @@ def main() -> None:
               help="Hang up after this many seconds with no inbound message (default: never).")
 @click.option("--max-duration", default=None, type=click.FloatRange(1),
               help="Hang up calls longer than this many seconds (default: no limit).")
+@click.option("--stt", default="whisper", show_default=True,
+              help="Speech recognizer for the assistant: whisper (local), openai[:MODEL], deepgram[:MODEL].")
+@click.option("--llm", default="rules", show_default=True,
+              help="Language model: rules (local, simple), openai[:MODEL] (any OpenAI-compatible server "
+                   "with --llm-base-url).")
+@click.option("--llm-base-url", default=None,
+              help="Base URL of an OpenAI-compatible chat server, e.g. http://127.0.0.1:11434/v1 for Ollama.")
+@click.option("--tts", default="piper", show_default=True,
+              help="Voice: piper (local), openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].")
+@click.option("--vad", default="webrtc", show_default=True, type=click.Choice(["webrtc", "silero"]),
+              help="Voice activity detector that finds the caller's turns.")
+@click.option("--faq", "faq_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file of FAQ answers (and an optional greeting) for the rules model.")
+@click.option("--greeting", default=None, help="What the assistant says when it answers.")
+@click.option("--barge-in", default="on", show_default=True, type=click.Choice(["on", "off", "dtmf"]),
+              help="on: the caller's voice or a key interrupts the agent; dtmf: only a key; off: never.")
+@click.option("--transcript-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Write each call's transcript to DIR/<uuid>.jsonl.")
+@click.option("--record-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Record each call to DIR/<uuid>.wav (stereo: caller left, agent right).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="human", show_default=True, type=click.Choice(["human", "json"]),
               help="One line per event; every line names the call.")
 def serve(host: str, port: int, agent_spec: str, max_calls: int, drain_timeout: float,
           handshake_timeout: float, idle_timeout: float | None, max_duration: float | None,
+          stt: str, llm: str, llm_base_url: str | None, tts: str, vad: str, faq_file: Path | None,
+          greeting: str | None, barge_in: str, transcript_dir: Path | None, record_dir: Path | None,
           log_level: str, log_format: str) -> None:
-    """Answer AudioSocket calls with an agent until SIGINT/SIGTERM."""
+    """Answer AudioSocket calls with an agent until SIGINT/SIGTERM.
+
+    With no options this is the offline assistant: local speech recognition (Whisper
+    tiny.en), a simple rule-based dialogue and a local voice (Piper), no API key needed.
+    """
     configure_logging(log_level, fmt=log_format)
-    try:
-        factory = load_agent_factory(agent_spec)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--agent") from exc
+    if agent_spec == "assistant":
+        factory = _assistant_factory(stt=stt, llm=llm, llm_base_url=llm_base_url, tts=tts, vad=vad, faq_file=faq_file,
+                                     greeting=greeting, barge_in=barge_in, transcript_dir=transcript_dir,
+                                     record_dir=record_dir)
+    else:
+        try:
+            factory = load_agent_factory(agent_spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--agent") from exc
     config = ServerConfig(
         host=host, port=port, max_calls=max_calls, handshake_timeout=handshake_timeout,
         drain_timeout=drain_timeout,
@@ -76,6 +108,34 @@ def serve(host: str, port: int, agent_spec: str, max_calls: int, drain_timeout: 
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         sys.exit(1)
+
+
+def _assistant_factory(*, stt: str, llm: str, llm_base_url: str | None, tts: str, vad: str, faq_file: Path | None,
+                       greeting: str | None, barge_in: str, transcript_dir: Path | None,
+                       record_dir: Path | None) -> AgentFactory:
+    from .pipeline.assistant import AssistantSettings
+    from .pipeline.factory import PipelineSpec, build_assistant
+    from .providers.registry import UnknownProviderError
+
+    settings = AssistantSettings(barge_in=barge_in, transcript_dir=transcript_dir,  # type: ignore[arg-type]
+                                 recording_dir=record_dir)
+    if greeting is not None:
+        settings.greeting = greeting or None
+    llm_options: dict[str, object] = {}
+    if llm_base_url:
+        llm_options["base_url"] = llm_base_url
+    if faq_file is not None:
+        if not llm.startswith(("rules", "local")):
+            raise click.BadParameter("--faq is for the rules model", param_hint="--faq")
+        llm_options["faq_path"] = faq_file
+    spec = PipelineSpec(stt=stt, llm=llm, tts=tts, vad=vad, llm_options=llm_options, settings=settings)
+    try:
+        assistant = build_assistant(spec)
+    except UnknownProviderError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    except Exception as exc:
+        raise click.ClickException(f"cannot start the assistant: {exc}") from exc
+    return lambda: assistant
 
 
 async def _serve_until_signalled(server: Server) -> None:

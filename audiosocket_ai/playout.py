@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .audio import FRAME_MS, frame_bytes, resample
+from .audio import FRAME_MS, Resampler, frame_bytes
 from .protocol.encoder import encode_audio
 from .protocol.kinds import AUDIO_KIND_BY_RATE
 
@@ -54,6 +54,10 @@ class Playback:
         self.dropped_frames = 0
         self.closed = False
         self.interrupted = False
+        self.first_played_at: float | None = None
+        """trio clock time at which this utterance's first frame went on the wire."""
+        self._resampler: Resampler | None = None
+        self._started = trio.Event()
         self._done = trio.Event()
 
     @property
@@ -79,7 +83,10 @@ class Playback:
             raise trio.ClosedResourceError("playback already closed (flushed or finished)")
         rate = rate or self._source_rate or self._playout.rate
         if rate != self._playout.rate:
-            pcm = resample(pcm, rate, self._playout.rate, quality="MQ")
+            # One streaming resampler per utterance: chunk boundaries leave no clicks.
+            if self._resampler is None or self._resampler.in_rate != rate:
+                self._resampler = Resampler(rate, self._playout.rate, quality="MQ")
+            pcm = self._resampler.process(pcm)
         self._partial += pcm
         size = self._playout.frame_size
         whole = len(self._partial) // size * size
@@ -93,10 +100,15 @@ class Playback:
         if self.closed:
             return
         self.closed = True
-        if self._partial:
-            tail = bytes(self._partial) + bytes(self._playout.frame_size - len(self._partial))
-            self._partial.clear()
-            self._playout._enqueue_nowait(self, tail)
+        if self._resampler is not None:
+            self._partial += self._resampler.flush()
+            del self._partial[len(self._partial) // 2 * 2 :]
+        size = self._playout.frame_size
+        while self._partial:
+            # the filter tail may hold more than a frame; pad only the very last one
+            frame = bytes(self._partial[:size])
+            del self._partial[:size]
+            self._playout._enqueue_nowait(self, frame.ljust(size, b"\0"))
         self._check_done()
 
     async def wait_played(self) -> None:
@@ -106,6 +118,15 @@ class Playback:
         """
         self.close()
         await self._done.wait()
+
+    async def wait_started(self) -> None:
+        """Wait until this utterance's first frame is on the wire (or it ended unplayed)."""
+        async with trio.open_nursery() as nursery:
+            async def first_of(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(first_of, self._started)
+            nursery.start_soon(first_of, self._done)
 
     async def __aenter__(self) -> Playback:
         return self
@@ -246,6 +267,9 @@ class Playout:
         """The wire bytes for the next tick: one agent frame, or one silence frame."""
         if self._frames:
             handle, frame = self._frames.popleft()
+            if not handle.played_frames:
+                handle.first_played_at = trio.current_time()
+                handle._started.set()
             handle.played_frames += 1
             handle._check_done()
             self.agent_frames_sent += 1

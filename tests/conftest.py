@@ -68,3 +68,17 @@ async def until_echoed(pbx: Any, sent: bytes, timeout: float = 5.0) -> None:
     with trio.move_on_after(timeout):
         while sent not in pbx.received_audio() and not pbx.server_closed:
             await pbx.send_silence(100)
+
+
+async def keep_line_open(pbx: Any, until: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Send silence (as a phone does) until ``until()`` or the server hangs up; True if ``until()``."""
+    with trio.move_on_after(timeout):
+        while not until():
+            if pbx.server_closed or pbx.server_hung_up:
+                return until()
+            try:
+                await pbx.send_silence(100)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return until()
+        return True
+    return False

@@ -12,6 +12,7 @@ These are fast (no Asterisk needed). Without the captures the tests skip, except
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -169,7 +170,7 @@ def test_any_split_of_the_stream_decodes_identically(capture: Capture, cuts: lis
     offsets = sorted({int(cut * len(data)) for cut in cuts} | {0, len(data)})
     decoder = Decoder()
     messages: list[Message] = []
-    for start, stop in zip(offsets, offsets[1:], strict=False):
+    for start, stop in itertools.pairwise(offsets):
         messages += decoder.feed(data[start:stop])
     assert messages == capture.messages
     assert decoder.buffered == capture.leftover

@@ -113,7 +113,7 @@ async def test_flush_silences_the_next_tick_and_keeps_what_was_heard(
         heard = playback.played_ms
         with pytest.raises(trio.ClosedResourceError):
             await playback.write(b"\x01\x00" * 160)
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
         assert writer_told, "a writer blocked on a full queue learns its playback was flushed"
     assert wire.audible()[flushed_at:] == [False] * (len(wire.frames) - flushed_at)
     assert heard == sum(wire.audible()) * 20 == sum(wire.audible()[:flushed_at]) * 20 > 0

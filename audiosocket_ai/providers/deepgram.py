@@ -526,7 +526,7 @@ class DeepgramSTT:
             return [Transcript(utterance.text(text), is_final=False, confidence=confidence)]
         if text:
             utterance.add(text, confidence)
-        if event.get("from_finalize"):
+        if event.get("speech_final") or event.get("from_finalize"):
             final = utterance.take()
             return [final] if final is not None else []
         if not text:

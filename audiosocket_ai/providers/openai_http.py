@@ -575,7 +575,9 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
         body.update(self.extra_body)
         return body
 
-    async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
+    async def reply(
+        self, history: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCall, None]:
         """Stream the assistant's reply as text deltas and complete tool calls.
 
         Raises:
@@ -718,7 +720,7 @@ class OpenAITTS(_OpenAIHTTPProvider):
         self.speed = speed
         self.sample_rate = sample_rate
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Yield PCM chunks for ``text`` as the server sends them, always whole samples.
 
         Raises:
@@ -824,7 +826,7 @@ class OpenAISTT(_OpenAIHTTPProvider):
         self.sample_rate = sample_rate
         self.max_seconds = max_seconds
 
-    async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
+    async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncGenerator[Transcript, None]:
         """Collect ``audio`` until it ends, then yield one final :class:`Transcript`.
 
         Empty audio yields an empty final transcript without a request.

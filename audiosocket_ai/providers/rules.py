@@ -38,7 +38,7 @@ import logging
 import re
 import tomllib
 import unicodedata
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,8 +72,7 @@ class FaqEntry:
 DEFAULT_FAQ: tuple[FaqEntry, ...] = (
     FaqEntry(
         keywords=("hours", "open", "opening", "closing", "close today"),
-        answer="I'm sorry, I haven't been given our opening hours yet. "
-        "A person can tell you; just say operator.",
+        answer="I'm sorry, I haven't been given our opening hours yet. A person can tell you; just say operator.",
         listed=False,
     ),
     FaqEntry(
@@ -356,7 +355,9 @@ class RuleBasedLLM:
 
     # --- LLM protocol ------------------------------------------------------------------
 
-    async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
+    async def reply(
+        self, history: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCall, None]:
         """Decide the answer from the history, then stream it in small text pieces followed
         by at most one tool call (only tools offered in ``tools`` are ever called)."""
         text, call = self.decide(history, tools)

@@ -10,7 +10,7 @@ Without an Asterisk build the tests skip (run ``bash .ci/asterisk.sh``), except 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,10 @@ def attach_on_failure(request: pytest.FixtureRequest, title: str, path: Path) ->
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for title, path in item.stash.get(ATTACHMENTS, []):
             try:
@@ -99,3 +101,5 @@ def start_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cal
     finally:
         for server in servers:
             server.stop()
+    for server in servers:
+        assert "Traceback" not in server.text(), f"the --agent {server.agent} server logged a traceback"

@@ -33,13 +33,17 @@ CALL_ENDED = r"call ended.*reason="
 
 ASTERISK_AUDIOSOCKET_PROBLEM = re.compile(
     r"(?:ERROR|WARNING)\[[^\]]*\](?:\[[^\]]*\])? (?:app_audiosocket|chan_audiosocket|res_audiosocket)\.c: "
-    r"(?!Failed to receive frame from channel )"
+    r"(?!Failed to receive frame from channel |Failed to forward frame from AudioSocket server \S+ to channel )"
     r".*"
 )
 """Anything AudioSocket complains about: timeouts, read/write failures, bad messages.
 
-Except ``Failed to receive frame from channel …``: that is how ``AudioSocket()`` reports
-that its own channel hung up (the caller left), the normal end of most calls."""
+Two warnings are excluded because they are about Asterisk's own channel going away, the
+normal end of a call the caller hangs up: ``Failed to receive frame from channel …`` (the
+channel hung up) and ``Failed to forward frame from AudioSocket server … to channel …``
+(the server's frame arrived in the very millisecond the caller hung up: seen in about one
+of 20 calls). Were either to happen mid-call, the call would end early, which the tests
+catch on their own (the phone must be the one to hang up)."""
 
 
 def phone_context(phone: Phone) -> str:
@@ -91,6 +95,12 @@ def assert_audiosocket_quiet(pbx: Pbx) -> None:
     assert not problems, "Asterisk complained about AudioSocket:\n" + "\n".join(problems)
 
 
+ECHO_LATENCY_LIMIT_MS = 150
+"""How late the echo may come back, at the start and at the end of the tone. Measured on
+an idle 2-core VM: 20-32 ms. The end bound also catches a pacer that drifts slow (it would
+fall further behind with every frame)."""
+
+
 def assert_heard_own_echo(call: PhoneCall, frequency_hz: float, duration_ms: int) -> None:
     """The phone hung up normally after hearing its own tone back, whole, with no gap, promptly."""
     assert not call.error, f"phone call {call.uuid}: {call.error}"
@@ -99,11 +109,20 @@ def assert_heard_own_echo(call: PhoneCall, frequency_hz: float, duration_ms: int
         call.heard_pcm, call.script.rate, frequency_hz=frequency_hz, duration_ms=duration_ms, what=f"call {call.uuid}"
     )
     # The heard stream is continuous 20 ms frames (the server sends silence when it has
-    # nothing), so the onset's position in it maps to the arrival time of its frame.
-    assert call.voice_started_at is not None
-    frame_index = int(report.onset_ms // 20)
-    latency_ms = (call.heard[frame_index].at - call.voice_started_at) * 1000
-    assert 0 <= latency_ms < 250, f"call {call.uuid}: echo came back {latency_ms:.0f} ms after the voice started"
+    # nothing), so a position in it maps to the arrival time of the frame that carried it.
+    assert call.voice_started_at is not None and call.voice_ended_at is not None
+    first_frame = int(report.onset_ms // 20)
+    last_frame = int((report.onset_ms + report.span_ms) // 20) - 1
+    onset_latency_ms = (call.heard[first_frame].at - call.voice_started_at) * 1000
+    end_latency_ms = (call.heard[last_frame].at - call.voice_ended_at) * 1000
+    print(
+        f"call {call.uuid}: heard {report}; echo latency {onset_latency_ms:.0f} ms at the start, "
+        f"{end_latency_ms:.0f} ms at the end; phone late by {call.worst_send_lateness_ms:.0f} ms at worst"
+    )
+    for where, latency_ms in (("start", onset_latency_ms), ("end", end_latency_ms)):
+        assert 0 <= latency_ms < ECHO_LATENCY_LIMIT_MS, (
+            f"call {call.uuid}: at the {where} of the tone the echo came back {latency_ms:.0f} ms late"
+        )
 
 
 def run_echo_calls(
@@ -121,7 +140,7 @@ def run_echo_calls(
 
 def test_echo_through_the_dialplan_application(pbx: Pbx, phone: Phone, start_server: StartServer) -> None:
     """``Answer(); AudioSocket(uuid,host:port)`` (slin 8 kHz) with the echo agent: the caller
-    hears its 3 s 440 Hz tone back whole, without gaps, within 250 ms; the app never times out."""
+    hears its 3 s 440 Hz tone back whole, without gaps, within 150 ms; the app never times out."""
     server = start_server("echo")
     pbx.load_dialplan(app_context(server) + phone_context(phone))
 
@@ -150,7 +169,8 @@ def test_echo_through_the_channel_driver_at_16khz(pbx: Pbx, phone: Phone, start_
 
     assert_heard_own_echo(call, 440.0, 3000)
     wait_call_ended(server, server_uuid_of(call))
-    assert re.search(rf"Called AudioSocket/127\.0\.0\.1:{server.port}/{server_uuid_of(call)}/c\(slin16\)", pbx.log_text())
+    dialled = rf"Called AudioSocket/127\.0\.0\.1:{server.port}/{server_uuid_of(call)}/c\(slin16\)"
+    assert re.search(dialled, pbx.log_text())
     assert_audiosocket_quiet(pbx)
 
 
@@ -241,17 +261,13 @@ def test_dtmf_digits_reach_the_server_in_order(pbx: Pbx, start_server: StartServ
 
     server.wait_for(CALL_ENDED, timeout=15)
     (server_uuid,) = audiosocket_uuids(pbx)
-    digits = [
-        m.group(1) for line in server.lines_about(server_uuid) if (m := re.search(r"dtmf digit=(\S)", line.text))
-    ]
+    digits = [m.group(1) for line in server.lines_about(server_uuid) if (m := re.search(r"dtmf digit=(\S)", line.text))]
     assert "".join(digits) == "123#*ABCD0"
     pbx.wait_idle(timeout=5)
     assert_audiosocket_quiet(pbx)
 
 
-def test_twenty_simultaneous_calls_each_hear_their_own_audio(
-    pbx: Pbx, phone: Phone, start_server: StartServer
-) -> None:
+def test_twenty_simultaneous_calls_each_hear_their_own_audio(pbx: Pbx, phone: Phone, start_server: StartServer) -> None:
     """20 calls at once, each caller speaking its own frequency (400, 450, … 1350 Hz): every
     caller hears its own tone back (not a neighbour's), whole and without gaps."""
     server = start_server("echo")
@@ -303,3 +319,32 @@ def test_echo_behind_an_iax2_network_channel(pbx: Pbx, phone: Phone, start_serve
     wait_call_ended(server, server_uuid)
     assert_audiosocket_quiet(pbx)
 
+
+def test_mulaw_mislabelled_as_slin_is_detected_and_still_echoed(
+    pbx: Pbx, phone: Phone, start_server: StartServer
+) -> None:
+    """The classic misconfiguration: ``Dial(AudioSocket/…)`` without ``c()`` behind a μ-law
+    (IAX2) caller sends μ-law bytes labelled 0x10. The server must say so in its log, and
+    the caller still hears its own tone back."""
+    server = start_server("echo")
+    pbx.load_dialplan(
+        f"""
+        [to-iax]
+        exten => s,1,Dial(IAX2/{IAX_PEER}/nocodec)
+         same => n,Hangup()
+
+        [from-iax]
+        exten => nocodec,1,Dial(AudioSocket/127.0.0.1:{server.port}/${{UUID()}})
+         same => n,Hangup()
+        """
+        + phone_context(phone)
+    )
+
+    (call,) = run_echo_calls(pbx, phone, "to-iax", [440.0], 3000)
+
+    assert_heard_own_echo(call, 440.0, 3000)
+    (server_uuid,) = audiosocket_uuids(pbx)
+    warning = next((line.text for line in server.lines_about(server_uuid) if "μ-law" in line.text), None)
+    assert warning is not None, f"the server did not log that call {server_uuid} sends μ-law labelled as slin"
+    wait_call_ended(server, server_uuid)
+    assert_audiosocket_quiet(pbx)

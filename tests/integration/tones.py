@@ -138,7 +138,7 @@ def expect_tone(
         problems.append(f"tone lasted {report.loud_ms:.0f} ms, expected {duration_ms} ± {duration_tolerance_ms}")
     if report.longest_gap_ms > max_gap_ms:
         problems.append(f"a {report.longest_gap_ms:.0f} ms gap inside the tone (limit {max_gap_ms} ms)")
-    if report.span_ms - report.loud_ms > max_gap_ms:
+    if report.span_ms - report.loud_ms > duration_tolerance_ms:
         problems.append(f"{report.span_ms - report.loud_ms:.0f} ms of gaps in total inside the tone")
     assert not problems, f"{what}: " + "; ".join(problems) + f" [heard: {report}; {heard_ms:.0f} ms in all]"
     return report

@@ -283,7 +283,7 @@ async def test_stalled_server_times_out() -> None:
     async with listen_fake(script=[Segment("one two three", 1000)], fault=DeepgramFault("stall", after_ms=100)) as fake:
         stt = stt_for(fake, response_timeout=0.3)
         start = trio.current_time()
-        with pytest.raises(ProviderError, match="sent nothing for 0.3s") as caught:
+        with pytest.raises(ProviderError, match=r"sent nothing for 0\.3s") as caught:
             await transcribe(stt, endless_audio())
         assert trio.current_time() - start < 2
         with trio.fail_after(2):
@@ -295,7 +295,7 @@ async def test_server_that_never_finishes_the_close_times_out() -> None:
     fault = DeepgramFault("stall", after_ms=400)  # stops answering just as audio ends
     async with listen_fake(script=[Segment("one two", 1000)], fault=fault) as fake:
         stt = stt_for(fake, close_timeout=0.3)
-        with pytest.raises(ProviderError, match="within 0.3s of CloseStream") as caught:
+        with pytest.raises(ProviderError, match=r"within 0\.3s of CloseStream") as caught:
             await transcribe(stt, audio(400))
     assert caught.value.retryable
     assert fake.sessions[0].control_types() == ["Finalize", "CloseStream"]
@@ -336,10 +336,11 @@ async def test_cancellation_mid_stream_closes_the_socket_promptly() -> None:
 
 async def test_consumer_may_stop_after_the_first_final() -> None:
     async with listen_fake(script=[Segment("stop here", 200), Segment("never read", 5000)]) as fake:
-        async with aclosing(stt_for(fake).transcribe(endless_audio())) as results:
-            async for transcript in results:
-                if transcript.is_final:
-                    break
+        with trio.fail_after(5):
+            async with aclosing(stt_for(fake).transcribe(endless_audio())) as results:
+                async for transcript in results:
+                    if transcript.is_final:
+                        break
         assert transcript.text == "stop here"
         with trio.fail_after(2):
             await fake.sessions[0].ended.wait()

@@ -67,7 +67,7 @@ async def test_one_chunk_per_sentence(tts: PiperTTS) -> None:
 
 @pytest.mark.slow
 async def test_first_chunk_arrives_before_the_whole_text_is_done(tts: PiperTTS) -> None:
-    text = " ".join(["This is sentence number %d of a long answer." % i for i in range(6)])
+    text = " ".join([f"This is sentence number {i} of a long answer." for i in range(6)])
     began = time.perf_counter()
     agen = tts.synthesize(text)
     first = await agen.__anext__()
@@ -79,15 +79,23 @@ async def test_first_chunk_arrives_before_the_whole_text_is_done(tts: PiperTTS) 
 
 
 @pytest.mark.slow
-async def test_cancellation_stops_promptly_and_leaves_the_engine_usable(tts: PiperTTS) -> None:
-    text = " ".join(["Sentence %d keeps going for a little while longer." % i for i in range(20)])
+async def test_cancellation_stops_promptly_and_leaves_the_engine_usable() -> None:
+    limiter = trio.CapacityLimiter(1)
+    engine = PiperTTS(limiter=limiter)  # its own limiter: we watch its token come back
+    await engine.aload()
+    text = " ".join([f"Sentence {i} keeps going for a little while longer." for i in range(20)])
     got = 0
+    began = trio.current_time()
     with trio.move_on_after(0.3):
-        async for _chunk in tts.synthesize(text):
+        async for _chunk in engine.synthesize(text):
             got += 1
     assert got < 20
-    # abandoned worker threads finish on their own; the shared voice keeps working
-    again = [chunk async for chunk in tts.synthesize("Still here.")]
+    assert trio.current_time() - began < 0.5
+    assert limiter.borrowed_tokens == 1  # the abandoned sentence still counts against the cores
+    with trio.fail_after(30):
+        async with limiter:  # ... until it finishes and returns its token
+            pass
+    again = [chunk async for chunk in engine.synthesize("Still here.")]
     assert len(again) == 1
 
 

@@ -26,7 +26,7 @@ def voice_like(rate: int, ms: float, *, f0: float = 130.0, level: float = 0.3) -
     signal = sum((1 / k) * np.sin(k * phase) for k in range(1, 30) if k * f0 < rate / 2)
     signal = signal * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
     signal = signal / np.max(np.abs(signal)) * level * 32767
-    return signal.astype("<i2").tobytes()
+    return bytes(signal.astype("<i2").tobytes())
 
 
 def zeros(rate: int, ms: float) -> bytes:
@@ -87,7 +87,8 @@ def test_end_is_decided_after_end_ms_of_silence() -> None:
     assert vad.feed(zeros(16000, 300)) == []  # a pause shorter than end_ms does not end the turn
     assert vad.feed(voice_like(16000, 300)) == []  # ... and speech resumes within the same utterance
     events = vad.feed(zeros(16000, 420))
-    assert events == [SpeechEnded(at_ms=pytest.approx(1600, abs=100))]
+    assert [type(e) for e in events] == [SpeechEnded]
+    assert events[0].at_ms == pytest.approx(1600, abs=100)
     assert not vad.in_speech
 
 

@@ -105,7 +105,9 @@ async def test_no_tools_key_when_no_tools(fake: FakeOpenAI, llm: OpenAIChatLLM) 
 async def test_tool_call_is_assembled_from_argument_fragments(fake: FakeOpenAI, llm: OpenAIChatLLM) -> None:
     arguments = {"target": "operator", "reason": "billing question about invoice 42"}
     fake.chat_replies.append(
-        ChatReply(content="One moment. ", tool_calls=[FakeToolCall("transfer", arguments, id="call_abc", fragment_size=3)])
+        ChatReply(
+            content="One moment. ", tool_calls=[FakeToolCall("transfer", arguments, id="call_abc", fragment_size=3)]
+        )
     )
     items = await collect(llm, HELLO, [TRANSFER])
     assert items == ["One ", "moment. ", ToolCall(id="call_abc", name="transfer", arguments=arguments)]
@@ -154,7 +156,11 @@ def test_history_mapping() -> None:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_time", "type": "function", "function": {"name": "clock", "arguments": '{"tz": "Europe/Paris"}'}}
+                {
+                    "id": "call_time",
+                    "type": "function",
+                    "function": {"name": "clock", "arguments": '{"tz": "Europe/Paris"}'},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call_time", "content": "14:05"},

@@ -39,7 +39,9 @@ def assistant(text: str, **kwargs: Any) -> Message:
     return Message(role="assistant", content=text, **kwargs)
 
 
-async def run(llm: RuleBasedLLM, history: list[Message], tools: list[ToolSpec] = TOOLS) -> tuple[list[str], list[ToolCall]]:
+async def run(
+    llm: RuleBasedLLM, history: list[Message], tools: list[ToolSpec] = TOOLS
+) -> tuple[list[str], list[ToolCall]]:
     texts: list[str] = []
     calls: list[ToolCall] = []
     async with aclosing(llm.reply(history, tools)) as items:

@@ -73,9 +73,7 @@ class WebRtcVad(FrameEndpointer):
         self.aggressiveness = aggressiveness
         self.energy_floor_dbfs = energy_floor_dbfs
         # Mean square of int16 samples below which a frame counts as silence.
-        self._energy_floor = (
-            None if energy_floor_dbfs is None else (32768.0**2) * 10.0 ** (energy_floor_dbfs / 10.0)
-        )
+        self._energy_floor = None if energy_floor_dbfs is None else (32768.0**2) * 10.0 ** (energy_floor_dbfs / 10.0)
         self._vad = webrtcvad.Vad(aggressiveness)
 
     def _is_voiced(self, frame: bytes) -> bool:

@@ -63,10 +63,11 @@ class WhisperSTT:
 
     Args:
         model_path: a CTranslate2 Whisper model directory; default: the bundled tiny.en.
-        cpu_threads: threads per decode. 1 is best on small machines: two concurrent
-            1-thread decodes beat two serialized 2-thread ones, and a single decode of a
-            few seconds of audio gains little from a second thread (see the report in
-            the tests' docstring).
+        cpu_threads: threads per decode. 1 suits a server: measured on 2 cores, a 3 s
+            utterance decodes in ~0.37 s with 1 thread and ~0.33 s with 2, but two
+            concurrent decodes take ~0.41 s each with 1 thread (one per core) against
+            ~0.58 s with 2 threads and one worker (they queue). Raise it only for a
+            machine that serves a single call.
         num_workers: parallel decodes inside CTranslate2; default: the limiter's size.
         max_concurrency: size of the limiter created when ``limiter`` is None (default:
             cores). Pass one ``limiter`` to several local providers to cap them together.
@@ -96,7 +97,9 @@ class WhisperSTT:
         temperature: float | tuple[float, ...] = 0.0,
         initial_prompt: str | None = None,
     ) -> None:
-        self._model_path = Path(model_path) if model_path is not None else None
+        # Resolved now, so that a missing model fails at startup rather than mid-call.
+        self.model_path = Path(model_path) if model_path is not None else bundled_whisper_model_dir()
+        _check_model_dir(self.model_path)
         self.cpu_threads = cpu_threads
         self._limiter_arg = limiter
         self._max_concurrency = max_concurrency
@@ -111,15 +114,6 @@ class WhisperSTT:
         self._load_lock = threading.Lock()
 
     # --- loading --------------------------------------------------------------------------
-
-    @property
-    def model_path(self) -> Path:
-        """The model directory in use (resolving the bundled one if none was given)."""
-        if self._model_path is None:
-            self._model_path = bundled_whisper_model_dir()
-        else:
-            _check_model_dir(self._model_path)
-        return self._model_path
 
     @property
     def loaded(self) -> bool:

@@ -1,0 +1,130 @@
+"""Per-call transcript (JSONL) and stereo recording (caller left, agent right).
+
+Both are written incrementally, so a call that drops or a process that dies leaves a
+usable file: every transcript line is flushed as it is written, and the WAV header is
+rewritten with the true length at each flush (once a second) and at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import trio
+
+from .audio import frame_bytes
+from .call import Call
+
+log = logging.getLogger(__name__)
+
+
+class TranscriptWriter:
+    """Appends one JSON object per line: who spoke, what, when, and whether cut off."""
+
+    def __init__(self, path: Path, *, call_started: float) -> None:
+        self.path = path
+        self._started = call_started
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8")
+
+    def write(self, who: str, text: str, *, start: float, end: float, interrupted: bool = False,
+              **extra: Any) -> None:
+        """Record one utterance; ``start``/``end`` are trio clock times."""
+        if self._file is None:
+            return
+        entry = {"who": who, "text": text, "start": round(start - self._started, 3),
+                 "end": round(end - self._started, 3), "interrupted": interrupted, **extra}
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StereoRecorder:
+    """Records a call as a 2-channel WAV at the call's rate: caller left, agent right.
+
+    The pacer's ticks are the clock: at every outbound frame one inbound frame (or silence,
+    if the caller sent none) is paired with it, so both channels stay aligned even when
+    Asterisk stops sending (hold, DTMF).
+    """
+
+    def __init__(self, path: Path, call: Call) -> None:
+        self.path = path
+        self.call = call
+        self._inbound: collections.deque[bytes] = collections.deque(maxlen=10)
+        self._pending = bytearray()
+        self._rate = call.rate
+        self._data_bytes = 0
+        self._file: IO[bytes] | None = None
+
+    async def __aenter__(self) -> StereoRecorder:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "wb")
+        self._file.write(_wav_header(self._rate, 0))
+        self.call.add_tap(self)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.call.remove_tap(self)
+        with trio.CancelScope(shield=True):
+            await self.flush()
+            assert self._file is not None
+            self._file.close()
+            self._file = None
+
+    async def run_flusher(self) -> None:
+        """Write what was recorded once a second (run it in the call's nursery)."""
+        while True:
+            await trio.sleep(1.0)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending or self._file is None:
+            return
+        data, self._pending = bytes(self._pending), bytearray()
+        await trio.to_thread.run_sync(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._file.seek(0, 2)
+        self._file.write(data)
+        self._data_bytes += len(data)
+        self._file.seek(0)
+        self._file.write(_wav_header(self._rate, self._data_bytes))
+        self._file.flush()
+
+    # --- taps (called by the call for every frame; must be cheap) ------------------------
+
+    def on_inbound(self, pcm: bytes, rate: int) -> None:
+        if rate == self._rate:
+            self._inbound.append(pcm)
+
+    def on_outbound(self, pcm: bytes, rate: int) -> None:
+        if rate != self._rate:
+            return
+        size = frame_bytes(rate)
+        caller = self._inbound.popleft() if self._inbound else bytes(size)
+        caller = caller[:size].ljust(size, b"\0")
+        left = memoryview(caller).cast("h")
+        right = memoryview(pcm).cast("h")
+        frame = bytearray(size * 2)
+        stereo = memoryview(frame).cast("h")
+        stereo[0::2] = left
+        stereo[1::2] = right
+        self._pending += frame
+
+
+def _wav_header(rate: int, data_bytes: int) -> bytes:
+    channels, width = 2, 2
+    return b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, rate * channels * width, channels * width, 8 * width
+    ) + b"data" + struct.pack("<I", data_bytes)
