@@ -16,7 +16,9 @@ from . import __version__
 from .agent import AgentFactory, load_agent_factory, read_wav
 from .audio import resample
 from .call import CallSettings
+from .http import StatusEndpoint
 from .logging_setup import configure_logging
+from .metrics import Metrics
 from .server import DEFAULT_HOST, DEFAULT_PORT, Server, ServerConfig
 from .testing import run_call
 
@@ -44,6 +46,10 @@ def main() -> None:
                    "module:attribute of your own agent or agent factory.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
+@click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
+              help="Serve /healthz, /readyz, /metrics and /calls/<uuid> (call outcomes for the dialplan) "
+                   "over HTTP on this port (same host as --metrics-host).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the status endpoint.")
 @click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM/SIGINT, seconds calls in progress may continue before being hung up "
                    "(a second signal hangs up at once).")
@@ -77,7 +83,8 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="human", show_default=True, type=click.Choice(["human", "json"]),
               help="One line per event; every line names the call.")
-def serve(host: str, port: int, agent_spec: str, max_calls: int, drain_timeout: float,
+def serve(host: str, port: int, agent_spec: str, max_calls: int, metrics_port: int | None, metrics_host: str,
+          drain_timeout: float,
           handshake_timeout: float, idle_timeout: float | None, max_duration: float | None,
           stt: str, llm: str, llm_base_url: str | None, tts: str, vad: str, faq_file: Path | None,
           greeting: str | None, barge_in: str, transcript_dir: Path | None, record_dir: Path | None,
@@ -102,9 +109,15 @@ def serve(host: str, port: int, agent_spec: str, max_calls: int, drain_timeout: 
         drain_timeout=drain_timeout,
         call=CallSettings(idle_timeout=idle_timeout, max_duration=max_duration),
     )
-    server = Server(factory, config)
+    metrics = Metrics()
+    server = Server(factory, config, metrics=metrics)
+    assistant = factory() if agent_spec == "assistant" else None
+    if assistant is not None:
+        _observe_assistant(assistant, metrics)
+    endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
+                if metrics_port is not None else None)
     try:
-        trio.run(_serve_until_signalled, server)
+        trio.run(_serve_until_signalled, server, endpoint, metrics_host, metrics_port or 0)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         sys.exit(1)
@@ -138,11 +151,24 @@ def _assistant_factory(*, stt: str, llm: str, llm_base_url: str | None, tts: str
     return lambda: assistant
 
 
-async def _serve_until_signalled(server: Server) -> None:
+def _observe_assistant(assistant: object, metrics: Metrics) -> None:
+    """Feed the assistant's per-turn timings and barge-ins into the metrics."""
+    from .pipeline.assistant import VoiceAssistant
+
+    if isinstance(assistant, VoiceAssistant):
+        assistant.on_turn = lambda timings: metrics.observe_turn(timings.as_ms())
+        assistant.on_barge_in = lambda call, at, dropped: metrics.barge_ins.inc()
+        assistant.metrics = metrics
+
+
+async def _serve_until_signalled(server: Server, endpoint: StatusEndpoint | None, metrics_host: str,
+                                 metrics_port: int) -> None:
     listeners = await server.listen()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, server)
+            if endpoint is not None:
+                await nursery.start(endpoint.serve, metrics_host, metrics_port)
             await server.serve(listeners)
             nursery.cancel_scope.cancel()
 
@@ -174,7 +200,8 @@ async def _handle_signals(signals: trio.abc.ReceiveChannel[int] | object, server
 @click.option("--dtmf-at", "dtmf_at_ms", default=None, type=click.IntRange(0),
               help="Milliseconds after the start to press the digits (default: after the audio).")
 @click.option("--tail", "tail_ms", default=3000, show_default=True, type=click.IntRange(0),
-              help="Milliseconds to keep listening (sending silence) after the audio, unless the server hangs up first.")
+              help="Milliseconds to keep listening (sending silence) after the audio, "
+                   "unless the server hangs up first.")
 @click.option("--uuid", "call_uuid", default=None, help="Call UUID to send (random by default).")
 def call(wav_in: Path, wav_out: Path, host: str, port: int, rate: str, dtmf: str, dtmf_at_ms: int | None,
          tail_ms: int, call_uuid: str | None) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .audio import FRAME_MS, Resampler, frame_bytes
+from .metrics import PacingHistogram
 from .protocol.encoder import encode_audio
 from .protocol.kinds import AUDIO_KIND_BY_RATE
 
@@ -166,6 +167,8 @@ class Playout:
         self.resyncs = 0
         self.underruns = 0
         self.frames_flushed = 0
+        self.pacing = PacingHistogram()
+        """Lateness of each tick's wake-up against its deadline."""
 
     # --- producer side -------------------------------------------------------------
 
@@ -293,7 +296,9 @@ class Playout:
         write so that a frame is never left half-written.
         """
         deadline = trio.current_time()
+        observe = self.pacing.observe_ms
         while not should_stop():
+            observe((trio.current_time() - deadline) * 1000.0)
             await send(self.next_message())
             self.frames_sent += 1
             deadline += TICK

@@ -66,11 +66,15 @@ class StereoRecorder:
         self._file: IO[bytes] | None = None
 
     async def __aenter__(self) -> StereoRecorder:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb")
-        self._file.write(_wav_header(self._rate, 0))
+        self._file = await trio.to_thread.run_sync(self._open)
         self.call.add_tap(self)
         return self
+
+    def _open(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "wb")
+        file.write(_wav_header(self._rate, 0))
+        return file
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

@@ -23,6 +23,8 @@ import trio
 from .agent import AgentFactory
 from .call import Call, CallSettings, EndReason
 from .logging_setup import current_call
+from .metrics import Metrics
+from .outcome import OutcomeStore
 from .protocol import Decoder, Message, ProtocolError, Uuid
 from .protocol.encoder import HANGUP_BYTES
 
@@ -51,6 +53,7 @@ class ServerConfig:
 class ServerStats:
     """Counters since start (exported as metrics)."""
 
+    metrics: Metrics | None = None
     connections: int = 0
     calls_total: int = 0
     rejected: dict[str, int] = attrs.Factory(dict)
@@ -58,6 +61,8 @@ class ServerStats:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.rejected.labels(reason=reason).inc()
 
 
 class Server:
@@ -76,10 +81,16 @@ class Server:
         *,
         on_call_start: Callable[[Call], None] | None = None,
         on_call_end: Callable[[Call], None] | None = None,
+        metrics: Metrics | None = None,
+        outcomes: OutcomeStore | None = None,
     ) -> None:
         self.agent_factory = agent_factory
         self.config = config or ServerConfig()
-        self.stats = ServerStats()
+        self.metrics = metrics
+        self.outcomes = outcomes if outcomes is not None else OutcomeStore()
+        self.stats = ServerStats(metrics=metrics)
+        if metrics is not None:
+            metrics.attach(self)
         self.calls: dict[uuid_module.UUID, Call] = {}
         self.draining = False
         self._on_call_start = on_call_start
@@ -228,6 +239,9 @@ class Server:
             return
         call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer)
         self.calls[uuid] = call
+        self.outcomes.publish(str(uuid), call.outcome)
+        if self.metrics is not None:
+            self.metrics.calls_total.inc()
         if self._no_calls.is_set():
             self._no_calls = trio.Event()
         self.stats.calls_total += 1
@@ -236,7 +250,10 @@ class Server:
                 self._on_call_start(call)
             agent = self.agent_factory()
             reason = await call.run(agent)
+            call.outcome.setdefault("end_reason", reason.value)
             self.stats.ended[reason.value] = self.stats.ended.get(reason.value, 0) + 1
+            if self.metrics is not None:
+                self.metrics.call_ended(call)
         finally:
             del self.calls[uuid]
             if not self.calls:

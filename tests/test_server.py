@@ -19,12 +19,16 @@ from .conftest import established, noise, settled, until_echoed
 @pytest.mark.parametrize("rate", [8000, 16000, 48000])
 async def test_echo_returns_the_same_audio_in_the_same_kind(serve, rate: int) -> None:
     sent = noise(1000, rate)
+    finished: list[asa.Call] = []
     async with serve(asa.echo_agent) as (server, port):
+        server._on_call_end = finished.append
         async with FakeAsterisk.connect("127.0.0.1", port, rate=rate) as pbx:
             await pbx.send_audio(sent)
             await until_echoed(pbx, sent)
+        await settled(server)
     received = pbx.received_audio()
-    assert sent in received, "echo must be bit-exact"
+    (call,) = finished
+    assert sent in received, f"echo must be bit-exact: {call.stats}, late ticks {call.playout.late_ticks}"
     assert {item.message.rate for item in pbx.received if isinstance(item.message, Audio)} == {rate}
 
 

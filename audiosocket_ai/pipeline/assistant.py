@@ -28,6 +28,7 @@ import trio
 from ..audio import Resampler
 from ..call import Call
 from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, ToolCall, Transcript, VADFactory
+from ..metrics import Metrics
 from ..playout import Playback
 from ..recording import StereoRecorder, TranscriptWriter
 from .sentences import SentenceSplitter
@@ -147,6 +148,12 @@ class VoiceAssistant:
         self.tools = {t.spec.name: t for t in tools}
         self.on_turn = on_turn
         self.on_barge_in = on_barge_in
+        self.metrics: Metrics | None = None
+        """Set by the server to count provider errors."""
+
+    def count_error(self, stage: str) -> None:
+        if self.metrics is not None:
+            self.metrics.provider_errors.labels(stage=stage).inc()
 
     async def __call__(self, call: Call) -> None:
         await _Session(self, call).run()
@@ -281,6 +288,7 @@ class _Session:
                         finals.append(result.text.strip())
         except Exception as exc:
             log.error("speech recognition failed: %s", exc)
+            self.a.count_error("stt")
             finals = ["[the caller said something that could not be recognized]"]
         finally:
             self.transcribing -= 1
@@ -431,6 +439,7 @@ class _Session:
                                 await sentences_send.send(sentence)
                 except Exception as exc:  # provider failure or timeout: apologise, keep the call
                     log.error("language model failed: %s", exc)
+                    self.a.count_error("llm")
                     if not text_parts:
                         text_parts.append(self.settings.apology_text)
                         await sentences_send.send(self.settings.apology_text)
@@ -461,6 +470,7 @@ class _Session:
                             chunks.append(chunk)
                     except Exception as exc:
                         log.error("speech synthesis failed for %r: %s", sentence, exc)
+                        self.a.count_error("tts")
                         continue
                     await audio_send.send((sentence, chunks))
 

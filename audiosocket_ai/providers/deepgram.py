@@ -154,6 +154,22 @@ async def _task_group() -> AsyncIterator[trio.Nursery]:
             del exc, context
 
 
+async def _release_if_closed(ws: WebSocketConnection) -> None:
+    """Close the TCP socket under a WebSocket the server has already closed.
+
+    trio-websocket (0.12) closes a client's socket only when the client starts the close:
+    after a server-initiated close or a dropped connection, ``aclose()`` returns early and
+    the socket lingers until garbage collection. Every Deepgram stream ends with a
+    server-initiated close, so without this each call would leak a file descriptor for a
+    while. There is no public handle on the stream, hence the guarded private access.
+    """
+    if ws.closed is None:
+        return  # still open: the normal close handshake will close the socket
+    stream = getattr(ws, "_stream", None)
+    if isinstance(stream, trio.abc.AsyncResource):
+        await trio.aclose_forcefully(stream)
+
+
 class _Watchdog:
     """A deadline that other tasks move while one task sleeps on it.
 
@@ -339,6 +355,8 @@ class DeepgramSTT:
                 except BaseException as exc:
                     failure = exc
                     raise
+                finally:
+                    await _release_if_closed(ws)
         except ConnectionRejected as exc:
             detail, code = _error_body(exc.body, self._key)
             headers = {name.lower(): value for name, value in exc.headers}

@@ -24,7 +24,7 @@ from .pbx import free_port
 SERVER_COMMAND_ENV = "AUDIOSOCKET_AI_SERVER_CMD"
 """Overrides the command that starts the server (shell words, before ``serve``'s options);
 for running the suite against another build. Default: the ``audiosocket-ai`` script of the
-Python running the tests."""
+Python running the tests, or ``python -m audiosocket_ai`` where no script was installed."""
 
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
@@ -33,7 +33,10 @@ def server_command() -> list[str]:
     configured = os.environ.get(SERVER_COMMAND_ENV)
     if configured:
         return shlex.split(configured)
-    return [str(Path(sys.executable).with_name("audiosocket-ai")), "serve"]
+    script = Path(sys.executable).with_name("audiosocket-ai")
+    if script.exists():
+        return [str(script), "serve"]
+    return [sys.executable, "-m", "audiosocket_ai", "serve"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,6 @@ class AgentServer:
             "--agent", self.agent,
             "--log-level", "info",
         ]  # fmt: skip
-        if os.sep in command[0] and not Path(command[0]).exists():
-            raise AssertionError(f"server command not found: {command[0]} (is audiosocket-ai installed?)")
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

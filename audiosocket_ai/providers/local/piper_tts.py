@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
+from ._common import ModelNotFoundError, make_limiter, package_data_dir
 
 if TYPE_CHECKING:
     from piper import AudioChunk, PiperVoice, SynthesisConfig
@@ -161,7 +161,7 @@ class PiperTTS:
             return
         await self.aload()
         if self._limiter is None:
-            self._limiter = make_limiter(self._limiter_arg, self._max_concurrency or default_concurrency())
+            self._limiter = make_limiter(self._limiter_arg, self._max_concurrency)
         sentences = self._sentences(text)
         in_flight = False
         try:
