@@ -133,6 +133,10 @@ class Call:
         self.started_at = 0.0
         self.ended_at = 0.0
         self._taps: list[AudioTap] = []
+        self.shutdown_requested = trio.Event()
+        """Set when the server's drain timeout ends; an agent that can speak may say
+        goodbye and hang up (see ``accepts_goodbye``) before it is hung up regardless."""
+        self.accepts_goodbye = False
 
     # --- what agents use -------------------------------------------------------------
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import sys
 import uuid as uuid_module
 import wave
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
+from click.core import ParameterSource
 
-from . import __version__
+from . import __version__, config
 from .agent import AgentFactory, load_agent_factory, read_wav
 from .audio import resample
 from .call import CallSettings
@@ -36,11 +39,17 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML configuration file (see docs/configuration.md); flags override it.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Address to listen on ('::' for all IPv6+IPv4). AudioSocket has no authentication: "
-                   "keep it on loopback or a private network.")
+                   "keep it on loopback or a private network, or use --allow.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one).")
+@click.option("--allow", multiple=True, metavar="CIDR",
+              help="Only accept connections from these addresses/networks (repeatable).")
+@click.option("--allow-public", is_flag=True, default=False,
+              help="Listen on a public/wildcard address without --allow (you firewall the port yourself).")
 @click.option("--agent", "agent_spec", default="assistant", show_default=True,
               help="Built-in agent (assistant: the spoken STT→LLM→TTS conversation; echo; tone) or "
                    "module:attribute of your own agent or agent factory.")
@@ -48,7 +57,7 @@ def main() -> None:
               help="Calls served at once; more get a hangup frame.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
               help="Serve /healthz, /readyz, /metrics and /calls/<uuid> (call outcomes for the dialplan) "
-                   "over HTTP on this port (same host as --metrics-host).")
+                   "over HTTP on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the status endpoint.")
 @click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM/SIGINT, seconds calls in progress may continue before being hung up "
@@ -83,65 +92,81 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="human", show_default=True, type=click.Choice(["human", "json"]),
               help="One line per event; every line names the call.")
-def serve(host: str, port: int, agent_spec: str, max_calls: int, metrics_port: int | None, metrics_host: str,
-          drain_timeout: float,
-          handshake_timeout: float, idle_timeout: float | None, max_duration: float | None,
-          stt: str, llm: str, llm_base_url: str | None, tts: str, vad: str, faq_file: Path | None,
-          greeting: str | None, barge_in: str, transcript_dir: Path | None, record_dir: Path | None,
-          log_level: str, log_format: str) -> None:
+@click.pass_context
+def serve(ctx: click.Context, config_file: Path | None, **params: object) -> None:
     """Answer AudioSocket calls with an agent until SIGINT/SIGTERM.
 
     With no options this is the offline assistant: local speech recognition (Whisper
     tiny.en), a simple rule-based dialogue and a local voice (Piper), no API key needed.
+    Settings come from defaults, then --config FILE, then AUDIOSOCKET_AI_* environment
+    variables, then the flags given here.
     """
-    configure_logging(log_level, fmt=log_format)
+    overrides: dict[str, object] = {}
+    for setting in config.SETTINGS:
+        if setting.flag and ctx.get_parameter_source(setting.flag) is ParameterSource.COMMANDLINE:
+            value = params[setting.flag]
+            overrides[setting.name] = (list(value) if isinstance(value, tuple)
+                                       else str(value) if isinstance(value, Path) else value)
+    try:
+        values = config.load(config_file, overrides=overrides)
+    except config.ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    configure_logging(values["logging.level"], fmt=values["logging.format"])
+    agent_spec = values["agent.name"]
     if agent_spec == "assistant":
-        factory = _assistant_factory(stt=stt, llm=llm, llm_base_url=llm_base_url, tts=tts, vad=vad, faq_file=faq_file,
-                                     greeting=greeting, barge_in=barge_in, transcript_dir=transcript_dir,
-                                     record_dir=record_dir)
+        factory = _assistant_factory(values)
     else:
         try:
             factory = load_agent_factory(agent_spec)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--agent") from exc
-    config = ServerConfig(
-        host=host, port=port, max_calls=max_calls, handshake_timeout=handshake_timeout,
-        drain_timeout=drain_timeout,
-        call=CallSettings(idle_timeout=idle_timeout, max_duration=max_duration),
+    server_config = ServerConfig(
+        host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
+        handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
+        allow=tuple(ipaddress.ip_network(entry, strict=False) for entry in values["server.allow"]),
+        call=CallSettings(idle_timeout=values["limits.idle_timeout"], max_duration=values["limits.max_duration"],
+                          max_payload=values["limits.max_frame_bytes"], write_timeout=values["limits.write_timeout"],
+                          inbound_queue_ms=values["limits.inbound_queue_ms"]),
     )
     metrics = Metrics()
-    server = Server(factory, config, metrics=metrics)
+    server = Server(factory, server_config, metrics=metrics)
     assistant = factory() if agent_spec == "assistant" else None
     if assistant is not None:
         _observe_assistant(assistant, metrics)
+    metrics_port = values["server.metrics_port"]
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
                 if metrics_port is not None else None)
     try:
-        trio.run(_serve_until_signalled, server, endpoint, metrics_host, metrics_port or 0)
+        trio.run(_serve_until_signalled, server, endpoint, values["server.metrics_host"], metrics_port or 0)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        log.error("cannot listen on %s:%d: %s", server_config.host, server_config.port, exc)
         sys.exit(1)
 
 
-def _assistant_factory(*, stt: str, llm: str, llm_base_url: str | None, tts: str, vad: str, faq_file: Path | None,
-                       greeting: str | None, barge_in: str, transcript_dir: Path | None,
-                       record_dir: Path | None) -> AgentFactory:
+def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
     from .pipeline.assistant import AssistantSettings
     from .pipeline.factory import PipelineSpec, build_assistant
     from .providers.registry import UnknownProviderError
 
-    settings = AssistantSettings(barge_in=barge_in, transcript_dir=transcript_dir,  # type: ignore[arg-type]
-                                 recording_dir=record_dir)
-    if greeting is not None:
-        settings.greeting = greeting or None
+    settings = AssistantSettings(
+        barge_in=values["agent.barge_in"], reprompt_after=values["agent.reprompt_after"],
+        transcript_dir=_path(values["recording.transcript_dir"]), recording_dir=_path(values["recording.record_dir"]),
+    )
+    if values["agent.greeting"] is not None:
+        settings.greeting = values["agent.greeting"] or None
+    if values["agent.system_prompt"] is not None:
+        settings.system_prompt = values["agent.system_prompt"]
+    llm = values["providers.llm"]
     llm_options: dict[str, object] = {}
-    if llm_base_url:
-        llm_options["base_url"] = llm_base_url
-    if faq_file is not None:
+    if values["providers.llm_base_url"]:
+        llm_options["base_url"] = values["providers.llm_base_url"]
+    if values["agent.faq"] is not None:
         if not llm.startswith(("rules", "local")):
             raise click.BadParameter("--faq is for the rules model", param_hint="--faq")
-        llm_options["faq_path"] = faq_file
-    spec = PipelineSpec(stt=stt, llm=llm, tts=tts, vad=vad, llm_options=llm_options, settings=settings)
+        llm_options["faq_path"] = Path(values["agent.faq"])
+    spec = PipelineSpec(stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
+                        llm_options=llm_options, vad_options={"end_ms": float(values["providers.endpointing_ms"])},
+                        settings=settings)
     try:
         assistant = build_assistant(spec)
     except UnknownProviderError as exc:
@@ -149,6 +174,10 @@ def _assistant_factory(*, stt: str, llm: str, llm_base_url: str | None, tts: str
     except Exception as exc:
         raise click.ClickException(f"cannot start the assistant: {exc}") from exc
     return lambda: assistant
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def _observe_assistant(assistant: object, metrics: Metrics) -> None:
@@ -185,6 +214,33 @@ async def _handle_signals(signals: trio.abc.ReceiveChannel[int] | object, server
         else:
             log.info("%s received again: hanging up every call now", name)
             server.hangup_all()
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Validate a configuration file or print the reference."""
+
+
+@config_group.command("check")
+@click.argument("config_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def config_check(config_file: Path) -> None:
+    """Validate FILE (with the current environment); print every error with its key."""
+    try:
+        values = config.load(config_file)
+    except config.ConfigError as exc:
+        for error in exc.errors:
+            click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    changed = {k: v for k, v in values.items() if v != config.BY_NAME[k].default}
+    click.echo(f"{config_file}: ok ({len(changed)} settings differ from the defaults)")
+    for key, value in sorted(changed.items()):
+        click.echo(f"  {key} = {value!r}")
+
+
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown), generated from the schema."""
+    click.echo(config.reference_markdown(), nl=False)
 
 
 @main.command()

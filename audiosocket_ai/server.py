@@ -46,6 +46,10 @@ class ServerConfig:
     """Seconds a new connection has to send its UUID message."""
     drain_timeout: float = 0.0
     """On shutdown, seconds calls in progress may continue before they are hung up."""
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Source networks allowed to connect; empty allows any source that reaches the port."""
+    goodbye_grace: float = 8.0
+    """When the drain timeout ends, seconds agents get to say goodbye before hangup."""
     call: CallSettings = attrs.Factory(CallSettings)
 
 
@@ -181,6 +185,19 @@ class Server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wait_then_cancel, self._no_calls, nursery.cancel_scope)
                 nursery.start_soon(_wait_then_cancel, self._hangup_all_now, nursery.cancel_scope)
+        if not self.calls:
+            return
+        polite = [call for call in self.calls.values() if call.accepts_goodbye]
+        if polite and not self._hangup_all_now.is_set():
+            log.info("drain timeout: %d calls say goodbye, %d are hung up", len(polite), len(self.calls) - len(polite))
+            for call in list(self.calls.values()):
+                call.shutdown_requested.set()
+                if not call.accepts_goodbye:
+                    call.request_hangup(after_playout=False, reason=EndReason.SHUTDOWN)
+            with trio.move_on_after(self.config.goodbye_grace):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_wait_then_cancel, self._no_calls, nursery.cancel_scope)
+                    nursery.start_soon(_wait_then_cancel, self._hangup_all_now, nursery.cancel_scope)
         if self.calls:
             log.info("hanging up %d calls still in progress", len(self.calls))
             for call in list(self.calls.values()):
@@ -206,6 +223,10 @@ class Server:
 
     async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
         config = self.config
+        if config.allow and not _allowed(stream, config.allow):
+            log.warning("refused connection from %s: not in the allowlist", peer)
+            self.stats.reject("not_allowed")
+            return
         decoder = Decoder(max_payload=config.call.max_payload)
         handshake: tuple[uuid_module.UUID, list[Message]] | None = None
         with trio.move_on_after(config.handshake_timeout):
@@ -300,6 +321,16 @@ async def _serve_listeners(
 async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+def _allowed(stream: trio.abc.Stream, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in allow)
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

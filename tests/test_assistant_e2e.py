@@ -189,3 +189,16 @@ async def test_the_offline_default_serves_16k_calls(stack, tmp_path: Path) -> No
     stereo = np.frombuffer(frames, dtype="<i2").reshape(-1, 2)
     assert np.abs(stereo[:, 0]).max() > 1000 and np.abs(stereo[:, 1]).max() > 1000, "both sides recorded"
     assert attrs.has(TurnTimings)
+
+
+async def test_drain_timeout_says_goodbye_before_hanging_up(stack, tmp_path: Path) -> None:
+    agent, _ = assistant(stack, tmp_path)
+    async with running_server(agent, drain_timeout=0.5) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_silence(1200)
+            server.drain()
+            assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=20)
+        await settled(server)
+    said = [line for line in transcript(tmp_path) if line["who"] == "agent"]
+    assert said[-1]["text"] == AssistantSettings().shutdown_goodbye
+    assert audible_ms(pbx) > 2500, "greeting and goodbye were both heard"

@@ -68,6 +68,8 @@ class AssistantSettings:
     """Write ``<uuid>.jsonl`` here (who, text, start/end, interrupted)."""
     recording_dir: Path | None = None
     """Write ``<uuid>.wav`` here: stereo, caller left, agent right."""
+    shutdown_goodbye: str | None = "Sorry, I have to end this call now. Please call back in a moment. Goodbye."
+    """Said when the server's drain timeout ends with this call still up (None: just hang up)."""
     pre_roll_ms: int = 300
     """Audio kept from before the VAD's onset estimate, so first syllables are not clipped."""
 
@@ -194,7 +196,16 @@ class _Session:
                     await nursery.start(self._run_recorder, recorder)
                 nursery.start_soon(self._listen)
                 nursery.start_soon(self._keypad)
-                await self._converse()
+                with trio.CancelScope() as conversation:
+                    if settings.shutdown_goodbye:
+                        self.call.accepts_goodbye = True
+                        nursery.start_soon(_cancel_on, self.call.shutdown_requested, conversation)
+                    await self._converse()
+                if conversation.cancelled_caught and self.call.shutdown_requested.is_set():
+                    log.info("server is shutting down: saying goodbye")
+                    self.interrupt("shutdown")
+                    await self._say(settings.shutdown_goodbye or "")
+                    await self._hang_up(wait_for=self.spoken)
                 nursery.cancel_scope.cancel()
         finally:
             self._settle_spoken()
@@ -569,6 +580,11 @@ def _single(text: str) -> trio.MemoryReceiveChannel[str]:
     send.send_nowait(text)
     send.close()
     return recv
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _note_first_audio(playback: Playback, timings: TurnTimings) -> None:

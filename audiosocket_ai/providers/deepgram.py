@@ -36,23 +36,16 @@ import json
 import logging
 import math
 import os
+import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
 import httpx
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    DisconnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from ..interfaces import Transcript
 from .errors import ProviderError, redact
@@ -67,35 +60,6 @@ DEFAULT_TTS_URL = "https://api.deepgram.com"
 _KEEPALIVE = json.dumps({"type": "KeepAlive"})
 _FINALIZE = json.dumps({"type": "Finalize"})
 _CLOSE_STREAM = json.dumps({"type": "CloseStream"})
-
-_NORMAL_CLOSE_CODES = frozenset({1000, 1005})
-"""1000 is a normal close; 1005 is what a close frame without a code reads as."""
-
-_RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 1012, 1013, 1014})
-"""Abnormal drop, server error/timeout (NET-0000/NET-0001), restart, try again later,
-bad gateway: a new connection may well succeed. Everything else (1002 DATA-0000 audio we
-cannot decode, 1008 policy violation...) would fail the same way again."""
-
-
-def _api_key(api_key: str | None, env: str) -> str:
-    key = api_key if api_key is not None else os.environ.get(env, "")
-    if not key:
-        raise ProviderError(
-            f"{PROVIDER}: no API key (pass api_key= or set {env})", provider=PROVIDER, retryable=False
-        )
-    return key
-
-
-def _snippet(data: str | bytes, secret: str, limit: int = 200) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = redact(text, [secret])  # a server may echo our key back
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _status_retryable(status: int) -> bool:
-    """Server-side failures and throttling are worth retrying; other 4xx are our fault."""
-    return status >= 500 or status in (408, 429)
-
 
 def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
     """Describe Deepgram's error body ``{"err_code", "err_msg", "request_id"}``.
@@ -116,6 +80,38 @@ def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
     if data.get("request_id"):
         detail += f" [request_id {_snippet(str(data['request_id']), secret, 64)}]"
     return detail, code
+
+
+# --- WebSocket plumbing -----------------------------------------------------------------
+# This block is identical in deepgram.py and elevenlabs.py (kept in step by a test) until
+# it moves to a shared private module.
+
+_NORMAL_CLOSE_CODES = frozenset({1000, 1005})
+"""1000 is a normal close; 1005 is what a close frame without a code reads as."""
+
+_RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 1012, 1013, 1014})
+"""Abnormal drop, server error or timeout, restart, try again later, bad gateway: a new
+connection may well succeed. Others (1002 protocol error or undecodable data, 1008 policy
+violation such as a bad key, quota or input timeout) would fail the same way again."""
+
+
+def _api_key(api_key: str | None, env: str, provider: str) -> str:
+    key = api_key if api_key is not None else os.environ.get(env, "")
+    if not key:
+        raise ProviderError(f"{provider}: no API key (pass api_key= or set {env})", provider=provider)
+    return key
+
+
+def _snippet(data: str | bytes, secret: str, limit: int = 200) -> str:
+    """Server text for a message: decoded, shortened, and without our key (servers echo)."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = redact(text, [secret])
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _status_retryable(status: int) -> bool:
+    """Server-side failures and throttling are worth retrying; other 4xx are our fault."""
+    return status >= 500 or status in (408, 429)
 
 
 def _retry_after(value: str | bytes | None) -> float | None:
@@ -154,27 +150,89 @@ async def _task_group() -> AsyncIterator[trio.Nursery]:
             del exc, context
 
 
-async def _release_if_closed(ws: WebSocketConnection) -> None:
-    """Close the TCP socket under a WebSocket the server has already closed.
+@asynccontextmanager
+async def _open_websocket(
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    provider: str,
+    connect_timeout: float,
+    disconnect_timeout: float,
+    rejected: Callable[[ConnectionRejected], ProviderError],
+) -> AsyncIterator[WebSocketConnection]:
+    """Connect a client WebSocket over a TCP (or TLS) stream that we own.
 
-    trio-websocket (0.12) closes a client's socket only when the client starts the close:
-    after a server-initiated close or a dropped connection, ``aclose()`` returns early and
-    the socket lingers until garbage collection. Every Deepgram stream ends with a
-    server-initiated close, so without this each call would leak a file descriptor for a
-    while. There is no public handle on the stream, hence the guarded private access.
+    ``trio_websocket.open_websocket_url`` leaks the client's socket (until garbage
+    collection) when the handshake is rejected and when the server closes first, which
+    is how every Deepgram stream ends; a voice server retrying through an outage would
+    pile up file descriptors. Owning the stream in ``async with`` closes it on every
+    path, and lets us report connection failures as :class:`ProviderError`.
+
+    Args:
+        rejected: turns an HTTP rejection of the upgrade into the provider's error.
     """
-    if ws.closed is None:
-        return  # still open: the normal close handshake will close the socket
-    stream = getattr(ws, "_stream", None)
-    if isinstance(stream, trio.abc.AsyncResource):
-        await trio.aclose_forcefully(stream)
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = trio.current_time() + connect_timeout
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    try:
+        with trio.fail_at(deadline):
+            if secure:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                )
+                await stream.do_handshake()  # certificate errors surface here, not as a hang
+            else:
+                stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise ProviderError(
+            f"{provider}: timed out connecting after {connect_timeout:g}s", provider=provider, retryable=True
+        ) from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+        raise ProviderError(
+            f"{provider}: could not connect to {host}:{port}: {cause}", provider=provider, retryable=True
+        ) from exc
+    async with stream:
+        try:
+            async with _task_group() as nursery:
+                try:
+                    with trio.fail_at(deadline):
+                        ws = await wrap_client_stream(
+                            nursery,
+                            stream,
+                            host if port in (80, 443) else f"{host}:{port}",
+                            resource,
+                            extra_headers=headers,
+                        )
+                except trio.TooSlowError:
+                    raise ProviderError(
+                        f"{provider}: no WebSocket handshake within {connect_timeout:g}s",
+                        provider=provider,
+                        retryable=True,
+                    ) from None
+                try:
+                    yield ws
+                finally:
+                    try:
+                        with trio.move_on_after(disconnect_timeout) as closing:
+                            await ws.aclose()
+                        if closing.cancelled_caught:
+                            logger.warning("%s: server did not answer our close in %gs", provider, disconnect_timeout)
+                    finally:
+                        nursery.cancel_scope.cancel()  # stop trio-websocket's reader task
+        except ConnectionRejected as exc:
+            raise rejected(exc) from None  # the rejection's repr carries raw headers and body
 
 
 class _Watchdog:
     """A deadline that other tasks move while one task sleeps on it.
 
-    Server silence is only an error while we are waiting for an answer, and which task
-    knows that changes (the sender knows audio went out, the reader knows a message came
+    Server silence is only an error while we wait for an answer, and which task knows
+    that changes (the sender knows a request went out, the reader knows a message came
     back). A shared cancel scope lets each of them move the deadline and have the sleeper
     notice at once, without polling.
     """
@@ -183,7 +241,7 @@ class _Watchdog:
         self._scope = trio.CancelScope()
 
     def arm(self, seconds: float) -> None:
-        """Start counting down unless already counting (the oldest unanswered send wins)."""
+        """Start counting down unless already counting (the oldest unanswered request wins)."""
         if self._scope.deadline == math.inf:
             self._scope.deadline = trio.current_time() + seconds
 
@@ -207,6 +265,9 @@ class _Closed:
 
     code: int
     reason: str | None
+
+
+# --- end of the shared block ------------------------------------------------------------
 
 
 @attrs.define
@@ -290,7 +351,7 @@ class DeepgramSTT:
         disconnect_timeout: float = 2.0,
         extra_params: Mapping[str, str] | None = None,
     ) -> None:
-        self._key = _api_key(api_key, API_KEY_ENV)
+        self._key = _api_key(api_key, API_KEY_ENV, PROVIDER)
         self.sample_rate = sample_rate
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -339,53 +400,29 @@ class DeepgramSTT:
             ProviderError: handshake rejected, connection lost, server error or stall.
             Exception: whatever ``audio`` itself raised.
         """
-        headers = [(b"authorization", f"Token {self._key}".encode())]
-        failure: BaseException | None = None
-        try:
-            async with open_websocket_url(
-                self.url,
-                extra_headers=headers,
-                connect_timeout=self.connect_timeout,
-                disconnect_timeout=self.disconnect_timeout,
-            ) as ws:
-                try:
-                    async with aclosing(self._session(ws, audio)) as session:
-                        async for transcript in session:
-                            yield transcript
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    await _release_if_closed(ws)
-        except ConnectionRejected as exc:
-            detail, code = _error_body(exc.body, self._key)
-            headers = {name.lower(): value for name, value in exc.headers}
-            raise ProviderError(
-                f"{PROVIDER}: streaming handshake rejected with HTTP {exc.status_code}{detail}",
-                provider=PROVIDER,
-                status=exc.status_code,
-                retryable=_status_retryable(exc.status_code),
-                code=code,
-                retry_after=_retry_after(headers.get(b"retry-after")),
-            ) from None  # the rejection's repr carries raw headers and body
-        except DisconnectionTimeout:
-            # Our close frame went unanswered; the TCP connection is closed anyway.
-            logger.warning("%s: server did not acknowledge the close in %gs", PROVIDER, self.disconnect_timeout)
-            if failure is not None and not isinstance(failure, GeneratorExit):
-                raise failure  # noqa: B904 - the body's own error, not a consequence of the timeout
-        except ConnectionTimeout:
-            raise ProviderError(
-                f"{PROVIDER}: timed out connecting after {self.connect_timeout:g}s",
-                provider=PROVIDER,
-                retryable=True,
-            ) from None
-        except HandshakeError as exc:
-            cause = exc.__cause__ or exc
-            raise ProviderError(
-                f"{PROVIDER}: could not connect: {redact(str(cause), [self._key]) or type(cause).__name__}",
-                provider=PROVIDER,
-                retryable=True,
-            ) from exc
+        async with _open_websocket(
+            self.url,
+            [(b"authorization", f"Token {self._key}".encode())],
+            provider=PROVIDER,
+            connect_timeout=self.connect_timeout,
+            disconnect_timeout=self.disconnect_timeout,
+            rejected=self._rejected,
+        ) as ws:
+            async with aclosing(self._session(ws, audio)) as session:
+                async for transcript in session:
+                    yield transcript
+
+    def _rejected(self, exc: ConnectionRejected) -> ProviderError:
+        detail, code = _error_body(exc.body, self._key)
+        headers = {name.lower(): value for name, value in exc.headers}
+        return ProviderError(
+            f"{PROVIDER}: streaming handshake rejected with HTTP {exc.status_code}{detail}",
+            provider=PROVIDER,
+            status=exc.status_code,
+            retryable=_status_retryable(exc.status_code),
+            code=code,
+            retry_after=_retry_after(headers.get(b"retry-after")),
+        )
 
     async def _session(self, ws: WebSocketConnection, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
         """Run one open stream: send audio, read events, turn them into transcripts."""
@@ -621,7 +658,7 @@ class DeepgramTTS:
         read_timeout: float = 10.0,
         max_connections: int = 32,
     ) -> None:
-        self._key = _api_key(api_key, API_KEY_ENV)
+        self._key = _api_key(api_key, API_KEY_ENV, PROVIDER)
         self.sample_rate = sample_rate
         self.base_url = base_url.rstrip("/")
         self.model = model

@@ -106,7 +106,11 @@ def assert_heard_own_echo(call: PhoneCall, frequency_hz: float, duration_ms: int
     assert not call.error, f"phone call {call.uuid}: {call.error}"
     assert call.ended_by == "phone", f"call {call.uuid} was ended by Asterisk before the phone hung up"
     report = expect_tone(
-        call.heard_pcm, call.script.rate, frequency_hz=frequency_hz, duration_ms=duration_ms, what=f"call {call.uuid}"
+        call.heard_pcm,
+        call.script.rate,
+        frequency_hz=frequency_hz,
+        duration_ms=duration_ms,
+        what=f"call {call.uuid} (the phone itself was up to {call.worst_send_lateness_ms:.0f} ms late)",
     )
     # The heard stream is continuous 20 ms frames (the server sends silence when it has
     # nothing), so a position in it maps to the arrival time of the frame that carried it.

@@ -1,0 +1,282 @@
+"""One TOML file for everything, overridable by environment variables and CLI flags.
+
+Precedence, lowest first: built-in defaults → the ``--config`` file → environment variables
+``AUDIOSOCKET_AI_<SECTION>_<KEY>`` (e.g. ``AUDIOSOCKET_AI_SERVER_PORT=9100``) → CLI flags.
+The schema below is the single source of truth: validation, the ``config check`` command
+and docs/configuration.md (``audiosocket-ai config reference``) are all generated from it,
+so the reference cannot drift from the code. API keys are deliberately *not* settings:
+they come only from the providers' own environment variables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ENV_PREFIX = "AUDIOSOCKET_AI_"
+
+
+@attrs.frozen
+class Setting:
+    """One configuration key: where it lives, its type, default and meaning."""
+
+    section: str
+    key: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    optional: bool = False
+    """``None`` is an allowed value (means 'off' / 'not set')."""
+    flag: str | None = None
+    """Name of the ``serve`` CLI parameter that overrides it, if any."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.key}".upper()
+
+
+def _s(section: str, key: str, kind: type, default: Any, help: str, **extra: Any) -> Setting:
+    return Setting(section, key, kind, default, help, **extra)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("server", "host", str, "127.0.0.1", "Address to listen on. A public or wildcard address also needs "
+       "`server.allow` or `server.allow_public = true`, because AudioSocket has no authentication.", flag="host"),
+    _s("server", "port", int, 9092, "TCP port for AudioSocket connections.", minimum=0, flag="port"),
+    _s("server", "allow", list, [], "Source addresses or CIDR networks allowed to connect (empty: anyone who "
+       "can reach the port). Others are refused, logged and counted.", flag="allow"),
+    _s("server", "allow_public", bool, False, "Permit listening on a public/wildcard address without an "
+       "allowlist (you firewall it yourself).", flag="allow_public"),
+    _s("server", "max_calls", int, 200, "Calls served at once; more get a hangup frame and are counted as "
+       "rejected.", minimum=1, flag="max_calls"),
+    _s("server", "handshake_timeout", float, 5.0, "Seconds a new connection has to send its UUID.", minimum=0.1,
+       flag="handshake_timeout"),
+    _s("server", "drain_timeout", float, 0.0, "On SIGTERM, seconds calls in progress may continue before being "
+       "hung up.", minimum=0, flag="drain_timeout"),
+    _s("server", "goodbye", str, None, "Said to calls still up when the drain timeout ends (needs a TTS; "
+       "empty: just hang up).", optional=True),
+    _s("server", "metrics_port", int, None, "Port of the HTTP status endpoint (/healthz, /readyz, /metrics, "
+       "/calls/<uuid>); unset: no endpoint.", minimum=0, optional=True, flag="metrics_port"),
+    _s("server", "metrics_host", str, "127.0.0.1", "Address of the status endpoint.", flag="metrics_host"),
+    _s("limits", "idle_timeout", float, None, "Hang up after this many seconds without any inbound message "
+       "(unset: never; a caller on hold sends nothing).", minimum=0.1, optional=True, flag="idle_timeout"),
+    _s("limits", "max_duration", float, None, "Hang up calls longer than this many seconds.", minimum=1,
+       optional=True, flag="max_duration"),
+    _s("limits", "max_frame_bytes", int, 65535, "Largest message payload accepted; a bigger one ends the call. "
+       "Bounds what one connection can make the server buffer (7,680 bytes is 20 ms at 192 kHz).",
+       minimum=320),
+    _s("limits", "write_timeout", float, 2.0, "End a call whose peer has not read for this many seconds.",
+       minimum=0.1),
+    _s("limits", "inbound_queue_ms", int, 1000, "Caller audio buffered for a slow agent before frames are "
+       "dropped (and counted).", minimum=20),
+    _s("agent", "name", str, "assistant", "Agent: assistant, echo, tone, or module:attribute.", flag="agent_spec"),
+    _s("agent", "greeting", str, None, "What the assistant says when it answers (unset: its default).",
+       optional=True, flag="greeting"),
+    _s("agent", "system_prompt", str, None, "Instructions for an LLM (unset: a short phone-assistant prompt).",
+       optional=True),
+    _s("agent", "barge_in", str, "on", "on: the caller's voice or a key interrupts the agent; dtmf: only a key; "
+       "off: never.", choices=("on", "off", "dtmf"), flag="barge_in"),
+    _s("agent", "reprompt_after", float, 8.0, "Seconds of caller silence before the assistant asks if they are "
+       "still there.", minimum=0.5, optional=True),
+    _s("agent", "faq", str, None, "TOML file of FAQ answers for the rules model.", optional=True, flag="faq_file"),
+    _s("providers", "stt", str, "whisper", "Speech recognizer: whisper, openai[:MODEL], deepgram[:MODEL].",
+       flag="stt"),
+    _s("providers", "llm", str, "rules", "Language model: rules, openai[:MODEL].", flag="llm"),
+    _s("providers", "llm_base_url", str, None, "Base URL of an OpenAI-compatible server (Ollama, vLLM, "
+       "llama.cpp).", optional=True, flag="llm_base_url"),
+    _s("providers", "tts", str, "piper", "Voice: piper, openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].",
+       flag="tts"),
+    _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
+    _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
+    _s("recording", "transcript_dir", str, None, "Write each call's transcript to DIR/<uuid>.jsonl.",
+       optional=True, flag="transcript_dir"),
+    _s("recording", "record_dir", str, None, "Record each call to DIR/<uuid>.wav (caller left, agent right).",
+       optional=True, flag="record_dir"),
+    _s("logging", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"),
+       flag="log_level"),
+    _s("logging", "format", str, "human", "human or json; every line names its call.", choices=("human", "json"),
+       flag="log_format"),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class ConfigError(ValueError):
+    """The configuration has errors; ``errors`` lists each as 'key: problem'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def defaults() -> dict[str, Any]:
+    return {s.name: s.default for s in SETTINGS}
+
+
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge defaults, file, environment and overrides; return ``{"section.key": value}``.
+
+    Raises:
+        ConfigError: listing every problem found, each with its key.
+    """
+    values = defaults()
+    errors: list[str] = []
+    if path is not None:
+        errors += _merge_file(values, path)
+    errors += _merge_env(values, os.environ if env is None else env)
+    for name, value in (overrides or {}).items():
+        values[name] = value
+    errors += validate(values)
+    if errors:
+        raise ConfigError(errors)
+    return values
+
+
+def _merge_file(values: dict[str, Any], path: Path) -> list[str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror or exc}"]
+    except tomllib.TOMLDecodeError as exc:
+        return [f"{path}: not valid TOML: {exc}"]
+    errors = []
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            errors.append(f"{section}: expected a [{section}] table")
+            continue
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            if name not in BY_NAME:
+                errors.append(f"{name}: unknown setting" + _suggest(name))
+            else:
+                values[name] = value
+    return errors
+
+
+def _merge_env(values: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    errors = []
+    for setting in SETTINGS:
+        raw = env.get(setting.env)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = _parse_env(setting, raw)
+        except ValueError as exc:
+            errors.append(f"{setting.name} (from {setting.env}): {exc}")
+    return errors
+
+
+def _parse_env(setting: Setting, raw: str) -> Any:
+    if setting.optional and raw == "":
+        return None
+    if setting.kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if setting.kind is list:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if setting.kind in (int, float):
+        try:
+            return setting.kind(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    return raw
+
+
+def validate(values: Mapping[str, Any]) -> list[str]:
+    """Every problem with ``values``, each prefixed by its key."""
+    errors = []
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if value is None:
+            if not setting.optional:
+                errors.append(f"{setting.name}: must be set")
+            continue
+        kind = setting.kind
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            errors.append(f"{setting.name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            continue
+        if setting.choices and value not in setting.choices:
+            errors.append(f"{setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
+        if setting.minimum is not None and value < setting.minimum:
+            errors.append(f"{setting.name}: must be at least {setting.minimum:g}, got {value!r}")
+        if setting.name == "server.allow":
+            for entry in value:
+                try:
+                    ipaddress.ip_network(str(entry), strict=False)
+                except ValueError:
+                    errors.append(f"server.allow: {entry!r} is not an IP address or CIDR network")
+    if not errors:
+        problem = public_bind_problem(values["server.host"], values["server.allow"], values["server.allow_public"])
+        if problem:
+            errors.append(f"server.host: {problem}")
+    return errors
+
+
+def public_bind_problem(host: str, allow: list[str], allow_public: bool) -> str | None:
+    """Why listening on ``host`` is unsafe as configured, or None if it is fine."""
+    if allow or allow_public:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None if host in ("localhost", "") else (
+            f"{host!r} is a name; use an address, or set server.allow / server.allow_public")
+    if address.is_loopback or (address.is_private and not address.is_unspecified):
+        return None
+    return (f"{host} is reachable from other networks and AudioSocket has no authentication: set server.allow "
+            f"(e.g. [\"10.0.0.5\"]) to the PBX addresses, or server.allow_public = true (--allow-public) if a "
+            f"firewall protects the port")
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BY_NAME), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from :data:`SETTINGS`."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `audiosocket_ai/config.py` by `audiosocket-ai config reference`; do not edit by hand.",
+        "",
+        "Settings come from, lowest precedence first: defaults, the TOML file given to `serve --config FILE`, "
+        "environment variables, then command-line flags. `audiosocket-ai config check FILE` validates a file "
+        "and lists every error with its key. API keys are not settings: providers read `OPENAI_API_KEY`, "
+        "`DEEPGRAM_API_KEY` and `ELEVENLABS_API_KEY` from the environment.",
+        "",
+    ]
+    section = None
+    for s in SETTINGS:
+        if s.section != section:
+            section = s.section
+            lines += [f"## [{section}]", "", "| key | type | default | environment | flag | meaning |",
+                      "|---|---|---|---|---|---|"]
+        default = "unset" if s.default is None else f"`{s.default!r}`".replace("'", '"')
+        kind = s.kind.__name__ + (f" ({' / '.join(s.choices)})" if s.choices else "")
+        flag = f"`--{s.flag.replace('_spec', '').replace('_file', '').replace('_', '-')}`" if s.flag else ""
+        lines.append(f"| `{s.key}` | {kind} | {default} | `{s.env}` | {flag} | {s.help} |")
+        if s is SETTINGS[-1] or SETTINGS[SETTINGS.index(s) + 1].section != section:
+            lines.append("")
+    return "\n".join(lines)

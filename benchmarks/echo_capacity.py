@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""Echo capacity: how many concurrent echo calls one core holds with clean outbound pacing.
+
+Issue 3: "measure on one core how many concurrent echo calls the server holds with p99
+outbound frame-interval deviation under 5 ms and zero missing frames; target 500 calls per
+core; say what limits it".
+
+How:
+
+* the server is the real command, ``audiosocket-ai serve --agent echo``, started as a
+  subprocess pinned to one core (``taskset -c 0``);
+* the load generator is this process, pinned to another core. It is deliberately cheap:
+  one thread, plain non-blocking sockets and one epoll. Every call sends its UUID message,
+  then one 320-byte slin frame (kind 0x10) every 20 ms. Calls are spread over the 20 ms
+  period in 1 ms slots (a low-discrepancy phase per call), as independent phone calls are;
+* every frame the server sends is timestamped on arrival (``time.monotonic_ns``, one
+  stamp per ``recv``, 3-byte headers parsed incrementally) and the deviation of each
+  inter-arrival interval from 20 ms goes into a 10 µs histogram;
+* the number of calls is ramped in steps (default 50 → 800); each step is held
+  ``--hold`` seconds once every call has received audio, after a ``--warmup``;
+* per step: frames expected vs received (per call, from the first to the last frame of
+  the window: missing = round(span / 20 ms) + 1 − received), p50/p99/p99.9/max of
+  |inter-arrival − 20 ms|, server CPU (``/proc/PID/stat``, % of one core), server RSS,
+  server warnings, and whether the generator kept up (its send lateness, and its "blind
+  time": how long it was busy between two epoll waits, which bounds the error of the
+  arrival stamps). A step whose generator was late is marked invalid;
+* optionally the server is profiled with py-spy at the limit (``--profile``).
+
+Run: ``.venv/bin/python benchmarks/echo_capacity.py`` (``--help`` for the knobs;
+``--write-docs`` puts the table into docs/benchmarks.md). Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+FRAME_NS = 20_000_000
+SLOT_NS = 1_000_000
+SLOTS = FRAME_NS // SLOT_NS
+BUCKET_NS = 10_000  # histogram resolution: 10 µs
+NBUCKETS = 20_000  # up to 200 ms, then one overflow bucket
+PAYLOAD = bytes((i * 37 + 11) & 0xFF for i in range(320))  # any 20 ms of slin 8 kHz (echo is bit-exact)
+FRAME = b"\x10\x01\x40" + PAYLOAD
+AUDIO_KINDS = frozenset((0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18))
+GOLDEN = (math.sqrt(5) - 1) / 2
+PASS_P99_MS = 5.0
+GEN_MAX_SEND_P99_MS = 2.0  # epoll's timeout has 1 ms granularity: ~1 ms of send lateness is normal
+GEN_MAX_BLIND_P99_MS = 1.0
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Echo capacity (issue 3)"
+BEGIN, END = "<!-- echo_capacity:begin -->", "<!-- echo_capacity:end -->"
+
+mono = time.monotonic_ns
+
+
+class Hist:
+    """Counts of durations in 10 µs buckets (cheap to update 40 000 times a second)."""
+
+    __slots__ = ("counts", "max_ns", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (NBUCKETS + 1)
+        self.n = 0
+        self.max_ns = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        i = ns // BUCKET_NS
+        self.counts[i if i < NBUCKETS else NBUCKETS] += count
+        self.n += count
+        if ns > self.max_ns:
+            self.max_ns = ns
+
+    def pct_ms(self, q: float) -> float:
+        if not self.n:
+            return float("nan")
+        rank = math.ceil(q / 100.0 * self.n)
+        running = 0
+        for i, c in enumerate(self.counts):
+            running += c
+            if running >= rank:
+                return (i + 1) * BUCKET_NS / 1e6  # upper edge of the bucket
+        return self.max_ns / 1e6
+
+
+class CallState:
+    __slots__ = ("buf", "closed", "count", "first", "index", "last", "lastw", "rx_total", "sock", "wpending")
+
+    def __init__(self, sock: socket.socket, index: int) -> None:
+        self.sock = sock
+        self.index = index
+        self.buf = bytearray()
+        self.wpending = b""
+        self.last = 0
+        self.first = 0
+        self.lastw = 0
+        self.count = 0
+        self.rx_total = 0
+        self.closed = False
+
+
+class Generator:
+    """The load generator: all calls in one thread, one epoll, one 1 ms slot timer."""
+
+    def __init__(self, port: int, ramp_rate: float) -> None:
+        self.port = port
+        self.ep = select.epoll()
+        self.calls: list[CallState] = []
+        self.by_fd: dict[int, CallState] = {}
+        self.slots: list[list[CallState]] = [[] for _ in range(SLOTS)]
+        self.slot_idx = 0
+        self.next_slot_ns = 0
+        self.ramp_interval_ns = int(1e9 / ramp_rate)
+        self.next_connect_ns = 0
+        self.target = 0
+        self.next_index = 0
+        self.measuring = False
+        self.reset_stats()
+        self.server_closed = 0
+        self.connect_errors = 0
+
+    def reset_stats(self) -> None:
+        self.dev = Hist()
+        self.send_late = Hist()
+        self.blind = Hist()
+        self.send_blocked = 0
+        for st in self.calls:
+            st.first = st.lastw = st.count = 0
+
+    @property
+    def live(self) -> list[CallState]:
+        return [st for st in self.calls if not st.closed]
+
+    def all_up(self) -> bool:
+        live = self.live
+        return len(live) >= self.target and all(st.rx_total > 0 for st in live)
+
+    # --- call management ---------------------------------------------------------------
+
+    def _connect_one(self) -> None:
+        index = self.next_index
+        self.next_index += 1
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2.0)
+        except OSError:
+            self.connect_errors += 1
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"\x01\x00\x10" + uuid.uuid4().bytes)
+        sock.setblocking(False)
+        st = CallState(sock, index)
+        self.calls.append(st)
+        self.by_fd[sock.fileno()] = st
+        self.ep.register(sock.fileno(), select.EPOLLIN)
+        self.slots[int((index * GOLDEN) % 1.0 * SLOTS)].append(st)
+
+    def _close(self, st: CallState) -> None:
+        if st.closed:
+            return
+        st.closed = True
+        fd = st.sock.fileno()
+        self.by_fd.pop(fd, None)
+        try:
+            self.ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        st.sock.close()
+        for slot in self.slots:
+            if st in slot:
+                slot.remove(st)
+
+    def set_target(self, n: int) -> None:
+        """Ramp up (connect at ``ramp_rate``) or down (hang up the newest calls at once)."""
+        self.target = n
+        live = self.live
+        for st in live[n:]:
+            self._close(st)
+
+    def close_all(self) -> None:
+        for st in list(self.calls):
+            self._close(st)
+        self.ep.close()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, until_ns: int | None = None, stop=None) -> None:  # type: ignore[no-untyped-def]
+        ep = self.ep
+        by_fd = self.by_fd
+        on_readable = self._on_readable
+        if not self.next_slot_ns:
+            self.next_slot_ns = mono()
+        wake = mono()
+        while True:
+            now = mono()
+            if until_ns is not None and now >= until_ns:
+                return
+            if stop is not None and stop():
+                return
+            while now >= self.next_slot_ns:
+                self._send_slot(self.slot_idx % SLOTS, now - self.next_slot_ns)
+                self.slot_idx += 1
+                self.next_slot_ns += SLOT_NS
+            if len(self.live) < self.target and now >= self.next_connect_ns:
+                self._connect_one()
+                interval = self.ramp_interval_ns
+                self.next_connect_ns = max(self.next_connect_ns + interval, now - 10 * interval)
+            done = mono()
+            if self.measuring:
+                self.blind.add(done - wake)
+            timeout = (self.next_slot_ns - done) / 1e9
+            events = ep.poll(timeout if timeout > 0 else 0)
+            wake = mono()
+            for fd, _ in events:
+                st = by_fd.get(fd)
+                if st is not None:
+                    on_readable(st)
+
+    def _send_slot(self, slot: int, late_ns: int) -> None:
+        calls = self.slots[slot]
+        if not calls:
+            return
+        if self.measuring:
+            self.send_late.add(late_ns, len(calls))
+        for st in calls:
+            data = FRAME
+            if st.wpending:
+                data = st.wpending + FRAME
+                st.wpending = b""
+            try:
+                sent = st.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(st)
+                continue
+            if sent < len(data):
+                # the server is not reading: keep the rest (never half a frame on the wire)
+                self.send_blocked += 1
+                st.wpending = data[sent:]
+                if len(st.wpending) > 50 * len(FRAME):
+                    self._close(st)
+
+    def _on_readable(self, st: CallState) -> None:
+        try:
+            data = st.sock.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.server_closed += 1
+            self._close(st)
+            return
+        t = mono()
+        if not data:
+            self.server_closed += 1
+            self._close(st)
+            return
+        buf = st.buf
+        buf += data
+        n = len(buf)
+        off = 0
+        frames = 0
+        hung_up = False
+        while n - off >= 3:
+            length = (buf[off + 1] << 8) | buf[off + 2]
+            if n - off < 3 + length:
+                break
+            kind = buf[off]
+            if kind in AUDIO_KINDS:
+                frames += 1
+            elif kind == 0x00:
+                hung_up = True
+            off += 3 + length
+        if off:
+            del buf[:off]
+        if frames:
+            if self.measuring:
+                last = st.last
+                if last:
+                    d = t - last - FRAME_NS
+                    self.dev.add(-d if d < 0 else d)
+                if frames > 1:  # several frames in one read: they arrived back to back
+                    self.dev.add(FRAME_NS, frames - 1)
+                if not st.first:
+                    st.first = t - (frames - 1) * FRAME_NS
+                st.lastw = t
+                st.count += frames
+            st.last = t
+            st.rx_total += frames
+        if hung_up:
+            self.server_closed += 1
+            self._close(st)
+
+
+# --- server process --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    exe = ROOT / ".venv" / "bin" / "audiosocket-ai"
+    cmd = [str(exe) if exe.exists() else "audiosocket-ai", "serve", "--agent", "echo", "--host", "127.0.0.1",
+           "--port", str(port), "--max-calls", "5000", "--log-level", "warning"]
+    if args.server_core is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(args.server_core), *cmd]
+    log_file = open(log_path, "wb")  # kept open for the server's lifetime
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}; see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as probe:
+                probe.sendall(b"\x01\x00\x10" + uuid.uuid4().bytes)  # a well-formed call that hangs up at once
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    stop_server(proc)
+    raise SystemExit("server did not start listening within 30 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def server_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The Python process (taskset execs it, so this is normally ``proc.pid`` itself)."""
+    return proc.pid
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (all threads)
+
+
+def runq_wait_ns(pid: int | str) -> int:
+    """Time the task spent runnable but waiting for a CPU (others' work on its core)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def count_log_lines(path: Path, offset: int) -> tuple[int, collections.Counter[str], int]:
+    """Warning lines written since ``offset``, by kind; returns the new offset too."""
+    kinds: collections.Counter[str] = collections.Counter()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    for line in data.decode(errors="replace").splitlines():
+        low = line.lower()
+        if "not keeping up" in low:
+            kinds["inbound dropped (agent behind)"] += 1
+        elif "has not read" in low:
+            kinds["peer not reading"] += 1
+        elif "warning" in low or "error" in low:
+            kinds["other"] += 1
+    return sum(kinds.values()), kinds, offset + len(data)
+
+
+# --- one step --------------------------------------------------------------------------
+
+
+def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_path: Path,
+             log_offset: int) -> tuple[dict[str, object], int]:
+    gen.set_target(n)
+    ramp_deadline = mono() + int((n / args.ramp_rate + 15) * 1e9)
+    gen.run(until_ns=ramp_deadline, stop=gen.all_up)
+    up = sum(1 for st in gen.live if st.rx_total > 0)
+    gen.run(until_ns=mono() + int(args.warmup * 1e9))
+    _, _, log_offset = count_log_lines(log_path, log_offset)  # ignore ramp-up warnings
+    gen.reset_stats()
+    closed_before = gen.server_closed
+    ticks0, t0 = proc_cpu_ticks(pid), mono()
+    wait0, own_wait0 = runq_wait_ns(pid), runq_wait_ns("thread-self")
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    gen.measuring = True
+    gen.run(until_ns=t0 + int(args.hold * 1e9))
+    gen.measuring = False
+    t1 = mono()
+    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    ticks1 = proc_cpu_ticks(pid)
+    wait1, own_wait1 = runq_wait_ns(pid), runq_wait_ns("thread-self")
+    elapsed = (t1 - t0) / 1e9
+    hz = os.sysconf("SC_CLK_TCK")
+    expected = received = missing = calls_missing = 0
+    for st in gen.live:
+        if not st.count:
+            continue
+        exp = round((st.lastw - st.first) / FRAME_NS) + 1
+        expected += exp
+        received += st.count
+        if exp > st.count:
+            missing += exp - st.count
+            calls_missing += 1
+    live = len(gen.live)
+    warn_total, warn_kinds, log_offset = count_log_lines(log_path, log_offset)
+    send_p99 = gen.send_late.pct_ms(99)
+    blind_p99 = gen.blind.pct_ms(99)
+    valid = send_p99 <= GEN_MAX_SEND_P99_MS and blind_p99 <= GEN_MAX_BLIND_P99_MS and gen.send_blocked == 0
+    p99 = gen.dev.pct_ms(99)
+    dropped_calls = gen.server_closed - closed_before + max(0, n - live)
+    result: dict[str, object] = {
+        "calls": n,
+        "calls_up": up,
+        "calls_live": live,
+        "window_s": round(elapsed, 2),
+        "expected_per_call": round(expected / live, 1) if live else 0,
+        "received_per_call": round(received / live, 1) if live else 0,
+        "missing": missing,
+        "calls_with_missing": calls_missing,
+        "calls_dropped": dropped_calls,
+        "dev_p50_ms": gen.dev.pct_ms(50),
+        "dev_p99_ms": p99,
+        "dev_p999_ms": gen.dev.pct_ms(99.9),
+        "dev_max_ms": round(gen.dev.max_ns / 1e6, 2),
+        "server_cpu_pct": round(100.0 * (ticks1 - ticks0) / hz / elapsed, 1),
+        "server_runq_wait_pct": round(100.0 * (wait1 - wait0) / (t1 - t0), 1),
+        "server_rss_mb": round(proc_rss_mb(pid), 1),
+        "server_warnings": warn_total,
+        "server_warning_kinds": dict(warn_kinds),
+        "gen_cpu_pct": round(100.0 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed, 1),
+        "gen_runq_wait_pct": round(100.0 * (own_wait1 - own_wait0) / (t1 - t0), 1),
+        "gen_send_late_p99_ms": send_p99,
+        "gen_blind_p99_ms": blind_p99,
+        "gen_blind_max_ms": round(gen.blind.max_ns / 1e6, 2),
+        "gen_send_blocked": gen.send_blocked,
+        "gen_valid": valid,
+        "pass": bool(live == n and up == n and missing == 0 and dropped_calls == 0 and p99 < PASS_P99_MS),
+    }
+    return result, log_offset
+
+
+def fmt_step(r: dict[str, object]) -> str:
+    return (f"N={r['calls']:>4}  missing={r['missing']:>5} ({r['calls_with_missing']} calls)  "
+            f"dev p50/p99/p99.9/max={r['dev_p50_ms']:.2f}/{r['dev_p99_ms']:.2f}/{r['dev_p999_ms']:.2f}/"
+            f"{r['dev_max_ms']:.1f} ms  server cpu={r['server_cpu_pct']}% runq-wait={r['server_runq_wait_pct']}% "
+            f"rss={r['server_rss_mb']} MB "
+            f"warn={r['server_warnings']}  gen cpu={r['gen_cpu_pct']}% runq-wait={r['gen_runq_wait_pct']}% "
+            f"send-late p99={r['gen_send_late_p99_ms']:.2f} "
+            f"blind p99={r['gen_blind_p99_ms']:.2f} ms {'ok' if r['gen_valid'] else 'GENERATOR-LATE'}  "
+            f"{'PASS' if r['pass'] else 'FAIL'}")
+
+
+# --- profiling -------------------------------------------------------------------------
+
+
+def profile_server(gen: Generator, pid: int, args: argparse.Namespace) -> dict[str, object] | None:
+    """Sample the server with py-spy (non-blocking) while the generator keeps the calls going."""
+    py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy not found (.venv/bin/pip install py-spy): skipping the profile", file=sys.stderr)
+        return None
+    out = Path(tempfile.mkdtemp(prefix="echo-capacity-")) / "profile.txt"
+    cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(args.profile_seconds), "--rate", "200",
+           "--nonblocking", "--format", "raw", "--nolineno", "-o", str(out)]
+    if args.client_core is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(args.client_core), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gen.run(until_ns=mono() + int((args.profile_seconds + 3) * 1e9), stop=lambda: proc.poll() is not None)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not out.exists():
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        print(f"py-spy produced no profile: {err.strip()}", file=sys.stderr)
+        return None
+    return summarize_collapsed(out.read_text(), args.profile_seconds * 200, str(out))
+
+
+def summarize_collapsed(text: str, expected_samples: int, path: str) -> dict[str, object]:
+    self_counts: collections.Counter[str] = collections.Counter()
+    incl_counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";")]
+        total += count
+        self_counts[frames[-1]] += count
+        for name in set(frames):
+            if not _boilerplate(name):
+                incl_counts[name] += count
+    return {
+        "samples": total,
+        "busy_pct": round(100.0 * total / expected_samples, 1) if expected_samples else None,
+        "self": [(name, round(100.0 * c / total, 1)) for name, c in self_counts.most_common(15)] if total else [],
+        "inclusive": [(name, round(100.0 * c / total, 1)) for name, c in incl_counts.most_common(25)] if total else [],
+        "raw": path,
+    }
+
+
+def _boilerplate(name: str) -> bool:
+    """Frames every sample goes through (the command line and trio's runner entry)."""
+    return ("click/" in name or name.startswith("<module>") or name.startswith("main (")
+            or name in ("run (trio/_core/_run.py)", "serve (audiosocket_ai/cli.py)"))
+
+
+def _short(frame: str) -> str:
+    """``func (/long/path/site-packages/pkg/mod.py)`` → ``func (pkg/mod.py)``."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/lib/python3", str(ROOT) + "/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    if where.startswith(".") and "/" in where:  # "/lib/python3.11/x.py" remainder
+        where = where.split("/", 1)[1]
+    return f"{name} ({where})" if where else name
+
+
+# --- reporting -------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import importlib.metadata as md
+
+    try:
+        trio_version = md.version("trio")
+    except md.PackageNotFoundError:
+        trio_version = "?"
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "audiosocket_ai"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit, dirty = "?", ""
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "trio": trio_version,
+        "kernel": platform.release(),
+        "commit": commit + (" (+ uncommitted changes in audiosocket_ai/)" if dirty else ""),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def render_markdown(results: list[dict[str, object]], info: dict[str, str], args: argparse.Namespace,
+                    load_before: str, load_after: str, profile: dict[str, object] | None) -> str:
+    passing = [r for r in results if r["pass"] and r["gen_valid"]]
+    best = max((int(r["calls"]) for r in passing), default=0)  # type: ignore[call-overload]
+    lines = [
+        f"Measured {info['date']} with `{_command_line()}`.",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, trio {info['trio']}, "
+        f"Linux {info['kernel']}; code at {info['commit']}. Server pinned to core {args.server_core}, load "
+        f"generator to core {args.client_core}. Load average (1/5/15 min) before: {load_before}, after: {load_after}.",
+        "",
+        f"Criterion: p99 |inter-arrival − 20 ms| < {PASS_P99_MS:g} ms and zero missing frames over a "
+        f"{args.hold:g} s window (after {args.warmup:g} s warm-up). Deviation is measured at the client, so it "
+        "includes the loopback and the generator's own reaction time (its blind-time p99 is shown; a step "
+        "where the generator fell behind is marked invalid).",
+        "",
+        f"**Largest passing N: {best} calls on one core** (target 500).",
+        "",
+        "| calls | missing frames (calls) | frames/call exp → rcvd | dev p50 | dev p99 | dev p99.9 | dev max "
+        "| server CPU (runq wait) | server RSS | server warnings "
+        "| generator CPU (runq wait) / send-late p99 / blind p99 | result |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        gen_note = (f"{r['gen_cpu_pct']}% ({r['gen_runq_wait_pct']}%) / {r['gen_send_late_p99_ms']:.2f} / "
+                    f"{r['gen_blind_p99_ms']:.2f} ms"
+                    + ("" if r["gen_valid"] else " **late: invalid**"))
+        warn = str(r["server_warnings"])
+        if r["server_warning_kinds"]:
+            warn += " (" + ", ".join(f"{k}: {v}" for k, v in r["server_warning_kinds"].items()) + ")"  # type: ignore[union-attr]
+        lines.append(
+            f"| {r['calls']} | {r['missing']} ({r['calls_with_missing']}) | {r['expected_per_call']} → "
+            f"{r['received_per_call']} | {r['dev_p50_ms']:.2f} ms | {r['dev_p99_ms']:.2f} ms | "
+            f"{r['dev_p999_ms']:.2f} ms | {r['dev_max_ms']:.1f} ms | "
+            f"{r['server_cpu_pct']}% ({r['server_runq_wait_pct']}%) | "
+            f"{r['server_rss_mb']} MB | {warn} | {gen_note} | {'pass' if r['pass'] else 'FAIL'} |"
+        )
+    if profile:
+        lines += [
+            "",
+            f"py-spy profile of the server at {profile.get('calls')} calls ({profile['samples']} samples at 200 Hz, "
+            f"non-blocking; the event loop was busy in {profile['busy_pct']}% of samples, idle samples excluded "
+            "from the shares below).",
+            "",
+            "| top functions by own time | share | | top functions by inclusive time | share |",
+            "|---|---:|---|---|---:|",
+        ]
+        selfs, incl = list(profile["self"]), list(profile["inclusive"])  # type: ignore[call-overload]
+        for i in range(max(len(selfs), 15)):
+            if i >= len(selfs) and i >= len(incl):
+                break
+            a = selfs[i] if i < len(selfs) else ("", "")
+            b = incl[i] if i < len(incl) else ("", "")
+            lines.append(f"| `{a[0]}` | {a[1]}% | | `{b[0]}` | {b[1]}% |" if a[0] else f"| | | | `{b[0]}` | {b[1]}% |")
+    return "\n".join(lines)
+
+
+def _command_line() -> str:
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_name = str(script.relative_to(ROOT))
+    except ValueError:
+        script_name = str(script)
+    rest = [a for a in sys.argv[1:] if a != "--write-docs"]
+    return " ".join([".venv/bin/python", script_name, *rest])
+
+
+def write_docs(body: str) -> None:
+    """Replace this script's block in docs/benchmarks.md (other sections are left alone)."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nTargets live in `benchmarks/` (see its README).\n"
+    block = f"{BEGIN}\n{body}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    elif SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        text = head + SECTION + "\n\n" + block + "\n" + rest
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    DOC.write_text(text)
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", default="50,100,200,300,400,500,600,800",
+                   help="comma-separated call counts to hold, in order")
+    p.add_argument("--max-calls", type=int, default=None, help="drop steps above this many calls")
+    p.add_argument("--hold", type=float, default=20.0, help="seconds measured per step")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds skipped after every call is up")
+    p.add_argument("--ramp-rate", type=float, default=250.0, help="new calls per second while ramping up")
+    p.add_argument("--stop-after-failures", type=int, default=2,
+                   help="stop ramping after this many failing steps in a row (0: never)")
+    p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to")
+    p.add_argument("--client-core", type=int, default=1, help="core this load generator (and py-spy) is pinned to")
+    p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    p.add_argument("--profile", action="store_true", help="profile the server with py-spy at the limit")
+    p.add_argument("--profile-calls", type=int, default=None,
+                   help="calls held while profiling (default: the first failing step, else the largest)")
+    p.add_argument("--profile-seconds", type=int, default=15)
+    p.add_argument("--max-runtime", type=float, default=570.0, help="skip remaining steps after this many seconds")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--write-docs", action="store_true",
+                   help=f"write the table into {DOC.relative_to(ROOT)} (only this benchmark's block)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    if args.max_calls is not None:
+        steps = [s for s in steps if s <= args.max_calls]
+    if not steps:
+        raise SystemExit("no steps to run")
+    started = time.monotonic()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(steps) * 2 + 256
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(want, soft)), hard))
+    info = machine_info()
+    load_before = loadavg()
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        print("warning: fewer than 2 cores: server and generator share one", file=sys.stderr)
+        args.server_core = args.client_core = None
+    port = args.port or free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="echo-capacity-")) / "server.log"
+    proc = start_server(args, port, log_path)
+    pid = server_pid(proc)
+    if args.client_core is not None:
+        os.sched_setaffinity(0, {args.client_core})
+    print(f"server pid {pid} on port {port} (log {log_path}); load average {load_before}", file=sys.stderr)
+    gen = Generator(port, args.ramp_rate)
+    results: list[dict[str, object]] = []
+    profile: dict[str, object] | None = None
+    gc.disable()
+    try:
+        failures = 0
+        log_offset = 0
+        for n in steps:
+            budget = n / args.ramp_rate + args.warmup + args.hold + 20
+            if time.monotonic() - started + budget > args.max_runtime:
+                print(f"skipping N={n} and above: --max-runtime {args.max_runtime:g} s", file=sys.stderr)
+                break
+            result, log_offset = run_step(gen, n, args, pid, log_path, log_offset)
+            gc.collect()
+            results.append(result)
+            print(fmt_step(result), file=sys.stderr, flush=True)
+            failures = 0 if result["pass"] else failures + 1
+            if proc.poll() is not None:
+                print(f"server exited with {proc.returncode}", file=sys.stderr)
+                break
+            if args.stop_after_failures and failures >= args.stop_after_failures:
+                break
+        if args.profile and results and proc.poll() is None:
+            n = args.profile_calls or next((int(r["calls"]) for r in results if not r["pass"]),  # type: ignore[call-overload]
+                                           int(results[-1]["calls"]))  # type: ignore[call-overload]
+            gen.set_target(n)
+            gen.run(until_ns=mono() + int((n / args.ramp_rate + 15) * 1e9), stop=gen.all_up)
+            gen.run(until_ns=mono() + int(args.warmup * 1e9))
+            print(f"profiling the server at {n} calls for {args.profile_seconds} s", file=sys.stderr)
+            profile = profile_server(gen, pid, args)
+            if profile:
+                profile["calls"] = n
+                for name, share in profile["self"][:10]:  # type: ignore[index]
+                    print(f"  self {share:5.1f}%  {name}", file=sys.stderr)
+    finally:
+        gc.enable()
+        gen.close_all()
+        stop_server(proc)
+    load_after = loadavg()
+    body = render_markdown(results, info, args, load_before, load_after, profile)
+    print(body)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "load_before": load_before, "load_after": load_after,
+                                         "steps": results, "profile": profile}, indent=2, default=str))
+    if args.write_docs:
+        write_docs(body)
+        print(f"wrote {DOC}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
