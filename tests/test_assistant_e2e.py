@@ -65,12 +65,6 @@ def assistant(stack: dict[str, object], tmp_path: Path, **settings: object) -> t
     return agent, seen
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_a_spoken_question_gets_a_spoken_answer(stack, tmp_path: Path) -> None:
     agent, seen = assistant(stack, tmp_path)
     question = await speech(stack, "What can you do for me?")
@@ -178,7 +172,6 @@ async def test_the_offline_default_serves_16k_calls(stack, tmp_path: Path) -> No
     caller = [line for line in transcript(tmp_path) if line["who"] == "caller"]
     assert "robot" in str(caller[0]["text"]).lower()
     (recording,) = (tmp_path / "rec").glob("*.wav")
-    pcm, rate = asa.read_wav(recording)
     import wave
 
     with wave.open(str(recording)) as wav:

@@ -61,26 +61,6 @@ _KEEPALIVE = json.dumps({"type": "KeepAlive"})
 _FINALIZE = json.dumps({"type": "Finalize"})
 _CLOSE_STREAM = json.dumps({"type": "CloseStream"})
 
-def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
-    """Describe Deepgram's error body ``{"err_code", "err_msg", "request_id"}``.
-
-    Returns the text to append to our message (starting with ": ") and the ``err_code``.
-    """
-    if not body:
-        return "", None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return f": {_snippet(body, secret)}", None
-    code = str(data["err_code"]) if data.get("err_code") else None
-    parts = [str(data[k]) for k in ("err_code", "err_msg") if data.get(k)]
-    detail = ": " + _snippet(" ".join(parts), secret) if parts else f": {_snippet(body, secret)}"
-    if data.get("request_id"):
-        detail += f" [request_id {_snippet(str(data['request_id']), secret, 64)}]"
-    return detail, code
-
 
 # --- WebSocket plumbing -----------------------------------------------------------------
 # This block is identical in deepgram.py and elevenlabs.py (kept in step by a test) until
@@ -268,6 +248,27 @@ class _Closed:
 
 
 # --- end of the shared block ------------------------------------------------------------
+
+
+def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
+    """Describe Deepgram's error body ``{"err_code", "err_msg", "request_id"}``.
+
+    Returns the text to append to our message (starting with ": ") and the ``err_code``.
+    """
+    if not body:
+        return "", None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return f": {_snippet(body, secret)}", None
+    code = str(data["err_code"]) if data.get("err_code") else None
+    parts = [str(data[k]) for k in ("err_code", "err_msg") if data.get(k)]
+    detail = ": " + _snippet(" ".join(parts), secret) if parts else f": {_snippet(body, secret)}"
+    if data.get("request_id"):
+        detail += f" [request_id {_snippet(str(data['request_id']), secret, 64)}]"
+    return detail, code
 
 
 @attrs.define

@@ -39,22 +39,15 @@ import logging
 import math
 import os
 import re
+import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    DisconnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from .errors import ProviderError, redact
 
@@ -73,62 +66,50 @@ PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
 _END_OF_INPUT = json.dumps({"text": ""})
 
-_NORMAL_CLOSE_CODES = frozenset({1000, 1005})
-_RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 1012, 1013, 1014})
-"""Abnormal drop, server error, restart, try again later, bad gateway. 1008 (policy
-violation: bad key, quota, input timeout) would fail the same way again."""
-
 _RETRYABLE_ERRORS = frozenset({"rate_limit_exceeded", "too_many_concurrent_requests", "system_busy"})
 """In-band error names that mean "later, not never" (named after the REST API's statuses)."""
 
 _SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)\]]*$")
 
 
-def _api_key(api_key: str | None) -> str:
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+# --- WebSocket plumbing -----------------------------------------------------------------
+# This block is identical in deepgram.py and elevenlabs.py (kept in step by a test) until
+# it moves to a shared private module.
+
+_NORMAL_CLOSE_CODES = frozenset({1000, 1005})
+"""1000 is a normal close; 1005 is what a close frame without a code reads as."""
+
+_RETRYABLE_CLOSE_CODES = frozenset({1006, 1011, 1012, 1013, 1014})
+"""Abnormal drop, server error or timeout, restart, try again later, bad gateway: a new
+connection may well succeed. Others (1002 protocol error or undecodable data, 1008 policy
+violation such as a bad key, quota or input timeout) would fail the same way again."""
+
+
+def _api_key(api_key: str | None, env: str, provider: str) -> str:
+    key = api_key if api_key is not None else os.environ.get(env, "")
     if not key:
-        raise ProviderError(
-            f"{PROVIDER}: no API key (pass api_key= or set {API_KEY_ENV})", provider=PROVIDER, retryable=False
-        )
+        raise ProviderError(f"{provider}: no API key (pass api_key= or set {env})", provider=provider)
     return key
 
 
 def _snippet(data: str | bytes, secret: str, limit: int = 200) -> str:
+    """Server text for a message: decoded, shortened, and without our key (servers echo)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = redact(text, [secret])  # a server may echo our key back
+    text = redact(text, [secret])
     return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _status_retryable(status: int) -> bool:
+    """Server-side failures and throttling are worth retrying; other 4xx are our fault."""
     return status >= 500 or status in (408, 429)
 
 
-def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
-    """Describe an ElevenLabs error body: ``{"detail": {"status", "message"}}`` or ``{"detail": "..."}``.
-
-    Returns the text to append to our message (starting with ": ") and the error code.
-    """
-    if not body:
-        return "", None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    detail = data.get("detail") if isinstance(data, dict) else None
-    if isinstance(detail, dict):
-        code = str(detail["status"]) if detail.get("status") else None
-        message = " ".join(str(detail[k]) for k in ("status", "message") if detail.get(k))
-        return f": {_snippet(message or body, secret)}", code
-    if isinstance(detail, str):
-        return f": {_snippet(detail, secret)}", None
-    return f": {_snippet(body, secret)}", None
-
-
-def _retry_after(value: bytes | None) -> float | None:
+def _retry_after(value: str | bytes | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in its delta-seconds form (dates are ignored)."""
     if value is None:
         return None
     try:
-        seconds = float(value.decode("latin-1"))
+        seconds = float(value.decode("latin-1") if isinstance(value, bytes) else value)
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
@@ -159,24 +140,92 @@ async def _task_group() -> AsyncIterator[trio.Nursery]:
             del exc, context
 
 
-async def _release_if_closed(ws: WebSocketConnection) -> None:
-    """Close the TCP socket under a WebSocket the server has already closed.
+@asynccontextmanager
+async def _open_websocket(
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    provider: str,
+    connect_timeout: float,
+    disconnect_timeout: float,
+    rejected: Callable[[ConnectionRejected], ProviderError],
+) -> AsyncIterator[WebSocketConnection]:
+    """Connect a client WebSocket over a TCP (or TLS) stream that we own.
 
-    trio-websocket (0.12) closes a client's socket only when the client starts the close:
-    after a server-initiated close or a dropped connection, ``aclose()`` returns early and
-    the socket lingers until garbage collection. Every Deepgram stream ends with a
-    server-initiated close, so without this each call would leak a file descriptor for a
-    while. There is no public handle on the stream, hence the guarded private access.
+    ``trio_websocket.open_websocket_url`` leaks the client's socket (until garbage
+    collection) when the handshake is rejected and when the server closes first, which
+    is how every Deepgram stream ends; a voice server retrying through an outage would
+    pile up file descriptors. Owning the stream in ``async with`` closes it on every
+    path, and lets us report connection failures as :class:`ProviderError`.
+
+    Args:
+        rejected: turns an HTTP rejection of the upgrade into the provider's error.
     """
-    if ws.closed is None:
-        return  # still open: the normal close handshake will close the socket
-    stream = getattr(ws, "_stream", None)
-    if isinstance(stream, trio.abc.AsyncResource):
-        await trio.aclose_forcefully(stream)
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = trio.current_time() + connect_timeout
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    try:
+        with trio.fail_at(deadline):
+            if secure:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                )
+                await stream.do_handshake()  # certificate errors surface here, not as a hang
+            else:
+                stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise ProviderError(
+            f"{provider}: timed out connecting after {connect_timeout:g}s", provider=provider, retryable=True
+        ) from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+        raise ProviderError(
+            f"{provider}: could not connect to {host}:{port}: {cause}", provider=provider, retryable=True
+        ) from exc
+    async with stream:
+        try:
+            async with _task_group() as nursery:
+                try:
+                    with trio.fail_at(deadline):
+                        ws = await wrap_client_stream(
+                            nursery,
+                            stream,
+                            host if port in (80, 443) else f"{host}:{port}",
+                            resource,
+                            extra_headers=headers,
+                        )
+                except trio.TooSlowError:
+                    raise ProviderError(
+                        f"{provider}: no WebSocket handshake within {connect_timeout:g}s",
+                        provider=provider,
+                        retryable=True,
+                    ) from None
+                try:
+                    yield ws
+                finally:
+                    try:
+                        with trio.move_on_after(disconnect_timeout) as closing:
+                            await ws.aclose()
+                        if closing.cancelled_caught:
+                            logger.warning("%s: server did not answer our close in %gs", provider, disconnect_timeout)
+                    finally:
+                        nursery.cancel_scope.cancel()  # stop trio-websocket's reader task
+        except ConnectionRejected as exc:
+            raise rejected(exc) from None  # the rejection's repr carries raw headers and body
 
 
 class _Watchdog:
-    """A deadline that other tasks move while one task sleeps on it (see the Deepgram module)."""
+    """A deadline that other tasks move while one task sleeps on it.
+
+    Server silence is only an error while we wait for an answer, and which task knows
+    that changes (the sender knows a request went out, the reader knows a message came
+    back). A shared cancel scope lets each of them move the deadline and have the sleeper
+    notice at once, without polling.
+    """
 
     def __init__(self) -> None:
         self._scope = trio.CancelScope()
@@ -187,20 +236,49 @@ class _Watchdog:
             self._scope.deadline = trio.current_time() + seconds
 
     def restart(self, seconds: float) -> None:
+        """Count down ``seconds`` from now, whatever was running."""
         self._scope.deadline = trio.current_time() + seconds
 
     def disarm(self) -> None:
+        """Nothing is awaited any more."""
         self._scope.deadline = math.inf
 
     async def expired(self) -> None:
+        """Return once the deadline passes (never, while disarmed)."""
         with self._scope:
             await trio.sleep_forever()
 
 
 @attrs.define
 class _Closed:
+    """The reader's report that the WebSocket is closed (by either side)."""
+
     code: int
     reason: str | None
+
+
+# --- end of the shared block ------------------------------------------------------------
+
+
+def _error_body(body: bytes | None, secret: str) -> tuple[str, str | None]:
+    """Describe an ElevenLabs error body: ``{"detail": {"status", "message"}}`` or ``{"detail": "..."}``.
+
+    Returns the text to append to our message (starting with ": ") and the error code.
+    """
+    if not body:
+        return "", None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if isinstance(detail, dict):
+        code = str(detail["status"]) if detail.get("status") else None
+        message = " ".join(str(detail[k]) for k in ("status", "message") if detail.get(k))
+        return f": {_snippet(message or body, secret)}", code
+    if isinstance(detail, str):
+        return f": {_snippet(detail, secret)}", None
+    return f": {_snippet(body, secret)}", None
 
 
 @attrs.define
@@ -287,7 +365,7 @@ class ElevenLabsTTS:
     ) -> None:
         if sample_rate not in PCM_RATES:
             raise ValueError(f"ElevenLabs offers PCM at {PCM_RATES}, not {sample_rate}")
-        self._key = _api_key(api_key)
+        self._key = _api_key(api_key, API_KEY_ENV, PROVIDER)
         self.voice_id = voice_id or os.environ.get(VOICE_ID_ENV) or DEFAULT_VOICE_ID
         self.base_url = base_url.rstrip("/")
         self.model_id = model_id
@@ -363,50 +441,29 @@ class ElevenLabsTTS:
     # --- one socket ---------------------------------------------------------------------
 
     async def _synthesis(self, messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-        headers = [(b"xi-api-key", self._key.encode())]
-        failure: BaseException | None = None
-        try:
-            async with open_websocket_url(
-                self.url,
-                extra_headers=headers,
-                connect_timeout=self.connect_timeout,
-                disconnect_timeout=self.disconnect_timeout,
-            ) as ws:
-                try:
-                    async with aclosing(self._session(ws, messages)) as chunks:
-                        async for chunk in chunks:
-                            yield chunk
-                except BaseException as exc:
-                    failure = exc
-                    raise
-                finally:
-                    await _release_if_closed(ws)
-        except ConnectionRejected as exc:
-            detail, code = _error_body(exc.body, self._key)
-            headers_in = {name.lower(): value for name, value in exc.headers}
-            raise ProviderError(
-                f"{PROVIDER}: stream-input handshake rejected with HTTP {exc.status_code}{detail}",
-                provider=PROVIDER,
-                status=exc.status_code,
-                retryable=_status_retryable(exc.status_code),
-                code=code,
-                retry_after=_retry_after(headers_in.get(b"retry-after")),
-            ) from None  # the rejection's repr carries raw headers and body
-        except DisconnectionTimeout:
-            logger.warning("%s: server did not acknowledge the close in %gs", PROVIDER, self.disconnect_timeout)
-            if failure is not None and not isinstance(failure, GeneratorExit):
-                raise failure  # noqa: B904 - the body's own error, not a consequence of the timeout
-        except ConnectionTimeout:
-            raise ProviderError(
-                f"{PROVIDER}: timed out connecting after {self.connect_timeout:g}s", provider=PROVIDER, retryable=True
-            ) from None
-        except HandshakeError as exc:
-            cause = exc.__cause__ or exc
-            raise ProviderError(
-                f"{PROVIDER}: could not connect: {redact(str(cause), [self._key]) or type(cause).__name__}",
-                provider=PROVIDER,
-                retryable=True,
-            ) from exc
+        async with _open_websocket(
+            self.url,
+            [(b"xi-api-key", self._key.encode())],
+            provider=PROVIDER,
+            connect_timeout=self.connect_timeout,
+            disconnect_timeout=self.disconnect_timeout,
+            rejected=self._rejected,
+        ) as ws:
+            async with aclosing(self._session(ws, messages)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    def _rejected(self, exc: ConnectionRejected) -> ProviderError:
+        detail, code = _error_body(exc.body, self._key)
+        headers = {name.lower(): value for name, value in exc.headers}
+        return ProviderError(
+            f"{PROVIDER}: stream-input handshake rejected with HTTP {exc.status_code}{detail}",
+            provider=PROVIDER,
+            status=exc.status_code,
+            retryable=_status_retryable(exc.status_code),
+            code=code,
+            retry_after=_retry_after(headers.get(b"retry-after")),
+        )
 
     async def _session(self, ws: WebSocketConnection, messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         progress = _Progress()

@@ -31,9 +31,9 @@ import os
 import uuid
 import wave
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol, Self, cast
+from typing import Any, Protocol, Self
 
 import attrs
 import httpx
@@ -63,6 +63,8 @@ and does not assume the caller heard (or agreed to) what it never said."""
 
 _DRAIN_SECONDS = 0.5
 """How long to wait for the end of a chat stream's body after ``[DONE]``."""
+_FINISH_SECONDS = 1.0
+"""Bound on unwinding httpx's body iterators after an early exit (normally instant)."""
 _USER_AGENT = "audiosocket-ai (OpenAI-compatible HTTP)"
 _ERROR_SNIPPET = 300
 """Characters of a non-JSON error body worth quoting: enough to read an HTML error page's
@@ -128,6 +130,49 @@ def _parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class _Body:
+    """A streamed response body whose iterators are always run to their end.
+
+    httpx reads a body through a chain of nested async generators. Leaving one part-way
+    (barge-in cancels the reply, or we reject a malformed chunk) leaves the inner ones
+    suspended, and trio then warns that they were garbage collected unfinished.
+    ``aclosing`` cannot help: closing the outer generator does not close the ones it
+    iterates. So :meth:`finish` resumes every iterator once the response is closed; the
+    read at the bottom of the chain then fails at once and unwinds every level cleanly.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._iterators: list[AsyncIterator[Any]] = []
+
+    def lines(self) -> AsyncIterator[str]:
+        """The body as text lines (decoded, split on any newline)."""
+        iterator = self.response.aiter_lines()
+        self._iterators.append(iterator)
+        return iterator
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as bytes, in whatever pieces the network delivers."""
+        iterator = self.response.aiter_bytes()
+        self._iterators.append(iterator)
+        return iterator
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def finish(self) -> None:
+        """Run every iterator to its end; call only after the response is closed."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _FINISH_SECONDS
+            for iterator in self._iterators:
+                try:
+                    async for _ in iterator:
+                        pass
+                except Exception:  # the closed connection fails the read: that is the point
+                    pass
 
 
 class _OpenAIHTTPProvider:
@@ -273,8 +318,8 @@ class _OpenAIHTTPProvider:
         )
 
     @asynccontextmanager
-    async def _open(self, method: str, path: str, *, what: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        """Send a request under the concurrency limit and yield the (successful) response.
+    async def _open(self, method: str, path: str, *, what: str, **kwargs: Any) -> AsyncIterator[_Body]:
+        """Send a request under the concurrency limit and yield the successful response's body.
 
         The body is not read yet, so callers stream it. Everything httpx raises, while
         connecting or later while the caller reads the body inside the ``async with``, is
@@ -286,12 +331,17 @@ class _OpenAIHTTPProvider:
         # finalized from another task, and the slot must still be released.
         token = object()
         await self._limiter.acquire_on_behalf_of(token)
+        body: _Body | None = None
         try:
-            async with client.stream(method, path, **kwargs) as response:
-                if response.status_code >= 400:
-                    body = await response.aread()
-                    raise self._status_error(what, response, body)
-                yield response
+            try:
+                async with client.stream(method, path, **kwargs) as response:
+                    body = _Body(response)
+                    if response.status_code >= 400:
+                        raise self._status_error(what, response, await body.read())
+                    yield body
+            finally:
+                if body is not None:
+                    await body.finish()
         except httpx.TimeoutException as exc:
             raise self._error(what, f"timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.UnsupportedProtocol as exc:
@@ -592,7 +642,7 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
 
         assembler = _ChatStreamAssembler(fail)
         async with self._open("POST", "/chat/completions", what=what, json=body) as response:
-            content_type = response.headers.get("content-type", "")
+            content_type = response.response.headers.get("content-type", "")
             if "application/json" in content_type:
                 # The server ignored ``stream: true``: take the whole answer at once.
                 data = await self._read_json(response, fail)
@@ -603,17 +653,17 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
                     yield item
                 return
             decoder = _SSEDecoder()
-            async with aclosing(cast("AsyncGenerator[str, None]", response.aiter_lines())) as lines:
-                async for line in lines:
-                    event = decoder.line(line)
-                    if event is not None:
-                        for item in self._on_event(event, assembler, fail):
-                            yield item
-                        if assembler.done:
-                            break
-                if assembler.done:
-                    await self._drain(lines)
-                    return
+            lines = response.lines()
+            async for line in lines:
+                event = decoder.line(line)
+                if event is not None:
+                    for item in self._on_event(event, assembler, fail):
+                        yield item
+                    if assembler.done:
+                        break
+            if assembler.done:
+                await self._drain(lines)
+                return
             event = decoder.flush()
             if event is not None:
                 for item in self._on_event(event, assembler, fail):
@@ -656,8 +706,8 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
         return result
 
     @staticmethod
-    async def _read_json(response: httpx.Response, fail: _Fail) -> Any:
-        body = await response.aread()
+    async def _read_json(response: _Body, fail: _Fail) -> Any:
+        body = await response.read()
         try:
             return json.loads(body)
         except ValueError:
@@ -737,11 +787,11 @@ class OpenAITTS(_OpenAIHTTPProvider):
         if self.speed is not None:
             body["speed"] = self.speed
         async with self._open("POST", "/audio/speech", what=what, json=body) as response:
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            content_type = response.response.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type in _COMPRESSED_AUDIO_TYPES or content_type == "application/json":
                 raise self._error(what, f"expected raw PCM, got {content_type}", retryable=False)
             carry = b""
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.chunks():
                 if carry:
                     chunk = carry + chunk
                     carry = b""
@@ -858,7 +908,7 @@ class OpenAISTT(_OpenAIHTTPProvider):
             data["temperature"] = str(self.temperature)
         files = {"file": ("utterance.wav", pcm_to_wav(bytes(pcm), self.sample_rate), "audio/wav")}
         async with self._open("POST", "/audio/transcriptions", what=what, data=data, files=files) as response:
-            body = await response.aread()
+            body = await response.read()
         try:
             result = json.loads(body)
         except ValueError:

@@ -61,8 +61,6 @@ class PhoneCall:
     others: list[Message] = field(default_factory=list)
     voice_started_at: float | None = None
     """When the first voice frame was sent (seconds since connect)."""
-    voice_ended_at: float | None = None
-    """When the last voice frame was sent (seconds since connect)."""
     worst_send_lateness_ms: float = 0.0
     """How far behind its 20 ms clock the phone itself fell at worst (a loaded machine)."""
     ended_by: str = ""
@@ -187,7 +185,6 @@ class Phone:
         frames: list[bytes] = [silence] * (script.lead_in_ms // FRAME_MS)
         voice_index = len(frames)
         frames += [script.voice[i : i + frame_bytes] for i in range(0, len(script.voice), frame_bytes)]
-        last_voice_index = len(frames) - 1
         frames += [silence] * (script.tail_ms // FRAME_MS)
         deadline = time.monotonic()
         try:
@@ -198,8 +195,6 @@ class Phone:
                 call.worst_send_lateness_ms = max(call.worst_send_lateness_ms, (now - deadline) * 1000)
                 if index == voice_index:
                     call.voice_started_at = now - connected
-                if index == last_voice_index:
-                    call.voice_ended_at = now - connected
                 connection.sendall(encode(Audio(script.rate, pcm)))
                 deadline += FRAME_MS / 1000
                 time.sleep(max(0.0, deadline - time.monotonic()))
