@@ -55,6 +55,8 @@ def main() -> None:
                    "module:attribute of your own agent or agent factory.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
+@click.option("--estimate-capacity", is_flag=True, default=False,
+              help="Time the local engines at start-up and lower --max-calls to what this machine can carry.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
               help="Serve /healthz, /readyz, /metrics and /calls/<uuid> (call outcomes for the dialplan) "
                    "over HTTP on this port.")
@@ -129,8 +131,10 @@ def serve(ctx: click.Context, config_file: Path | None, **params: object) -> Non
                           inbound_queue_ms=values["limits.inbound_queue_ms"]),
     )
     metrics = Metrics()
-    server = Server(factory, server_config, metrics=metrics)
     assistant = factory() if agent_spec == "assistant" else None
+    if assistant is not None:
+        _prepare_admission(assistant, server_config, values)
+    server = Server(factory, server_config, metrics=metrics)
     if assistant is not None:
         _observe_assistant(assistant, metrics)
     metrics_port = values["server.metrics_port"]
@@ -178,6 +182,20 @@ def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
 
 def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _prepare_admission(assistant: Any, server_config: ServerConfig, values: dict[str, Any]) -> None:
+    """Busy prompt and capacity estimate, both computed once before serving."""
+    from .pipeline.factory import estimate_capacity, render_prompt
+
+    if values["server.busy"] == "prompt":
+        server_config.busy_audio = trio.run(render_prompt, assistant.tts, values["server.busy_text"])
+    if values["server.estimate_capacity"]:
+        estimate = trio.run(estimate_capacity, assistant)
+        log.info(estimate.describe())
+        if estimate.calls < server_config.max_calls:
+            log.info("max calls lowered from %d to %d", server_config.max_calls, estimate.calls)
+            server_config.max_calls = estimate.calls
 
 
 def _observe_assistant(assistant: object, metrics: Metrics) -> None:

@@ -61,6 +61,12 @@ SETTINGS: tuple[Setting, ...] = (
        "allowlist (you firewall it yourself).", flag="allow_public"),
     _s("server", "max_calls", int, 200, "Calls served at once; more get a hangup frame and are counted as "
        "rejected.", minimum=1, flag="max_calls"),
+    _s("server", "estimate_capacity", bool, False, "At start-up, time the local engines and lower max_calls to "
+       "what this machine can carry without degrading calls in progress.", flag="estimate_capacity"),
+    _s("server", "busy", str, "prompt", "What a call over the limit gets: a short spoken busy prompt (assistant "
+       "only; pre-rendered, no inference) then hangup, or just the hangup frame.", choices=("prompt", "hangup")),
+    _s("server", "busy_text", str, "Sorry, all our lines are busy right now. Please call again in a few minutes.",
+       "The busy prompt."),
     _s("server", "handshake_timeout", float, 5.0, "Seconds a new connection has to send its UUID.", minimum=0.1,
        flag="handshake_timeout"),
     _s("server", "drain_timeout", float, 0.0, "On SIGTERM, seconds calls in progress may continue before being "

@@ -48,6 +48,10 @@ class ServerConfig:
     """On shutdown, seconds calls in progress may continue before they are hung up."""
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Source networks allowed to connect; empty allows any source that reaches the port."""
+    busy_audio: tuple[bytes, int] | None = None
+    """(pcm, rate) played to calls refused for capacity before their hangup; None: hangup only."""
+    max_busy_prompts: int = 20
+    """Busy prompts playing at once; beyond this, refused calls just get the hangup frame."""
     goodbye_grace: float = 8.0
     """When the drain timeout ends, seconds agents get to say goodbye before hangup."""
     call: CallSettings = attrs.Factory(CallSettings)
@@ -105,6 +109,7 @@ class Server:
         self._no_calls = trio.Event()
         self._no_calls.set()
         self._connection_ids = 0
+        self._busy_prompts = 0
 
     @property
     def active_calls(self) -> int:
@@ -203,6 +208,24 @@ class Server:
             for call in list(self.calls.values()):
                 call.request_hangup(after_playout=False, reason=EndReason.SHUTDOWN)
 
+    async def _play_busy(self, uuid: uuid_module.UUID, stream: trio.SocketStream, decoder: Decoder,
+                         pending: list[Message], peer: str) -> None:
+        """Tell a refused caller the lines are busy (pre-rendered audio, no inference), then hang up."""
+        assert self.config.busy_audio is not None
+        pcm, rate = self.config.busy_audio
+        self._busy_prompts += 1
+        try:
+            call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=self.config.call,
+                        peer=peer)
+
+            async def busy(call: Call) -> None:
+                await call.play(pcm, rate, wait=True)
+                await call.hangup()
+
+            await call.run(busy)
+        finally:
+            self._busy_prompts -= 1
+
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         self._connection_ids += 1
         self.stats.connections += 1
@@ -251,7 +274,10 @@ class Server:
             why = "draining" if self.draining else "max_calls"
             log.warning("rejected call from %s: %s (%d active)", peer, why, self.active_calls)
             self.stats.reject(why)
-            await _try_send(stream, HANGUP_BYTES)
+            if config.busy_audio is not None and self._busy_prompts < config.max_busy_prompts:
+                await self._play_busy(uuid, stream, decoder, pending, peer)
+            else:
+                await _try_send(stream, HANGUP_BYTES)
             return
         if uuid in self.calls:
             log.warning("rejected call from %s: UUID already in a call", peer)

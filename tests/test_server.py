@@ -267,3 +267,22 @@ async def test_ipv6_loopback(serve) -> None:
             await until_echoed(pbx, sent)
         server.hangup_all()
     assert sent in pbx.received_audio()
+
+
+async def test_calls_over_capacity_hear_the_busy_prompt_and_calls_in_progress_are_untouched(serve) -> None:
+    busy = asa.tone_pcm(300, 600, 8000)
+    sent = noise(1500, 8000, seed=11)
+    async with serve(asa.echo_agent, max_calls=1) as (server, port):
+        server.config.busy_audio = (busy, 8000)
+        async with FakeAsterisk.connect("127.0.0.1", port) as first:
+            await established(server)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first.send_audio, sent)
+                async with FakeAsterisk.connect("127.0.0.1", port) as second:
+                    assert await second.wait_for_hangup(timeout=5)
+            await until_echoed(first, sent)
+        await settled(server)
+        assert server.stats.rejected == {"max_calls": 1}
+        assert server.stats.calls_total == 1, "the refused call is not counted as served"
+    assert busy in second.received_audio() and second.server_hung_up
+    assert sent in first.received_audio(), "the call in progress is unaffected"

@@ -27,6 +27,7 @@ import trio
 
 from ..audio import Resampler
 from ..call import Call
+from ..inference import NORMAL, URGENT, priority
 from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, ToolCall, Transcript, VADFactory
 from ..metrics import Metrics
 from ..playout import Playback
@@ -292,7 +293,7 @@ class _Session:
         last: Transcript | None = None
         self.transcribing += 1
         try:
-            with trio.fail_after(self.settings.stt_timeout + 60):
+            with trio.fail_after(self.settings.stt_timeout + 60), priority(URGENT):
                 async for result in self.a.stt.transcribe(chunks()):
                     last = result
                     if result.is_final and result.text.strip():
@@ -471,14 +472,19 @@ class _Session:
         audio_send, audio_recv = trio.open_memory_channel[tuple[str, list[bytes]]](2)
 
         async def synthesize() -> None:
+            first = True
             async with audio_send:
                 async for sentence in sentences:
                     chunks: list[bytes] = []
                     try:
-                        async for chunk in self.a.tts.synthesize(sentence):
-                            if timings.tts_first is None:
-                                timings.tts_first = trio.current_time()
-                            chunks.append(chunk)
+                        # the first sentence has a caller waiting in silence; later ones
+                        # have the previous sentence's playback time in hand
+                        with priority(URGENT if first else NORMAL):
+                            first = False
+                            async for chunk in self.a.tts.synthesize(sentence):
+                                if timings.tts_first is None:
+                                    timings.tts_first = trio.current_time()
+                                chunks.append(chunk)
                     except Exception as exc:
                         log.error("speech synthesis failed for %r: %s", sentence, exc)
                         self.a.count_error("tts")

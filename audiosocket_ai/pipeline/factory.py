@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
+from ..inference import PriorityLimiter
 from ..providers.registry import make_llm, make_stt, make_tts, make_vad_factory
 from .assistant import AssistantSettings, VoiceAssistant
 from .tools import Tool
@@ -39,9 +41,13 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     """
     spec = spec or PipelineSpec()
     started = time.monotonic()
-    stt = make_stt(spec.stt, spec.stt_options)
+    # One limiter, sized to the cores, shared by the local engines: no more inference
+    # threads than cores, and a waiting caller's work goes first (see inference.py).
+    limiter = PriorityLimiter()
+    local = {"whisper", "local", "piper"}
+    stt = make_stt(spec.stt, _with_defaults(spec.stt_options, {"limiter": limiter} if spec.stt in local else {}))
     llm = make_llm(spec.llm, spec.llm_options)
-    tts = make_tts(spec.tts, spec.tts_options)
+    tts = make_tts(spec.tts, _with_defaults(spec.tts_options, {"limiter": limiter} if spec.tts in local else {}))
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))
     if warm_up:
@@ -60,3 +66,70 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
 
 def _with_defaults(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {**defaults, **options}
+
+
+async def render_prompt(tts: Any, text: str) -> tuple[bytes, int]:
+    """Synthesize ``text`` once (e.g. the busy prompt) → (pcm, rate)."""
+    pcm = b"".join([chunk async for chunk in tts.synthesize(text)])
+    return pcm, tts.sample_rate
+
+
+@attrs.frozen
+class CapacityEstimate:
+    """How many calls the local engines can carry, from their measured real-time factors."""
+
+    calls: int
+    tts_rtf: float
+    stt_rtf: float
+    cores: int
+
+    def describe(self) -> str:
+        return (f"capacity estimate: {self.calls} calls (TTS real-time factor {self.tts_rtf:.3f}, "
+                f"STT {self.stt_rtf:.3f}, {self.cores} cores)")
+
+
+AGENT_TALK_SHARE = 0.45
+"""Assumed share of a call's time the agent speaks (TTS busy) ..."""
+CALLER_TALK_SHARE = 0.35
+"""... and the caller speaks (STT busy)."""
+PER_CALL_OVERHEAD = 0.004
+"""Cores per call for VAD, resampling, pacing and socket I/O (measured: see docs/benchmarks.md)."""
+HEADROOM = 0.7
+"""Fraction of the cores to plan for; the rest absorbs bursts (everyone answering at once)."""
+
+
+async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks for calling, how can I help you "
+                            "today? I can answer questions or put you through to a person.") -> CapacityEstimate:
+    """Time one synthesis and one transcription on this machine and derive a call limit.
+
+    Cloud engines cost no local CPU; their share counts as zero, leaving the per-call
+    overhead as the bound.
+    """
+    import os
+
+    from ..audio import resample
+
+    cores = os.cpu_count() or 1
+    tts_rtf = stt_rtf = 0.0
+    started = trio.current_time()
+    pcm, rate = await render_prompt(assistant.tts, sample)
+    audio_s = len(pcm) / 2 / rate
+    if _is_local(assistant.tts) and audio_s:
+        tts_rtf = (trio.current_time() - started) / audio_s
+    if _is_local(assistant.stt) and audio_s:
+        speech = resample(pcm, rate, assistant.stt.sample_rate)
+
+        async def one() -> Any:
+            yield speech
+
+        started = trio.current_time()
+        async for _ in assistant.stt.transcribe(one()):
+            pass
+        stt_rtf = (trio.current_time() - started) / audio_s
+    per_call = AGENT_TALK_SHARE * tts_rtf + CALLER_TALK_SHARE * stt_rtf + PER_CALL_OVERHEAD
+    return CapacityEstimate(calls=max(1, int(cores * HEADROOM / per_call)), tts_rtf=tts_rtf, stt_rtf=stt_rtf,
+                            cores=cores)
+
+
+def _is_local(provider: object) -> bool:
+    return type(provider).__module__.startswith("audiosocket_ai.providers.local")

@@ -139,6 +139,7 @@ async def _open_websocket(
     connect_timeout: float,
     disconnect_timeout: float,
     rejected: Callable[[ConnectionRejected], ProviderError],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Connect a client WebSocket over a TCP (or TLS) stream that we own.
 
@@ -150,6 +151,7 @@ async def _open_websocket(
 
     Args:
         rejected: turns an HTTP rejection of the upgrade into the provider's error.
+        ssl_context: for ``wss:``; the system's trust store by default.
     """
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "wss"
@@ -162,7 +164,7 @@ async def _open_websocket(
         with trio.fail_at(deadline):
             if secure:
                 stream = await trio.open_ssl_over_tcp_stream(
-                    host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                    host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
                 )
                 await stream.do_handshake()  # certificate errors surface here, not as a hang
             else:
@@ -174,7 +176,10 @@ async def _open_websocket(
     except (OSError, trio.BrokenResourceError) as exc:
         cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
         raise ProviderError(
-            f"{provider}: could not connect to {host}:{port}: {cause}", provider=provider, retryable=True
+            f"{provider}: could not connect to {host}:{port}: {cause}",
+            provider=provider,
+            # an untrusted certificate stays untrusted; anything else may be the network
+            retryable=not isinstance(cause, ssl.SSLCertVerificationError),
         ) from exc
     async with stream:
         try:
@@ -332,7 +337,9 @@ class DeepgramSTT:
         close_timeout: seconds allowed, after ``CloseStream``, between server messages
             until it closes the socket.
         connect_timeout: seconds for TCP + TLS + the WebSocket handshake.
+        disconnect_timeout: seconds to wait for the server to answer our close.
         extra_params: further query parameters (e.g. ``{"keyterm": "AudioSocket"}``).
+        ssl_context: TLS settings for ``wss:`` (e.g. a corporate CA); system defaults if None.
     """
 
     def __init__(
@@ -351,6 +358,7 @@ class DeepgramSTT:
         connect_timeout: float = 10.0,
         disconnect_timeout: float = 2.0,
         extra_params: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._key = _api_key(api_key, API_KEY_ENV, PROVIDER)
         self.sample_rate = sample_rate
@@ -365,6 +373,7 @@ class DeepgramSTT:
         self.connect_timeout = connect_timeout
         self.disconnect_timeout = disconnect_timeout
         self.extra_params = dict(extra_params or {})
+        self.ssl_context = ssl_context
 
     def __repr__(self) -> str:
         return f"DeepgramSTT(model={self.model!r}, base_url={self.base_url!r})"
@@ -408,6 +417,7 @@ class DeepgramSTT:
             connect_timeout=self.connect_timeout,
             disconnect_timeout=self.disconnect_timeout,
             rejected=self._rejected,
+            ssl_context=self.ssl_context,
         ) as ws:
             async with aclosing(self._session(ws, audio)) as session:
                 async for transcript in session:
@@ -646,6 +656,7 @@ class DeepgramTTS:
         read_timeout: longest silence tolerated between two pieces of the response (so a
             stalled synthesis fails instead of hanging the call).
         max_connections: cap on simultaneous requests (and pooled connections).
+        ssl_context: TLS settings (e.g. a corporate CA); system defaults if None.
     """
 
     def __init__(
@@ -658,6 +669,7 @@ class DeepgramTTS:
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         max_connections: int = 32,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._key = _api_key(api_key, API_KEY_ENV, PROVIDER)
         self.sample_rate = sample_rate
@@ -669,6 +681,7 @@ class DeepgramTTS:
             headers={"Authorization": f"Token {self._key}", "User-Agent": "audiosocket-ai"},
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            verify=ssl_context if ssl_context is not None else True,
         )
 
     def __repr__(self) -> str:

@@ -149,6 +149,7 @@ async def _open_websocket(
     connect_timeout: float,
     disconnect_timeout: float,
     rejected: Callable[[ConnectionRejected], ProviderError],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """Connect a client WebSocket over a TCP (or TLS) stream that we own.
 
@@ -160,6 +161,7 @@ async def _open_websocket(
 
     Args:
         rejected: turns an HTTP rejection of the upgrade into the provider's error.
+        ssl_context: for ``wss:``; the system's trust store by default.
     """
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme == "wss"
@@ -172,7 +174,7 @@ async def _open_websocket(
         with trio.fail_at(deadline):
             if secure:
                 stream = await trio.open_ssl_over_tcp_stream(
-                    host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+                    host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
                 )
                 await stream.do_handshake()  # certificate errors surface here, not as a hang
             else:
@@ -184,7 +186,10 @@ async def _open_websocket(
     except (OSError, trio.BrokenResourceError) as exc:
         cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
         raise ProviderError(
-            f"{provider}: could not connect to {host}:{port}: {cause}", provider=provider, retryable=True
+            f"{provider}: could not connect to {host}:{port}: {cause}",
+            provider=provider,
+            # an untrusted certificate stays untrusted; anything else may be the network
+            retryable=not isinstance(cause, ssl.SSLCertVerificationError),
         ) from exc
     async with stream:
         try:
@@ -345,6 +350,7 @@ class ElevenLabsTTS:
         connect_timeout: seconds for TCP + TLS + the WebSocket handshake.
         disconnect_timeout: seconds to wait for the server to acknowledge our close.
         extra_params: further query parameters (e.g. ``{"language_code": "en"}``).
+        ssl_context: TLS settings for ``wss:`` (e.g. a corporate CA); system defaults if None.
     """
 
     def __init__(
@@ -362,6 +368,7 @@ class ElevenLabsTTS:
         connect_timeout: float = 10.0,
         disconnect_timeout: float = 2.0,
         extra_params: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if sample_rate not in PCM_RATES:
             raise ValueError(f"ElevenLabs offers PCM at {PCM_RATES}, not {sample_rate}")
@@ -379,6 +386,7 @@ class ElevenLabsTTS:
         self.connect_timeout = connect_timeout
         self.disconnect_timeout = disconnect_timeout
         self.extra_params = dict(extra_params or {})
+        self.ssl_context = ssl_context
 
     def __repr__(self) -> str:
         return f"ElevenLabsTTS(voice_id={self.voice_id!r}, model_id={self.model_id!r}, base_url={self.base_url!r})"
@@ -448,6 +456,7 @@ class ElevenLabsTTS:
             connect_timeout=self.connect_timeout,
             disconnect_timeout=self.disconnect_timeout,
             rejected=self._rejected,
+            ssl_context=self.ssl_context,
         ) as ws:
             async with aclosing(self._session(ws, messages)) as chunks:
                 async for chunk in chunks:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import ssl
 import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
@@ -266,6 +267,7 @@ class FakeDeepgramListen:
         reject_status: reject every handshake with this HTTP status.
         idle_timeout: seconds without audio or KeepAlive before closing with 1011 NET-0001.
         response_delay: seconds to wait before each message the fake sends.
+        ssl_context: serve ``wss:`` with this server-side TLS context.
     """
 
     def __init__(
@@ -278,6 +280,7 @@ class FakeDeepgramListen:
         reject_status: int | None = None,
         idle_timeout: float = 10.0,
         response_delay: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key
         self.script = list(script)
@@ -286,18 +289,19 @@ class FakeDeepgramListen:
         self.reject_status = reject_status
         self.idle_timeout = idle_timeout
         self.response_delay = response_delay
+        self.ssl_context = ssl_context
         self.sessions: list[ListenSession] = []
         self.port = 0
 
     @property
     def url(self) -> str:
         """Base URL for ``DeepgramSTT(base_url=...)``."""
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}"
 
     async def serve(self, *, task_status: trio.TaskStatus[FakeDeepgramListen] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
-                partial(serve_websocket, self._handle, "127.0.0.1", 0, None, handler_nursery=nursery)
+                partial(serve_websocket, self._handle, "127.0.0.1", 0, self.ssl_context, handler_nursery=nursery)
             )
             self.port = server.port
             task_status.started(self)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import ssl
+import subprocess
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,6 +242,39 @@ async def test_bad_query_parameters_are_rejected_as_not_retryable() -> None:
             await transcribe(stt_for(fake, extra_params={"encoding": "wav-ish"}), audio(100))
     assert (caught.value.status, caught.value.retryable) == (400, False)
     assert "Unsupported encoding" in str(caught.value)
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) from a throwaway self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+async def test_wss_with_a_trusted_certificate(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_tls, client_tls = tls_pair
+    async with listen_fake(script=[Segment("secure hello", 200)], ssl_context=server_tls) as fake:
+        assert fake.url.startswith("wss://")
+        results = await transcribe(stt_for(fake, ssl_context=client_tls), audio(200))
+    assert finals(results) == ["secure hello"]
+
+
+async def test_wss_with_an_untrusted_certificate_fails_fast(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_tls, _ = tls_pair
+    async with listen_fake(ssl_context=server_tls) as fake:
+        with pytest.raises(ProviderError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+            await transcribe(stt_for(fake), audio(100))  # the system trust store does not know it
+    assert not caught.value.retryable
+    assert fake.sessions == []
 
 
 async def test_unreachable_server_is_retryable() -> None:
