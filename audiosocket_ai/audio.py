@@ -85,7 +85,7 @@ class Resampler:
         self._stream = (
             None
             if in_rate == out_rate
-            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
         )
         self._odd = b""
 
@@ -99,24 +99,30 @@ class Resampler:
             pcm = pcm[:-1]
         if self._stream is None:
             return bytes(pcm)
-        samples = np.frombuffer(pcm, dtype="<i2")
-        return self._stream.resample_chunk(samples, last=False).astype("<i2").tobytes()
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        return _to_int16(self._stream.resample_chunk(samples, last=False))
 
     def flush(self) -> bytes:
         """Return what the filter still holds and reset for a new stream."""
         if self._stream is None:
             return b""
-        tail = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).astype("<i2").tobytes()
+        tail = _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self._stream.clear()
         return tail
+
+
+def _to_int16(samples: np.ndarray) -> bytes:
+    # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
+    # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.
+    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> bytes:
     """Resample a whole buffer in one call (e.g. a synthesized sentence)."""
     if in_rate == out_rate or not pcm:
         return pcm
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
-    return soxr.resample(samples, in_rate, out_rate, quality=quality).astype("<i2").tobytes()
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32)
+    return _to_int16(soxr.resample(samples, in_rate, out_rate, quality=quality))
 
 
 class Framer:

@@ -476,7 +476,8 @@ def render_markdown(runs: dict[float, list[dict[str, Any]]], barge: list[dict[st
                   + f" = {sum(med.values()):.0f} ms (sum of medians)."]
     if len(runs) > 1:
         keys = sorted(runs)
-        lines += ["", "| VAD end_ms | p50 end of speech → first frame | p90 | p50 endpointing |", "|---:|---:|---:|---:|"]
+        lines += ["", "| VAD end_ms | p50 end of speech → first frame | p90 | p50 endpointing |",
+                  "|---:|---:|---:|---:|"]
         for k in keys:
             wire = [r["wire_ms"] for r in runs[k] if r.get("wire_ms") is not None]
             endp = [r["endpointing"] for r in runs[k] if r.get("endpointing") is not None]

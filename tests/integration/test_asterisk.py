@@ -99,9 +99,10 @@ def assert_audiosocket_quiet(pbx: Pbx) -> None:
 ECHO_LATENCY_LIMIT_MS = 150
 """How late the echo may start. Measured on an idle 2-core VM: 20-35 ms."""
 
-PACE_TOLERANCE = 0.01
-"""The server's audio must arrive at real-time speed, ±1 % (a pacer that sleeps 20 ms
-after each send instead of keeping an absolute deadline runs a few percent slow)."""
+PACE_TOLERANCE = 0.005
+"""The server's audio must arrive at real-time speed, ±0.5 %. Measured: within 0.02 % on
+an idle machine; a pacer that sleeps 20 ms after each send instead of keeping an absolute
+deadline ran 0.6-0.9 % slow; two CPU hogs on 2 cores blur it to about ±0.5 %."""
 
 
 def assert_heard_own_echo(call: PhoneCall, frequency_hz: float, duration_ms: int) -> None:
@@ -129,7 +130,7 @@ def assert_heard_own_echo(call: PhoneCall, frequency_hz: float, duration_ms: int
         f"call {call.uuid}: the echo came back {onset_latency_ms:.0f} ms after the voice started"
     )
     assert abs(pace - 1.0) <= PACE_TOLERANCE, (
-        f"call {call.uuid}: audio arrived at {pace:.4f} s per second of audio, not in real time"
+        f"call {call.uuid}: audio arrived at {pace:.4f} s of wall clock per second of audio, not in real time"
     )
 
 

@@ -1,0 +1,78 @@
+"""Audio helpers: streaming resampling loses and duplicates nothing; G.711 matches the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiosocket_ai import audio
+
+RATES = [8000, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 96000, 192000]
+
+
+def chirp(rate: int, ms: int = 300) -> bytes:
+    t = np.arange(rate * ms // 1000) / rate
+    return (np.sin(2 * np.pi * (200 + 1500 * t) * t) * 12000).astype("<i2").tobytes()
+
+
+def streamed(pcm: bytes, cuts: list[int], in_rate: int, out_rate: int) -> bytes:
+    resampler = audio.Resampler(in_rate, out_rate)
+    out, previous = [], 0
+    for cut in sorted(cuts) + [len(pcm)]:
+        out.append(resampler.process(pcm[previous:cut]))
+        previous = cut
+    out.append(resampler.flush())
+    return b"".join(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(RATES), st.sampled_from(RATES), st.data())
+def test_chunked_resampling_equals_one_shot(in_rate: int, out_rate: int, data: st.DataObject) -> None:
+    pcm = chirp(in_rate)
+    cuts = data.draw(st.lists(st.integers(0, len(pcm)), max_size=25))  # odd offsets included
+    whole = streamed(pcm, [], in_rate, out_rate)
+    pieces = streamed(pcm, cuts, in_rate, out_rate)
+    assert len(pieces) == len(whole), "no sample lost or duplicated at chunk boundaries"
+    a, b = np.frombuffer(pieces, "<i2").astype(int), np.frombuffer(whole, "<i2").astype(int)
+    assert np.abs(a - b).max() <= 1
+    expected = len(pcm) // 2 * out_rate / in_rate
+    assert abs(len(whole) // 2 - expected) <= 2
+
+
+def test_resampling_keeps_the_tone() -> None:
+    tone = (np.sin(2 * np.pi * 440 * np.arange(8000) / 8000) * 10000).astype("<i2").tobytes()
+    up = np.frombuffer(audio.resample(tone, 8000, 16000), "<i2").astype(float)
+    spectrum = np.abs(np.fft.rfft(up[1000:15000]))
+    assert abs(np.argmax(spectrum) * 16000 / 14000 - 440) < 2
+
+
+def test_same_rate_is_a_passthrough() -> None:
+    pcm = chirp(8000)
+    assert audio.Resampler(8000, 8000).process(pcm) == pcm
+    assert audio.resample(pcm, 16000, 16000) == pcm
+
+
+def test_g711_matches_the_reference_tables() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        audioop = pytest.importorskip("audioop")  # the stdlib reference, gone in Python 3.13
+    every = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    assert audio.ulaw_encode(every) == audioop.lin2ulaw(every, 2)
+    assert audio.alaw_encode(every) == audioop.lin2alaw(every, 2)
+    codes = bytes(range(256))
+    assert audio.ulaw_decode(codes) == audioop.ulaw2lin(codes, 2)
+    assert audio.alaw_decode(codes) == audioop.alaw2lin(codes, 2)
+
+
+def test_framer_and_helpers() -> None:
+    framer = audio.Framer(320)
+    assert framer.push(bytes(700)) == [bytes(320), bytes(320)]
+    assert framer.flush() == bytes(320)
+    assert framer.flush() is None
+    assert audio.frame_bytes(8000) == 320 and audio.frame_bytes(16000) == 640 and audio.frame_bytes(44100) == 1764
+    assert audio.rms_dbfs(bytes(320)) == float("-inf")
+    assert -4 < audio.rms_dbfs(np.full(160, 32767, "<i2").tobytes()) <= 0
