@@ -323,6 +323,7 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
     exe = ROOT / ".venv" / "bin" / "audiosocket-ai"
     cmd = [str(exe) if exe.exists() else "audiosocket-ai", "serve", "--agent", "echo", "--host", "127.0.0.1",
            "--port", str(port), "--max-calls", "5000", "--log-level", "warning"]
+    cmd += args.server_arg
     if args.server_core is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(args.server_core), *cmd]
     log_file = open(log_path, "wb")  # kept open for the server's lifetime
@@ -360,10 +361,11 @@ def server_pid(proc: subprocess.Popen[bytes]) -> int:
     return proc.pid
 
 
-def proc_cpu_ticks(pid: int) -> int:
+def proc_cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process, in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime (all threads)
+    return int(fields[11]), int(fields[12])
 
 
 def runq_wait_ns(pid: int | str) -> int:
@@ -381,6 +383,47 @@ def proc_rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def scrape_pacing(url: str | None) -> dict[str, float] | None:
+    """Server-side pacing from a Prometheus endpoint, if the server exposes one.
+
+    Reads ``audiosocket_pacing_lateness_seconds`` (how late each tick's frame left, per the
+    server's own clock) and ``audiosocket_late_ticks``; returns cumulative bucket counts.
+    """
+    if not url:
+        return None
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("audiosocket_pacing_lateness_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[f"le={le}"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("audiosocket_pacing_lateness_seconds_count", "audiosocket_late_ticks_total")):
+            out[line.split(" ", 1)[0].split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out or None
+
+
+def pacing_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, object] | None:
+    """Share of ticks per lateness bucket during the window, and ticks skipped."""
+    if not before or not after:
+        return None
+    count = after.get("audiosocket_pacing_lateness_seconds_count", 0) - before.get(
+        "audiosocket_pacing_lateness_seconds_count", 0)
+    buckets = {k: after[k] - before.get(k, 0) for k in after if k.startswith("le=")}
+    late = after.get("audiosocket_late_ticks_total", 0) - before.get("audiosocket_late_ticks_total", 0)
+    result: dict[str, object] = {"ticks": count, "late_ticks": late}
+    if count > 0:
+        for key in ("le=0.001", "le=0.005", "le=0.02"):
+            if key in buckets:
+                result[f"share_{key[3:]}s"] = round(buckets[key] / count, 5)
+    return result
 
 
 def count_log_lines(path: Path, offset: int) -> tuple[int, collections.Counter[str], int]:
@@ -416,9 +459,11 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     ticks0, t0 = proc_cpu_ticks(pid), mono()
     wait0, own_wait0 = runq_wait_ns(pid), runq_wait_ns("thread-self")
     own0 = resource.getrusage(resource.RUSAGE_SELF)
+    pacing0 = scrape_pacing(args.metrics_url)
     gen.measuring = True
     gen.run(until_ns=t0 + int(args.hold * 1e9))
     gen.measuring = False
+    pacing1 = scrape_pacing(args.metrics_url)
     t1 = mono()
     own1 = resource.getrusage(resource.RUSAGE_SELF)
     ticks1 = proc_cpu_ticks(pid)
@@ -456,7 +501,8 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "dev_p99_ms": p99,
         "dev_p999_ms": gen.dev.pct_ms(99.9),
         "dev_max_ms": round(gen.dev.max_ns / 1e6, 2),
-        "server_cpu_pct": round(100.0 * (ticks1 - ticks0) / hz / elapsed, 1),
+        "server_cpu_pct": round(100.0 * (sum(ticks1) - sum(ticks0)) / hz / elapsed, 1),
+        "server_sys_pct": round(100.0 * (ticks1[1] - ticks0[1]) / hz / elapsed, 1),
         "server_runq_wait_pct": round(100.0 * (wait1 - wait0) / (t1 - t0), 1),
         "server_rss_mb": round(proc_rss_mb(pid), 1),
         "server_warnings": warn_total,
@@ -468,6 +514,7 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "gen_blind_max_ms": round(gen.blind.max_ns / 1e6, 2),
         "gen_send_blocked": gen.send_blocked,
         "gen_valid": valid,
+        "server_pacing": pacing_delta(pacing0, pacing1),
         "pass": bool(live == n and up == n and missing == 0 and dropped_calls == 0 and p99 < PASS_P99_MS),
     }
     return result, log_offset
@@ -476,7 +523,8 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
 def fmt_step(r: dict[str, object]) -> str:
     return (f"N={r['calls']:>4}  missing={r['missing']:>5} ({r['calls_with_missing']} calls)  "
             f"dev p50/p99/p99.9/max={r['dev_p50_ms']:.2f}/{r['dev_p99_ms']:.2f}/{r['dev_p999_ms']:.2f}/"
-            f"{r['dev_max_ms']:.1f} ms  server cpu={r['server_cpu_pct']}% runq-wait={r['server_runq_wait_pct']}% "
+            f"{r['dev_max_ms']:.1f} ms  server cpu={r['server_cpu_pct']}% (sys {r['server_sys_pct']}%) "
+            f"runq-wait={r['server_runq_wait_pct']}% "
             f"rss={r['server_rss_mb']} MB "
             f"warn={r['server_warnings']}  gen cpu={r['gen_cpu_pct']}% runq-wait={r['gen_runq_wait_pct']}% "
             f"send-late p99={r['gen_send_late_p99_ms']:.2f} "
@@ -618,7 +666,7 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
         f"**Largest passing N: {best} calls on one core** (target 500).",
         "",
         "| calls | missing frames (calls) | frames/call exp → rcvd | dev p50 | dev p99 | dev p99.9 | dev max "
-        "| server CPU (runq wait) | server RSS | server warnings "
+        "| server CPU (of which kernel; runq wait) | server RSS | server warnings "
         "| generator CPU (runq wait) / send-late p99 / blind p99 | result |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -626,6 +674,7 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
         gen_note = (f"{r['gen_cpu_pct']}% ({r['gen_runq_wait_pct']}%) / {r['gen_send_late_p99_ms']:.2f} / "
                     f"{r['gen_blind_p99_ms']:.2f} ms"
                     + ("" if r["gen_valid"] else " **late: invalid**"))
+        verdict = ("pass" if r["gen_valid"] else "pass (generator late)") if r["pass"] else "FAIL"
         warn = str(r["server_warnings"])
         if r["server_warning_kinds"]:
             warn += " (" + ", ".join(f"{k}: {v}" for k, v in r["server_warning_kinds"].items()) + ")"  # type: ignore[union-attr]
@@ -633,9 +682,18 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
             f"| {r['calls']} | {r['missing']} ({r['calls_with_missing']}) | {r['expected_per_call']} → "
             f"{r['received_per_call']} | {r['dev_p50_ms']:.2f} ms | {r['dev_p99_ms']:.2f} ms | "
             f"{r['dev_p999_ms']:.2f} ms | {r['dev_max_ms']:.1f} ms | "
-            f"{r['server_cpu_pct']}% ({r['server_runq_wait_pct']}%) | "
-            f"{r['server_rss_mb']} MB | {warn} | {gen_note} | {'pass' if r['pass'] else 'FAIL'} |"
+            f"{r['server_cpu_pct']}% ({r['server_sys_pct']}%; {r['server_runq_wait_pct']}%) | "
+            f"{r['server_rss_mb']} MB | {warn} | {gen_note} | {verdict} |"
         )
+    paced = [r for r in results if r.get("server_pacing")]
+    if paced:
+        lines += ["", "Server-side pacing (from its metrics endpoint): share of ticks whose frame left within "
+                  "1 / 5 / 20 ms of its deadline, and ticks skipped by resyncs.", "",
+                  "| calls | ticks | ≤ 1 ms | ≤ 5 ms | ≤ 20 ms | skipped ticks |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in paced:
+            sp: dict[str, object] = r["server_pacing"]  # type: ignore[assignment]
+            lines.append(f"| {r['calls']} | {sp['ticks']:.0f} | {sp.get('share_0.001s', '–')} | "
+                         f"{sp.get('share_0.005s', '–')} | {sp.get('share_0.02s', '–')} | {sp['late_ticks']:.0f} |")
     if profile:
         lines += [
             "",
@@ -700,6 +758,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to")
     p.add_argument("--client-core", type=int, default=1, help="core this load generator (and py-spy) is pinned to")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra argument for `audiosocket-ai serve` (repeatable), e.g. --server-arg=--metrics-port=9100")
+    p.add_argument("--metrics-url", default=None,
+                   help="Prometheus endpoint of the server (e.g. http://127.0.0.1:9100/metrics): adds the server's "
+                        "own pacing lateness per step, if it exports audiosocket_pacing_lateness_seconds")
     p.add_argument("--profile", action="store_true", help="profile the server with py-spy at the limit")
     p.add_argument("--profile-calls", type=int, default=None,
                    help="calls held while profiling (default: the first failing step, else the largest)")

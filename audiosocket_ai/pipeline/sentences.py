@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e approx no dept inc ltd co corp mt ft".split()
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m approx no dept inc ltd co corp mt ft".split()
 )
 _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)")
 _CLAUSE = re.compile(r"[,;:—–](?=\s)")

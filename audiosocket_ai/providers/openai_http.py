@@ -641,11 +641,11 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
             return self._error(what, detail, retryable=retryable, code=code)
 
         assembler = _ChatStreamAssembler(fail)
-        async with self._open("POST", "/chat/completions", what=what, json=body) as response:
-            content_type = response.response.headers.get("content-type", "")
+        async with self._open("POST", "/chat/completions", what=what, json=body) as stream:
+            content_type = stream.response.headers.get("content-type", "")
             if "application/json" in content_type:
                 # The server ignored ``stream: true``: take the whole answer at once.
-                data = await self._read_json(response, fail)
+                data = await self._read_json(stream, fail)
                 choices = data.get("choices") if isinstance(data, dict) else None
                 if not choices or not isinstance(choices[0], dict):
                     raise fail("response has no choices", retryable=False)
@@ -653,7 +653,7 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
                     yield item
                 return
             decoder = _SSEDecoder()
-            lines = response.lines()
+            lines = stream.lines()
             async for line in lines:
                 event = decoder.line(line)
                 if event is not None:
@@ -706,8 +706,8 @@ class OpenAIChatLLM(_OpenAIHTTPProvider):
         return result
 
     @staticmethod
-    async def _read_json(response: _Body, fail: _Fail) -> Any:
-        body = await response.read()
+    async def _read_json(stream: _Body, fail: _Fail) -> Any:
+        body = await stream.read()
         try:
             return json.loads(body)
         except ValueError:
@@ -786,12 +786,12 @@ class OpenAITTS(_OpenAIHTTPProvider):
             body["instructions"] = self.instructions
         if self.speed is not None:
             body["speed"] = self.speed
-        async with self._open("POST", "/audio/speech", what=what, json=body) as response:
-            content_type = response.response.headers.get("content-type", "").split(";")[0].strip().lower()
+        async with self._open("POST", "/audio/speech", what=what, json=body) as stream:
+            content_type = stream.response.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type in _COMPRESSED_AUDIO_TYPES or content_type == "application/json":
                 raise self._error(what, f"expected raw PCM, got {content_type}", retryable=False)
             carry = b""
-            async for chunk in response.chunks():
+            async for chunk in stream.chunks():
                 if carry:
                     chunk = carry + chunk
                     carry = b""
@@ -907,8 +907,8 @@ class OpenAISTT(_OpenAIHTTPProvider):
         if self.temperature is not None:
             data["temperature"] = str(self.temperature)
         files = {"file": ("utterance.wav", pcm_to_wav(bytes(pcm), self.sample_rate), "audio/wav")}
-        async with self._open("POST", "/audio/transcriptions", what=what, data=data, files=files) as response:
-            body = await response.read()
+        async with self._open("POST", "/audio/transcriptions", what=what, data=data, files=files) as stream:
+            body = await stream.read()
         try:
             result = json.loads(body)
         except ValueError:

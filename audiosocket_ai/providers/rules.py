@@ -28,8 +28,8 @@ FAQ file format (TOML)::
     answer = "We're open Monday to Friday, nine to five."
 
 DTMF digits reach the model as user messages; any of these means "the caller pressed 0":
-``Message(role="user", content="0", name="dtmf")``, or content ``"0"``, ``"DTMF 0"``,
-``"[dtmf:0]"``, ``"pressed 0"``.
+``Message(role="user", content="[pressed 0]", name="dtmf")`` (what the pipeline sends), or
+content ``"0"``, ``"DTMF 0"``, ``"[dtmf:0]"``, ``"pressed 0"``.
 """
 
 from __future__ import annotations
@@ -295,10 +295,13 @@ def _read_state(history: Sequence[Message]) -> _State:
 
 
 def _dtmf_digits(message: Message) -> str | None:
-    if message.name and message.name.lower() == "dtmf":
-        return message.content.strip() or None
     match = _DTMF.match(message.content)
-    return match.group(1) if match else None
+    if match:
+        return match.group(1)
+    if message.name and message.name.lower() == "dtmf":
+        digits = "".join(re.findall(r"[0-9*#]", message.content))
+        return digits or None
+    return None
 
 
 class RuleBasedLLM:
@@ -310,6 +313,8 @@ class RuleBasedLLM:
         faq: entries given directly (used when ``faq_path`` is not).
         greeting: first words of the call, when asked to speak before the caller has.
         transfer_target: the ``target`` argument of the ``transfer`` call.
+        transfer_label: how to say the target ("the operator" for ``"operator"``,
+            otherwise the target itself).
         transfer_tool: name of the tool that transfers the call.
         hangup_tool: name of the tool that ends the call.
         collect_details: ask for the caller's name and reason before transferring.
@@ -326,6 +331,7 @@ class RuleBasedLLM:
         transfer_target: str = "operator",
         transfer_tool: str = "transfer",
         hangup_tool: str = "hang_up",
+        transfer_label: str | None = None,
         collect_details: bool = True,
         piece_chars: int = 12,
     ) -> None:
@@ -342,6 +348,7 @@ class RuleBasedLLM:
             "or connect you with a person. How can I help?"
         )
         self.transfer_target = transfer_target
+        self.transfer_label = transfer_label or ("the operator" if transfer_target == "operator" else transfer_target)
         self.transfer_tool = transfer_tool
         self.hangup_tool = hangup_tool
         self.collect_details = collect_details
@@ -495,14 +502,15 @@ class RuleBasedLLM:
             arguments["reason"] = state.reason
         arguments = self._fit_arguments(offered[self.transfer_tool], arguments)
         thanks = f"Thank you, {state.name}. " if state.name and not immediate else ""
-        text = f"{thanks}I'm connecting you to {self.transfer_target} now. Please hold."
+        text = f"{thanks}I'm connecting you to {self.transfer_label} now. Please hold."
         return text, ToolCall(id=call_id, name=self.transfer_tool, arguments=arguments)
 
     def _goodbye(self, offered: dict[str, ToolSpec], call_id: str) -> tuple[str, ToolCall | None]:
         text = "Thank you for calling. Goodbye!"
         if self.hangup_tool not in offered:
             return text, None
-        return text, ToolCall(id=call_id, name=self.hangup_tool, arguments={})
+        arguments = self._fit_arguments(offered[self.hangup_tool], {"reason": "caller said goodbye"})
+        return text, ToolCall(id=call_id, name=self.hangup_tool, arguments=arguments)
 
     @staticmethod
     def _fit_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,6 @@ class AgentServer:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
-            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read_log, name=f"server-log-{self.agent}", daemon=True)
         self._reader.start()
@@ -136,11 +135,11 @@ class AgentServer:
         if process is None:
             return None
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
                 process.wait(timeout=5)
         if self._reader is not None:
             self._reader.join(timeout=5)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -231,13 +230,12 @@ class Pbx:
         console = self.console_path.open("wb")
         # -f: stay in the foreground (we own the process and its exit status); no -c, so
         # there is no console to feed and stdin can be /dev/null. -n: no ANSI colours.
-        # A new session keeps Ctrl-C in the terminal from reaching it before our teardown.
+        # Same process group as pytest: a Ctrl-C that skips our teardown still ends it.
         self.process = subprocess.Popen(
             [str(self.binary), "-C", str(self.config_file), "-f", "-n"],
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         console.close()
         deadline = time.monotonic() + timeout
@@ -256,23 +254,20 @@ class Pbx:
 
     def stop(self) -> None:
         """Stop Asterisk (``core stop now``), killing it if it does not go within 10 s."""
-        process = self.process
-        if process is None:
-            return
+        process, self.process = self.process, None
         try:
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 self._remote("core stop now", timeout=10.0)
                 try:
                     process.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGTERM)
+                    process.terminate()
                     try:
                         process.wait(timeout=5.0)
                     except subprocess.TimeoutExpired:
-                        os.killpg(process.pid, signal.SIGKILL)
+                        process.kill()
                         process.wait(timeout=5.0)
         finally:
-            self.process = None
             if self._private_run is not None:
                 shutil.rmtree(self._private_run, ignore_errors=True)
 

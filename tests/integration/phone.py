@@ -91,6 +91,7 @@ class Phone:
         self._scripts: queue.SimpleQueue[Script] = queue.SimpleQueue()
         self._finished: queue.SimpleQueue[PhoneCall] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._connections: list[socket.socket] = []
         self._closing = threading.Event()
         self._accepter = threading.Thread(target=self._accept_loop, name="phone-accept", daemon=True)
         self._accepter.start()
@@ -114,10 +115,15 @@ class Phone:
         return calls
 
     def close(self) -> None:
-        """Stop listening and wait for the call threads (they end with their sockets)."""
+        """Stop listening, cut any call still up (a failed test) and wait for the call threads."""
         self._closing.set()
         self._accepter.join(timeout=5)
         self._listener.close()
+        for connection in self._connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv()
+            except OSError:
+                pass  # already closed: the call ended normally
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -132,6 +138,7 @@ class Phone:
             except OSError:
                 return
             connection.settimeout(None)
+            self._connections.append(connection)
             try:
                 script = self._scripts.get_nowait()
             except queue.Empty:

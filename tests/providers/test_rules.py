@@ -166,8 +166,15 @@ async def test_transfer_without_collecting_details() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [user("0", name="dtmf"), user("0"), user("DTMF 0"), user("[dtmf:0]"), user("pressed 0")],
-    ids=["named", "bare", "dtmf-space", "bracketed", "pressed"],
+    [
+        user("[pressed 0]", name="dtmf"),
+        user("0", name="dtmf"),
+        user("0"),
+        user("DTMF 0"),
+        user("[dtmf:0]"),
+        user("pressed 0"),
+    ],
+    ids=["pipeline", "named", "bare", "dtmf-space", "bracketed", "pressed"],
 )
 async def test_dtmf_zero_transfers_immediately(message: Message) -> None:
     _, calls = await run(RuleBasedLLM(), [assistant("Hello, how can I help?"), message])
@@ -186,7 +193,7 @@ async def test_dtmf_zero_while_being_asked_for_a_name() -> None:
 async def test_goodbye_hangs_up(text: str) -> None:
     texts, calls = await run(RuleBasedLLM(), [user(text)])
     assert "Goodbye" in "".join(texts)
-    assert [(c.name, dict(c.arguments)) for c in calls] == [("hang_up", {})]
+    assert [(c.name, dict(c.arguments)) for c in calls] == [("hang_up", {"reason": "caller said goodbye"})]
 
 
 async def test_no_after_anything_else_hangs_up(faq_file: Path) -> None:
@@ -242,6 +249,12 @@ async def test_transfer_arguments_follow_the_tool_schema() -> None:
     history, _ = await converse(llm, "agent about my order", "Ana")
     _, calls = await run(llm, history[:-1], tools=[narrow])
     assert calls[0].arguments == {"target": "operator"}
+
+
+async def test_other_digits_do_not_transfer() -> None:
+    texts, calls = await run(RuleBasedLLM(), [user("[pressed 5]", name="dtmf")])
+    assert calls == []
+    assert "press zero" in "".join(texts)
 
 
 async def test_failed_transfer_is_acknowledged() -> None:

@@ -22,8 +22,8 @@ from types import TracebackType
 import attrs
 import trio
 
-from .audio import FRAME_MS, frame_bytes, rms_dbfs
-from .protocol import Audio, Decoder, Dtmf, Hangup, Message, ProtocolError, Uuid, encode
+from ..audio import FRAME_MS, frame_bytes, rms_dbfs
+from ..protocol import Audio, Decoder, Dtmf, Hangup, Message, ProtocolError, Uuid, encode
 
 SILENCE_DBFS = -60.0
 """Frames quieter than this count as silence in summaries."""

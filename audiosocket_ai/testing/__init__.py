@@ -1,0 +1,24 @@
+"""Test kit, for our tests and yours: a fake PBX and scripted providers.
+
+* :class:`FakeAsterisk` plays Asterisk's side of a call over TCP (UUID, paced frames, DTMF)
+  and records what the server sends.
+* :mod:`audiosocket_ai.testing.providers` has deterministic STT/LLM/TTS/VAD stand-ins, so a
+  conversation can be tested in seconds without models or network.
+"""
+
+from __future__ import annotations
+
+from .fake_asterisk import SILENCE_DBFS, CallSummary, FakeAsterisk, Received, run_call
+from .providers import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+
+__all__ = [
+    "SILENCE_DBFS",
+    "CallSummary",
+    "EnergyVad",
+    "FakeAsterisk",
+    "Received",
+    "ScriptedLLM",
+    "ScriptedSTT",
+    "ToneTTS",
+    "run_call",
+]

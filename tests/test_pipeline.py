@@ -1,0 +1,185 @@
+"""The conversation logic with scripted providers: fast, deterministic, no models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+import audiosocket_ai as asa
+from audiosocket_ai.interfaces import ToolCall
+from audiosocket_ai.pipeline import AssistantSettings, SentenceSplitter, VoiceAssistant, tool
+from audiosocket_ai.protocol import Audio
+from audiosocket_ai.testing import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+
+from .conftest import keep_line_open, running_server, settled
+
+
+def speech(ms: int, rate: int = 8000) -> bytes:
+    """The caller 'talking': a loud tone the EnergyVad calls speech."""
+    return asa.tone_pcm(300, ms, rate, amplitude=0.5)
+
+
+def make(llm: ScriptedLLM, stt: ScriptedSTT | None = None, tts: ToneTTS | None = None, tools=(), **settings):
+    seen: dict[str, list] = {"barge_ins": [], "turns": []}
+    agent = VoiceAssistant(
+        stt=stt or ScriptedSTT([]), llm=llm, tts=tts or ToneTTS(), vad_factory=EnergyVad,
+        settings=AssistantSettings(**{"greeting": None, "reprompt_after": None, **settings}), tools=tools,
+        on_barge_in=lambda call, t, dropped: seen["barge_ins"].append(dropped),
+        on_turn=lambda timings: seen["turns"].append(timings),
+    )
+    return agent, seen
+
+
+def audible(pbx: asa.FakeAsterisk, since: float = 0.0) -> int:
+    return sum(1 for item in pbx.received
+               if isinstance(item.message, Audio) and item.t >= since and any(item.message.pcm))
+
+
+def test_sentence_splitter_streams_sentences_as_they_complete() -> None:
+    splitter = SentenceSplitter()
+    pieces = ["Hello the", "re! Dr. Smith is in at 3", ".5 p.m. today. Do you", " want", " an appointment?"]
+    out = [s for piece in pieces for s in splitter.push(piece)] + splitter.flush()
+    assert out == ["Hello there!", "Dr. Smith is in at 3.5 p.m. today.", "Do you want an appointment?"]
+    long = SentenceSplitter(clause_chars=40)
+    assert long.push("This clause is long enough to be spoken early, and this part")[0].endswith("early,")
+    runon = SentenceSplitter(max_chars=50)
+    assert all(len(s) <= 50 for s in runon.push("word " * 40))
+
+
+async def test_reply_streams_sentence_by_sentence_and_history_is_complete(tmp_path: Path) -> None:
+    llm = ScriptedLLM([["First sen", "tence. Second", " sentence!"]], piece_delay=0.05)
+    tts = ToneTTS(ms_per_char=20)
+    agent, seen = make(llm, ScriptedSTT(["hi there"]), tts, transcript_dir=tmp_path)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: len(llm.histories) == 1 and not agent_busy(server), timeout=10)
+            await pbx.send_silence(300)
+    assert tts.texts == ["First sentence.", "Second sentence!"]
+    assert [m.role for m in llm.histories[0]] == ["system", "user"] and llm.histories[0][1].content == "hi there"
+    timings = seen["turns"][0]
+    assert timings.first_audio is not None and timings.first_audio > timings.speech_end
+    lines = [json.loads(x) for x in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert [(x["who"], x["text"], x["interrupted"]) for x in lines] == [
+        ("caller", "hi there", False), ("agent", "First sentence. Second sentence!", False)]
+
+
+def agent_busy(server) -> bool:  # type: ignore[no-untyped-def]
+    return any(call.playout.speaking for call in server.calls.values())
+
+
+async def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard() -> None:
+    long_answer = "This answer is rather long. It keeps going for several seconds. Nobody wants to hear all of it."
+    llm = ScriptedLLM([[long_answer], ["Sure."]])
+    tts = ToneTTS(ms_per_char=40)
+    agent, seen = make(llm, ScriptedSTT(["tell me a story", "stop"]), tts)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)  # ~0.8 s of the answer heard
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: len(llm.histories) == 2, timeout=10)
+    assert seen["barge_ins"] and seen["barge_ins"][0] > 0
+    cut = llm.histories[1][2]
+    assert cut.role == "assistant" and cut.interrupted
+    assert 0 < len(cut.content) < len(long_answer) and long_answer.startswith(cut.content)
+    assert llm.histories[1][3].content == "stop"
+
+
+async def test_user_tools_round_trip_and_transfer_sets_the_outcome() -> None:
+    calls: list[str] = []
+
+    @tool("Look up an order's status.", {"type": "object", "properties": {"order": {"type": "string"}}})
+    async def order_status(order: str) -> dict:
+        calls.append(order)
+        return {"order": order, "status": "shipped"}
+
+    llm = ScriptedLLM([
+        [ToolCall("c1", "order_status", {"order": "42"})],
+        ["It has shipped. ", ToolCall("c2", "transfer", {"target": "sales"})],
+    ])
+    agent, _ = make(llm, ScriptedSTT(["where is order 42"]), tools=[order_status])
+    outcomes: list[dict] = []
+    async with running_server(agent) as (server, port):
+        server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=10)
+        await settled(server)
+    assert calls == ["42"]
+    second = llm.histories[1]
+    assert second[-2].tool_calls[0].name == "order_status"
+    assert second[-1].role == "tool" and json.loads(second[-1].content)["status"] == "shipped"
+    assert "order_status" in llm.tools_seen[0] and "transfer" in llm.tools_seen[0]
+    assert outcomes[0]["transfer"] == "sales" and outcomes[0]["end_reason"] == "agent_hung_up"
+    assert audible(pbx) > 10, "what the model said before the transfer was played first"
+
+
+@pytest.mark.parametrize("mode", ["off", "dtmf"])
+async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str) -> None:
+    llm = ScriptedLLM([["A fairly long answer that takes a couple of seconds to say out loud."], ["Next."]])
+    agent, seen = make(llm, ScriptedSTT(["question", "talking over", "pressed"]), barge_in=mode)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: audible(pbx) > 20, timeout=10)
+            await pbx.send_audio(speech(300))  # over the agent
+            await pbx.send_silence(200)
+            assert not seen["barge_ins"]
+            if mode == "dtmf":
+                await pbx.send_dtmf("5")
+                assert await keep_line_open(pbx, lambda: bool(seen["barge_ins"]), timeout=5)
+            else:
+                assert await keep_line_open(pbx, lambda: not agent_busy(server), timeout=10)
+                await pbx.send_audio(speech(300))  # a turn of its own, after the agent finished
+            assert await keep_line_open(pbx, lambda: len(llm.histories) >= 2, timeout=10)
+    users = [m.content for m in llm.histories[-1] if m.role == "user"]
+    assert "talking over" not in users, "speech over the agent is ignored unless barge-in is on"
+    assert users[-1] == ("[pressed 5]" if mode == "dtmf" else "pressed")
+
+
+async def test_provider_failures_are_survived() -> None:
+    llm = ScriptedLLM([RuntimeError("model down"), ["Back again."]])
+    stt = ScriptedSTT(["first", "second"])
+    tts = ToneTTS()
+    agent, _ = make(llm, stt, tts)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: len(tts.texts) == 1 and not agent_busy(server), timeout=10)
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: len(tts.texts) == 2, timeout=10)
+            assert not pbx.server_closed
+    assert tts.texts == [AssistantSettings().apology_text, "Back again."]
+
+
+async def test_greeting_is_interruptible_and_words_during_it_are_kept() -> None:
+    llm = ScriptedLLM([["Hello Ada."]])
+    stt = ScriptedSTT(["my name is Ada"])
+    agent, seen = make(llm, stt, ToneTTS(ms_per_char=60), greeting="Welcome to the very long greeting of ours.")
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_silence(300)
+            await pbx.send_audio(speech(500))  # talks over the greeting
+            assert await keep_line_open(pbx, lambda: len(llm.histories) == 1, timeout=10)
+    assert seen["barge_ins"]
+    history = llm.histories[0]
+    assert history[1].role == "assistant" and history[1].interrupted
+    assert history[2].content == "my name is Ada"
+    assert stt.audio_ms[0] >= 450, "the whole utterance (with pre-roll) reached the recognizer"
+
+
+async def test_silence_timer_reprompts_only_after_the_agent_finished() -> None:
+    tts = ToneTTS(ms_per_char=50)
+    agent, _ = make(ScriptedLLM([]), tts=tts, greeting="A greeting of some length.", reprompt_after=0.5,
+                    max_reprompts=1)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            with trio.fail_after(15):
+                await pbx.wait_for_hangup(timeout=15)
+    settings = AssistantSettings()
+    assert tts.texts == ["A greeting of some length.", settings.reprompt_text, settings.goodbye_text]
+    assert pbx.server_hung_up
