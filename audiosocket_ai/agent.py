@@ -29,6 +29,7 @@ import numpy as np
 
 from .audio import resample
 from .call import Call
+from .protocol import Audio
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,28 @@ class Agent(Protocol):
     async def run(self, call: Call) -> None: ...
 
 
+ECHO_PREBUFFER_FRAMES = 2
+"""Frames the echo holds before it starts: 40 ms of jitter buffer. Asterisk's frames can
+arrive a little late when its host is busy; without a cushion each late frame would be a
+20 ms gap in the echo."""
+
+
 async def echo_agent(call: Call) -> None:
     """Plays the caller's audio straight back, bit for bit, paced in real time."""
     async with call.playback() as out:
+        held: list[Audio] = []
         async for frame in call.audio():
+            if len(held) < ECHO_PREBUFFER_FRAMES:
+                held.append(frame)
+                if len(held) < ECHO_PREBUFFER_FRAMES:
+                    continue
+                for early in held:
+                    await out.write(early.pcm, early.rate)
+                continue
             await out.write(frame.pcm, frame.rate)
+        if len(held) < ECHO_PREBUFFER_FRAMES:  # the caller hung up (or stopped) within 40 ms
+            for early in held:
+                await out.write(early.pcm, early.rate)
 
 
 def tone_pcm(frequency: float, duration_ms: int, rate: int, *, amplitude: float = 0.3) -> bytes:

@@ -152,6 +152,27 @@ class Framer:
         return tail + bytes(self.frame_size - len(tail)) if pad else tail
 
 
+MISLABELLED_ULAW_FRAMES = 10
+"""Consecutive 160-byte slin-8k frames that identify μ-law sent as slin."""
+
+
+def looks_like_mislabelled_ulaw(frame_sizes: list[int]) -> bool | None:
+    """Judge the first audio frames of an 8 kHz call: are they μ-law labelled as slin?
+
+    ``Dial(AudioSocket/…)`` without ``c()`` forwards the caller's native codec under kind
+    0x10: for a μ-law caller that is 160 bytes per 20 ms, where real slin at 8 kHz is 320.
+    Returns True after :data:`MISLABELLED_ULAW_FRAMES` such frames in a row, False as soon
+    as any other size shows up, and None while it cannot tell yet.
+    """
+    half_frame = frame_bytes(8000) // 2
+    for count, size in enumerate(frame_sizes, start=1):
+        if size != half_frame:
+            return False
+        if count >= MISLABELLED_ULAW_FRAMES:
+            return True
+    return None
+
+
 # --- G.711 -----------------------------------------------------------------------------
 # Tables built once with the ITU-T G.711 reference algorithm (as in Sun's g711.c).
 

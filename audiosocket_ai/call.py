@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .audio import FRAME_MS, frame_bytes, ulaw_decode
+from .audio import FRAME_MS, looks_like_mislabelled_ulaw, ulaw_decode
 from .playout import DEFAULT_MAX_AHEAD_MS, Playback, Playout
 from .protocol import Audio, Decoder, Dtmf, Error, Hangup, Message, ProtocolError, Unknown, Uuid
 from .protocol.encoder import HANGUP_BYTES
@@ -127,7 +127,7 @@ class Call:
         self._hangup_reason = EndReason.AGENT_HUNG_UP
         self._ended = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
-        self._ulaw_suspect = 0
+        self._ulaw_sizes: list[int] | None = []
         self._ulaw_mode = False
         self._last_inbound = 0.0
         self.started_at = 0.0
@@ -326,31 +326,27 @@ class Call:
                     log.warning("skipping message kind 0x%02x: %s", kind, why)
 
     def _check_ulaw(self, message: Audio) -> Audio:
-        """Spot μ-law bytes labelled as slin 8 kHz (Dial(AudioSocket/…) without ``c()``).
-
-        Asterisk then sends 160-byte 0x10 frames every 20 ms; real slin at 8 kHz is 320
-        bytes per 20 ms. Ten such frames in a row, on a call with no other frame size, are
-        the signature.
-        """
+        """Spot μ-law bytes labelled as slin 8 kHz (see :func:`audio.looks_like_mislabelled_ulaw`)."""
         if self._ulaw_mode:
             return Audio(8000, ulaw_decode(message.pcm)) if message.rate == 8000 else message
-        if message.rate != 8000 or self._ulaw_suspect < 0:
+        if self._ulaw_sizes is None or message.rate != 8000:
             return message
-        if len(message.pcm) == frame_bytes(8000) // 2:
-            self._ulaw_suspect += 1
-            if self._ulaw_suspect >= 10:
-                log.warning(
-                    "inbound 0x10 frames are 160 bytes every 20 ms: this looks like μ-law labelled "
-                    "as slin (add c(slin) or c(slin16) to Dial(AudioSocket/…)); %s",
-                    "decoding it as μ-law" if self.settings.repair_mislabelled_ulaw else "NOT repairing",
-                )
-                if self.settings.repair_mislabelled_ulaw:
-                    self._ulaw_mode = True
-                    return Audio(8000, ulaw_decode(message.pcm))
-                self._ulaw_suspect = -1
-        else:
-            self._ulaw_suspect = -1
-        return message
+        self._ulaw_sizes.append(len(message.pcm))
+        verdict = looks_like_mislabelled_ulaw(self._ulaw_sizes)
+        if verdict is None:
+            return message
+        self._ulaw_sizes = None  # decided, one way or the other
+        if not verdict:
+            return message
+        log.warning(
+            "inbound 0x10 frames are 160 bytes every 20 ms: this looks like μ-law labelled "
+            "as slin (add c(slin) or c(slin16) to Dial(AudioSocket/…)); %s",
+            "decoding it as μ-law" if self.settings.repair_mislabelled_ulaw else "NOT repairing",
+        )
+        if not self.settings.repair_mislabelled_ulaw:
+            return message
+        self._ulaw_mode = True
+        return Audio(8000, ulaw_decode(message.pcm))
 
     async def _write_loop(self) -> None:
         playout = self.playout

@@ -141,7 +141,7 @@ def serve(ctx: click.Context, config_file: Path | None, **params: object) -> Non
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
                 if metrics_port is not None else None)
     try:
-        trio.run(_serve_until_signalled, server, endpoint, values["server.metrics_host"], metrics_port or 0)
+        trio.run(_serve_until_signalled, server, endpoint, values["server.metrics_host"], metrics_port or 0, assistant)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", server_config.host, server_config.port, exc)
         sys.exit(1)
@@ -168,9 +168,12 @@ def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
         if not llm.startswith(("rules", "local")):
             raise click.BadParameter("--faq is for the rules model", param_hint="--faq")
         llm_options["faq_path"] = Path(values["agent.faq"])
-    spec = PipelineSpec(stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
-                        llm_options=llm_options, vad_options={"end_ms": float(values["providers.endpointing_ms"])},
-                        settings=settings)
+    spec = PipelineSpec(
+        stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
+        stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
+        tts_fallback=values["providers.tts_fallback"], llm_options=llm_options,
+        vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
+    )
     try:
         assistant = build_assistant(spec)
     except UnknownProviderError as exc:
@@ -209,14 +212,19 @@ def _observe_assistant(assistant: object, metrics: Metrics) -> None:
 
 
 async def _serve_until_signalled(server: Server, endpoint: StatusEndpoint | None, metrics_host: str,
-                                 metrics_port: int) -> None:
+                                 metrics_port: int, assistant: Any = None) -> None:
     listeners = await server.listen()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, server)
             if endpoint is not None:
                 await nursery.start(endpoint.serve, metrics_host, metrics_port)
-            await server.serve(listeners)
+            try:
+                await server.serve(listeners)
+            finally:
+                if assistant is not None:  # close the providers' connection pools
+                    with trio.CancelScope(shield=True):
+                        await assistant.aclose()
             nursery.cancel_scope.cancel()
 
 

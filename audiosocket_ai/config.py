@@ -104,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
        "llama.cpp).", optional=True, flag="llm_base_url"),
     _s("providers", "tts", str, "piper", "Voice: piper, openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].",
        flag="tts"),
+    _s("providers", "stt_fallback", str, "whisper", "Recognizer used when the primary fails after one retry "
+       "(\"none\": no fallback).", optional=True),
+    _s("providers", "llm_fallback", str, "rules", "Model used when the primary fails after one retry.", optional=True),
+    _s("providers", "tts_fallback", str, "piper", "Voice used when the primary fails after one retry.", optional=True),
     _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
     _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
     _s("recording", "transcript_dir", str, None, "Write each call's transcript to DIR/<uuid>.jsonl.",

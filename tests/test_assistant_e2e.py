@@ -128,7 +128,7 @@ async def test_pressing_zero_transfers_and_the_outcome_is_kept(stack, tmp_path: 
             await pbx.send_dtmf("0")
             assert await pbx.wait_for_hangup(timeout=20)
         await settled(server)
-    assert outcomes == [{"transfer": "operator"}]
+    assert outcomes[0]["transfer"] == "operator" and outcomes[0]["end_reason"] == "agent_hung_up"
     assert isinstance(pbx.received[-1].message, Hangup)
     assert audible_ms(pbx) > 1000, "it says something before transferring"
 

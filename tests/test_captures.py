@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audiosocket_ai.audio import looks_like_mislabelled_ulaw as detector
 from audiosocket_ai.audio import ulaw_decode
 from audiosocket_ai.protocol import Audio, Decoder, Dtmf, Error, Hangup, Kind, Message, Unknown, Uuid
 
@@ -177,15 +178,9 @@ def test_any_split_of_the_stream_decodes_identically(capture: Capture, cuts: lis
 
 
 def looks_like_mislabelled_ulaw(capture: Capture) -> bool:
-    """Plain-logic stand-in for the server-side detector (to be wired into the server).
-
-    μ-law is one byte per sample, so a 20 ms frame at 8 kHz is 160 bytes; slin is two, 320.
-    Asterisk's channel driver without ``c()`` sends a μ-law caller's bytes labelled 0x10,
-    which arrive as 160-byte 0x10 frames at 50 frames/s.
-    """
-    sizes = Counter(len(m.pcm) for m in capture.audio if m.kind == Kind.SLIN_8K)
-    frames = sum(sizes.values())
-    return frames >= 10 and sizes[160] >= 0.9 * frames
+    """The server's own detector, fed the capture's 8 kHz frame sizes in arrival order."""
+    sizes = [len(m.pcm) for m in capture.audio if m.kind == Kind.SLIN_8K]
+    return bool(detector(sizes))
 
 
 def test_mislabelled_ulaw_capture_is_detectable() -> None:

@@ -161,6 +161,14 @@ class VoiceAssistant:
     async def __call__(self, call: Call) -> None:
         await _Session(self, call).run()
 
+    async def aclose(self) -> None:
+        """Close the providers' connections (HTTP pools, sockets) at shutdown."""
+        for provider in (self.stt, self.llm, self.tts):
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                with trio.move_on_after(5):
+                    await close()
+
     async def run(self, call: Call) -> None:
         await self(call)
 
@@ -421,6 +429,9 @@ class _Session:
         if ending.name == TRANSFER:
             target = str(ending.arguments.get("target") or "operator")
             self.call.outcome["transfer"] = target
+            for field in ("caller_name", "reason"):  # collected details travel with the transfer
+                if ending.arguments.get(field):
+                    self.call.outcome[field] = str(ending.arguments[field])
             log.info("transferring the caller to %s", target)
             if not self.spoken:
                 await self._say(self.settings.transfer_text)

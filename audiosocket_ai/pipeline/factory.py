@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from ..inference import PriorityLimiter
+from ..providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from ..providers.registry import make_llm, make_stt, make_tts, make_vad_factory
 from .assistant import AssistantSettings, VoiceAssistant
 from .tools import Tool
@@ -26,6 +27,12 @@ class PipelineSpec:
     llm: str = "rules"
     tts: str = "piper"
     vad: str = "webrtc"
+    stt_fallback: str | None = "whisper"
+    llm_fallback: str | None = "rules"
+    tts_fallback: str | None = "piper"
+    """Used when the primary fails (after one retry for retryable errors); a local engine by
+    default, so an outage at a cloud vendor does not leave callers in silence. Ignored
+    when the primary already is that engine; None for no fallback."""
     stt_options: dict[str, Any] = attrs.Factory(dict)
     llm_options: dict[str, Any] = attrs.Factory(dict)
     tts_options: dict[str, Any] = attrs.Factory(dict)
@@ -48,13 +55,18 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     stt = make_stt(spec.stt, _with_defaults(spec.stt_options, {"limiter": limiter} if spec.stt in local else {}))
     llm = make_llm(spec.llm, spec.llm_options)
     tts = make_tts(spec.tts, _with_defaults(spec.tts_options, {"limiter": limiter} if spec.tts in local else {}))
+    # retry-once-then-fallback wrappers (providers/fallback.py)
+    stt = FallbackSTT(stt, _fallback(make_stt, spec.stt, spec.stt_fallback, limiter))
+    llm = FallbackLLM(llm, _fallback(make_llm, spec.llm, spec.llm_fallback, limiter))
+    tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter))
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))
     if warm_up:
-        for provider in (stt, tts):
-            load = getattr(provider, "load", None)
-            if callable(load):
-                load()
+        for wrapper in (stt, tts):
+            for provider in (wrapper.primary, wrapper.fallback):
+                load = getattr(provider, "load", None)
+                if callable(load):
+                    load()
     settings = spec.settings
     greeting = getattr(llm, "greeting", None)
     if isinstance(greeting, str) and greeting and settings.greeting == AssistantSettings().greeting:
@@ -62,6 +74,13 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     log.info("pipeline ready in %.1fs: stt=%s llm=%s tts=%s vad=%s", time.monotonic() - started,
              spec.stt, spec.llm, spec.tts, spec.vad)
     return VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=vad_factory, settings=settings, tools=tools, **hooks)
+
+
+def _fallback(make: Any, primary: str, fallback: str | None, limiter: PriorityLimiter) -> Any:
+    if not fallback or fallback.lower() in ("none", "off") or fallback.split(":")[0] == primary.split(":")[0]:
+        return None
+    local = fallback.split(":")[0] in ("whisper", "piper", "local")
+    return make(fallback, {"limiter": limiter} if local else {})
 
 
 def _with_defaults(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,4 +151,5 @@ async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks 
 
 
 def _is_local(provider: object) -> bool:
+    provider = getattr(provider, "primary", provider)
     return type(provider).__module__.startswith("audiosocket_ai.providers.local")

@@ -30,7 +30,11 @@ TRANSFER_SPEC = ToolSpec(
     description="Transfer the caller to a person or department, e.g. 'operator', 'sales', 'billing'.",
     parameters={
         "type": "object",
-        "properties": {"target": {"type": "string", "description": "where to transfer the call"}},
+        "properties": {
+            "target": {"type": "string", "description": "where to transfer the call"},
+            "caller_name": {"type": "string", "description": "the caller's name, if they gave it"},
+            "reason": {"type": "string", "description": "why the caller is calling, in a few words"},
+        },
         "required": ["target"],
     },
 )

@@ -38,7 +38,7 @@ import math
 import os
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -166,7 +166,11 @@ async def _open_websocket(
                 stream = await trio.open_ssl_over_tcp_stream(
                     host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
                 )
-                await stream.do_handshake()  # certificate errors surface here, not as a hang
+                try:
+                    await stream.do_handshake()  # certificate errors surface here, not as a hang
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
             else:
                 stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
@@ -400,7 +404,7 @@ class DeepgramSTT:
     async def aclose(self) -> None:
         """Nothing to release (no connection outlives a call); here for a uniform lifecycle."""
 
-    async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
+    async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncGenerator[Transcript, None]:
         """Stream ``audio`` to Deepgram and yield interim and final transcripts.
 
         Close the generator (``contextlib.aclosing``) when you stop early: closing, or
@@ -435,7 +439,7 @@ class DeepgramSTT:
             retry_after=_retry_after(headers.get(b"retry-after")),
         )
 
-    async def _session(self, ws: WebSocketConnection, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
+    async def _session(self, ws: WebSocketConnection, audio: AsyncIterable[bytes]) -> AsyncGenerator[Transcript, None]:
         """Run one open stream: send audio, read events, turn them into transcripts."""
         state = _StreamState(last_sent=trio.current_time())
         watchdog = _Watchdog()
@@ -485,9 +489,9 @@ class DeepgramSTT:
                     state.audio_bytes += len(chunk)
                     watchdog.arm(self.response_timeout)
                 await ws.send_message(_FINALIZE)
-                await ws.send_message(_CLOSE_STREAM)
-                state.close_sent = True
+                state.close_sent = True  # before sending: the server may close before we resume
                 watchdog.restart(self.close_timeout)
+                await ws.send_message(_CLOSE_STREAM)
                 logger.debug("%s: sent Finalize and CloseStream after %d bytes", PROVIDER, state.audio_bytes)
             except ConnectionClosed:
                 return  # the reader reports why the socket closed
@@ -552,17 +556,18 @@ class DeepgramSTT:
         if kind == "SpeechStarted":
             logger.debug("%s: SpeechStarted at %ss", PROVIDER, event.get("timestamp"))
         elif kind == "Metadata":
-            state.request_id = str(event.get("request_id") or state.request_id)
-            logger.debug(
-                "%s: Metadata request_id=%s duration=%ss", PROVIDER, state.request_id, event.get("duration")
-            )
+            if event.get("request_id"):
+                state.request_id = str(event["request_id"])
+            logger.debug("%s: Metadata request_id=%s duration=%ss", PROVIDER, state.request_id, event.get("duration"))
         elif kind == "Error":
             detail = " ".join(str(event[k]) for k in ("description", "message") if event.get(k))
             variant = event.get("variant")
+            # The key and the query were accepted at the handshake and undecodable audio is
+            # reported by a close code, so an in-band error is most likely on Deepgram's side.
             raise ProviderError(
                 f"{PROVIDER}: server error: {_snippet(detail or raw, self._key)}{self._request(state)}",
                 provider=PROVIDER,
-                retryable=False,
+                retryable=True,
                 code=str(variant) if variant else None,
             )
         else:
@@ -573,7 +578,8 @@ class DeepgramSTT:
         self, event: Mapping[str, Any], state: _StreamState, utterance: _Utterance, raw: str
     ) -> list[Transcript]:
         try:
-            alternative = event["channel"]["alternatives"][0]
+            alternatives = event["channel"]["alternatives"]
+            alternative = alternatives[0] if alternatives else {}  # nothing heard
             text = str(alternative.get("transcript") or "").strip()
             confidence = alternative.get("confidence")
             confidence = float(confidence) if confidence is not None else None
@@ -691,7 +697,7 @@ class DeepgramTTS:
         """Close the pooled connections."""
         await self._client.aclose()
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Yield slin at :attr:`sample_rate` for ``text`` as the response streams in.
 
         Raises:

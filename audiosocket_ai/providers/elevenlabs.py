@@ -41,7 +41,7 @@ import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -176,7 +176,11 @@ async def _open_websocket(
                 stream = await trio.open_ssl_over_tcp_stream(
                     host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
                 )
-                await stream.do_handshake()  # certificate errors surface here, not as a hang
+                try:
+                    await stream.do_handshake()  # certificate errors surface here, not as a hang
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
             else:
                 stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
@@ -342,7 +346,9 @@ class ElevenLabsTTS:
         model_id: ElevenLabs model.
         sample_rate: output rate, one of :data:`PCM_RATES` (asks for ``pcm_<rate>``);
             16000 avoids a resampling step for most pipelines.
-        voice_settings: sent in the opening message (``{}`` to use the voice's own).
+        voice_settings: sent in the opening message (e.g. ``{"stability": 0.5,
+            "similarity_boost": 0.8, "speed": 1.1}``); by default the voice's own saved
+            settings apply, so a voice tuned in the ElevenLabs console sounds as tuned.
         chunk_length_schedule: characters the server buffers before each generation when
             not flushed (the vendor's default schedule).
         flush_sentences: in :meth:`synthesize_stream`, flush at each sentence end.
@@ -377,9 +383,7 @@ class ElevenLabsTTS:
         self.base_url = base_url.rstrip("/")
         self.model_id = model_id
         self.sample_rate = sample_rate
-        self.voice_settings = (
-            dict(voice_settings) if voice_settings is not None else {"stability": 0.5, "similarity_boost": 0.8}
-        )
+        self.voice_settings = dict(voice_settings or {})
         self.chunk_length_schedule = list(chunk_length_schedule)
         self.flush_sentences = flush_sentences
         self.response_timeout = response_timeout
@@ -401,7 +405,7 @@ class ElevenLabsTTS:
     async def aclose(self) -> None:
         """Nothing to release (no connection outlives a synthesis); here for a uniform lifecycle."""
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Yield slin at :attr:`sample_rate` for one sentence, as the server streams it.
 
         One WebSocket per call (see the module docstring for the trade-off). Close the
@@ -415,14 +419,14 @@ class ElevenLabsTTS:
         if not words:
             return
 
-        async def one_message() -> AsyncIterator[dict[str, Any]]:
+        async def one_message() -> AsyncGenerator[dict[str, Any], None]:
             yield {"text": words + " ", "flush": True}
 
         async with aclosing(self._synthesis(one_message())) as chunks:
             async for chunk in chunks:
                 yield chunk
 
-    async def synthesize_stream(self, text_chunks: AsyncIterable[str]) -> AsyncIterator[bytes]:
+    async def synthesize_stream(self, text_chunks: AsyncIterable[str]) -> AsyncGenerator[bytes, None]:
         """Yield slin for text that is still being written (an LLM's deltas), over one socket.
 
         The socket opens at once, so its handshake overlaps the wait for the first
@@ -435,7 +439,7 @@ class ElevenLabsTTS:
         """
         chunker = _TextChunker(flush_sentences=self.flush_sentences)
 
-        async def messages() -> AsyncIterator[dict[str, Any]]:
+        async def messages() -> AsyncGenerator[dict[str, Any], None]:
             async for piece in text_chunks:
                 for message in chunker.push(piece):
                     yield message
@@ -448,7 +452,7 @@ class ElevenLabsTTS:
 
     # --- one socket ---------------------------------------------------------------------
 
-    async def _synthesis(self, messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def _synthesis(self, messages: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[bytes, None]:
         async with _open_websocket(
             self.url,
             [(b"xi-api-key", self._key.encode())],
@@ -474,7 +478,9 @@ class ElevenLabsTTS:
             retry_after=_retry_after(headers.get(b"retry-after")),
         )
 
-    async def _session(self, ws: WebSocketConnection, messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def _session(
+        self, ws: WebSocketConnection, messages: AsyncGenerator[dict[str, Any], None]
+    ) -> AsyncGenerator[bytes, None]:
         progress = _Progress()
         watchdog = _Watchdog()
         send, receive = trio.open_memory_channel[object](math.inf)
@@ -524,7 +530,7 @@ class ElevenLabsTTS:
     async def _send_text(
         self,
         ws: WebSocketConnection,
-        messages: AsyncIterator[dict[str, Any]],
+        messages: AsyncGenerator[dict[str, Any], None],
         progress: _Progress,
         watchdog: _Watchdog,
         events: trio.MemorySendChannel[object],
@@ -536,9 +542,9 @@ class ElevenLabsTTS:
                     await ws.send_message(json.dumps(message))
                     if message.get("flush"):
                         watchdog.arm(self.response_timeout)
-                await ws.send_message(_END_OF_INPUT)
-                progress.end_sent = True
+                progress.end_sent = True  # before sending: the server may close before we resume
                 watchdog.arm(self.response_timeout)
+                await ws.send_message(_END_OF_INPUT)
             except ConnectionClosed:
                 return  # the reader reports why the socket closed
             except Exception as exc:  # the caller's text source failed: re-raised by the body

@@ -142,8 +142,9 @@ class ListenSession:
 class _Transcriber:
     """Releases the scripted transcript in step with the audio received."""
 
-    def __init__(self, script: Sequence[Segment], *, interim_every_ms: float, query: dict[str, str],
-                 request_id: str) -> None:
+    def __init__(
+        self, script: Sequence[Segment], *, interim_every_ms: float, query: dict[str, str], request_id: str
+    ) -> None:
         self.script = list(script)
         self.interim_every_ms = interim_every_ms
         self.query = query
@@ -164,8 +165,11 @@ class _Transcriber:
             self.silence_ms += ms
             if self.silence_ms >= 1000.0:
                 self.silence_ms = 0.0
-                out.append(self._results(Segment("", audio_ms=1.0), 1.0, is_final=True, speech_final=False,
-                                         from_finalize=False))
+                out.append(
+                    self._results(
+                        Segment("", audio_ms=1.0), 1.0, is_final=True, speech_final=False, from_finalize=False
+                    )
+                )
             return out
         while ms > 1e-9 and self.index < len(self.script):
             segment = self.script[self.index]
@@ -176,20 +180,27 @@ class _Transcriber:
             self.heard_in_segment += take
             self.since_interim += take
             if self.heard_in_segment >= segment.audio_ms - 1e-9:
-                out.extend(self._finish(segment, speech_final=segment.speech_final, from_finalize=False,
-                                        fraction=1.0))
+                out.extend(self._finish(segment, speech_final=segment.speech_final, from_finalize=False, fraction=1.0))
             elif self.since_interim >= self.interim_every_ms:
                 self.since_interim = 0.0
-                out.append(self._results(segment, self.heard_in_segment / segment.audio_ms, is_final=False,
-                                         speech_final=False, from_finalize=False))
+                out.append(
+                    self._results(
+                        segment,
+                        self.heard_in_segment / segment.audio_ms,
+                        is_final=False,
+                        speech_final=False,
+                        from_finalize=False,
+                    )
+                )
         return out
 
     def finalize(self) -> list[dict[str, Any]]:
         """Finalize: whatever audio is pending becomes a final result right away."""
         if self.index < len(self.script) and self.heard_in_segment > 0.0:
             segment = self.script[self.index]
-            return self._finish(segment, speech_final=False, from_finalize=True,
-                                fraction=self.heard_in_segment / segment.audio_ms)
+            return self._finish(
+                segment, speech_final=False, from_finalize=True, fraction=self.heard_in_segment / segment.audio_ms
+            )
         empty = Segment("", audio_ms=1.0)
         return [self._results(empty, 1.0, is_final=True, speech_final=False, from_finalize=True)]
 
@@ -206,21 +217,27 @@ class _Transcriber:
             "model_info": {MODEL_UUID: MODEL_INFO},
         }
 
-    def _finish(self, segment: Segment, *, speech_final: bool, from_finalize: bool,
-                fraction: float) -> list[dict[str, Any]]:
-        out = [self._results(segment, fraction, is_final=True, speech_final=speech_final,
-                             from_finalize=from_finalize)]
+    def _finish(
+        self, segment: Segment, *, speech_final: bool, from_finalize: bool, fraction: float
+    ) -> list[dict[str, Any]]:
+        out = [self._results(segment, fraction, is_final=True, speech_final=speech_final, from_finalize=from_finalize)]
         if segment.utterance_end and "utterance_end_ms" in self.query:
-            out.append({"type": "UtteranceEnd", "channel": [0, 1],
-                        "last_word_end": round(self.segment_start_s + self.heard_in_segment / 1000.0, 3)})
+            out.append(
+                {
+                    "type": "UtteranceEnd",
+                    "channel": [0, 1],
+                    "last_word_end": round(self.segment_start_s + self.heard_in_segment / 1000.0, 3),
+                }
+            )
         self.segment_start_s += self.heard_in_segment / 1000.0
         self.index += 1
         self.heard_in_segment = 0.0
         self.since_interim = 0.0
         return out
 
-    def _results(self, segment: Segment, fraction: float, *, is_final: bool, speech_final: bool,
-                 from_finalize: bool) -> dict[str, Any]:
+    def _results(
+        self, segment: Segment, fraction: float, *, is_final: bool, speech_final: bool, from_finalize: bool
+    ) -> dict[str, Any]:
         words = segment.text.split()
         count = len(words) if fraction >= 1.0 else max(1, math.floor(len(words) * fraction)) if words else 0
         heard = words[:count]
@@ -361,8 +378,9 @@ class FakeDeepgramListen:
 
     async def _converse(self, ws: WebSocketConnection, session: ListenSession) -> None:
         rate = int(session.query.get("sample_rate", "16000"))
-        transcriber = _Transcriber(self.script, interim_every_ms=self.interim_every_ms, query=session.query,
-                                   request_id=session.request_id)
+        transcriber = _Transcriber(
+            self.script, interim_every_ms=self.interim_every_ms, query=session.query, request_id=session.request_id
+        )
         interim = session.query.get("interim_results") == "true"
         fault = self.fault
         stalled = False
@@ -426,12 +444,18 @@ class FakeDeepgramListen:
                         break
             return False
         if fault.kind == "error":
-            await self._send(ws, session, [{
-                "type": "Error",
-                "description": "Scripted internal failure.",
-                "message": "Something went wrong on our side.",
-                "variant": "INTERNAL_SERVER_ERROR",
-            }])
+            await self._send(
+                ws,
+                session,
+                [
+                    {
+                        "type": "Error",
+                        "description": "Scripted internal failure.",
+                        "message": "Something went wrong on our side.",
+                        "variant": "INTERNAL_SERVER_ERROR",
+                    }
+                ],
+            )
             session.server_close = (1011, "INTERNAL_SERVER_ERROR")
             await ws.aclose(1011, "INTERNAL_SERVER_ERROR")
             return False
@@ -523,6 +547,8 @@ class FakeDeepgramSpeak:
         self.connections = 0
         self.client_gone = trio.Event()
         """Set when a client closes a connection while a response is stalled."""
+        self.responses_completed = 0
+        """Audio responses sent in full."""
         self.port = 0
 
     @property
@@ -572,8 +598,9 @@ class FakeDeepgramSpeak:
                 continue
             return event
 
-    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
-                       body: bytes, number: int) -> bool:
+    async def _respond(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, number: int
+    ) -> bool:
         target = urllib.parse.urlsplit(request.target.decode())
         query = dict(urllib.parse.parse_qsl(target.query))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
@@ -586,9 +613,19 @@ class FakeDeepgramSpeak:
 
         async def error(status: int, err_code: str, err_msg: str, extra: Sequence[tuple[str, str]] = ()) -> bool:
             data = json.dumps({"err_code": err_code, "err_msg": err_msg, "request_id": request_id}).encode()
-            await self._send(stream, conn, h11.Response(status_code=status, headers=[
-                ("content-type", "application/json"), ("content-length", str(len(data))),
-                ("dg-request-id", request_id), *extra]))
+            await self._send(
+                stream,
+                conn,
+                h11.Response(
+                    status_code=status,
+                    headers=[
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(data))),
+                        ("dg-request-id", request_id),
+                        *extra,
+                    ],
+                ),
+            )
             await self._send(stream, conn, h11.Data(data=data))
             await self._send(stream, conn, h11.EndOfMessage())
             return True
@@ -615,19 +652,26 @@ class FakeDeepgramSpeak:
         audio = self.audio_for(payload["text"], rate)
         if query.get("container", "wav") != "none":
             return await error(400, "UNSUPPORTED_CONTAINER", "This fake only serves container=none.")
-        await self._send(stream, conn, h11.Response(status_code=200, headers=[
-            # Deepgram labels raw audio with an audio/* type; the client does not rely on it.
-            ("content-type", "audio/l16"),
-            ("dg-request-id", request_id),
-            ("dg-model-name", query.get("model", "aura-2-thalia-en")),
-            ("dg-char-count", str(len(payload["text"]))),
-            ("transfer-encoding", "chunked"),
-        ]))
+        await self._send(
+            stream,
+            conn,
+            h11.Response(
+                status_code=200,
+                headers=[
+                    # Deepgram labels raw audio with an audio/* type; the client does not rely on it.
+                    ("content-type", "audio/l16"),
+                    ("dg-request-id", request_id),
+                    ("dg-model-name", query.get("model", "aura-2-thalia-en")),
+                    ("dg-char-count", str(len(payload["text"]))),
+                    ("transfer-encoding", "chunked"),
+                ],
+            ),
+        )
         limit = len(audio) if fault is None else fault.after_bytes
         for start in range(0, min(limit, len(audio)), self.chunk_bytes):
             if self.chunk_delay:
                 await trio.sleep(self.chunk_delay)
-            await self._send(stream, conn, h11.Data(data=audio[start:min(start + self.chunk_bytes, limit)]))
+            await self._send(stream, conn, h11.Data(data=audio[start : min(start + self.chunk_bytes, limit)]))
         if fault is not None and fault.kind == "drop":
             return False
         if fault is not None and fault.kind == "stall":
@@ -636,6 +680,7 @@ class FakeDeepgramSpeak:
             self.client_gone.set()
             return False
         await self._send(stream, conn, h11.EndOfMessage())
+        self.responses_completed += 1
         return True
 
     @staticmethod

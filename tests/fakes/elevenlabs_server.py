@@ -247,8 +247,9 @@ class FakeElevenLabs:
                 if buffer.strip():
                     await self._generate(ws, session, buffer, rate)
                 if self.send_final:
-                    await self._send(ws, session, {"audio": None, "isFinal": True, "normalizedAlignment": None,
-                                                   "alignment": None})
+                    await self._send(
+                        ws, session, {"audio": None, "isFinal": True, "normalizedAlignment": None, "alignment": None}
+                    )
                     session.final_sent = True
                 session.server_close = (1000, "")
                 await ws.aclose(1000)
@@ -272,7 +273,10 @@ class FakeElevenLabs:
                 return None
         if idle.cancelled_caught:
             await self._error(
-                ws, session, 1008, "input_timeout_exceeded",
+                ws,
+                session,
+                1008,
+                "input_timeout_exceeded",
                 f"Have not received a new text input within the timeout of {self.inactivity_timeout} seconds. "
                 "Streaming input terminated. Please make sure to either feed the input in the timely manner, "
                 'or to send the end of input text (empty string "") when done.',
@@ -304,12 +308,16 @@ class FakeElevenLabs:
                 await trio.sleep(self.chunk_delay)
             chunk = audio[start : start + self.chunk_bytes]
             alignment = _alignment(spoken, duration_ms) if start == 0 else None
-            await self._send(ws, session, {
-                "audio": base64.b64encode(chunk).decode("ascii"),
-                "isFinal": None,
-                "normalizedAlignment": alignment,
-                "alignment": alignment,
-            })
+            await self._send(
+                ws,
+                session,
+                {
+                    "audio": base64.b64encode(chunk).decode("ascii"),
+                    "isFinal": None,
+                    "normalizedAlignment": alignment,
+                    "alignment": alignment,
+                },
+            )
             session.audio += chunk
             session.audio_messages += 1
 
@@ -340,8 +348,9 @@ class FakeElevenLabs:
             await ws._close_stream()
         raise _Abort
 
-    async def _error(self, ws: WebSocketConnection, session: StreamSession, code: int, error: str,
-                     message: str) -> None:
+    async def _error(
+        self, ws: WebSocketConnection, session: StreamSession, code: int, error: str, message: str
+    ) -> None:
         await self._send(ws, session, {"message": message, "error": error, "code": code})
         session.server_close = (code, error)
         await ws.aclose(code, error)

@@ -112,7 +112,8 @@ async def test_chunks_are_yielded_before_the_stream_ends() -> None:
 
 async def test_messages_follow_the_documented_shape_and_order() -> None:
     async with fake_server() as fake:
-        await synthesize(tts_for(fake), "  Hello   world.\n")
+        tts = tts_for(fake, voice_settings={"stability": 0.5, "similarity_boost": 0.8})
+        await synthesize(tts, "  Hello   world.\n")
     (session,) = fake.sessions
     assert session.voice_id == VOICE_ID
     assert session.query == {"model_id": "eleven_flash_v2_5", "output_format": "pcm_16000"}
@@ -134,8 +135,13 @@ async def test_messages_follow_the_documented_shape_and_order() -> None:
 
 async def test_options_reach_the_wire() -> None:
     async with fake_server() as fake:
-        tts = tts_for(fake, sample_rate=24000, model_id="eleven_turbo_v2_5", voice_settings={},
-                      chunk_length_schedule=[50, 90], extra_params={"language_code": "en"})
+        tts = tts_for(
+            fake,
+            sample_rate=24000,
+            model_id="eleven_turbo_v2_5",
+            chunk_length_schedule=[50, 90],
+            extra_params={"language_code": "en"},
+        )
         chunks = await synthesize(tts, "Hi.")
     session = fake.sessions[0]
     assert session.query == {"model_id": "eleven_turbo_v2_5", "output_format": "pcm_24000", "language_code": "en"}
@@ -263,8 +269,9 @@ async def test_rejected_key_is_not_retryable_and_never_echoed(caplog: pytest.Log
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True), (403, False)])
-async def test_handshake_status_decides_retryable(status: int, retryable: bool,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_handshake_status_decides_retryable(
+    status: int, retryable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with fake_server(reject_status=status) as fake:
         with pytest.raises(ProviderError) as caught:
@@ -287,15 +294,24 @@ async def test_unknown_voice_is_not_retryable() -> None:
         (ElevenLabsFault("close", after_chunks=2, code=1011, reason="internal error"), True, "code 1011"),
         (ElevenLabsFault("close", after_chunks=2, code=1008, reason="policy"), False, "code 1008 (policy)"),
         (ElevenLabsFault("malformed", after_chunks=2), True, "malformed JSON"),
-        (ElevenLabsFault("error", after_chunks=2, code=1008, error="quota_exceeded",
-                         message="This request exceeds your quota."), False, "quota_exceeded: This request"),
-        (ElevenLabsFault("error", after_chunks=2, code=1011, error="system_busy",
-                         message="Busy, try again."), True, "system_busy"),
+        (
+            ElevenLabsFault(
+                "error", after_chunks=2, code=1008, error="quota_exceeded", message="This request exceeds your quota."
+            ),
+            False,
+            "quota_exceeded: This request",
+        ),
+        (
+            ElevenLabsFault("error", after_chunks=2, code=1011, error="system_busy", message="Busy, try again."),
+            True,
+            "system_busy",
+        ),
     ],
     ids=["drop", "close-1011", "close-1008", "malformed", "error-quota", "error-busy"],
 )
-async def test_mid_stream_faults(fault: ElevenLabsFault, retryable: bool, fragment: str,
-                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_mid_stream_faults(
+    fault: ElevenLabsFault, retryable: bool, fragment: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     received: list[bytes] = []
     async with fake_server(fault=fault) as fake:
@@ -316,7 +332,7 @@ async def test_stalled_server_times_out() -> None:
     async with fake_server(fault=ElevenLabsFault("stall", after_chunks=1)) as fake:
         tts = tts_for(fake, response_timeout=0.3)
         start = trio.current_time()
-        with pytest.raises(ProviderError, match=r"sent nothing for 0\.3s after the end of input") as caught:
+        with pytest.raises(ProviderError, match=r"sent nothing for 0\.3s after") as caught:
             await synthesize(tts, SENTENCE)
         assert trio.current_time() - start < 2
         with trio.fail_after(2):

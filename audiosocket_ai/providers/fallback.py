@@ -1,0 +1,183 @@
+"""Retry and fallback around providers, so a failing engine never leaves a caller in silence.
+
+Policy, for each request (an utterance to transcribe, an answer, a sentence to speak):
+
+1. a :class:`ProviderError` marked ``retryable`` (timeouts, 429, 5xx, dropped streams)
+   before any output was produced → the same provider once more;
+2. still failing, or not retryable (401, bad request) → the fallback provider, if any;
+3. still failing → the error reaches the pipeline, which apologises (LLM), reports
+   unrecognized speech (STT) or skips the sentence (TTS) and keeps the call.
+
+Once output has started (text spoken, audio played) nothing is retried: repeating it would
+be worse than stopping. Every failure is logged with the provider's name; the call's UUID
+is on the line through the logging context.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any
+
+from ..audio import resample
+from ..interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, Transcript
+from .errors import ProviderError
+
+log = logging.getLogger(__name__)
+
+FAILURES: tuple[type[BaseException], ...] = (Exception,)
+"""Any failure of a provider — vendor errors, timeouts, and plain bugs — moves on to the
+next attempt; only cancellation (a BaseException) passes straight through."""
+
+
+def _name(provider: object) -> str:
+    return type(provider).__name__
+
+
+def _attempts(primary: Any, fallback: Any | None) -> list[tuple[Any, bool]]:
+    """(provider, is_retry) in the order to try."""
+    order = [(primary, False), (primary, True)]
+    if fallback is not None:
+        order.append((fallback, False))
+    return order
+
+
+def _should_try(exc: BaseException | None, provider: Any, primary: Any, is_retry: bool) -> bool:
+    if exc is None:
+        return True
+    if is_retry:  # only retry the primary, and only for errors worth retrying
+        return provider is primary and isinstance(exc, ProviderError) and exc.retryable
+    return True
+
+
+class FallbackLLM:
+    """An :class:`LLM` that retries once, then asks ``fallback``."""
+
+    def __init__(self, primary: LLM, fallback: LLM | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.greeting = getattr(primary, "greeting", None)
+
+    async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
+        last: BaseException | None = None
+        for provider, is_retry in _attempts(self.primary, self.fallback):
+            if not _should_try(last, provider, self.primary, is_retry):
+                continue
+            emitted = False
+            try:
+                async for piece in provider.reply(history, tools):
+                    emitted = True
+                    yield piece
+                return
+            except FAILURES as exc:
+                if emitted:
+                    raise
+                log.warning("LLM %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
+                last = exc
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        await _aclose(self.primary, self.fallback)
+
+
+class FallbackTTS:
+    """A :class:`TTS` that retries once, then speaks with ``fallback`` (resampled to our rate)."""
+
+    def __init__(self, primary: TTS, fallback: TTS | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.sample_rate = primary.sample_rate
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        last: BaseException | None = None
+        for provider, is_retry in _attempts(self.primary, self.fallback):
+            if not _should_try(last, provider, self.primary, is_retry):
+                continue
+            emitted = False
+            try:
+                if provider is self.primary:
+                    async for chunk in provider.synthesize(text):
+                        emitted = True
+                        yield chunk
+                else:
+                    pcm = b"".join([chunk async for chunk in provider.synthesize(text)])
+                    emitted = True
+                    yield resample(pcm, provider.sample_rate, self.sample_rate)
+                return
+            except FAILURES as exc:
+                if emitted:
+                    raise
+                log.warning("TTS %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
+                last = exc
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        await _aclose(self.primary, self.fallback)
+
+
+MAX_REPLAY_BYTES = 60 * 16000 * 2
+"""Audio kept per utterance for a retry: one minute at 16 kHz."""
+
+
+class FallbackSTT:
+    """An :class:`STT` that keeps the utterance's audio so a retry or the fallback can hear it."""
+
+    def __init__(self, primary: STT, fallback: STT | None = None) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.sample_rate = primary.sample_rate
+
+    async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
+        kept: list[bytes] = []
+        size = 0
+
+        async def recording() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for chunk in audio:
+                if size + len(chunk) <= MAX_REPLAY_BYTES:
+                    kept.append(chunk)
+                    size += len(chunk)
+                yield chunk
+
+        async def replay(rate: int) -> AsyncIterator[bytes]:
+            pcm = b"".join(kept)
+            yield pcm if rate == self.sample_rate else resample(pcm, self.sample_rate, rate)
+
+        last: BaseException | None = None
+        first = True
+        for provider, is_retry in _attempts(self.primary, self.fallback):
+            if not _should_try(last, provider, self.primary, is_retry):
+                continue
+            source = recording() if first else replay(provider.sample_rate)
+            first = False
+            final_seen = False
+            try:
+                async for result in provider.transcribe(source):
+                    final_seen = final_seen or result.is_final
+                    yield result
+                return
+            except FAILURES as exc:
+                if final_seen:
+                    raise
+                log.warning("STT %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
+                last = exc
+            finally:
+                if source is not None and hasattr(source, "aclose"):
+                    await source.aclose()
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        await _aclose(self.primary, self.fallback)
+
+
+async def _aclose(*providers: object) -> None:
+    for provider in providers:
+        close = getattr(provider, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", _name(provider), exc)
