@@ -20,7 +20,7 @@ def chirp(rate: int, ms: int = 300) -> bytes:
 def streamed(pcm: bytes, cuts: list[int], in_rate: int, out_rate: int) -> bytes:
     resampler = audio.Resampler(in_rate, out_rate)
     out, previous = [], 0
-    for cut in sorted(cuts) + [len(pcm)]:
+    for cut in [*sorted(cuts), len(pcm)]:
         out.append(resampler.process(pcm[previous:cut]))
         previous = cut
     out.append(resampler.flush())

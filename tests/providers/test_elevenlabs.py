@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import traceback
 from collections.abc import AsyncIterator, Sequence
@@ -13,7 +12,6 @@ import pytest
 import trio
 
 from audiosocket_ai.interfaces import TTS
-from audiosocket_ai.providers import deepgram, elevenlabs
 from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
 from audiosocket_ai.providers.errors import ProviderError
 from tests.fakes.elevenlabs_server import API_KEY, VOICE_ID, ElevenLabsFault, FakeElevenLabs, speech_for
@@ -63,16 +61,6 @@ def assert_secret_free(exc: BaseException, caplog: pytest.LogCaptureFixture, *se
 
 def test_implements_tts() -> None:
     assert isinstance(ElevenLabsTTS(api_key="k"), TTS)
-
-
-def test_websocket_plumbing_is_the_same_as_deepgrams() -> None:
-    # Both modules carry one copy of the WebSocket helpers until they move to a shared
-    # module; this keeps the copies from drifting apart.
-    def block(module: object) -> str:
-        source = inspect.getsource(module)  # type: ignore[arg-type]
-        return source[source.index("# --- WebSocket plumbing") : source.index("# --- end of the shared block")]
-
-    assert block(deepgram) == block(elevenlabs)
 
 
 def test_sample_rate_must_be_offered_as_pcm() -> None:
