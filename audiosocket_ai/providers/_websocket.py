@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
-from trio_websocket import ConnectionRejected, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, wrap_client_stream
 
 from .errors import ProviderError, redact
 
@@ -236,7 +236,8 @@ async def forward_messages(
                 message = await ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
-                await events.send(_Closed(reason.code, reason.reason) if reason is not None else _Closed(1006, None))
+                closed = _Closed(reason.code, reason.reason) if reason is not None else _Closed(1006, None)
+                await events.send(closed)
                 return
             timeout = timeout_after_message()
             if timeout is None:
