@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 import numpy as np
-import soxr
+import soxr  # type: ignore[import-untyped]
 
 FRAME_MS = 20
 """Telephony frame length: Asterisk sends, and expects, one message per 20 ms."""
@@ -49,7 +49,7 @@ def rms_dbfs(pcm: bytes) -> float:
     power = float(np.mean(samples * samples))
     if power <= 0.0:
         return float("-inf")
-    return 10.0 * np.log10(power / (32768.0 * 32768.0))
+    return float(10.0 * np.log10(power / (32768.0 * 32768.0)))
 
 
 @attrs.frozen
@@ -114,7 +114,7 @@ class Resampler:
 def _to_int16(samples: np.ndarray) -> bytes:
     # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
     # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.
-    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+    return bytes(np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes())
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> bytes:
@@ -239,19 +239,19 @@ def _encode_table(law: str) -> np.ndarray:
 
 def ulaw_decode(data: bytes) -> bytes:
     """G.711 μ-law bytes → slin."""
-    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return bytes(_ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes())
 
 
 def ulaw_encode(pcm: bytes) -> bytes:
     """slin → G.711 μ-law bytes."""
-    return _encode_table("ulaw")[np.frombuffer(pcm, dtype="<u2")].tobytes()
+    return bytes(_encode_table("ulaw")[np.frombuffer(pcm, dtype="<u2")].tobytes())
 
 
 def alaw_decode(data: bytes) -> bytes:
     """G.711 A-law bytes → slin."""
-    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return bytes(_ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes())
 
 
 def alaw_encode(pcm: bytes) -> bytes:
     """slin → G.711 A-law bytes."""
-    return _encode_table("alaw")[np.frombuffer(pcm, dtype="<u2")].tobytes()
+    return bytes(_encode_table("alaw")[np.frombuffer(pcm, dtype="<u2")].tobytes())

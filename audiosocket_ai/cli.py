@@ -8,6 +8,7 @@ import signal
 import sys
 import uuid as uuid_module
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def main() -> None:
 @click.option("--log-format", default="human", show_default=True, type=click.Choice(["human", "json"]),
               help="One line per event; every line names the call.")
 @click.pass_context
-def serve(ctx: click.Context, config_file: Path | None, **params: object) -> None:
+def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> None:
     """Answer AudioSocket calls with an agent until SIGINT/SIGTERM.
 
     With no options this is the offline assistant: local speech recognition (Whisper
@@ -228,9 +229,9 @@ async def _serve_until_signalled(server: Server, endpoint: StatusEndpoint | None
             nursery.cancel_scope.cancel()
 
 
-async def _handle_signals(signals: trio.abc.ReceiveChannel[int] | object, server: Server) -> None:
+async def _handle_signals(signals: AsyncIterator[int], server: Server) -> None:
     count = 0
-    async for signum in signals:  # type: ignore[attr-defined]
+    async for signum in signals:
         count += 1
         name = signal.Signals(signum).name
         if count == 1:

@@ -228,7 +228,7 @@ def validate(values: Mapping[str, Any]) -> list[str]:
             errors.append(f"{setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
         if setting.minimum is not None and value < setting.minimum:
             errors.append(f"{setting.name}: must be at least {setting.minimum:g}, got {value!r}")
-        if setting.name == "server.allow":
+        if setting.name == "server.allow" and isinstance(value, list):
             for entry in value:
                 try:
                     ipaddress.ip_network(str(entry), strict=False)

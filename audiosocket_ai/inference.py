@@ -73,7 +73,7 @@ class PriorityLimiter:
             return
         event = trio.Event()
         entry: list[object] = [level, next(self._seq), event, borrower, True]
-        heapq.heappush(self._waiting, entry)  # type: ignore[misc]
+        heapq.heappush(self._waiting, entry)
         try:
             await event.wait()
         except BaseException:
@@ -86,7 +86,7 @@ class PriorityLimiter:
     def release_on_behalf_of(self, borrower: object) -> None:
         self._borrowers.discard(borrower)
         while self._waiting and len(self._borrowers) < self.total_tokens:
-            level, _, event, waiter, live = heapq.heappop(self._waiting)  # type: ignore[misc]
+            level, _, event, waiter, live = heapq.heappop(self._waiting)
             if live:
                 self._grant(waiter, level)  # type: ignore[arg-type]
                 event.set()  # type: ignore[attr-defined]

@@ -339,7 +339,7 @@ async def _serve_listeners(
     listeners: list[trio.SocketListener],
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery, task_status=task_status)
 

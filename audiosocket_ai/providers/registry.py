@@ -20,6 +20,11 @@ class UnknownProviderError(ValueError):
     """A provider name that no registry entry matches."""
 
 
+def _with(options: dict[str, Any], key: str, value: str | None) -> dict[str, Any]:
+    """``options`` plus ``key=value`` when the spec named a value (``openai:gpt-4o`` → model)."""
+    return {**options, key: value} if value else options
+
+
 def _split(spec: str) -> tuple[str, str | None]:
     name, _, arg = spec.partition(":")
     return name.strip().lower(), (arg.strip() or None)
@@ -27,7 +32,7 @@ def _split(spec: str) -> tuple[str, str | None]:
 
 def make_stt(spec: str, options: Mapping[str, Any] | None = None) -> STT:
     name, arg = _split(spec)
-    opts = dict(options or {})
+    opts: dict[str, Any] = dict(options or {})
     if name in ("whisper", "local"):
         from .local.whisper_stt import WhisperSTT
 
@@ -35,17 +40,17 @@ def make_stt(spec: str, options: Mapping[str, Any] | None = None) -> STT:
     if name == "openai":
         from .openai_http import OpenAISTT
 
-        return OpenAISTT(**({"model": arg} if arg else {}), **opts)
+        return OpenAISTT(**_with(opts, "model", arg))
     if name == "deepgram":
         from .deepgram import DeepgramSTT
 
-        return DeepgramSTT(**({"model": arg} if arg else {}), **opts)
+        return DeepgramSTT(**_with(opts, "model", arg))
     raise UnknownProviderError(f"unknown STT provider {spec!r}: use whisper, openai[:MODEL] or deepgram[:MODEL]")
 
 
 def make_llm(spec: str, options: Mapping[str, Any] | None = None) -> LLM:
     name, arg = _split(spec)
-    opts = dict(options or {})
+    opts: dict[str, Any] = dict(options or {})
     if name in ("rules", "local"):
         from .rules import RuleBasedLLM
 
@@ -53,14 +58,14 @@ def make_llm(spec: str, options: Mapping[str, Any] | None = None) -> LLM:
     if name in ("openai", "openai-compatible"):
         from .openai_http import OpenAIChatLLM
 
-        return OpenAIChatLLM(**({"model": arg} if arg else {}), **opts)
+        return OpenAIChatLLM(**_with(opts, "model", arg))
     raise UnknownProviderError(f"unknown LLM provider {spec!r}: use rules or openai[:MODEL] (any OpenAI-compatible "
                                "server with --llm-base-url)")
 
 
 def make_tts(spec: str, options: Mapping[str, Any] | None = None) -> TTS:
     name, arg = _split(spec)
-    opts = dict(options or {})
+    opts: dict[str, Any] = dict(options or {})
     if name in ("piper", "local"):
         from .local.piper_tts import PiperTTS
 
@@ -68,22 +73,22 @@ def make_tts(spec: str, options: Mapping[str, Any] | None = None) -> TTS:
     if name == "openai":
         from .openai_http import OpenAITTS
 
-        return OpenAITTS(**({"voice": arg} if arg else {}), **opts)
+        return OpenAITTS(**_with(opts, "voice", arg))
     if name == "deepgram":
         from .deepgram import DeepgramTTS
 
-        return DeepgramTTS(**({"model": arg} if arg else {}), **opts)
+        return DeepgramTTS(**_with(opts, "model", arg))
     if name == "elevenlabs":
         from .elevenlabs import ElevenLabsTTS
 
-        return ElevenLabsTTS(**({"voice_id": arg} if arg else {}), **opts)
+        return ElevenLabsTTS(**_with(opts, "voice_id", arg))
     raise UnknownProviderError(f"unknown TTS provider {spec!r}: use piper, openai[:VOICE], deepgram[:MODEL] "
                                "or elevenlabs[:VOICE_ID]")
 
 
 def make_vad_factory(spec: str, options: Mapping[str, Any] | None = None) -> Callable[[], VAD]:
     name, _ = _split(spec)
-    opts = dict(options or {})
+    opts: dict[str, Any] = dict(options or {})
     if name == "webrtc":
         from .local.webrtc_vad import WebRtcVad
 

@@ -162,14 +162,15 @@ class FakeAsterisk:
     def summary(self) -> CallSummary:
         """Counts and timings of what the server sent."""
         frames = [item for item in self.received if isinstance(item.message, Audio)]
-        audible = sum(1 for item in frames if rms_dbfs(item.message.pcm) > SILENCE_DBFS)  # type: ignore[union-attr]
+        audio = [item.message for item in frames if isinstance(item.message, Audio)]
+        audible = sum(1 for message in audio if rms_dbfs(message.pcm) > SILENCE_DBFS)
         times = [item.t for item in frames]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        rates = sorted({item.message.rate for item in frames})  # type: ignore[union-attr]
+        rates = sorted({message.rate for message in audio})
         return CallSummary(
             uuid=str(self.uuid),
             frames_received=len(frames),
-            audio_ms=sum(item.message.duration_ms for item in frames),  # type: ignore[union-attr]
+            audio_ms=sum(message.duration_ms for message in audio),
             audible_frames=audible,
             rates=rates,
             first_frame_ms=(times[0] - self.connected_at) * 1000 if times else None,
