@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -138,3 +139,61 @@ def test_port_in_use_is_reported(echo_server: Serving) -> None:
                             timeout=20)
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+def test_metrics_port_serves_health_and_metrics(tmp_path: Path) -> None:
+    import httpx
+
+    metrics_port = free_port()
+    server = Serving("--agent", "echo", "--metrics-port", str(metrics_port))
+    write_wav(tmp_path / "in.wav", noise(300, 8000), 8000)
+    result = subprocess.run(
+        [*CLI, "call", str(tmp_path / "in.wav"), "--out", str(tmp_path / "r.wav"), "--port", str(server.port),
+         "--tail", "200", "--uuid", "12345678-1234-5678-1234-567812345678"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    assert "ended by caller hangup" in result.stdout
+    base = f"http://127.0.0.1:{metrics_port}"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    deadline = time.monotonic() + 5
+    while "caller_hung_up" not in (text := httpx.get(f"{base}/metrics").text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert 'audiosocket_calls_ended_total{reason="caller_hung_up"} 1.0' in text
+    assert httpx.get(f"{base}/calls/12345678-1234-5678-1234-567812345678/end_reason").text == "caller_hung_up"
+    assert server.stop()[0] == 0
+
+
+@pytest.mark.slow
+def test_readme_flow_offline_assistant_answers_a_spoken_question(tmp_path: Path) -> None:
+    """The README's quick start: `serve` with no agent options, then `call` with speech."""
+    import trio
+
+    from audiosocket_ai.audio import resample, rms_dbfs
+    from audiosocket_ai.providers.local.piper_tts import PiperTTS
+
+    async def say(text: str) -> bytes:
+        tts = PiperTTS()
+        pcm = b"".join([chunk async for chunk in tts.synthesize(text)])
+        return resample(pcm, tts.sample_rate, 8000)
+
+    question = trio.run(say, "What can you do?")
+    write_wav(tmp_path / "q.wav", bytes(16000 * 2) + question, 8000)  # 2 s for the greeting, then the question
+    server = Serving("--greeting", "Hello.", "--transcript-dir", str(tmp_path / "t"), "--record-dir",
+                     str(tmp_path / "r"), "--estimate-capacity")
+    result = subprocess.run(
+        [*CLI, "call", str(tmp_path / "q.wav"), "--out", str(tmp_path / "reply.wav"), "--port", str(server.port),
+         "--tail", "8000"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    code, log = server.stop()
+    assert code == 0
+    assert "capacity estimate:" in log
+    reply, rate = asa.read_wav(tmp_path / "reply.wav")
+    after_question = reply[(2000 + len(question) // 16) * 16:]
+    loud_frames = sum(1 for i in range(0, len(after_question), 320) if rms_dbfs(after_question[i:i + 320]) > -45)
+    assert loud_frames * 20 > 1500, "the answer is at least 1.5 s of speech"
+    lines = [json.loads(x) for x in next((tmp_path / "t").glob("*.jsonl")).read_text().splitlines()]
+    assert any(x["who"] == "caller" and "what can you do" in x["text"].lower() for x in lines), (lines, result.stdout)
+    assert any(x["who"] == "agent" and len(x["text"]) > 20 for x in lines)
+    assert next((tmp_path / "r").glob("*.wav")).stat().st_size > 44 + 4 * 8000 * 2

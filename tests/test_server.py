@@ -286,3 +286,20 @@ async def test_calls_over_capacity_hear_the_busy_prompt_and_calls_in_progress_ar
         assert server.stats.calls_total == 1, "the refused call is not counted as served"
     assert busy in second.received_audio() and second.server_hung_up
     assert sent in first.received_audio(), "the call in progress is unaffected"
+
+
+async def test_allowlist_refuses_other_sources(serve, calllog) -> None:
+    import ipaddress
+
+    async with serve(asa.echo_agent, allow=(ipaddress.ip_network("10.0.0.0/8"),)) as (server, port):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b"", "closed without a word"
+        assert server.stats.rejected == {"not_allowed": 1}
+    assert any("not in the allowlist" in r.getMessage() for r in calllog.records)
+    async with serve(asa.echo_agent, allow=(ipaddress.ip_network("127.0.0.0/8"),)) as (server, port):
+        sent = noise(200, 8000)
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+        assert sent in pbx.received_audio()
