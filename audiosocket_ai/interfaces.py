@@ -118,6 +118,9 @@ class STT(Protocol):
     """
 
     sample_rate: int
+    # Optional capability, read with getattr: ``streaming = True`` means the engine works
+    # while the caller talks (Deepgram); otherwise it transcribes once the audio ends
+    # (Whisper, OpenAI), and the pipeline may start it speculatively at a pause.
 
     def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
         """Stream recognition results for ``audio`` (slin at ``sample_rate``)."""

@@ -183,3 +183,20 @@ async def test_silence_timer_reprompts_only_after_the_agent_finished() -> None:
     settings = AssistantSettings()
     assert tts.texts == ["A greeting of some length.", settings.reprompt_text, settings.goodbye_text]
     assert pbx.server_hung_up
+
+
+async def test_speculative_transcription_hides_recognition_behind_the_endpointing_silence() -> None:
+    stt = ScriptedSTT(["first question", "second question"], delay=0.3)
+    agent, seen = make(ScriptedLLM([["One."], ["Two."]]), stt)
+    agent.vad_factory = lambda: EnergyVad(end_ms=600)  # 600 ms endpointing, speculation after 160 ms
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1, timeout=10)
+            # a 400 ms pause mid-sentence: speculation starts, then the caller goes on
+            await pbx.send_audio(speech(300) + bytes(2 * 8000 * 400 // 1000) + speech(300))
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 2, timeout=10)
+    first = seen["turns"][0].as_ms()
+    assert first["stt"] < 100, f"the 300 ms recognition ran during the endpointing silence: {first}"
+    assert stt.audio_ms[1] < 900 and stt.audio_ms[2] >= 850, f"speculation cut short, then the whole: {stt.audio_ms}"
+    assert len(stt.audio_ms) == 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +32,7 @@ from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, Too
 from ..metrics import Metrics
 from ..playout import Playback
 from ..recording import StereoRecorder, TranscriptWriter
+from .capture import UtteranceCapture
 from .sentences import SentenceSplitter
 from .tools import HANG_UP, TRANSFER, Tool, tool_specs
 
@@ -190,6 +191,8 @@ class _Session:
         self.transcribing = 0
         self._speech_end = 0.0
         self._busy_until = 0.0  # last time the agent was heard talking (for barge-in off)
+        self._capture_started = 0.0
+        self._endpoint_seen = 0.0
 
     # --- top level ---------------------------------------------------------------------
 
@@ -252,7 +255,7 @@ class _Session:
         to_vad = None if vad.sample_rate == stt_rate else Resampler(stt_rate, vad.sample_rate, quality="LQ")
         ring = _Ring(self.settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
         position = 0  # bytes of STT-rate audio fed so far
-        capture: trio.MemorySendChannel[bytes] | None = None
+        capture: UtteranceCapture | None = None
         call_rate = self.call.rate
         async with trio.open_nursery() as nursery:
             async for frame in self.call.audio():
@@ -263,12 +266,16 @@ class _Session:
                 position += len(pcm)
                 ring.add(pcm)
                 if capture is not None:
-                    _send_or_drop(capture, pcm)
+                    # read before this frame is fed: on the frame that ends the utterance the
+                    # VAD leaves speech, and its silence count would read as "talking again"
+                    capture.add(pcm, trailing_silence_ms=getattr(vad, "trailing_silence_ms", None))
                 events = vad.feed(pcm if to_vad is None else to_vad.process(pcm))
                 if self.agent_busy:
                     self._busy_until = trio.current_time()
                 for event in events:
                     now = trio.current_time()
+                    # the event happened at_ms into the stream; we are `lag` s past that point
+                    lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
                         self.caller_speaking = True
                         if self.settings.barge_in == "on":
@@ -276,33 +283,30 @@ class _Session:
                         elif self.agent_busy:
                             log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
                         onset_bytes = int(max(0.0, event.at_ms - self.settings.pre_roll_ms) * stt_rate / 1000) * 2
-                        send, recv = trio.open_memory_channel[bytes](1500)  # 30 s of 20 ms frames
-                        _send_or_drop(send, ring.since(position, onset_bytes))
-                        capture = send
-                        lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
-                        nursery.start_soon(self._transcribe, recv, max(self.call.started_at, now - lag))
+                        capture = UtteranceCapture(self.a.stt, nursery, ring.since(position, onset_bytes))
+                        started = max(self.call.started_at, now - lag)
+                        if capture.streaming:  # it recognizes while the caller talks
+                            nursery.start_soon(self._transcribe, capture, started)
+                        self._capture_started = started
                     elif isinstance(event, SpeechEnded) and capture is not None:
                         self.caller_speaking = False
-                        capture.close()
+                        self._speech_end = now - lag
+                        self._endpoint_seen = now
+                        capture.end()
+                        if not capture.streaming:
+                            nursery.start_soon(self._transcribe, capture, self._capture_started)
                         capture = None
-                        self._speech_end = now - (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
             if capture is not None:
-                capture.close()
+                capture.cancel()
 
-    async def _transcribe(self, audio: trio.MemoryReceiveChannel[bytes], started: float) -> None:
-        timings = TurnTimings()
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in audio:
-                yield chunk
-            timings.endpoint = trio.current_time()
-
+    async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
+        timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
         finals: list[str] = []
         last: Transcript | None = None
         self.transcribing += 1
         try:
             with trio.fail_after(self.settings.stt_timeout + 60), priority(URGENT):
-                async for result in self.a.stt.transcribe(chunks()):
+                async for result in capture.transcripts():
                     last = result
                     if result.is_final and result.text.strip():
                         finals.append(result.text.strip())
@@ -314,9 +318,9 @@ class _Session:
             self.transcribing -= 1
         text = " ".join(finals) or (last.text.strip() if last and last.text else "")
         timings.transcript = trio.current_time()
-        timings.speech_end = self._speech_end or timings.endpoint
+        timings.speech_end = self._speech_end or timings.transcript
         if not timings.endpoint:
-            timings.endpoint = timings.transcript
+            timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
         if not text:
             log.info("utterance had no words")
             return
@@ -582,14 +586,6 @@ class _Ring:
         wanted = max(0, position - start)
         wanted -= wanted % 2
         return bytes(self._data[-wanted:]) if wanted else b""
-
-
-def _send_or_drop(channel: trio.MemorySendChannel[bytes], pcm: bytes) -> None:
-    if pcm:
-        try:
-            channel.send_nowait(pcm)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass
 
 
 def _single(text: str) -> trio.MemoryReceiveChannel[str]:

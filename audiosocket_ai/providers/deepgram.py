@@ -163,6 +163,9 @@ class DeepgramSTT:
         ssl_context: TLS settings for ``wss:`` (e.g. a corporate CA); system defaults if None.
     """
 
+    streaming = True
+    """Recognizes while the caller talks; the pipeline feeds it live audio."""
+
     def __init__(
         self,
         *,

@@ -128,6 +128,7 @@ class FallbackSTT:
         self.primary = primary
         self.fallback = fallback
         self.sample_rate = primary.sample_rate
+        self.streaming = bool(getattr(primary, "streaming", False))
 
     async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
         kept: list[bytes] = []

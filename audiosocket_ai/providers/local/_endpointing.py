@@ -107,6 +107,15 @@ class FrameEndpointer:
         """True between a ``SpeechStarted`` and its ``SpeechEnded``."""
         return self._state is _State.SPEECH
 
+    @property
+    def trailing_silence_ms(self) -> float:
+        """During speech: how long the caller has been quiet (0 while they talk).
+
+        Lets the pipeline start work speculatively at a pause, before ``end_ms`` confirms
+        the end of the turn.
+        """
+        return self._silent_frames * self.frame_ms if self._state is _State.SPEECH else 0.0
+
     def feed(self, pcm: bytes) -> Sequence[VadEvent]:
         """Consume ``pcm`` (slin at ``sample_rate``); return the events it completes.
 

@@ -1,0 +1,115 @@
+"""One caller utterance on its way to the recognizer, with speculative transcription.
+
+Streaming recognizers (Deepgram) get the audio live, frame by frame. Batch recognizers
+(Whisper, OpenAI's transcription endpoint) can only start once the audio ends — which the
+endpointer only confirms after its trailing silence (400 ms by default). Rather than wait,
+:class:`UtteranceCapture` starts transcribing at the first short pause
+(:data:`SPECULATE_AFTER_MS`); if the pause turns out to be the end of the turn, the result
+is ready or nearly so when the endpointer fires, taking most of the recognizer's time off
+the critical path. If the caller goes on talking, the speculation is cancelled and the
+whole utterance is transcribed at the real end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import trio
+
+from ..inference import URGENT, priority
+from ..interfaces import STT, Transcript
+
+log = logging.getLogger(__name__)
+
+SPECULATE_AFTER_MS = 160.0
+"""Pause after which a batch transcription starts speculatively."""
+
+MAX_UTTERANCE_BYTES = 30 * 16000 * 2 * 3
+"""Audio kept per utterance (about 30 s at 48 kHz); anything longer is cut."""
+
+
+class _Speculation:
+    def __init__(self, stt: STT, pcm: bytes) -> None:
+        self.stt = stt
+        self.pcm = pcm
+        self.scope = trio.CancelScope()
+        self.finished = trio.Event()
+        self.results: list[Transcript] | None = None
+
+    async def run(self) -> None:
+        with self.scope, priority(URGENT):
+            try:
+                self.results = [result async for result in self.stt.transcribe(_once(self.pcm))]
+            except Exception as exc:  # the real transcription will try again and report it
+                log.debug("speculative transcription failed: %s", exc)
+        self.finished.set()
+
+
+class UtteranceCapture:
+    """Collects one utterance's audio (at the recognizer's rate) and transcribes it."""
+
+    def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes) -> None:
+        self.stt = stt
+        self.streaming = bool(getattr(stt, "streaming", False))
+        self._nursery = nursery
+        self._audio = bytearray(pre_roll)
+        self._live_send, self._live_recv = trio.open_memory_channel[bytes](1500)  # 30 s of 20 ms
+        self._speculation: _Speculation | None = None
+        self.speculations = 0
+        if self.streaming:
+            self._forward(pre_roll)
+
+    def add(self, pcm: bytes, *, trailing_silence_ms: float | None) -> None:
+        """Append audio; ``trailing_silence_ms`` (from the VAD, if it knows) drives speculation."""
+        if len(self._audio) < MAX_UTTERANCE_BYTES:
+            self._audio += pcm
+        if self.streaming:
+            self._forward(pcm)
+            return
+        if trailing_silence_ms is None:
+            return
+        if trailing_silence_ms <= 0.0 and self._speculation is not None:
+            self._speculation.scope.cancel()  # the caller went on talking
+            self._speculation = None
+        elif trailing_silence_ms >= SPECULATE_AFTER_MS and self._speculation is None:
+            self._speculation = _Speculation(self.stt, bytes(self._audio))
+            self.speculations += 1
+            self._nursery.start_soon(self._speculation.run)
+
+    def end(self) -> None:
+        """The endpointer declared the utterance over."""
+        self._live_send.close()
+
+    async def transcripts(self) -> AsyncIterator[Transcript]:
+        """Recognition results for the utterance (after :meth:`end` for batch engines)."""
+        if self.streaming:
+            async for result in self.stt.transcribe(self._live_recv):
+                yield result
+            return
+        speculation = self._speculation
+        if speculation is not None:
+            await speculation.finished.wait()
+            if speculation.results is not None:
+                for result in speculation.results:
+                    yield result
+                return
+        async for result in self.stt.transcribe(_once(bytes(self._audio))):
+            yield result
+
+    def cancel(self) -> None:
+        """The call is ending: stop any speculation."""
+        if self._speculation is not None:
+            self._speculation.scope.cancel()
+        self._live_send.close()
+
+    def _forward(self, pcm: bytes) -> None:
+        if pcm:
+            try:
+                self._live_send.send_nowait(pcm)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+
+
+async def _once(pcm: bytes) -> AsyncIterator[bytes]:
+    yield pcm
