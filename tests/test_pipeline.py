@@ -45,6 +45,9 @@ def test_sentence_splitter_streams_sentences_as_they_complete() -> None:
     assert out == ["Hello there!", "Dr. Smith is in at 3.5 p.m. today.", "Do you want an appointment?"]
     long = SentenceSplitter(clause_chars=40)
     assert long.push("This clause is long enough to be spoken early, and this part")[0].endswith("early,")
+    first = SentenceSplitter()
+    text = "I can connect you with a person if you say operator, or end the call, when you say goodbye."
+    assert first.push(text)[0] == "I can connect you with a person if you say operator,", "first piece: first clause"
     runon = SentenceSplitter(max_chars=50)
     assert all(len(s) <= 50 for s in runon.push("word " * 40))
 

@@ -23,11 +23,15 @@ class SentenceSplitter:
     Args:
         clause_chars: once the pending text is this long, a comma/semicolon/colon ends a
             piece too (early audio for long sentences).
+        first_clause_chars: the same for the reply's first piece, lower: the caller is
+            waiting in silence for it, and synthesis time grows with its length.
         max_chars: cut at the last space before this many characters whatever happens.
     """
 
-    def __init__(self, *, clause_chars: int = 80, max_chars: int = 220) -> None:
+    def __init__(self, *, clause_chars: int = 80, first_clause_chars: int = 25, max_chars: int = 220) -> None:
         self.clause_chars = clause_chars
+        self.first_clause_chars = first_clause_chars
+        self._pieces = 0
         self.max_chars = max_chars
         self._pending = ""
 
@@ -41,6 +45,7 @@ class SentenceSplitter:
                 return out
             if piece.strip():
                 out.append(_tidy(piece))
+                self._pieces += 1
 
     def flush(self) -> list[str]:
         """End of the answer: return whatever is left."""
@@ -54,10 +59,11 @@ class SentenceSplitter:
             if match.group().startswith(".") and (word in _ABBREVIATIONS or _is_number_dot(text, match)):
                 continue
             return self._take(match.end())
-        if len(text) >= self.clause_chars:
-            clauses = list(_CLAUSE.finditer(text))
+        limit = self.first_clause_chars if self._pieces == 0 else self.clause_chars
+        if len(text) >= limit:
+            clauses = [c for c in _CLAUSE.finditer(text) if c.end() >= min(limit, 12)]
             if clauses:
-                return self._take(clauses[-1].end())
+                return self._take(clauses[0].end() if self._pieces == 0 else clauses[-1].end())
         if len(text) >= self.max_chars:
             cut = text.rfind(" ", 0, self.max_chars)
             return self._take(cut if cut > 0 else self.max_chars)
