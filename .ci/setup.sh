@@ -18,3 +18,12 @@ fi
 
 # sox/espeak-ng and Asterisk (the script installs Asterisk's build dependencies itself).
 bash .ci/asterisk.sh >/dev/null
+# HAProxy for the scale-out test (deploy/haproxy.cfg run for real).
+if ! command -v haproxy >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+  else
+    echo "warning: haproxy missing and not root; tests/test_scaleout.py will skip (or fail in CI)" >&2
+  fi
+fi

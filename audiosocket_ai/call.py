@@ -151,6 +151,16 @@ class Call:
         return self.playout.played_ms
 
     @property
+    def inbound_queued_frames(self) -> int:
+        """Caller frames waiting for the agent (bounded by ``inbound_queue_ms``)."""
+        return self._audio_recv.statistics().current_buffer_used
+
+    @property
+    def decoder_buffered(self) -> int:
+        """Bytes of an incomplete message held by the decoder (bounded by ``max_payload``)."""
+        return self._decoder.buffered
+
+    @property
     def ended(self) -> bool:
         return self._ended.is_set()
 
@@ -277,8 +287,14 @@ class Call:
             log.error("protocol error from %s: %s; hanging up", self.peer, exc)
             self.request_hangup(after_playout=False, reason=EndReason.PROTOCOL_ERROR)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.info("connection lost while reading: %s", exc or type(exc).__name__)
-            self._finish(EndReason.CONNECTION_LOST)
+            if isinstance(exc, ConnectionResetError) or isinstance(exc.__cause__, ConnectionResetError):
+                # Asterisk closes with a reset whenever our last frames were still unread in
+                # its buffer (we send every 20 ms): that is an ordinary hang-up.
+                log.info("caller closed the connection (reset: our last frames were unread)")
+                self._finish(EndReason.CALLER_HUNG_UP)
+            else:
+                log.info("connection lost while reading: %s", exc or type(exc).__name__)
+                self._finish(EndReason.CONNECTION_LOST)
         finally:
             self._audio_send.close()
             self._dtmf_send.close()

@@ -427,7 +427,16 @@ async def one_call(caller: Caller, cfg: dict[str, Any], ticker: Ticker, start_at
                     return
                 await trio.sleep(1.0)  # listen a little, then hang up mid-answer
             else:
-                await poll(caller, lambda: caller.ended or caller.quiet_for() >= cfg["reply_quiet"], 40)
+                # the whole reply: about as many sounding frames as its offline rendering, then a
+                # short quiet; or a long quiet (the server stalled, or said less than expected)
+                expected = int(cfg["reply_frames"] * 0.85)
+
+                def heard_out() -> bool:
+                    heard = len(caller.sound_times) - bisect.bisect_left(caller.sound_times, reply_first)
+                    quiet = caller.quiet_for()
+                    return caller.ended or (heard >= expected and quiet >= 0.5) or quiet >= cfg["reply_quiet"]
+
+                await poll(caller, heard_out, 60)
             ev["hangup"] = trio.current_time()
             caller.live = False
     except OSError as exc:
@@ -453,6 +462,7 @@ async def callers_main(cfg: dict[str, Any]) -> None:
         return [{**item, "pcm": (speech_dir / item["file"]).read_bytes()} for item in items]
 
     questions, barges = load(meta["questions"]), load(meta["barge_ins"])
+    cfg["reply_frames"] = meta["reference"]["reply"]["frames"]
     results: list[dict[str, Any]] = []
     lag: list[float] = []
     ticker = Ticker()
@@ -681,9 +691,10 @@ def start_server(args: argparse.Namespace, standin_port: int, max_calls: int, lo
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, path: str | None = None) -> float:
+    """CPU time of a process (all threads), or of one thread given its stat ``path``."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path or f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK
     except OSError:
@@ -730,10 +741,17 @@ class Sampler:
 
     def sample(self) -> None:
         busy, total = machine_busy()
-        row = {"t": time.monotonic(), "busy": busy, "total": total, "runq": runq_wait_s(self.pids["server"]),
-               "rss": rss_mb(self.pids["server"])}
+        server = self.pids["server"]
+        row = {"t": time.monotonic(), "busy": busy, "total": total, "runq": runq_wait_s(server),
+               "rss": rss_mb(server), "loop": cpu_seconds(server, f"/proc/{server}/task/{server}/stat")}
         for name, pid in self.pids.items():
-            row[name] = cpu_seconds(pid)
+            value = cpu_seconds(pid)
+            if math.isnan(value) and self.samples:  # the process has exited: keep its last reading
+                value = self.samples[-1][name]
+            row[name] = value
+        for key in ("rss", "loop"):
+            if math.isnan(row[key]) and self.samples:
+                row[key] = self.samples[-1][key]
         self.samples.append(row)
 
     def summary(self) -> dict[str, Any]:
@@ -748,6 +766,10 @@ class Sampler:
         # peak over ~1 s windows (samples are 0.5 s apart)
         peaks = [(b["server"] - a["server"]) / (b["t"] - a["t"]) for a, b in zip(s, s[2:], strict=False)]
         out["server_cores_peak"] = max(peaks) if peaks else out["server_cores"]
+        # the event loop's own thread (Python: VAD, resampling, pacing, HTTP, sentence handling)
+        out["loop_cores"] = (s[-1]["loop"] - s[0]["loop"]) / span
+        loop_peaks = [(b["loop"] - a["loop"]) / (b["t"] - a["t"]) for a, b in zip(s, s[2:], strict=False)]
+        out["loop_cores_peak"] = max(loop_peaks) if loop_peaks else out["loop_cores"]
         machine = (s[-1]["busy"] - s[0]["busy"]) / max(1.0, s[-1]["total"] - s[0]["total"]) * ncpu
         out["machine_cores"] = machine
         out["others_cores"] = max(0.0, machine - sum(out[f"{n}_cores"] for n in self.pids))
@@ -788,26 +810,34 @@ def pacing_share_late(m: dict[str, float], bound: str) -> float | None:
 
 
 def parse_log(path: Path) -> dict[str, Any]:
+    """Per-reply timings from the server's log, and its warnings by kind.
+
+    Warnings on refused calls (the busy-prompt path) are counted apart from those of
+    admitted calls.
+    """
     turns: list[dict[str, Any]] = []
     kinds: collections.Counter[str] = collections.Counter()
-    for line in path.read_text(errors="replace").splitlines():
+    lines = path.read_text(errors="replace").splitlines()
+    refused = {m.group(1) for line in lines if "rejected call" in line
+               for m in [re.search(r"\[([0-9a-f-]{36})\]", line)] if m}
+    for line in lines:
         if "turn latency (ms): " in line:
             try:
                 turns.append(ast.literal_eval(line.split("turn latency (ms): ", 1)[1].strip()))
             except (ValueError, SyntaxError):
                 pass
-        low = line.lower()
-        level = line.split()[2] if len(line.split()) > 2 else ""
-        if level in ("ERROR", "CRITICAL") or low.startswith("traceback"):
-            kinds["errors"] += 1
+        parts = line.split(maxsplit=4)
+        level = parts[2] if len(parts) > 2 else ""
+        who = parts[3].strip("[]") if len(parts) > 3 else ""
+        where = "refused call" if who in refused else "admitted call" if len(who) == 36 else "server"
+        if level in ("ERROR", "CRITICAL") or line.startswith("Traceback"):
+            kinds[f"errors ({where})"] += 1
         elif level == "WARNING":
-            if "rejected call" in low:
-                kinds["rejected"] += 1
-            elif "not keeping up" in low:
-                kinds["agent behind"] += 1
-            else:
-                kinds["other warnings"] += 1
-    return {"turns": turns, "log_kinds": dict(kinds)}
+            if "rejected call" in line:
+                continue
+            what = "inbound frames dropped" if "not keeping up" in line else "warnings"
+            kinds[f"{what} ({where})"] += 1
+    return {"turns": turns, "log_kinds": dict(kinds), "refused_uuids": len(refused)}
 
 
 # --- caller speech -------------------------------------------------------------------------------
@@ -841,23 +871,33 @@ def render_speech(directory: Path) -> dict[str, Any]:
             meta[key].append({"text": text, "file": name, "onset": onset, "end": end,
                               "ms": round((end - onset) / RATE * 1000)})
     # the agent's lines as the server would play them with no stall (per-sentence playbacks,
-    # MQ resampling to the call rate), for the natural pauses between audible frames
+    # MQ resampling to the call rate), for the natural pauses between audible frames; Piper
+    # is not deterministic (noise in the model), so three renderings of each
+    synth_s = audio_s = 0.0
     for name, text in (("greeting", GREETING), ("reply", REPLY), ("follow_up", FOLLOW_UP)):
-        frames = b""
-        pieces = [text] if name == "greeting" else re.findall(r"[^.!?]+[.!?]", text)
-        for piece in pieces:
-            for chunk in [b"".join(tts.synthesize_sync(piece.strip()))]:
+        gaps, counts, lengths = [], [], []
+        for _ in range(3):
+            frames = b""
+            pieces = [text] if name == "greeting" else re.findall(r"[^.!?]+[.!?]", text)
+            for piece in pieces:
+                began = time.perf_counter()
+                chunk = b"".join(tts.synthesize_sync(piece.strip()))
+                synth_s += time.perf_counter() - began
+                audio_s += len(chunk) / 2 / tts.sample_rate
                 r = Resampler(tts.sample_rate, RATE, quality="MQ")
                 x = r.process(chunk) + r.flush()
                 x = x[: len(x) // 2 * 2]
                 frames += x + bytes(-len(x) % FRAME_BYTES)
-        a = np.frombuffer(frames, dtype="<i2").reshape(-1, FRAME).astype(np.float64)
-        aud = 10 * np.log10(np.maximum((a * a).mean(1), 1e-12) / 32768.0**2) > AUDIBLE_DBFS
-        idx = np.flatnonzero(aud)
-        meta["reference"][name] = {"audible_frames": len(idx),
-                                   "audible_gap_ms": int((np.diff(idx) - 1).max()) * 20 if len(idx) > 1 else 0,
-                                   "seconds": len(a) * TICK,
-                                   "zero_frames": int((a == 0).all(1).sum())}
+            a = np.frombuffer(frames, dtype="<i2").reshape(-1, FRAME).astype(np.float64)
+            aud = 10 * np.log10(np.maximum((a * a).mean(1), 1e-12) / 32768.0**2) > AUDIBLE_DBFS
+            idx = np.flatnonzero(aud)
+            gaps.append(int((np.diff(idx) - 1).max()) * 20 if len(idx) > 1 else 0)
+            counts.append(len(idx))
+            lengths.append(len(a))
+        meta["reference"][name] = {"audible_frames": min(counts), "frames": min(lengths),
+                                   "audible_gap_ms": max(gaps), "audible_gap_ms_min": min(gaps)}
+    meta["reference"]["tts_rtf"] = synth_s / audio_s
+    meta["reference"]["load"] = loadavg()
     (directory / "speech.json").write_text(json.dumps(meta))
     return meta
 
@@ -887,12 +927,14 @@ def run_n(args: argparse.Namespace, n: int, max_calls: int, standin_port: int, s
                                    stderr=open(tmp / f"callers-{tag}.log", "wb"))
         sampler = Sampler({"server": server.pid, "callers": callers.pid, "standin": standin.pid})
         began = time.monotonic()
-        while callers.poll() is None:
-            sampler.sample()
-            if time.monotonic() - began > args.deadline * rounds + 60:
-                stop_process(callers)
-                break
-            time.sleep(0.5)
+        try:
+            while callers.poll() is None:
+                sampler.sample()
+                if time.monotonic() - began > args.deadline * rounds + 60:
+                    break
+                time.sleep(0.5)
+        finally:
+            stop_process(callers)
         sampler.sample()
         wall = time.monotonic() - began
         if not out_path.exists():
@@ -1004,7 +1046,8 @@ def fmt_summary(s: dict[str, Any]) -> str:
             f"reply p50/p99 {f0(s['reply_ms']['p50'])}/{f0(s['reply_ms']['p99'])} ms; "
             f"inserted silence max {f0(s['zero_run_ms']['max'])} ms; underruns {f0(s['underruns'])}; "
             f"late ticks {f0(s['late_ticks'])}; server CPU {f2(s['cpu'].get('server_cores'))} "
-            f"(peak {f2(s['cpu'].get('server_cores_peak'))}) cores, RSS {f0(s['rss_hwm_mb'])} MB; "
+            f"(peak {f2(s['cpu'].get('server_cores_peak'))}; loop thread {f2(s['cpu'].get('loop_cores'))} / "
+            f"{f2(s['cpu'].get('loop_cores_peak'))}) cores, RSS {f0(s['rss_hwm_mb'])} MB; "
             f"others {f2(s['cpu'].get('others_cores'))} cores")
 
 
@@ -1063,12 +1106,13 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
                 f"| {f0(s['underruns'])} / {f0(s['late_ticks'])} "
                 f"| {f2(s['cpu'].get('server_cores'))} / {f2(s['cpu'].get('server_cores_peak'))} "
                 f"| {s['load_before'].split()[0]} |")
-    lines += ["", "Where the reply latency goes (the server's own `TurnTimings`, p50 / p99, every reply "
-              "including answers to barge-ins), and what else was seen:", "",
+    lines += ["", "Where the reply latency goes (the server's own `TurnTimings`, p50 / p99, replies to the questions; "
+              "answers to barge-ins are cut by the hang-up before the server logs them), and what else was seen:", "",
               "| N | endpointing | STT | LLM first token | TTS first audio | server: speech end → first frame "
               "| answer to barge-in p50 / p99 | stand-in max in flight (STT / LLM) | pacing: ticks > 5 ms late "
-              "| server run-queue wait | callers CPU | caller loop lag p99 | problems |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| server run-queue wait | event-loop thread CPU avg / peak | callers CPU | caller loop lag p99 "
+              "| problems |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in summaries:
         sp = s["split"]
         mif = s["standin"].get("max_in_flight", {})
@@ -1082,8 +1126,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         if s["inbound_dropped"]:
             problems.append(f"{s['inbound_dropped']:.0f} inbound frames dropped")
         for k, v in s["log_kinds"].items():
-            if k != "rejected":
-                problems.append(f"{v} log {k}")
+            problems.append(f"{v} log lines: {k}")
         late5 = s["pacing_late_5ms"]
         label = str(s["n"]) if s["max_calls"] >= s["n"] else f"{s['n']} (max {s['max_calls']})"
         lines.append(
@@ -1094,6 +1137,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
             f"| {mif.get('stt', 0)} / {mif.get('llm', 0)} "
             f"| {'–' if late5 is None else f'{late5 * 100:.2f} %'} "
             f"| {s['cpu'].get('server_runq_share', 0) * 100:.0f} % "
+            f"| {f2(s['cpu'].get('loop_cores'))} / {f2(s['cpu'].get('loop_cores_peak'))} "
             f"| {f2(s['cpu'].get('callers_cores'))} "
             f"| {f0(s['loop_lag_ms'].get('p99'))} "
             f"| {'; '.join(problems) or '–'} |")
@@ -1102,9 +1146,21 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
               "reply — p50 / max per run: "
               + ", ".join(f"N={s['n']}: {f0(s['audible_gap_ms']['p50'])} / {f0(s['audible_gap_ms']['max'])}"
                           for s in main_runs)
-              + f". The same reply rendered offline without any stall already has a {ref['audible_gap_ms']} ms "
-              f"gap (Piper's pause between sentences is below −50 dBFS), so this measure cannot meet 60 ms by "
-              f"construction; inserted silence above is the part the server adds."]
+              + f". The same reply rendered offline without any stall (three renderings; Piper is not "
+              f"deterministic) already has a {ref['audible_gap_ms_min']}–{ref['audible_gap_ms']} ms gap (its pause "
+              f"between sentences is below −50 dBFS), so this measure cannot meet 60 ms by construction; "
+              f"inserted silence above is the part the server adds."]
+    rtf = reference["tts_rtf"]
+    talk = {k: reference[k]["frames"] * TICK for k in ("greeting", "reply", "follow_up")}
+    per_call = rtf * (talk["greeting"] + talk["reply"] + args.barge_share * talk["follow_up"])
+    lines += ["", f"Synthesis cost, measured here before the runs (one Piper synthesis at a time, 1 thread, "
+              f"load {reference['load'].split()[0]}): **{rtf:.3f} s of CPU per second of speech**. A conversation "
+              f"of this script makes {talk['greeting']:.1f} s (greeting) + {talk['reply']:.1f} s (reply) "
+              f"+ {talk['follow_up']:.1f} s (answer to a barge-in, every third call) of agent speech, about "
+              f"{per_call:.2f} core-seconds of synthesis, nearly all of it within a few seconds of the question "
+              f"(the pipeline synthesizes every sentence as soon as the LLM completes it). So two cores keep at most "
+              f"~{2 / rtf:.0f} agents talking in real time, before any other work; N calls that all reach the "
+              f"reply within ~{args.stagger + 1:.0f} s need ~{per_call:.2f}·N core-seconds in that window."]
     lines += ["", verdict(summaries)]
     return "\n".join(lines)
 
@@ -1217,8 +1273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="server endpointing silence (AUDIOSOCKET_AI_PROVIDERS_ENDPOINTING_MS; default: the server's)")
     p.add_argument("--cores", default="0,1", help="taskset CPU list for the server ('' to skip)")
     p.add_argument("--min-samples", type=int, default=5, help="runs with fewer calls repeat until this many")
-    p.add_argument("--reply-quiet", type=float, default=2.0,
-                   help="callers consider the reply over after this many seconds without sound")
+    p.add_argument("--reply-quiet", type=float, default=8.0,
+                   help="callers give up on the rest of a reply after this many seconds without sound")
     p.add_argument("--deadline", type=float, default=150.0, help="seconds one round of calls may take")
     p.add_argument("--wait-load", type=float, default=None,
                    help="before each run, wait (up to 10 min) for the 1-min load average to drop below this")
@@ -1228,11 +1284,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-logs", type=Path, default=None, help="copy the server/caller logs into this directory")
     p.add_argument("--write-docs", action="store_true",
                    help=f"write the tables into {DOC.relative_to(ROOT)} (only this benchmark's block)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="do not measure: render the report of a run saved with --json (give the same knobs)")
     # internal roles
     p.add_argument("--role", choices=("main", "standin", "callers"), default="main", help=argparse.SUPPRESS)
     p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+KNOBS = ("calls", "max_calls", "refusal", "stagger", "barge_share", "stt_delay", "llm_first_token", "llm_token_ms",
+         "endpointing_ms", "cores", "min_samples", "reply_quiet", "deadline", "wait_load", "seed")
+
+
+def save_json(args: argparse.Namespace, info: dict[str, str], reference: dict[str, Any],
+              summaries: list[dict[str, Any]], raw: list[dict[str, Any]], load_start: str, load_end: str) -> None:
+    knobs = {k: v for k, v in vars(args).items() if k in KNOBS}
+    args.json.write_text(json.dumps({"machine": info, "reference": reference, "summaries": summaries,
+                                     "load_start": load_start, "load_end": load_end, "args": knobs,
+                                     "command": command_line(), "runs": raw}, indent=1, default=str))
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """Print (and with --write-docs, write) the report of a run saved with --json."""
+    data = json.loads(args.from_json.read_text())
+    for key, value in data.get("args", {}).items():
+        setattr(args, key, value)
+    global command_line
+    saved = data.get("command") or " ".join(
+        [".venv/bin/python benchmarks/concurrency.py", *(a for a in sys.argv[1:] if a != "--write-docs"
+                                                          and a != "--from-json" and a != str(args.from_json))])
+    command_line = lambda: saved  # noqa: E731
+    summaries = data["summaries"]
+    load_start = data.get("load_start") or (summaries[0]["load_before"] if summaries else "?")
+    load_end = data.get("load_end") or (summaries[-1]["load_after"] if summaries else "?")
+    body = render_markdown(summaries, data["machine"], args, data["reference"], load_start, load_end)
+    print(body)
+    if args.write_docs:
+        write_docs(body)
+        print(f"wrote {DOC}", file=sys.stderr)
+    return 0
 
 
 def wait_for_load(limit: float | None) -> None:
@@ -1255,11 +1346,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "callers":
         trio.run(callers_main, json.loads(Path(args.config).read_text()))
         return 0
+    if args.from_json:
+        return rerender(args)
     runs = [(int(n), args.max_calls) for n in args.calls.split(",") if n.strip()]
     for item in (args.refusal or "").split(","):
         if item.strip():
             n, k = item.split(":")
             runs.append((int(n), int(k)))
+    # SIGTERM unwinds like Ctrl-C, so the server, callers and stand-in are stopped too
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     info = machine_info()
     load_start = loadavg()
     summaries: list[dict[str, Any]] = []
@@ -1278,6 +1373,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_n(args, n, max_calls, standin_port, speech_dir, tmp, standin)
                 raw.append(res)
                 summaries.append(summarize(res, meta["reference"]))
+                if args.json:  # after every run, so an interrupted sweep keeps what it measured
+                    save_json(args, info, meta["reference"], summaries, raw, load_start, loadavg())
         finally:
             stop_process(standin)
             if args.keep_logs:
@@ -1288,8 +1385,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render_markdown(summaries, info, args, meta["reference"], load_start, load_end)
     print(body)
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "reference": meta["reference"], "summaries": summaries,
-                                         "runs": raw}, indent=1, default=str))
+        save_json(args, info, meta["reference"], summaries, raw, load_start, load_end)
     if args.write_docs:
         write_docs(body)
         print(f"wrote {DOC}", file=sys.stderr)

@@ -69,6 +69,11 @@ HEADER = b"\x10\x01\x40"
 DEV_BUCKET_MS = 0.1
 DEV_BUCKETS = 2000  # up to 200 ms, then one overflow bucket
 LATENESS = "audiosocket_pacing_lateness_seconds"
+OUTCOME_CAPACITY = 10_000
+"""The server keeps each call's outcome for the dialplan (audiosocket_ai/outcome.py: the
+last 10,000 calls, at most 1 h). That is growth by design until the store is full."""
+OUTCOME_KB_PER_CALL = 1.0
+"""RSS allowed per call for it (measured: ~0.3 KB of Python objects, ~0.8 KB of RSS)."""
 
 
 # --- small statistics helpers ---------------------------------------------------------------
@@ -158,7 +163,7 @@ def proc_cpu_s(pid: int) -> float:
 
 def scrape(port: int) -> dict[str, float | list[tuple[float, float]]]:
     """The numbers we need from /metrics: lateness buckets and a few counters."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     out: dict[str, float | list[tuple[float, float]]] = {}
     buckets: list[tuple[float, float]] = []
@@ -199,7 +204,7 @@ class Load:
         self.frames_silent = 0
         self.frames_corrupt = 0
         self.server_hangups = 0
-        self.server_closes = 0
+        self.write_errors = 0
         self.connect_errors = 0
         self.rng = random.Random(6)
 
@@ -242,9 +247,15 @@ class Load:
                     await stream.send_all(frame)
                     self.frames_sent += 1
                     deadline += FRAME_S
+                # Hang up as Asterisk does: close our side, read until the server closes its
+                # (closing with unread input would be a reset, not a hangup).
+                if not ended.is_set():
+                    await stream.send_eof()
+                    with trio.move_on_after(2):
+                        await ended.wait()
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.server_closes += 1
+            self.write_errors += 1
         finally:
             self.live -= 1
             self.finished += 1
@@ -258,7 +269,6 @@ class Load:
             while True:
                 data = await stream.receive_some(65536)
                 if not data:
-                    self.server_closes += 1
                     break
                 now = trio.current_time()
                 buffer += data
@@ -299,7 +309,8 @@ async def soak(args: argparse.Namespace, server: subprocess.Popen[bytes], port: 
                ) -> dict[str, object]:
     duration = args.minutes * 60
     start = trio.current_time()
-    load = Load(port, args.calls, args.call_seconds, start + duration)
+    # Calls go on a little past the last sample, so every sample sees the full load.
+    load = Load(port, args.calls, args.call_seconds, start + duration + args.sample_every / 2)
     samples: list[dict[str, object]] = []
     baseline: dict[str, object] | None = None
 
@@ -313,7 +324,8 @@ async def soak(args: argparse.Namespace, server: subprocess.Popen[bytes], port: 
                 raise RuntimeError(f"the server exited with {server.returncode}")
             metrics = await trio.to_thread.run_sync(scrape, metrics_port)
             sample = {"t": trio.current_time() - start, "rss_mb": proc_rss_mb(server.pid),
-                      "cpu_s": proc_cpu_s(server.pid), "live": load.live, "metrics": metrics}
+                      "cpu_s": proc_cpu_s(server.pid), "live": load.live, "calls_started": load.started,
+                      "metrics": metrics}
             samples.append(sample)
             if baseline is None and sample["t"] >= args.warmup:
                 baseline = sample
@@ -351,8 +363,29 @@ def render(args: argparse.Namespace, result: dict[str, object], warnings: list[s
     base, last = result["baseline"], result["last"]
     lat = result["lateness_ms"]
     growth = result["rss_growth_mb"]
+    calls_since = load.started - base["calls_started"]
+    per_1000 = growth / calls_since * 1000 if calls_since else float("nan")
     ended = ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["ended"].items()))
-    flat = abs(growth) <= max(2.0, 0.02 * base["rss_mb"])
+    noise_mb = max(2.0, 0.02 * base["rss_mb"])
+    store_calls = max(0, min(load.started, OUTCOME_CAPACITY) - min(base["calls_started"], OUTCOME_CAPACITY))
+    store_mb = OUTCOME_KB_PER_CALL * store_calls / 1024
+    full = next((x for x in result["samples"] if x["calls_started"] >= OUTCOME_CAPACITY
+                 and x["t"] >= base["t"]), None)
+    after_full = ""
+    if full is not None and full is not last:
+        full_growth = last["rss_mb"] - full["rss_mb"]
+        full_calls = load.started - full["calls_started"]
+        after_full = (f"; once the outcome store was full (t={full['t']:.0f} s, {full['rss_mb']:.1f} MB): "
+                      f"{full_growth:+.1f} MB over {full_calls} more calls")
+    if abs(growth) <= noise_mb:
+        verdict = "**flat**"
+    elif full is not None and full is not last and abs(last["rss_mb"] - full["rss_mb"]) <= noise_mb:
+        verdict = "**flat once the outcome store was full** (growth before that is the store filling, by design)"
+    elif growth <= noise_mb + store_mb:
+        verdict = (f"**bounded**: within the outcome store's allowance ({store_mb:.1f} MB for "
+                   f"{store_calls} new entries; it stops growing at {OUTCOME_CAPACITY} calls)")
+    else:
+        verdict = "**GROWING** (more than the outcome store accounts for: a leak?)"
     lines = [
         f"### {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} — {args.calls} calls × {args.minutes:g} min",
         "",
@@ -363,7 +396,8 @@ def render(args: argparse.Namespace, result: dict[str, object], warnings: list[s
         "| measure | value |",
         "|---|---|",
         f"| server RSS after warm-up → end | {base['rss_mb']:.1f} → {last['rss_mb']:.1f} MB "
-        f"({growth:+.1f} MB, slope {result['rss_slope_mb_h']:+.1f} MB/h) — {'**flat**' if flat else '**GROWING**'} |",
+        f"({growth:+.1f} MB, least-squares slope {result['rss_slope_mb_h']:+.1f} MB/h, "
+        f"{per_1000:+.2f} MB per 1000 calls{after_full}) — {verdict} |",
         f"| server pacing lateness p50 / p90 / p99 / p99.9 | {lat[50]:.2f} / {lat[90]:.2f} / "
         f"{lat[99]:.2f} / {lat[99.9]:.2f} ms ({result['lateness_n']:.0f} ticks; "
         f"{result['lateness_over_20ms']:.0f} over 20 ms) |",
@@ -373,9 +407,9 @@ def render(args: argparse.Namespace, result: dict[str, object], warnings: list[s
         f"| server CPU after warm-up | {result['cpu_pct']:.1f} % of one core |",
         f"| echo frames: echoed / silence / corrupt | {load.frames_echoed} / {load.frames_silent} / "
         f"{load.frames_corrupt} |",
-        f"| late ticks (finished calls) · server hangups · connect errors | {result['late_ticks']:.0f} · "
-        f"{load.server_hangups} · {load.connect_errors} |",
-        f"| calls ended (server's reasons) | {ended or '-'} |",
+        f"| late ticks (finished calls) · server hangups · write errors · connect errors | "
+        f"{result['late_ticks']:.0f} · {load.server_hangups} · {load.write_errors} · {load.connect_errors} |",
+        f"| calls ended by the last sample (server's reasons) | {ended or '-'} |",
         f"| server warnings/errors in its log | {len(warnings)} |",
         "",
         "RSS samples (MB): " + " ".join(f"{s['rss_mb']:.1f}" for s in result["samples"]),
@@ -415,7 +449,7 @@ def main() -> None:
         p.error("--minutes must leave at least two samples after --warmup")
 
     port, metrics_port = free_port(), free_port()
-    log = tempfile.NamedTemporaryFile(prefix="soak-server-", suffix=".log", delete=False)  # noqa: SIM115
+    log = tempfile.NamedTemporaryFile(prefix="soak-server-", suffix=".log", delete=False)
     command = [*shlex.split(args.server_cmd), "--agent", "echo", "--host", HOST, "--port", str(port),
                "--metrics-port", str(metrics_port), "--max-calls", str(args.calls * 2), "--log-level", "warning"]
     server = subprocess.Popen(command, cwd=ROOT, stderr=log, stdout=subprocess.DEVNULL)

@@ -37,6 +37,20 @@ def write_wav(path: Path, pcm: bytes, rate: int) -> None:
         out.writeframes(pcm)
 
 
+RUNNING: list[Serving] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers() -> Iterator[None]:
+    """Whatever a test asserts, its servers do not outlive it."""
+    yield
+    while RUNNING:
+        server = RUNNING.pop()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
 class Serving:
     def __init__(self, *args: str) -> None:
         self.port = free_port()
@@ -44,6 +58,7 @@ class Serving:
             [*CLI, "serve", "--port", str(self.port), *args],
             cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        RUNNING.append(self)
         self.lines: list[str] = []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -292,7 +292,8 @@ async def test_fuzzed_connections_never_hurt_the_server_or_a_good_call(calllog: 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(talker.run)
 
-                @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+                @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+                          print_blob=True)
                 @given(case=cases())
                 def fuzz(case: Case) -> None:
                     examples.append(case)
@@ -311,7 +312,8 @@ async def test_fuzzed_connections_never_hurt_the_server_or_a_good_call(calllog: 
             await after.send_audio(sent)
             await until_echoed(after, sent)
         assert sent in after.received_audio()
-        print(f"fuzz: {len(examples)} bad connections ({collections.Counter(c.ending for c in examples)}); calls ended {server.stats.ended}; "
+        endings = dict(collections.Counter(case.ending for case in examples))
+        print(f"fuzz: {len(examples)} bad connections {endings}; calls ended {server.stats.ended}; "
               f"refused {server.stats.rejected}")
     assert len(examples) >= FUZZ_EXAMPLES
     crashes = [r for r in records if "unexpected error" in r.getMessage() or "agent failed" in r.getMessage()]
@@ -365,8 +367,8 @@ async def test_peer_that_stops_reading_is_cut_off_with_bounded_memory(calllog: p
                         if call is not None:
                             peaks["queued_ms"] = max(peaks["queued_ms"], call.playout.queued_ms)
                             # private, but the point of the test: what the server holds for this call
-                            peaks["inbound"] = max(peaks["inbound"], call._audio_recv.statistics().current_buffer_used)
-                            peaks["decoder"] = max(peaks["decoder"], call._decoder.buffered)
+                            peaks["inbound"] = max(peaks["inbound"], call.inbound_queued_frames)
+                            peaks["decoder"] = max(peaks["decoder"], call.decoder_buffered)
                         await trio.sleep(0.01)
                 cut_off_after = trio.current_time() - started
                 await trio.sleep(0.5)  # the good call goes on after the slow one is gone

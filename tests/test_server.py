@@ -303,3 +303,19 @@ async def test_allowlist_refuses_other_sources(serve, calllog) -> None:
             await pbx.send_audio(sent)
             await until_echoed(pbx, sent)
         assert sent in pbx.received_audio()
+
+
+async def test_a_reset_from_asterisk_is_an_ordinary_hang_up(serve) -> None:
+    """Asterisk closes with RST when our last frames were unread; that is no lost connection."""
+    import socket
+    import struct
+
+    async with serve(asa.echo_agent) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            await pbx.send_silence(200)
+            await trio.sleep(0.2)  # our frames pile up unread on the caller's side
+            pbx.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            pbx.stream.socket.close()  # a hard close: RST
+        await settled(server)
+        assert server.stats.ended == {"caller_hung_up": 1}
