@@ -212,3 +212,20 @@ def test_readme_flow_offline_assistant_answers_a_spoken_question(tmp_path: Path)
     assert any(x["who"] == "caller" and "what can you do" in x["text"].lower() for x in lines), (lines, result.stdout)
     assert any(x["who"] == "agent" and len(x["text"]) > 20 for x in lines)
     assert next((tmp_path / "r").glob("*.wav")).stat().st_size > 44 + 4 * 8000 * 2
+
+
+def test_json_logs_name_the_call_on_every_line(tmp_path: Path) -> None:
+    server = Serving("--agent", "echo", "--log-format", "json")
+    write_wav(tmp_path / "in.wav", noise(200, 8000), 8000)
+    uuid = "87654321-4321-8765-4321-876543218765"
+    subprocess.run([*CLI, "call", str(tmp_path / "in.wav"), "--out", str(tmp_path / "r.wav"), "--port",
+                    str(server.port), "--tail", "100", "--uuid", uuid, "--dtmf", "7"],
+                   capture_output=True, text=True, timeout=30, check=True)
+    code, log = server.stop()
+    assert code == 0
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    call_lines = [e for e in entries if e["call"] == uuid]
+    assert {"call started from", "dtmf digit=7", "call ended reason="} <= {
+        marker for e in call_lines for marker in ("call started from", "dtmf digit=7", "call ended reason=")
+        if marker in e["msg"]}
+    assert all({"ts", "level", "logger", "call", "msg"} <= e.keys() for e in entries)
