@@ -176,3 +176,9 @@ async def test_decode_does_not_block_the_event_loop(stt: WhisperSTT, speech_22k:
         await final_text(stt, utterance)
         done.set()
     assert worst < 0.05
+
+
+def test_window_is_sized_to_the_utterance() -> None:
+    from audiosocket_ai.providers.local.whisper_stt import window_seconds
+
+    assert window_seconds(2.5) == 10 and window_seconds(14.2) == 16 and window_seconds(45) == 30
