@@ -52,8 +52,14 @@ def main() -> None:
 @click.option("--allow-public", is_flag=True, default=False,
               help="Listen on a public/wildcard address without --allow (you firewall the port yourself).")
 @click.option("--agent", "agent_spec", default="assistant", show_default=True,
-              help="Built-in agent (assistant: the spoken STT→LLM→TTS conversation; echo; tone) or "
-                   "module:attribute of your own agent or agent factory.")
+              help="Built-in agent (assistant: the spoken STT→LLM→TTS conversation; realtime: OpenAI's "
+                   "speech-to-speech model; echo; tone) or module:attribute of your own agent or agent factory.")
+@click.option("--realtime-model", default="gpt-realtime", show_default=True, help="Model for --agent realtime.")
+@click.option("--realtime-voice", default="marin", show_default=True, help="Voice for --agent realtime.")
+@click.option("--realtime-url", default="wss://api.openai.com/v1/realtime", show_default=True,
+              help="Realtime WebSocket endpoint (e.g. an Azure or compatible server).")
+@click.option("--realtime-api", default="ga", show_default=True, type=click.Choice(["ga", "beta"]),
+              help="Realtime API shape.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
 @click.option("--estimate-capacity", is_flag=True, default=False,
@@ -118,6 +124,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
     agent_spec = values["agent.name"]
     if agent_spec == "assistant":
         factory = _assistant_factory(values)
+    elif agent_spec == "realtime":
+        factory = _realtime_factory(values)
     else:
         try:
             factory = load_agent_factory(agent_spec)
@@ -132,8 +140,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
                           inbound_queue_ms=values["limits.inbound_queue_ms"]),
     )
     metrics = Metrics()
-    assistant = factory() if agent_spec == "assistant" else None
-    if assistant is not None:
+    assistant = factory() if agent_spec in ("assistant", "realtime") else None
+    if assistant is not None and hasattr(assistant, "tts"):
         _prepare_admission(assistant, server_config, values)
     server = Server(factory, server_config, metrics=metrics)
     if assistant is not None:
@@ -184,6 +192,27 @@ def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
     return lambda: assistant
 
 
+def _realtime_factory(values: dict[str, Any]) -> AgentFactory:
+    from .providers.errors import ProviderError
+    from .providers.openai_realtime import OpenAIRealtimeAgent
+
+    fallback = _assistant_factory(values)() if values["realtime.fallback"] == "assistant" else None
+    options: dict[str, Any] = {
+        "model": values["realtime.model"], "voice": values["realtime.voice"], "base_url": values["realtime.url"],
+        "api_version": values["realtime.api"], "transcript_dir": _path(values["recording.transcript_dir"]),
+        "fallback": fallback,
+    }
+    if values["agent.greeting"]:
+        options["greeting"] = values["agent.greeting"]
+    if values["agent.system_prompt"]:
+        options["instructions"] = values["agent.system_prompt"]
+    try:
+        agent = OpenAIRealtimeAgent(**options)
+    except ProviderError as exc:
+        raise click.ClickException(f"cannot start the realtime agent: {exc}") from exc
+    return lambda: agent
+
+
 def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value)
 
@@ -223,9 +252,10 @@ async def _serve_until_signalled(server: Server, endpoint: StatusEndpoint | None
             try:
                 await server.serve(listeners)
             finally:
-                if assistant is not None:  # close the providers' connection pools
+                close = getattr(assistant, "aclose", None)
+                if close is not None:  # close the providers' connection pools
                     with trio.CancelScope(shield=True):
-                        await assistant.aclose()
+                        await close()
             nursery.cancel_scope.cancel()
 
 

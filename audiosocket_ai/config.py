@@ -110,6 +110,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("providers", "tts_fallback", str, "piper", "Voice used when the primary fails after one retry.", optional=True),
     _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
     _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
+    _s("realtime", "model", str, "gpt-realtime", "OpenAI Realtime model, for `agent.name = \"realtime\"` "
+       "(speech to speech; needs OPENAI_API_KEY).", flag="realtime_model"),
+    _s("realtime", "voice", str, "marin", "Realtime voice.", flag="realtime_voice"),
+    _s("realtime", "url", str, "wss://api.openai.com/v1/realtime", "Realtime WebSocket endpoint.",
+       flag="realtime_url"),
+    _s("realtime", "api", str, "ga", "Realtime API shape: ga, or beta for older servers.", choices=("ga", "beta"),
+       flag="realtime_api"),
+    _s("realtime", "fallback", str, "assistant", "Agent that takes the call if the Realtime service cannot be "
+       "reached: assistant (the offline pipeline) or none.", choices=("assistant", "none")),
     _s("recording", "transcript_dir", str, None, "Write each call's transcript to DIR/<uuid>.jsonl.",
        optional=True, flag="transcript_dir"),
     _s("recording", "record_dir", str, None, "Record each call to DIR/<uuid>.wav (caller left, agent right).",

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import math
@@ -74,6 +75,7 @@ import attrs
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
+from ..agent import Agent, as_agent_function
 from ..audio import Resampler
 from ..call import AgentFunction, Call
 from ..interfaces import SpeechEnded, SpeechStarted, ToolCall, VadEvent, VADFactory
@@ -83,7 +85,7 @@ from ..recording import TranscriptWriter
 
 # The WebSocket plumbing shared by the streaming providers (owned stream, clean close,
 # rejection → ProviderError) lives in deepgram.py until it moves to a private module.
-from .deepgram import (  # type: ignore[attr-defined]
+from ._websocket import (
     _open_websocket,
     _snippet,
     _status_retryable,
@@ -196,8 +198,8 @@ class OpenAIRealtimeAgent:
         transcript_dir: write ``<uuid>.jsonl`` here (who, text, start/end, interrupted).
         greeting: instructions for a first response, so the model speaks first (None:
             it waits for the caller).
-        fallback: agent to hand the call to when the service cannot be reached
-            (None: hang up).
+        fallback: agent (function or object with ``run``) to hand the call to when the
+            service cannot be reached (None: hang up).
         reconnects: new connections tried after a retryable failure before giving up.
         append_ms: caller audio per ``input_audio_buffer.append`` (20-100 ms).
         event_timeout: seconds without any server event, while one is due, after which the
@@ -231,7 +233,7 @@ class OpenAIRealtimeAgent:
         tools: Sequence[Tool] = (),
         transcript_dir: Path | None = None,
         greeting: str | None = None,
-        fallback: AgentFunction | None = None,
+        fallback: AgentFunction | Agent | None = None,
         reconnects: int = 1,
         append_ms: int = 40,
         event_timeout: float = 15.0,
@@ -270,7 +272,7 @@ class OpenAIRealtimeAgent:
         self.tools = {t.spec.name: t for t in tools}
         self.transcript_dir = transcript_dir
         self.greeting = greeting
-        self.fallback = fallback
+        self.fallback: AgentFunction | None = as_agent_function(fallback) if fallback is not None else None
         self.reconnects = reconnects
         self.append_ms = append_ms
         self.event_timeout = event_timeout
@@ -392,6 +394,8 @@ class _RealtimeCall:
         self.watchdog: _Watchdog | None = None
         self.awaited: set[str] = set()
         """Server events we have asked for and not yet seen (the watchdog runs meanwhile)."""
+        self.expected_by_id: dict[str, str] = {}
+        self.event_ids = itertools.count(1)
         self.items: dict[str, _Item] = {}
         self.live: list[_Item] = []
         """Assistant items the caller has not finished hearing (or that were not yet settled)."""
@@ -407,6 +411,8 @@ class _RealtimeCall:
         self.connections = 0
         self.spoke = False
         """The model has said something on this call (so a reconnect resumes, not greets)."""
+        self.lost_mid_turn = False
+        """The last connection died while the model was answering or about to."""
         self.history: list[tuple[str, str]] = []
         self.speech: dict[str, list[float]] = {}
         self.local_speech: list[float] | None = None
@@ -482,6 +488,7 @@ class _RealtimeCall:
             self.ws = ws
             self.watchdog = _Watchdog()
             self.awaited.clear()
+            self.expected_by_id.clear()
             self.last_error = None
             log.info("%s connected (model %s, %s interface)", PROVIDER, agent.model, agent.api_version)
             try:
@@ -508,7 +515,8 @@ class _RealtimeCall:
                 await self._send({"type": "conversation.item.create", "item": {
                     "type": "message", "role": "system",
                     "content": [{"type": "input_text", "text": f"The conversation so far:\n{lines}"}]}})
-            await self._create_response(agent.resume_instructions)
+            if self.lost_mid_turn:  # the caller heard the agent stop mid-sentence, or is waiting
+                await self._create_response(agent.resume_instructions)
         elif agent.greeting and not self.spoke:
             await self._create_response(agent.greeting)
 
@@ -533,6 +541,11 @@ class _RealtimeCall:
         if ws is None:
             return False
         if expect is not None and self.watchdog is not None:
+            # tagged, so that an error event naming it stops the wait for its answer
+            event = {"event_id": f"evt_{next(self.event_ids)}", **event}
+            self.expected_by_id[event["event_id"]] = expect
+            if len(self.expected_by_id) > 64:  # answered requests are never removed; keep the newest
+                del self.expected_by_id[next(iter(self.expected_by_id))]
             self.awaited.add(expect)
             self.watchdog.arm(self.agent.event_timeout)
         try:
@@ -546,6 +559,19 @@ class _RealtimeCall:
         if instructions:
             event["response"] = {"instructions": instructions}
         return await self._send(event, expect="response.created")
+
+    async def _respond_after_cancel(self) -> None:
+        """Ask for a response once the one just cancelled has ended.
+
+        The service refuses ``response.create`` while a response is active
+        (``conversation_already_has_active_response``), and a cancel takes effect only when
+        its ``response.done`` arrives.
+        """
+        if self.response_id is not None:
+            done = self.response_done
+            with trio.move_on_after(self.agent.event_timeout):
+                await done.wait()
+        await self._create_response()
 
     async def _pump_audio(self) -> None:
         """Caller audio → 24 kHz → ``input_audio_buffer.append`` every ``append_ms``."""
@@ -593,7 +619,8 @@ class _RealtimeCall:
             if self.ending:
                 return
             await self._send({"type": "input_audio_buffer.commit"})
-            await self._create_response()
+            if self.nursery is not None:  # not inline: the caller's audio keeps flowing meanwhile
+                self.nursery.start_soon(self._respond_after_cancel)
 
     async def _keypad(self) -> None:
         async for digit in self.call.dtmf():
@@ -607,7 +634,7 @@ class _RealtimeCall:
                 self.transcript.write("caller", digit, start=now, end=now, dtmf=True)
             await self._send({"type": "conversation.item.create", "item": {
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"[pressed {digit}]"}]}})
-            await self._create_response()
+            await self._respond_after_cancel()
 
     async def _on_shutdown(self) -> None:
         """The server's drain timeout: say goodbye through the model, then hang up."""
@@ -652,10 +679,15 @@ class _RealtimeCall:
                 event["response_id"] = response_id
             await self._send(event)
         for item in cut:
+            if item.transcript is None:
+                # the transcript so far matches the audio so far, which is what the heard
+                # share is taken of; recording it now keeps the transcript in speaking order
+                item.transcript = item.partial.strip()
+            self._write_agent_line(item)
+        for item in cut:
             if item.received_bytes:
                 await self._send({"type": "conversation.item.truncate", "item_id": item.id, "content_index": 0,
                                   "audio_end_ms": item.heard_ms})
-            self._write_agent_line(item)
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -858,6 +890,9 @@ class _RealtimeCall:
         code = str(error.get("code") or error.get("type") or "error")
         message = self.agent.redact(str(error.get("message") or json.dumps(error)))
         self.last_error = f"{code}: {message}"
+        expected = self.expected_by_id.pop(str(error.get("event_id")), None)
+        if expected is not None:  # the request failed: its answer will not come
+            self.awaited.discard(expected)
         if code in _QUIET_ERRORS:
             log.debug("%s: %s", PROVIDER, self.last_error)
         else:
@@ -881,6 +916,8 @@ class _RealtimeCall:
 
     def _lose_in_flight(self) -> None:
         """The connection is gone: whatever audio arrived plays, nothing more will come."""
+        self.lost_mid_turn = (self.response_id is not None or "response.created" in self.awaited
+                              or any(not item.played_out for item in self.live))
         for item in list(self.live):
             if item.transcript is None and not item.ended:
                 item.transcript = item.partial.strip()
