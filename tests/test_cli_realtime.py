@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 import sys
 from pathlib import Path
 
@@ -23,10 +24,9 @@ async def test_serve_realtime_agent_speaks_through_the_cli() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         env = {**os.environ, "OPENAI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
-        process = await nursery.start(lambda task_status: trio.run_process(
-            [sys.executable, "-m", "audiosocket_ai", "serve", "--agent", "realtime", "--port", str(port),
-             "--realtime-url", fake.url, "--greeting", "Greet the caller.", "--log-level", "info"],
-            cwd=REPO, env=env, stderr=None, check=False, task_status=task_status))
+        command = [sys.executable, "-m", "audiosocket_ai", "serve", "--agent", "realtime", "--port", str(port),
+                   "--realtime-url", fake.url, "--greeting", "Greet the caller.", "--log-level", "info"]
+        process = await nursery.start(partial(trio.run_process, command, cwd=REPO, env=env, check=False))
         with trio.fail_after(60):
             while True:  # the offline fallback loads first; wait until the port answers
                 try:
