@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import sys
 import logging
 import wave
 from collections.abc import Awaitable, Callable
@@ -154,6 +156,10 @@ def load_agent_factory(spec: str) -> AgentFactory:
         names = ", ".join(sorted(BUILTIN_AGENTS))
         raise ValueError(f"unknown agent {spec!r}: use one of {names}, or module:attribute")
     module_name, _, attribute = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # like `python -m` and uvicorn: an agent module next to where you start the server
+        # is importable without setting PYTHONPATH
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ for running the suite against another build. Default: the ``audiosocket-ai`` scr
 Python running the tests, or ``python -m audiosocket_ai`` where no script was installed."""
 
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+_STATUS_ENDPOINT = re.compile(r"status endpoint on http://127\.0\.0\.1:(\d+)")
 
 
 def server_command() -> list[str]:
@@ -47,12 +49,27 @@ class LogLine:
 
 
 class AgentServer:
-    """One ``audiosocket-ai serve --agent NAME`` process on a free port of 127.0.0.1."""
+    """One ``audiosocket-ai serve --agent NAME`` process on a free port of 127.0.0.1.
 
-    def __init__(self, agent: str, log_path: Path) -> None:
-        self.agent = agent
+    ``agent=None`` leaves ``--agent`` out (the default agent, as a user who types just
+    ``audiosocket-ai serve`` gets); ``extra_args`` are appended to the command line (e.g.
+    ``--metrics-port 0 --greeting Hello.``); ``env`` adds environment variables.
+    """
+
+    def __init__(
+        self,
+        agent: str | None,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.agent = agent if agent is not None else "(default)"
+        self._agent_arg = agent
+        self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})
         self.log_path = log_path
         self.port = 0
+        self._status_port = 0
         self._lines: list[LogLine] = []
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
@@ -68,11 +85,13 @@ class AgentServer:
             *server_command(),
             "--host", "127.0.0.1",
             "--port", str(free_port(socket.SOCK_STREAM)),
-            "--agent", self.agent,
+            *(["--agent", self._agent_arg] if self._agent_arg is not None else []),
             "--log-level", "info",
+            *self.extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command,
+            env={**os.environ, **self.env} if self.env else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -83,6 +102,14 @@ class AgentServer:
         self._reader.start()
         match = self.wait_for(_LISTENING.pattern, timeout)
         self.port = int(match.group(1))
+
+    @property
+    def status_port(self) -> int:
+        """The port of the status endpoint (``--metrics-port``; 0 lets the server pick one):
+        read from its ``status endpoint on http://127.0.0.1:PORT`` log line."""
+        if not self._status_port:
+            self._status_port = int(self.wait_for(_STATUS_ENDPOINT.pattern, 10).group(1))
+        return self._status_port
 
     def _read_log(self) -> None:
         assert self._process is not None and self._process.stdout is not None

@@ -10,7 +10,8 @@ Without an Asterisk build the tests skip (run ``bash .ci/asterisk.sh``), except 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterator
+import re
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -85,13 +86,16 @@ def phone() -> Iterator[Phone]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[str], AgentServer]]:
-    """Start ``audiosocket-ai serve --agent NAME``; every server started is stopped afterwards."""
+def start_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., AgentServer]]:
+    """Start ``audiosocket-ai serve --agent NAME [EXTRA ARGS]``; every server started is
+    stopped afterwards. ``start(None, ...)`` leaves ``--agent`` out (the default agent);
+    ``env=`` adds environment variables (see :class:`AgentServer`)."""
     servers: list[AgentServer] = []
 
-    def start(agent: str) -> AgentServer:
-        server = AgentServer(agent, tmp_path / f"server-{agent}-{len(servers)}.log")
-        attach_on_failure(request, f"audiosocket-ai --agent {agent} log", server.log_path)
+    def start(agent: str | None, *extra_args: str, env: Mapping[str, str] | None = None) -> AgentServer:
+        name = re.sub(r"[^\w.-]+", "_", agent or "default")
+        server = AgentServer(agent, tmp_path / f"server-{name}-{len(servers)}.log", extra_args, env)
+        attach_on_failure(request, f"audiosocket-ai --agent {server.agent} log", server.log_path)
         servers.append(server)
         server.start()
         return server

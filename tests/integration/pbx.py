@@ -290,6 +290,23 @@ class Pbx:
             raise RuntimeError(f"asterisk -rx {command!r} failed ({result.returncode}): {result.stderr}")
         return result.stdout
 
+    def load_modules(self, *modules: str) -> None:
+        """Load modules beyond :data:`MODULES` into the running Asterisk, in the order given
+        (a dependency first: ``res_curl`` before ``func_curl``), and check each one took.
+
+        Raises:
+            AsteriskUnavailable: the build lacks one of them (rebuild with FORCE=1).
+        """
+        directory = self.prefix / "lib" / "asterisk" / "modules"
+        missing = [m for m in modules if not (directory / f"{m}.so").exists()]
+        if missing:
+            raise AsteriskUnavailable(f"Asterisk at {self.prefix} lacks modules {missing}; rebuild with FORCE=1")
+        for module in modules:
+            self.cli(f"module load {module}.so")
+            shown = self.cli(f"module show like {module}.so")
+            if not re.search(rf"^{re.escape(module)}\.so\s.*\bRunning\b", shown, re.MULTILINE):
+                raise RuntimeError(f"module {module}.so did not load:\n{shown}\n{self.log_tail()}")
+
     # ---------------------------------------------------------------- calls
 
     def load_dialplan(self, contexts: str) -> None:

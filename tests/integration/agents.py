@@ -1,0 +1,24 @@
+"""Tiny custom agents for the integration tests, served as a user serves their own:
+``audiosocket-ai serve --agent tests.integration.agents:transfer_agent`` (with the
+repository root importable, e.g. on ``PYTHONPATH``).
+
+They decide deterministically and at once, so a test of the dialplan side (what happens
+after ``AudioSocket()`` returns) needs no speech models and takes about a second.
+"""
+
+from __future__ import annotations
+
+import audiosocket_ai as asa
+
+TRANSFER_TARGET = "operator"
+TRANSFER_TONE_HZ = 700.0
+TRANSFER_TONE_MS = 300
+
+
+async def transfer_agent(call: asa.Call) -> None:
+    """Decide to transfer to ``operator`` straight away (as the assistant does when the
+    caller presses 0), play a short tone ("one moment"), then hang up: ``AudioSocket()``
+    returns and the dialplan reads the target from the status endpoint."""
+    call.outcome["transfer"] = TRANSFER_TARGET
+    await call.play(asa.tone_pcm(TRANSFER_TONE_HZ, TRANSFER_TONE_MS, call.rate))
+    await call.hangup()
