@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
-import logging
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
