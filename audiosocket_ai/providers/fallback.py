@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
-from ..audio import resample
+from ..audio import Resampler, resample
 from ..interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, Transcript
 from .errors import ProviderError
 
@@ -131,31 +131,39 @@ class FallbackSTT:
         self.streaming = bool(getattr(primary, "streaming", False))
 
     async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
+        source = aiter(audio)  # one iterator: a retry resumes where a failed attempt stopped
         kept: list[bytes] = []
         size = 0
+        exhausted = False
 
-        async def recording() -> AsyncIterator[bytes]:
-            nonlocal size
-            async for chunk in audio:
+        async def live() -> AsyncIterator[bytes]:
+            nonlocal size, exhausted
+            async for chunk in source:
                 if size + len(chunk) <= MAX_REPLAY_BYTES:
                     kept.append(chunk)
                     size += len(chunk)
                 yield chunk
+            exhausted = True
 
         async def replay(rate: int) -> AsyncIterator[bytes]:
-            pcm = b"".join(kept)
-            yield pcm if rate == self.sample_rate else resample(pcm, self.sample_rate, rate)
+            """What the failed attempt heard, then the rest of the utterance as it arrives."""
+            resampler = Resampler(self.sample_rate, rate, quality="HQ")
+            yield resampler.process(b"".join(kept))
+            if not exhausted:
+                async for chunk in live():
+                    yield resampler.process(chunk)
+            yield resampler.flush()
 
         last: BaseException | None = None
         first = True
         for provider, is_retry in _attempts(self.primary, self.fallback):
             if not _should_try(last, provider, self.primary, is_retry):
                 continue
-            source = recording() if first else replay(provider.sample_rate)
+            attempt = live() if first else replay(provider.sample_rate)
             first = False
             final_seen = False
             try:
-                async for result in provider.transcribe(source):
+                async for result in provider.transcribe(attempt):
                     final_seen = final_seen or result.is_final
                     yield result
                 return
@@ -165,8 +173,7 @@ class FallbackSTT:
                 log.warning("STT %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
                 last = exc
             finally:
-                if source is not None and hasattr(source, "aclose"):
-                    await source.aclose()
+                await attempt.aclose()  # type: ignore[attr-defined]
         assert last is not None
         raise last
 

@@ -1,0 +1,171 @@
+"""Whole calls through the cloud providers, each against a local fake of the vendor's API.
+
+The providers' own tests (tests/providers/) cover their wire formats in detail; here a
+caller talks to the server and the conversation runs through the real provider code and
+the real pipeline: a barge-in, and every fault kind ending in a retry, a fallback or an
+apology while the call stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+import audiosocket_ai as asa
+from audiosocket_ai.audio import rms_dbfs
+from audiosocket_ai.logging_setup import CallContextFilter
+from audiosocket_ai.pipeline import AssistantSettings, VoiceAssistant
+from audiosocket_ai.protocol import Audio
+from audiosocket_ai.providers.deepgram import DeepgramSTT
+from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
+from audiosocket_ai.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
+from audiosocket_ai.providers.openai_http import INTERRUPTED_MARKER, OpenAIChatLLM, OpenAISTT, OpenAITTS
+from audiosocket_ai.testing import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+
+from .conftest import keep_line_open, running_server
+from .fakes.deepgram_server import API_KEY as DEEPGRAM_KEY
+from .fakes.deepgram_server import DeepgramFault, FakeDeepgramListen, Segment
+from .fakes.elevenlabs_server import API_KEY as ELEVENLABS_KEY
+from .fakes.elevenlabs_server import FakeElevenLabs
+from .fakes.openai_server import DEFAULT_KEY as OPENAI_KEY
+from .fakes.openai_server import ChatReply, FakeOpenAI, Fault
+
+
+def speech(ms: int) -> bytes:
+    return asa.tone_pcm(300, ms, 8000, amplitude=0.5)
+
+
+def audible(pbx: asa.FakeAsterisk, since: float = 0.0) -> int:
+    return sum(1 for item in pbx.received if isinstance(item.message, Audio) and item.t >= since
+               and rms_dbfs(item.message.pcm) > -50)
+
+
+def settings(**extra: object) -> AssistantSettings:
+    return AssistantSettings(**{"greeting": None, "reprompt_after": None, **extra})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def calllog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.handler.addFilter(CallContextFilter())
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+async def test_openai_pipeline_with_a_barge_in() -> None:
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        heard = iter(["tell me something long", "stop please"])
+        fake.transcript = lambda upload: next(heard)
+        fake.chat_replies.extend([
+            ChatReply(content="Here is a long answer. It goes on for quite a while, sentence after sentence. "
+                              "You will want to interrupt it long before it ends, I am sure of that."),
+            ChatReply(content="Okay, I will stop."),
+        ])
+        barge_ins: list[int] = []
+        agent = VoiceAssistant(
+            stt=OpenAISTT(base_url=fake.base_url, api_key=OPENAI_KEY),
+            llm=OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY),
+            tts=OpenAITTS(base_url=fake.base_url, api_key=OPENAI_KEY),
+            vad_factory=EnergyVad, settings=settings(),
+            on_barge_in=lambda call, t, dropped: barge_ins.append(dropped),
+        )
+        async with running_server(agent) as (server, port):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=15)
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: len(fake.chat_requests()) == 2, timeout=15)
+                await keep_line_open(pbx, lambda: False, timeout=1.5)
+        await agent.aclose()
+        nursery.cancel_scope.cancel()
+    assert barge_ins
+    messages = fake.chat_requests()[1]["messages"]
+    assistant = next(m for m in messages if m["role"] == "assistant")
+    assert INTERRUPTED_MARKER in assistant["content"], "the model is told it was cut off"
+    assert "sure of that" not in assistant["content"], "only what was heard is in the history"
+    assert messages[-1] == {"role": "user", "content": "stop please"}
+    assert len(fake.uploads) == 2 and fake.connections <= 3, "connections are reused across requests"
+
+
+# each strikes before any text: once words were spoken, a failure is not retried (they stay said)
+@pytest.mark.parametrize("fault", [Fault.http(503), Fault.drop(after_chunks=0), Fault.malformed(after_chunks=0),
+                                   Fault.hang()])
+async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calllog) -> None:
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        fake.faults.extend([fault, fault])  # the first try and the retry both fail
+        fallback = ScriptedLLM([["The backup model answers."]])
+        tts = ToneTTS()
+        llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY, read_timeout=1.0)
+        agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm, fallback), tts=tts,
+                               vad_factory=EnergyVad, settings=settings())
+        async with running_server(agent) as (server, port):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: tts.texts == ["The backup model answers."], timeout=20)
+                assert not pbx.server_closed
+        await llm.aclose()
+        nursery.cancel_scope.cancel()
+    warnings = [r for r in calllog.records if "LLM OpenAIChatLLM failed" in r.getMessage()]
+    assert warnings and warnings[0].call == str(pbx.uuid), "logged, naming the call and the provider"
+    assert OPENAI_KEY not in calllog.text
+
+
+async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_apology() -> None:
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        fake.faults.extend([Fault.http(500, path="/v1/audio/speech")] * 2)
+        fake.faults.extend([Fault.http(401, path="/v1/chat/completions")])
+        backup_voice = ToneTTS(sample_rate=16000)
+        tts = FallbackTTS(OpenAITTS(base_url=fake.base_url, api_key=OPENAI_KEY), backup_voice)
+        llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
+        agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm), tts=tts, vad_factory=EnergyVad,
+                               settings=settings())
+        async with running_server(agent) as (server, port):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: bool(backup_voice.texts), timeout=15)
+                await keep_line_open(pbx, lambda: False, timeout=1.0)
+        await tts.aclose()
+        await llm.aclose()
+        nursery.cancel_scope.cancel()
+    assert backup_voice.texts == [AssistantSettings().apology_text], "401 is not retried: straight to the apology"
+    assert audible(pbx) > 20
+
+
+async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call() -> None:
+    async with trio.open_nursery() as nursery:
+        deepgram = await nursery.start(FakeDeepgramListen(script=[Segment("what are your hours", audio_ms=300)]).serve)
+        elevenlabs = await nursery.start(FakeElevenLabs().serve)
+        llm = ScriptedLLM([["We are open nine to five."]])
+        stt = DeepgramSTT(base_url=deepgram.url, api_key=DEEPGRAM_KEY)
+        tts = ElevenLabsTTS(base_url=elevenlabs.url, api_key=ELEVENLABS_KEY, voice_id="voice1")
+        agent = VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVad, settings=settings())
+        async with running_server(agent) as (server, port):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                await pbx.send_audio(speech(600))
+                assert await keep_line_open(pbx, lambda: audible(pbx) > 10, timeout=15)
+        nursery.cancel_scope.cancel()
+    assert llm.histories[0][-1].content == "what are your hours"
+    assert len(deepgram.sessions[0].audio) > 16000, "audio streamed live to Deepgram"
+    assert [m.get("type") for m in deepgram.sessions[0].control][-2:] == ["Finalize", "CloseStream"]
+    assert elevenlabs.sessions, "spoken through ElevenLabs"
+
+
+async def test_a_dropped_deepgram_stream_falls_back_to_another_recognizer(calllog) -> None:
+    async with trio.open_nursery() as nursery:
+        deepgram = await nursery.start(FakeDeepgramListen(fault=DeepgramFault("drop", after_ms=100)).serve)
+        backup = ScriptedSTT(["heard by the backup"])
+        llm = ScriptedLLM([["Got it."]])
+        stt = FallbackSTT(DeepgramSTT(base_url=deepgram.url, api_key=DEEPGRAM_KEY), backup)
+        agent = VoiceAssistant(stt=stt, llm=llm, tts=ToneTTS(), vad_factory=EnergyVad, settings=settings())
+        async with running_server(agent) as (server, port):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                await pbx.send_audio(speech(600))
+                assert await keep_line_open(pbx, lambda: bool(llm.histories), timeout=15)
+        nursery.cancel_scope.cancel()
+    assert llm.histories[0][-1].content == "heard by the backup"
+    assert backup.audio_ms and backup.audio_ms[0] > 500, "the backup heard the whole utterance"
+    assert any("STT DeepgramSTT failed" in r.getMessage() and r.call == str(pbx.uuid) for r in calllog.records)
