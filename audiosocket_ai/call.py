@@ -393,18 +393,19 @@ class Call:
         if self._taps and len(data) > 3 and data[0] != 0:
             for tap in self._taps:
                 tap.on_outbound(data[3:], self.playout.rate)
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self.settings.write_timeout) as timeout:
-                try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.info("connection lost while writing: %s", exc or type(exc).__name__)
-                    self._finish(EndReason.CONNECTION_LOST)
-                    raise _WriteFailed from exc
-            if timeout.cancelled_caught:
-                log.warning("peer has not read for %.1fs; ending the call", self.settings.write_timeout)
-                self._finish(EndReason.PEER_NOT_READING)
-                raise _WriteFailed
+        # One scope does both jobs: shielded from the call's cancellation (never half a
+        # frame on the wire), yet bounded by its own deadline (a peer that stopped reading).
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.write_timeout) as timeout:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("connection lost while writing: %s", exc or type(exc).__name__)
+                self._finish(EndReason.CONNECTION_LOST)
+                raise _WriteFailed from exc
+        if timeout.cancelled_caught:
+            log.warning("peer has not read for %.1fs; ending the call", self.settings.write_timeout)
+            self._finish(EndReason.PEER_NOT_READING)
+            raise _WriteFailed
 
     async def _run_agent(self, agent: AgentFunction) -> None:
         try:
