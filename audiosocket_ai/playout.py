@@ -101,6 +101,7 @@ class Playback:
         if self.closed:
             return
         self.closed = True
+        self._playout._open.discard(self)
         if self._resampler is not None:
             self._partial += self._resampler.flush()
             del self._partial[len(self._partial) // 2 * 2 :]
@@ -153,6 +154,9 @@ class Playout:
         self._max_frames = max(1, math.ceil(max_ahead_ms / FRAME_MS))
         self._space = trio.lowlevel.ParkingLot()
         self._last_handle: Playback | None = None
+        self._open: set[Playback] = set()
+        """Playbacks not yet closed — including one whose first write is still waiting for
+        queue space, which has no frame queued yet but must be silenced by a flush too."""
         self.closing = False
         self.rate = rate
         self.frame_size = frame_bytes(rate)
@@ -174,7 +178,9 @@ class Playout:
 
     def open(self, rate: int | None = None) -> Playback:
         """Start a new utterance; audio written to it plays after what is already queued."""
-        return Playback(self, rate)
+        playback = Playback(self, rate)
+        self._open.add(playback)
+        return playback
 
     @property
     def queued_ms(self) -> int:
@@ -198,7 +204,7 @@ class Playout:
         writing gets :class:`trio.ClosedResourceError` instead of talking over the caller.
         """
         dropped = len(self._frames)
-        handles = {handle for handle, _ in self._frames}
+        handles = {handle for handle, _ in self._frames} | self._open
         if self._last_handle is not None:
             handles.add(self._last_handle)
         for handle, _ in self._frames:
@@ -210,6 +216,7 @@ class Playout:
                 handle._partial.clear()
                 handle.closed = True
                 handle._check_done()
+        self._open.clear()
         self.frames_flushed += dropped
         self._notify_space()
         return dropped * FRAME_MS

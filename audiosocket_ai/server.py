@@ -219,8 +219,10 @@ class Server:
                         peer=peer)
 
             async def busy(call: Call) -> None:
-                await call.play(pcm, rate, wait=True)
-                await call.hangup()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_discard_audio, call)  # nobody listens; don't let it pile up
+                    await call.play(pcm, rate, wait=True)
+                    await call.hangup()
 
             await call.run(busy)
         finally:
@@ -310,6 +312,11 @@ class Server:
                     self._on_call_end(call)
                 except Exception:
                     log.exception("on_call_end hook failed")
+
+
+async def _discard_audio(call: Call) -> None:
+    async for _ in call.audio():
+        pass
 
 
 async def _read_uuid(stream: trio.abc.ReceiveStream, decoder: Decoder) -> tuple[uuid_module.UUID, list[Message]]:

@@ -203,3 +203,13 @@ async def test_speculative_transcription_hides_recognition_behind_the_endpointin
     assert first["stt"] < 100, f"the 300 ms recognition ran during the endpointing silence: {first}"
     assert stt.audio_ms[1] < 900 and stt.audio_ms[2] >= 850, f"speculation cut short, then the whole: {stt.audio_ms}"
     assert len(stt.audio_ms) == 3
+
+
+async def test_fixed_lines_are_synthesized_once_for_all_calls() -> None:
+    tts = ToneTTS()
+    agent, _ = make(ScriptedLLM([]), tts=tts, greeting="Welcome to the test line.")
+    async with running_server(agent) as (server, port):
+        for _ in range(3):
+            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+                assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)
+    assert tts.texts == ["Welcome to the test line."], "one synthesis, three greetings heard"

@@ -163,3 +163,29 @@ async def test_stop_is_honoured_within_one_tick(autojump_clock: trio.testing.Moc
         nursery.start_soon(stopper)
         await playout.run(wire.send, should_stop=lambda: stop)
         assert trio.current_time() - wire.times[0] <= 0.12 + 1e-9
+
+
+async def test_flush_also_silences_a_playback_still_waiting_to_queue_its_first_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    playout, wire = Playout(rate=8000, max_ahead_ms=100), Wire()
+    told: list[Exception] = []
+    first = playout.open()
+    await first.write(b"\x01\x00" * 800)  # exactly fills the 100 ms queue
+    first.close()
+    second = playout.open()  # the next sentence: its first write has to wait for space
+
+    async def next_sentence() -> None:
+        try:
+            await second.write(b"\x02\x00" * 4000)
+        except trio.ClosedResourceError as exc:
+            told.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(next_sentence)
+        await trio.testing.wait_all_tasks_blocked()
+        assert second.queued_frames == 0, "parked with nothing queued yet"
+        playout.flush()  # the barge-in
+        nursery.start_soon(run_for, playout, wire, 0.5)
+    assert told and second.interrupted
+    assert not any(frame.pcm.startswith(b"\x02\x00") for frame in wire.frames), "nothing of it leaked out"

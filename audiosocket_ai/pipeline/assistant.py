@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BargeIn = Literal["on", "off", "dtmf"]
 
+PROMPT_CACHE_SIZE = 64
+"""Fixed lines kept synthesized (they are few: greeting, re-prompt, goodbyes, apology)."""
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise phone assistant. Speak in short sentences suited to a phone "
     "call: no lists, no markdown, no emoji. If the caller wants a person, use the transfer tool; "
@@ -154,6 +157,8 @@ class VoiceAssistant:
         self.on_barge_in = on_barge_in
         self.metrics: Metrics | None = None
         """Set by the server to count provider errors."""
+        self.prompt_cache: dict[str, list[bytes]] = {}
+        """Synthesized fixed lines (greeting, re-prompt, goodbye...), shared by all calls."""
 
     def count_error(self, stage: str) -> None:
         if self.metrics is not None:
@@ -399,7 +404,7 @@ class _Session:
         with trio.CancelScope() as scope:
             self.turn_scope = scope
             try:
-                await self._speak_sentences(_single(text), TurnTimings())
+                await self._speak_sentences(_single(text), TurnTimings(), cache=True)
             finally:
                 self.turn_scope = None
 
@@ -482,15 +487,28 @@ class _Session:
             self.spoken_index = len(self.history) - 1
         return tool_calls
 
-    async def _speak_sentences(self, sentences: trio.MemoryReceiveChannel[str], timings: TurnTimings) -> None:
-        """Synthesize sentences one ahead of playback and queue them on the call."""
-        audio_send, audio_recv = trio.open_memory_channel[tuple[str, list[bytes]]](2)
+    async def _speak_sentences(self, sentences: trio.MemoryReceiveChannel[str], timings: TurnTimings, *,
+                               cache: bool = False) -> None:
+        """Synthesize sentences just ahead of playback and queue them on the call.
+
+        The hand-over channel holds nothing: sentence k+1 is synthesized while sentence k
+        is being queued, not several sentences ahead, so a barge-in wastes little work and
+        the shared engines serve whoever needs audio soonest. Fixed lines (``cache``) are
+        synthesized once per process and reused by every call.
+        """
+        audio_send, audio_recv = trio.open_memory_channel[tuple[str, list[bytes]]](0)
 
         async def synthesize() -> None:
             first = True
             async with audio_send:
                 async for sentence in sentences:
                     chunks: list[bytes] = []
+                    cached = self.a.prompt_cache.get(sentence) if cache else None
+                    if cached is not None:
+                        if timings.tts_first is None:
+                            timings.tts_first = trio.current_time()
+                        await audio_send.send((sentence, cached))
+                        continue
                     try:
                         # the first sentence has a caller waiting in silence; later ones
                         # have the previous sentence's playback time in hand
@@ -504,6 +522,8 @@ class _Session:
                         log.error("speech synthesis failed for %r: %s", sentence, exc)
                         self.a.count_error("tts")
                         continue
+                    if cache and len(self.a.prompt_cache) < PROMPT_CACHE_SIZE:
+                        self.a.prompt_cache[sentence] = chunks
                     await audio_send.send((sentence, chunks))
 
         async with trio.open_nursery() as nursery:
