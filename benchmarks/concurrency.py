@@ -86,7 +86,9 @@ import numpy as np
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+CODE_ENV = "CONCURRENCY_BENCH_CODE"
+"""Set by the orchestrator for its subprocesses: the frozen copy of the package under test."""
+sys.path.insert(0, os.environ.get(CODE_ENV) or str(ROOT))
 
 from audiosocket_ai.protocol import Audio, encode  # noqa: E402
 
@@ -380,7 +382,7 @@ async def one_call(caller: Caller, cfg: dict[str, Any], ticker: Ticker, start_at
     barge = caller.index % 3 == 1 if cfg["barge_share"] > 0 else False
     ev["barge"] = barge
     question = questions[caller.index % len(questions)]
-    barge_speech = barges[caller.index % len(barges)]
+    barge_speech = barges[(caller.index // 3) % len(barges)]
     think = rng.uniform(0.3, 1.2)
     barge_after = rng.uniform(0.8, 1.5)
     await trio.sleep_until(start_at)
@@ -434,9 +436,18 @@ async def one_call(caller: Caller, cfg: dict[str, Any], ticker: Ticker, start_at
                 def heard_out() -> bool:
                     heard = len(caller.sound_times) - bisect.bisect_left(caller.sound_times, reply_first)
                     quiet = caller.quiet_for()
-                    return caller.ended or (heard >= expected and quiet >= 0.5) or quiet >= cfg["reply_quiet"]
+                    if caller.ended:
+                        ev["reply_wait"] = "server ended the call"
+                    elif heard >= expected and quiet >= 0.5:
+                        ev["reply_wait"] = "complete"
+                    elif quiet >= cfg["reply_quiet"]:
+                        ev["reply_wait"] = "abandoned"
+                    else:
+                        return False
+                    return True
 
-                await poll(caller, heard_out, 60)
+                if not await poll(caller, heard_out, 60):
+                    ev["reply_wait"] = "abandoned"
             ev["hangup"] = trio.current_time()
             caller.live = False
     except OSError as exc:
@@ -484,11 +495,30 @@ async def callers_main(cfg: dict[str, Any]) -> None:
             nursery.cancel_scope.cancel()
         for caller in callers:
             results.append(analyse(caller, cfg, questions, barges))
+            if cfg.get("dump"):
+                dump_call(caller, Path(cfg["dump"]))
         if _round + 1 < cfg["rounds"]:
             await trio.sleep(1.0)
     out = {"calls": results, "ticker_lag_ms": percentiles([x * 1000 for x in ticker.lag]),
            "loop_lag_ms": percentiles([x * 1000 for x in lag])}
     await trio.Path(cfg["out"]).write_text(json.dumps(out))
+
+
+def dump_call(caller: Caller, directory: Path) -> None:
+    """What the caller heard, as a WAV, and the arrival time of every frame (for a closer look)."""
+    import wave
+
+    if caller.pbx is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = [(item.t, item.message.pcm) for item in caller.pbx.received if isinstance(item.message, Audio)]
+    with wave.open(str(directory / f"call-{caller.index:03d}.wav"), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(b"".join(pcm for _, pcm in frames))
+    (directory / f"call-{caller.index:03d}.json").write_text(json.dumps(
+        {"dial": caller.events.get("dial"), "marks": caller.marks, "times": [t for t, _ in frames]}))
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -571,16 +601,20 @@ def analyse(caller: Caller, cfg: dict[str, Any], questions: list[dict[str, Any]]
                            "refused": bool(ev.get("refused"))}
     times, audible, nonzero = frames_of(caller)
     dial = ev.get("dial")
-    if dial is None or not len(times):
-        return out
     pbx = caller.pbx
+    if dial is None or pbx is None:
+        return out
+    out["uuid"] = str(pbx.uuid)
     out["server_hung_up"] = bool(pbx.server_hung_up)
     out["frames"] = len(times)
-    end_t = float(times[-1]) + 1
     if out["refused"]:
-        out["refused_after_ms"] = ((pbx.received[-1].t if pbx.received else ev.get("ended_at", end_t)) - dial) * 1000
+        ended = pbx.received[-1].t if pbx.received else ev.get("ended_at", dial)
+        out["refused_after_ms"] = (ended - dial) * 1000
         out["busy_prompt_audible_ms"] = int(audible.sum()) * 20
         return out
+    if not len(times):
+        return out
+    end_t = float(times[-1]) + 1
     q_onset = marks.get("q_onset", end_t)
     greeting = utterance(times, audible, nonzero, dial, q_onset)
     if greeting:
@@ -594,6 +628,7 @@ def analyse(caller: Caller, cfg: dict[str, Any], questions: list[dict[str, Any]]
             out["reply_ms"] = (reply["first_audible"] - q_end) * 1000
             out["reply"] = reply
             out["reply_complete"] = not out["barge"]
+            out["reply_wait"] = ev.get("reply_wait")
     if "b_onset" in marks:
         stop = silent_from(times, nonzero, marks["b_onset"])
         out["barge_stop_ms"] = None if stop is None else (stop - marks["b_onset"]) * 1000
@@ -670,9 +705,12 @@ def start_server(args: argparse.Namespace, standin_port: int, max_calls: int, lo
     if args.cores and shutil.which("taskset"):
         cmd = ["taskset", "-c", args.cores, *cmd]
     env = {**os.environ, "OPENAI_API_KEY": "test", "OPENAI_BASE_URL": base}
+    code = os.environ.get(CODE_ENV)
+    if code:  # the frozen copy of audiosocket_ai/ shadows the editable install
+        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
     if args.endpointing_ms is not None:
         env["AUDIOSOCKET_AI_PROVIDERS_ENDPOINTING_MS"] = str(args.endpointing_ms)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=open(log_path, "wb"),
+    proc = subprocess.Popen(cmd, cwd=code or ROOT, env=env, start_new_session=True, stdout=open(log_path, "wb"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -916,9 +954,13 @@ def run_n(args: argparse.Namespace, n: int, max_calls: int, standin_port: int, s
         idle_rss = rss_mb(server.pid)
         http_get(f"http://127.0.0.1:{standin_port}/reset")
         out_path = tmp / f"callers-{tag}.json"
-        cfg = {"port": port, "calls": n, "rounds": rounds, "stagger": args.stagger if n > 1 else 0.0,
+        # a refusal run keeps the arrival rate of an N = max_calls run: the first max_calls calls
+        # arrive as in that run, the rest while they are in progress
+        stagger = args.stagger * (n / max_calls if max_calls < n else 1.0) if n > 1 else 0.0
+        cfg = {"port": port, "calls": n, "rounds": rounds, "stagger": stagger,
                "seed": args.seed, "barge_share": args.barge_share, "speech_dir": str(speech_dir),
-               "out": str(out_path), "deadline": args.deadline, "reply_quiet": args.reply_quiet}
+               "out": str(out_path), "deadline": args.deadline, "reply_quiet": args.reply_quiet,
+               "dump": str(args.dump / tag) if args.dump else None}
         cfg_path = tmp / f"callers-{tag}.cfg.json"
         cfg_path.write_text(json.dumps(cfg))
         load_before = loadavg()
@@ -991,7 +1033,7 @@ def summarize(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     arrival = [u["arrival_gap_ms"] for u in utts]
     audible_gaps = [c["reply"]["audible_gap_ms"] for c in admitted if c.get("reply") and c.get("reply_complete")]
     complete = [c for c in admitted if c.get("reply") and c.get("reply_complete")]
-    short = [c for c in complete if c["reply"]["audible_frames"] < 0.9 * reference["reply"]["audible_frames"]]
+    short = [c for c in complete if c.get("reply_wait") != "complete"]
     m = res["metrics"]
     turns = res["server_log"]["turns"]
     split = {}
@@ -1004,6 +1046,10 @@ def summarize(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         "admitted": len(admitted), "refused": len(refused), "errors": dict(errors),
         "refused_busy_prompt": sum(1 for c in refused if c.get("busy_prompt_audible_ms", 0) > 500),
         "refused_after_ms": percentiles([c["refused_after_ms"] for c in refused if "refused_after_ms" in c]),
+        "refused_prompt_after_ms": percentiles([c["refused_after_ms"] for c in refused if "refused_after_ms" in c
+                                                and c.get("busy_prompt_audible_ms", 0) > 500]),
+        "refused_bare_after_ms": percentiles([c["refused_after_ms"] for c in refused if "refused_after_ms" in c
+                                              and c.get("busy_prompt_audible_ms", 0) <= 500]),
         "greeting_ms": {"p50": pct(greet, 50), "p99": pct(greet, 99), "max": max(greet, default=float("nan")),
                         "n": len(greet)},
         "reply_ms": {"p50": pct(reply, 50), "p99": pct(reply, 99), "max": max(reply, default=float("nan")),
@@ -1057,6 +1103,9 @@ def mark(ok: bool) -> str:
 
 def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args: argparse.Namespace,
                     reference: dict[str, Any], load_start: str, load_end: str) -> str:
+    code_note = (f"Code under test: a copy of the working tree's `audiosocket_ai/` taken at the start (tree hash "
+                 f"{info['tree']}), so the whole sweep measures one version while others keep editing. "
+                 if info.get("tree") else "Code under test: the working tree as it was at each run. ")
     main_runs = [s for s in summaries if s["max_calls"] >= s["n"]]
     refusal = [s for s in summaries if s["max_calls"] < s["n"]]
     lines = [
@@ -1066,7 +1115,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         f"Linux {info['kernel']}; code at {info['commit']}. Load average (1/5/15 min) at the start: {load_start}, "
         f"at the end: {load_end}; per run below.",
         "",
-        f"Server: the real CLI (`audiosocket-ai serve --stt openai --llm openai --tts piper --max-calls K`, "
+        f"{code_note}Server: the real CLI (`audiosocket-ai serve --stt openai --llm openai --tts piper --max-calls K`, "
         f"WebRTC VAD, endpointing {args.endpointing_ms or 400} ms, `taskset -c {args.cores}`), restarted per run. "
         f"Stand-in for STT and LLM in its own process: transcription after {args.stt_delay * 1000:.0f} ms; chat "
         f"first token after {args.llm_first_token * 1000:.0f} ms, then a word every {args.llm_token_ms:g} ms "
@@ -1091,15 +1140,23 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
     for s in main_runs:
         lines.append(row(s))
     if refusal:
-        lines += ["", "Beyond capacity (`--max-calls` below N; only admitted calls in the latency columns):", "",
-                  "| N | max-calls | admitted | refused (busy prompt heard) | refused: hangup after p50 / max "
+        lines += ["", "Beyond capacity: `--max-calls K` below N. The calls arrive at the rate of the N = K run "
+                  "(over stagger × N / K s), so the first K are admitted as in that run and the others arrive while "
+                  "those are in progress (a few more are admitted where a slot has freed). Refused calls hear the "
+                  "busy prompt while fewer than 20 are playing it (`max_busy_prompts`), else get a bare hangup. "
+                  "Latency columns: admitted calls only; compare with the N = K row above.",
+                  "",
+                  "| N | max-calls | admitted | refused | refused: busy prompt + hangup after p50 (n) "
+                  "| refused: bare hangup after p50 (n) "
                   "| greeting p50 / p99 | reply p50 / p99 (max) | inserted silence max (utterances > 60 ms) "
                   "| underruns / late ticks | server CPU avg / peak | load 1 min |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in refusal:
+            pr, bare = s.get("refused_prompt_after_ms", {}), s.get("refused_bare_after_ms", {})
             lines.append(
-                f"| {s['n']} | {s['max_calls']} | {s['admitted']} | {s['refused']} ({s['refused_busy_prompt']}) "
-                f"| {f0(s['refused_after_ms'].get('p50'))} / {f0(s['refused_after_ms'].get('max'))} "
+                f"| {s['n']} | {s['max_calls']} | {s['admitted']} | {s['refused']} "
+                f"| {f0(pr.get('p50'))} ({s['refused_busy_prompt']}) "
+                f"| {f0(bare.get('p50'))} ({s['refused'] - s['refused_busy_prompt']}) "
                 f"| {f0(s['greeting_ms']['p50'])} / {f0(s['greeting_ms']['p99'])} "
                 f"| {f0(s['reply_ms']['p50'])} / {f0(s['reply_ms']['p99'])} ({f0(s['reply_ms']['max'])}) "
                 f"| {f0(s['zero_run_ms']['max'])} ({s['zero_run_ms']['over_60']}/{s['zero_run_ms']['n']}) "
@@ -1108,7 +1165,8 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
                 f"| {s['load_before'].split()[0]} |")
     lines += ["", "Where the reply latency goes (the server's own `TurnTimings`, p50 / p99, replies to the questions; "
               "answers to barge-ins are cut by the hang-up before the server logs them), and what else was seen:", "",
-              "| N | endpointing | STT | LLM first token | TTS first audio | server: speech end → first frame "
+              "| N | endpointing | STT after the endpoint | LLM first token | TTS first audio "
+              "| server: speech end → first frame "
               "| answer to barge-in p50 / p99 | stand-in max in flight (STT / LLM) | pacing: ticks > 5 ms late "
               "| server run-queue wait | event-loop thread CPU avg / peak | callers CPU | caller loop lag p99 "
               "| problems |",
@@ -1120,7 +1178,8 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         if s["errors"]:
             problems += [f"{v}× {k}" for k, v in s["errors"].items()]
         if s["short_replies"]:
-            problems.append(f"{s['short_replies']} replies cut short")
+            problems.append(f"{s['short_replies']} callers gave up on the rest of the reply after "
+                            f"{args.reply_quiet:g} s of silence")
         if s["provider_errors"]:
             problems.append(f"{s['provider_errors']:.0f} provider errors")
         if s["inbound_dropped"]:
@@ -1146,9 +1205,10 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
               "reply — p50 / max per run: "
               + ", ".join(f"N={s['n']}: {f0(s['audible_gap_ms']['p50'])} / {f0(s['audible_gap_ms']['max'])}"
                           for s in main_runs)
-              + f". The same reply rendered offline without any stall (three renderings; Piper is not "
-              f"deterministic) already has a {ref['audible_gap_ms_min']}–{ref['audible_gap_ms']} ms gap (its pause "
-              f"between sentences is below −50 dBFS), so this measure cannot meet 60 ms by construction; "
+              + f". The same reply rendered offline without any stall (three renderings; Piper varies its pauses "
+              f"from one synthesis to the next) already has a {ref['audible_gap_ms_min']}–{ref['audible_gap_ms']} ms "
+              f"gap (its pauses at commas and between sentences are below −50 dBFS), so this measure cannot meet "
+              f"60 ms by construction; "
               f"inserted silence above is the part the server adds."]
     rtf = reference["tts_rtf"]
     talk = {k: reference[k]["frames"] * TICK for k in ("greeting", "reply", "follow_up")}
@@ -1174,7 +1234,7 @@ def row(s: dict[str, Any]) -> str:
             f"{f0(r['p99'])}{mark(not at_target or r['p99'] <= TARGET_REPLY_P99_MS)} ({f0(r['max'])}) "
             f"| {f0(z['max'])} ({z['over_60']}/{z['n']}){mark(not at_target or z['over_60'] == 0)} "
             f"| {f0(s['underruns'])} / {f0(s['late_ticks'])} "
-            f"| {f0(s['barge_stop_ms']['p50'])} / {f0(s['barge_stop_ms']['max'])} "
+            f"| {f0(s['barge_stop_ms']['p50'])} / {f0(s['barge_stop_ms']['max'])} (n={s['barge_stop_ms']['n']}) "
             f"| {f2(s['cpu'].get('server_cores'))} / {f2(s['cpu'].get('server_cores_peak'))} "
             f"| {f0(s['rss_hwm_mb'])} MB (idle {f0(s['idle_rss_mb'])}) "
             f"| {f2(s['cpu'].get('others_cores'))} | {s['load_before'].split()[0]} |")
@@ -1228,13 +1288,31 @@ def loadavg() -> str:
         return "?"
 
 
+OUTPUT_ONLY = {"--write-docs": 0, "--json": 1, "--keep-logs": 1, "--dump": 1, "--from-json": 1}
+"""Options that change where results go, not what is measured: left out of the command shown."""
+
+
+def measuring_args(argv: list[str]) -> list[str]:
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in OUTPUT_ONLY:
+            skip = OUTPUT_ONLY[name] if "=" not in arg else 0
+            continue
+        out.append(arg)
+    return out
+
+
 def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     try:
         name = str(script.relative_to(ROOT))
     except ValueError:
         name = str(script)
-    return " ".join([".venv/bin/python", name, *[a for a in sys.argv[1:] if a != "--write-docs"]])
+    return " ".join([".venv/bin/python", name, *measuring_args(sys.argv[1:])])
 
 
 def write_docs(body: str) -> None:
@@ -1277,13 +1355,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="callers give up on the rest of a reply after this many seconds without sound")
     p.add_argument("--deadline", type=float, default=150.0, help="seconds one round of calls may take")
     p.add_argument("--wait-load", type=float, default=None,
-                   help="before each run, wait (up to 10 min) for the 1-min load average to drop below this")
+                   help="before each run, wait (up to 30 min) for the 1-min load average to drop below this")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", type=Path, default=None, help="also write every call's numbers as JSON here")
+    p.add_argument("--dump", type=Path, default=None,
+                   help="write what every caller heard (WAV + frame arrival times) under this directory")
     p.add_argument("--keep-logs", type=Path, default=None, help="copy the server/caller logs into this directory")
     p.add_argument("--write-docs", action="store_true",
                    help=f"write the tables into {DOC.relative_to(ROOT)} (only this benchmark's block)")
+    p.add_argument("--live-code", action="store_true",
+                   help="run the server from the working tree as it is at each run, instead of a copy taken at "
+                        "the start (others' edits would then change the code between runs)")
     p.add_argument("--from-json", type=Path, default=None,
                    help="do not measure: render the report of a run saved with --json (give the same knobs)")
     # internal roles
@@ -1311,9 +1394,7 @@ def rerender(args: argparse.Namespace) -> int:
     for key, value in data.get("args", {}).items():
         setattr(args, key, value)
     global command_line
-    saved = data.get("command") or " ".join(
-        [".venv/bin/python benchmarks/concurrency.py", *(a for a in sys.argv[1:] if a != "--write-docs"
-                                                          and a != "--from-json" and a != str(args.from_json))])
+    saved = " ".join(measuring_args(data["command"].split())) if data.get("command") else command_line()
     command_line = lambda: saved  # noqa: E731
     summaries = data["summaries"]
     load_start = data.get("load_start") or (summaries[0]["load_before"] if summaries else "?")
@@ -1326,16 +1407,31 @@ def rerender(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_for_load(limit: float | None) -> None:
+def snapshot_code(dest: Path) -> str:
+    """Copy ``audiosocket_ai/`` as it is now; return a short hash of its contents."""
+    import hashlib
+
+    shutil.copytree(ROOT / "audiosocket_ai", dest / "audiosocket_ai",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    digest = hashlib.sha1()
+    for path in sorted((dest / "audiosocket_ai").rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(dest)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def wait_for_load(limit: float | None, patience: float = 1800.0) -> None:
     if limit is None:
         return
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         one = float(loadavg().split()[0])
         if one < limit:
             return
         print(f"  waiting for load < {limit} (now {loadavg()})", file=sys.stderr)
         time.sleep(15)
+    print(f"  load still {loadavg()} after {patience:.0f} s: running anyway", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1361,6 +1457,9 @@ def main(argv: list[str] | None = None) -> int:
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="concurrency-") as tmp_name:
         tmp = Path(tmp_name)
+        if not args.live_code:
+            info["tree"] = snapshot_code(tmp / "code")
+            os.environ[CODE_ENV] = str(tmp / "code")
         speech_dir = tmp / "speech"
         speech_dir.mkdir()
         print("rendering caller speech with Piper...", file=sys.stderr)
