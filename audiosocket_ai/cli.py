@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import signal
@@ -62,6 +63,9 @@ def main() -> None:
               help="Realtime API shape.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
+@click.option("--gc-tuning/--no-gc-tuning", default=True, show_default=True,
+              help="Freeze start-up objects out of the garbage collector and collect less often "
+                   "(avoids 12-23 ms pauses of every call's audio under load).")
 @click.option("--estimate-capacity", is_flag=True, default=False,
               help="Time the local engines at start-up and lower --max-calls to what this machine can carry.")
 @click.option("--metrics-port", default=None, type=click.IntRange(0, 65535),
@@ -149,6 +153,8 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
     metrics_port = values["server.metrics_port"]
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
                 if metrics_port is not None else None)
+    if values["server.gc_tuning"]:
+        _tune_gc()
     try:
         trio.run(_serve_until_signalled, server, endpoint, values["server.metrics_host"], metrics_port or 0, assistant)
     except OSError as exc:
@@ -211,6 +217,20 @@ def _realtime_factory(values: dict[str, Any]) -> AgentFactory:
     except ProviderError as exc:
         raise click.ClickException(f"cannot start the realtime agent: {exc}") from exc
     return lambda: agent
+
+
+GC_THRESHOLDS = (50_000, 50, 1_000)
+"""Python's defaults (700, 10, 10) ran ~16 collections a second at 200 calls, and a full one
+every few seconds stopped the event loop — and every call's pacer — for 12-23 ms."""
+
+
+def _tune_gc() -> None:
+    """Move what start-up allocated (models, modules) out of the collector's reach and
+    collect less often; reference counting still frees almost everything at once."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    log.debug("gc frozen %d objects; thresholds %s", gc.get_freeze_count(), GC_THRESHOLDS)
 
 
 def _path(value: str | None) -> Path | None:

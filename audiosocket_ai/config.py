@@ -73,6 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
        "hung up.", minimum=0, flag="drain_timeout"),
     _s("server", "goodbye", str, None, "Said to calls still up when the drain timeout ends (needs a TTS; "
        "empty: just hang up).", optional=True),
+    _s("server", "gc_tuning", bool, True, "Freeze start-up objects (loaded models) out of the garbage collector "
+       "and collect less often: full collections paused every call's pacing for 12-23 ms at 200 calls "
+       "(benchmarks/echo_capacity.py: 200 -> 300 echo calls per core).", flag="gc_tuning"),
     _s("server", "metrics_port", int, None, "Port of the HTTP status endpoint (/healthz, /readyz, /metrics, "
        "/calls/<uuid>); unset: no endpoint.", minimum=0, optional=True, flag="metrics_port"),
     _s("server", "metrics_host", str, "127.0.0.1", "Address of the status endpoint.", flag="metrics_host"),
