@@ -35,14 +35,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import logging
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _report  # benchmarks/_report.py, beside this script
 import numpy as np
 import trio
 
@@ -504,33 +501,6 @@ def render_markdown(runs: dict[float, list[dict[str, Any]]], barge: list[dict[st
     return "\n".join(lines)
 
 
-def machine_info() -> dict[str, str]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "audiosocket_ai"],
-                               capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        commit, dirty = "?", ""
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "kernel": platform.release(),
-        "commit": commit + (" (+ uncommitted changes in audiosocket_ai/)" if dirty else ""),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -547,24 +517,13 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", name, *[a for a in sys.argv[1:] if a != "--write-docs"]])
 
 
+def machine_info() -> dict[str, str]:
+    return _report.machine_info()
+
+
 def write_docs(body: str) -> None:
-    """Replace this script's block in docs/benchmarks.md (other sections are left alone)."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nTargets live in `benchmarks/` (see its README).\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        text = head + SECTION + "\n\n" + block + "\n" + rest
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    DOC.write_text(text)
-
-
-# --- main ---------------------------------------------------------------------------------
+    """Rewrite this script's block in docs/benchmarks.md (other sections stay as they are)."""
+    _report.write_docs(SECTION, BEGIN, END, body)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
