@@ -16,14 +16,16 @@ is on the line through the logging context.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from ..audio import Resampler, resample
 from ..interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, Transcript
 from .errors import ProviderError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FAILURES: tuple[type[BaseException], ...] = (Exception,)
 """Any failure of a provider — vendor errors, timeouts, and plain bugs — moves on to the
@@ -50,6 +52,41 @@ def _should_try(exc: BaseException | None, provider: Any, primary: Any, is_retry
     return True
 
 
+async def _first_that_works(
+    role: str,
+    primary: Any,
+    fallback: Any | None,
+    attempt: Callable[[Any], AsyncIterator[T]],
+    committed: Callable[[T], bool] = lambda _: True,
+) -> AsyncIterator[T]:
+    """Yield ``attempt(provider)``'s items from the first provider that succeeds.
+
+    The policy of this module in one place: the primary, the primary again for a
+    retryable error, then the fallback. Once an item for which ``committed`` is true has
+    been yielded, a failure is re-raised instead: it was heard (or acted on) already.
+    """
+    last: BaseException | None = None
+    for provider, is_retry in _attempts(primary, fallback):
+        if not _should_try(last, provider, primary, is_retry):
+            continue
+        done = False
+        stream = attempt(provider)
+        try:
+            async for item in stream:
+                done = done or committed(item)
+                yield item
+            return
+        except FAILURES as exc:
+            if done:
+                raise
+            log.warning("%s %s failed%s: %s", role, _name(provider), " (retry)" if is_retry else "", exc)
+            last = exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    assert last is not None
+    raise last
+
+
 class FallbackLLM:
     """An :class:`LLM` that retries once, then asks ``fallback``."""
 
@@ -59,23 +96,9 @@ class FallbackLLM:
         self.greeting = getattr(primary, "greeting", None)
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
-        last: BaseException | None = None
-        for provider, is_retry in _attempts(self.primary, self.fallback):
-            if not _should_try(last, provider, self.primary, is_retry):
-                continue
-            emitted = False
-            try:
-                async for piece in provider.reply(history, tools):
-                    emitted = True
-                    yield piece
-                return
-            except FAILURES as exc:
-                if emitted:
-                    raise
-                log.warning("LLM %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
-                last = exc
-        assert last is not None
-        raise last
+        async for piece in _first_that_works("LLM", self.primary, self.fallback,
+                                             lambda provider: provider.reply(history, tools)):
+            yield piece
 
     async def aclose(self) -> None:
         await _aclose(self.primary, self.fallback)
@@ -90,28 +113,17 @@ class FallbackTTS:
         self.sample_rate = primary.sample_rate
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        last: BaseException | None = None
-        for provider, is_retry in _attempts(self.primary, self.fallback):
-            if not _should_try(last, provider, self.primary, is_retry):
-                continue
-            emitted = False
-            try:
-                if provider is self.primary:
-                    async for chunk in provider.synthesize(text):
-                        emitted = True
-                        yield chunk
-                else:
-                    pcm = b"".join([chunk async for chunk in provider.synthesize(text)])
-                    emitted = True
-                    yield resample(pcm, provider.sample_rate, self.sample_rate)
-                return
-            except FAILURES as exc:
-                if emitted:
-                    raise
-                log.warning("TTS %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
-                last = exc
-        assert last is not None
-        raise last
+        speak = lambda provider: self._speak(provider, text)  # noqa: E731
+        async for chunk in _first_that_works("TTS", self.primary, self.fallback, speak):
+            yield chunk
+
+    async def _speak(self, provider: TTS, text: str) -> AsyncIterator[bytes]:
+        if provider is self.primary:
+            async for chunk in provider.synthesize(text):
+                yield chunk
+        else:  # the fallback's voice, at the rate we declared
+            pcm = b"".join([chunk async for chunk in provider.synthesize(text)])
+            yield resample(pcm, provider.sample_rate, self.sample_rate)
 
     async def aclose(self) -> None:
         await _aclose(self.primary, self.fallback)
@@ -154,28 +166,16 @@ class FallbackSTT:
                     yield resampler.process(chunk)
             yield resampler.flush()
 
-        last: BaseException | None = None
-        first = True
-        for provider, is_retry in _attempts(self.primary, self.fallback):
-            if not _should_try(last, provider, self.primary, is_retry):
-                continue
-            attempt = live() if first else replay(provider.sample_rate)
-            first = False
-            final_seen = False
-            try:
-                async for result in provider.transcribe(attempt):
-                    final_seen = final_seen or result.is_final
-                    yield result
-                return
-            except FAILURES as exc:
-                if final_seen:
-                    raise
-                log.warning("STT %s failed%s: %s", _name(provider), " (retry)" if is_retry else "", exc)
-                last = exc
-            finally:
-                await attempt.aclose()  # type: ignore[attr-defined]
-        assert last is not None
-        raise last
+        attempts = 0
+
+        def attempt(provider: STT) -> AsyncIterator[Transcript]:
+            nonlocal attempts
+            attempts += 1
+            return provider.transcribe(live() if attempts == 1 else replay(provider.sample_rate))
+
+        async for result in _first_that_works("STT", self.primary, self.fallback, attempt,
+                                              committed=lambda result: result.is_final):
+            yield result
 
     async def aclose(self) -> None:
         await _aclose(self.primary, self.fallback)

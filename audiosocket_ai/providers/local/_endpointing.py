@@ -29,6 +29,7 @@ was made (a reset does not rewind the clock), so chunk sizes never change the ev
 
 from __future__ import annotations
 
+import abc
 import collections
 import enum
 import logging
@@ -47,7 +48,7 @@ class _State(enum.Enum):
     SPEECH = enum.auto()
 
 
-class FrameEndpointer:
+class FrameEndpointer(abc.ABC):
     """Base of the local VADs: framing, the stream clock and the start/end state machine.
 
     Subclasses implement :meth:`_is_voiced` for one frame of ``frame_samples`` samples,
@@ -150,7 +151,7 @@ class FrameEndpointer:
         self._silent_frames = 0
         self._reset_classifier()
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (an optional hook: nothing to release by default)
         """Nothing to release by default."""
 
     # --- for subclasses -------------------------------------------------------------------
@@ -160,10 +161,11 @@ class FrameEndpointer:
         """True from the start criterion being met until the utterance ends or is dropped."""
         return self._state is not _State.SILENCE
 
+    @abc.abstractmethod
     def _is_voiced(self, frame: bytes) -> bool:
-        raise NotImplementedError
+        """Whether one frame of ``frame_samples`` samples is speech (the classifier)."""
 
-    def _reset_classifier(self) -> None:
+    def _reset_classifier(self) -> None:  # noqa: B027 (optional: only stateful classifiers override it)
         """Drop any state the frame classifier carries between frames."""
 
     # --- internals ------------------------------------------------------------------------
