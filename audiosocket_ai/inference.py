@@ -1,18 +1,21 @@
-"""Fair scheduling of local model inference across calls.
+"""Fair scheduling of local model inference across calls: earliest deadline first.
 
 Local engines run in worker threads admitted by one shared limiter sized to the cores. A
-plain FIFO limiter lets one call's long answer (many sentences queued back to back) delay
-another caller who is waiting in silence. :class:`PriorityLimiter` admits by urgency
-first, arrival second:
+plain FIFO limiter lets one call's long answer delay another caller who is waiting in
+silence; a two-level "urgent first" limiter starves the *later* sentences of a reply
+(a caller who heard sentence one waits in silence behind every newer caller's first
+sentence). :class:`DeadlineLimiter` admits the job whose audio is needed soonest:
 
-* ``URGENT`` — somebody is waiting in silence for this result: a transcription at the
-  end of a caller's turn, the first sentence of a reply or greeting.
-* ``NORMAL`` — later sentences of a reply, which have the previous sentence's playback
-  time (seconds) to get done.
+* work somebody is waiting for in silence (a transcription at the end of the caller's
+  turn, the first sentence of a reply or greeting) is due *now*;
+* the next sentence of a reply is due when the audio already queued for that call runs
+  out (``now + playout.queued_ms``) — so it is scheduled ahead of a greeting that only
+  started waiting, once its own call is about to fall silent.
 
-The priority travels in a context variable, so provider interfaces stay unchanged: the
-pipeline sets it around a call into a provider, and ``trio.to_thread.run_sync`` asks the
-limiter for a token from inside that same context.
+Among equal deadlines, first come first served. The deadline travels in a context
+variable, so provider interfaces stay unchanged: the pipeline sets it around a call into a
+provider (:func:`due`), and ``trio.to_thread.run_sync`` asks the limiter for a token from
+inside that same context.
 """
 
 from __future__ import annotations
@@ -27,35 +30,52 @@ from collections.abc import Iterator
 import trio
 
 URGENT = 0
+"""Compatibility level for :func:`priority`: due now."""
 NORMAL = 1
+"""Compatibility level for :func:`priority`: due :data:`NORMAL_SLACK` seconds from now."""
+NORMAL_SLACK = 1.0
+"""How far in the future :func:`priority` (NORMAL) places a job with no better estimate."""
 
-inference_priority: contextvars.ContextVar[int] = contextvars.ContextVar("inference_priority", default=NORMAL)
+inference_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("inference_deadline",
+                                                                                   default=None)
+"""trio-clock time by which the result is needed; None: now + NORMAL_SLACK at request time."""
+
+
+@contextlib.contextmanager
+def due(deadline: float) -> Iterator[None]:
+    """Run the enclosed provider calls as needed by ``deadline`` (trio clock)."""
+    token = inference_deadline.set(deadline)
+    try:
+        yield
+    finally:
+        inference_deadline.reset(token)
 
 
 @contextlib.contextmanager
 def priority(level: int) -> Iterator[None]:
-    """Run the enclosed provider calls at ``level`` (URGENT or NORMAL)."""
-    token = inference_priority.set(level)
-    try:
+    """Run the enclosed provider calls as URGENT (due now) or NORMAL (due in a second)."""
+    with due(trio.current_time() + (0.0 if level == URGENT else NORMAL_SLACK)):
         yield
-    finally:
-        inference_priority.reset(token)
 
 
-class PriorityLimiter:
-    """A capacity limiter for ``trio.to_thread.run_sync`` that serves urgent work first.
+class DeadlineLimiter:
+    """A capacity limiter for ``trio.to_thread.run_sync`` that serves the earliest deadline.
 
     Implements the two methods trio's thread helpers use (``acquire_on_behalf_of`` and
-    ``release_on_behalf_of``). Within one priority, first come first served.
+    ``release_on_behalf_of``). Jobs without a deadline in their context are due
+    :data:`NORMAL_SLACK` seconds after they ask.
     """
 
     def __init__(self, total_tokens: int | None = None) -> None:
         self.total_tokens = total_tokens or max(1, os.cpu_count() or 1)
         self._borrowers: set[object] = set()
-        self._waiting: list[list[object]] = []  # heap of [priority, seq, event, borrower, live]
+        self._waiting: list[list[object]] = []  # heap of [deadline, seq, event, borrower, live]
         self._seq = itertools.count()
-        self.granted_urgent = 0
-        self.granted_normal = 0
+        self.granted = 0
+        self.granted_late = 0
+        """Jobs that got their token after their deadline had passed (the engines are saturated)."""
+        self.lateness_total = 0.0
+        """Seconds past their deadlines, summed over :attr:`granted_late` jobs."""
 
     @property
     def borrowed_tokens(self) -> int:
@@ -66,13 +86,15 @@ class PriorityLimiter:
         return sum(1 for entry in self._waiting if entry[4])
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
-        level = inference_priority.get()
+        deadline = inference_deadline.get()
+        if deadline is None:
+            deadline = trio.current_time() + NORMAL_SLACK
         if len(self._borrowers) < self.total_tokens and not self.waiting:
-            self._grant(borrower, level)
+            self._grant(borrower, deadline)
             await trio.lowlevel.checkpoint()
             return
         event = trio.Event()
-        entry: list[object] = [level, next(self._seq), event, borrower, True]
+        entry: list[object] = [deadline, next(self._seq), event, borrower, True]
         heapq.heappush(self._waiting, entry)
         try:
             await event.wait()
@@ -86,14 +108,19 @@ class PriorityLimiter:
     def release_on_behalf_of(self, borrower: object) -> None:
         self._borrowers.discard(borrower)
         while self._waiting and len(self._borrowers) < self.total_tokens:
-            level, _, event, waiter, live = heapq.heappop(self._waiting)
+            deadline, _, event, waiter, live = heapq.heappop(self._waiting)
             if live:
-                self._grant(waiter, level)  # type: ignore[arg-type]
+                self._grant(waiter, deadline)  # type: ignore[arg-type]
                 event.set()  # type: ignore[attr-defined]
 
-    def _grant(self, borrower: object, level: int) -> None:
+    def _grant(self, borrower: object, deadline: float) -> None:
         self._borrowers.add(borrower)
-        if level == URGENT:
-            self.granted_urgent += 1
-        else:
-            self.granted_normal += 1
+        self.granted += 1
+        late = trio.current_time() - deadline
+        if late > 0:
+            self.granted_late += 1
+            self.lateness_total += late
+
+
+PriorityLimiter = DeadlineLimiter
+"""The former name, kept for code written against it."""

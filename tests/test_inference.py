@@ -1,4 +1,4 @@
-"""The shared inference limiter: urgent work first, FIFO within a priority, no leaked tokens."""
+"""The shared inference limiter: earliest deadline first, FIFO among equals, no leaked tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import trio
 import trio.testing
 
-from audiosocket_ai.inference import NORMAL, URGENT, PriorityLimiter, priority
+from audiosocket_ai.inference import NORMAL, URGENT, DeadlineLimiter, PriorityLimiter, due, priority
 
 
 async def test_urgent_work_overtakes_queued_normal_work() -> None:
@@ -72,4 +72,39 @@ async def test_never_more_threads_than_tokens() -> None:
 
             nursery.start_soon(one)
     assert peak == 2
-    assert limiter.granted_urgent == 4 and limiter.granted_normal == 6
+    assert limiter.granted == 10
+
+
+async def test_earliest_deadline_first_lets_a_stalling_reply_overtake_a_new_greeting() -> None:
+    """A reply whose queued audio runs out in 50 ms goes before a greeting asked for later
+    but due in 200 ms, and both go before a sentence due in a second."""
+    limiter = DeadlineLimiter(1)
+    gate = threading.Event()
+    order: list[str] = []
+
+    async def job(name: str, in_s: float) -> None:
+        with due(trio.current_time() + in_s):
+            await trio.to_thread.run_sync(lambda: order.append(name), limiter=limiter)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: trio.to_thread.run_sync(gate.wait, limiter=limiter))
+        await trio.testing.wait_all_tasks_blocked()
+        for name, in_s in (("later sentence", 1.0), ("greeting", 0.2), ("stalling reply", 0.05)):
+            nursery.start_soon(job, name, in_s)
+            await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    assert order == ["stalling reply", "greeting", "later sentence"]
+
+
+async def test_late_grants_are_counted() -> None:
+    limiter = DeadlineLimiter(1)
+    with due(trio.current_time() - 0.5):
+        await trio.to_thread.run_sync(lambda: None, limiter=limiter)
+    with due(trio.current_time() + 5):
+        await trio.to_thread.run_sync(lambda: None, limiter=limiter)
+    assert limiter.granted == 2 and limiter.granted_late == 1
+    assert 0.5 <= limiter.lateness_total < 5
+
+
+def test_old_name_still_works() -> None:
+    assert PriorityLimiter is DeadlineLimiter

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..inference import PriorityLimiter
+from ..inference import DeadlineLimiter
 from ..providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from ..providers.registry import make_llm, make_stt, make_tts, make_vad_factory
 from .assistant import AssistantSettings, VoiceAssistant
@@ -50,7 +50,7 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     started = time.monotonic()
     # One limiter, sized to the cores, shared by the local engines: no more inference
     # threads than cores, and a waiting caller's work goes first (see inference.py).
-    limiter = PriorityLimiter()
+    limiter = DeadlineLimiter()
     local = {"whisper", "local", "piper"}
     stt = make_stt(spec.stt, _with_defaults(spec.stt_options, {"limiter": limiter} if spec.stt in local else {}))
     llm = make_llm(spec.llm, spec.llm_options)
@@ -76,7 +76,7 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     return VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=vad_factory, settings=settings, tools=tools, **hooks)
 
 
-def _fallback(make: Any, primary: str, fallback: str | None, limiter: PriorityLimiter) -> Any:
+def _fallback(make: Any, primary: str, fallback: str | None, limiter: DeadlineLimiter) -> Any:
     if not fallback or fallback.lower() in ("none", "off") or fallback.split(":")[0] == primary.split(":")[0]:
         return None
     local = fallback.split(":")[0] in ("whisper", "piper", "local")
