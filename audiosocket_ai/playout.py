@@ -15,9 +15,10 @@ the caller heard.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -157,6 +158,8 @@ class Playout:
         self._open: set[Playback] = set()
         """Playbacks not yet closed — including one whose first write is still waiting for
         queue space, which has no frame queued yet but must be silenced by a flush too."""
+        self._utterances = 0  # open utterance() blocks
+        self._utterance_playing = False  # ...and one of them has been heard since it opened
         self.closing = False
         self.rate = rate
         self.frame_size = frame_bytes(rate)
@@ -181,6 +184,22 @@ class Playout:
         playback = Playback(self, rate)
         self._open.add(playback)
         return playback
+
+    @contextlib.contextmanager
+    def utterance(self) -> Iterator[None]:
+        """Mark one utterance made of several playbacks (a reply, sentence by sentence).
+
+        Inside the block, once any of its audio has been heard, a tick with nothing queued
+        is an underrun even between two playbacks: the caller hears a gap the agent did
+        not mean. (Outside such a block only a gap inside one open playback counts.)
+        """
+        self._utterances += 1
+        if self._utterances == 1:
+            self._utterance_playing = False
+        try:
+            yield
+        finally:
+            self._utterances -= 1
 
     @property
     def queued_ms(self) -> int:
@@ -217,6 +236,7 @@ class Playout:
                 handle.closed = True
                 handle._check_done()
         self._open.clear()
+        self._utterance_playing = False  # what follows a barge-in is silence on purpose
         self.frames_flushed += dropped
         self._notify_space()
         return dropped * FRAME_MS
@@ -283,12 +303,15 @@ class Playout:
             handle.played_frames += 1
             handle._check_done()
             self.agent_frames_sent += 1
+            if self._utterances:
+                self._utterance_playing = True
             if len(self._frames) < self._max_frames:
                 self._notify_space()
             return encode_audio(self._kind, frame)
         last = self._last_handle
-        if last is not None and not last.closed and last.played_frames:
-            # an utterance is open and has started, but its next audio is not here yet
+        in_open_playback = last is not None and not last.closed and last.played_frames
+        if in_open_playback or (self._utterances and self._utterance_playing):
+            # an utterance has started playing, but its next audio is not here yet
             self.underruns += 1
         self.silence_frames_sent += 1
         return self._silence_message

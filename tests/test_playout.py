@@ -150,6 +150,42 @@ async def test_underrun_counted_when_an_open_utterance_starves(autojump_clock: t
     assert playback.played_ms == 200
 
 
+async def test_gap_between_sentences_of_one_utterance_is_an_underrun(autojump_clock: trio.testing.MockClock) -> None:
+    """Each sentence is its own playback, closed once queued: a late next sentence leaves
+    no playback open, yet the caller hears a gap mid-reply. The utterance block counts it;
+    the silence after the reply, and before it starts, is not counted."""
+    playout, wire = Playout(rate=8000), Wire()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_for, playout, wire, 1.5)
+        await trio.sleep(0.2)  # nothing said yet: not an underrun
+        with playout.utterance():
+            async with playout.open() as first:
+                await first.write(b"\x01\x00" * 800)  # 100 ms
+            await trio.sleep(0.3)  # the next sentence's synthesis is late
+            async with playout.open() as second:
+                await second.write(b"\x01\x00" * 800)
+        await second.wait_played()
+        before_quiet = playout.underruns
+        await trio.sleep(0.5)  # after the reply: silence on purpose
+    assert 9 <= before_quiet <= 11
+    assert playout.underruns == before_quiet
+
+
+async def test_a_flush_ends_the_underrun_count_of_an_interrupted_utterance(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    playout, wire = Playout(rate=8000), Wire()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_for, playout, wire, 1.0)
+        with playout.utterance():
+            async with playout.open() as first:
+                await first.write(b"\x01\x00" * 800)
+            await trio.sleep(0.05)
+            playout.flush()  # barge-in; the turn's cancellation arrives a little later
+            await trio.sleep(0.3)
+    assert playout.underruns == 0
+
+
 async def test_stop_is_honoured_within_one_tick(autojump_clock: trio.testing.MockClock) -> None:
     playout, wire = Playout(rate=8000), Wire()
     stop = False
