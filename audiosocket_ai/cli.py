@@ -165,6 +165,7 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
 def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
     from .pipeline.assistant import AssistantSettings
     from .pipeline.factory import PipelineSpec, build_assistant
+    from .pipeline.speech_cache import SpeechCache
     from .providers.registry import UnknownProviderError
 
     settings = AssistantSettings(
@@ -183,14 +184,22 @@ def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
         if not llm.startswith(("rules", "local")):
             raise click.BadParameter("--faq is for the rules model", param_hint="--faq")
         llm_options["faq_path"] = Path(values["agent.faq"])
+    concurrency = values["providers.max_concurrency"] or values["server.max_calls"]
+
+    def pooled(spec: str, options: dict[str, object]) -> dict[str, object]:
+        if spec.split(":", 1)[0] in ("openai", "openai-compatible"):
+            options.setdefault("max_concurrency", concurrency)
+        return options
+
     spec = PipelineSpec(
         stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
         stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
-        tts_fallback=values["providers.tts_fallback"], llm_options=llm_options,
+        tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
+        stt_options=pooled(values["providers.stt"], {}), tts_options=pooled(values["providers.tts"], {}),
         vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
     )
     try:
-        assistant = build_assistant(spec)
+        assistant = build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
     except UnknownProviderError as exc:
         raise click.BadParameter(str(exc)) from exc
     except Exception as exc:
@@ -239,8 +248,11 @@ def _path(value: str | None) -> Path | None:
 
 def _prepare_admission(assistant: Any, server_config: ServerConfig, values: dict[str, Any]) -> None:
     """Busy prompt and capacity estimate, both computed once before serving."""
+    from .pipeline.assistant import VoiceAssistant
     from .pipeline.factory import estimate_capacity, render_prompt
 
+    if isinstance(assistant, VoiceAssistant):
+        trio.run(assistant.prepare)
     if values["server.busy"] == "prompt":
         server_config.busy_audio = trio.run(render_prompt, assistant.tts, values["server.busy_text"])
     if values["server.estimate_capacity"]:

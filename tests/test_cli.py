@@ -229,3 +229,20 @@ def test_json_logs_name_the_call_on_every_line(tmp_path: Path) -> None:
         marker for e in call_lines for marker in ("call started from", "dtmf digit=7", "call ended reason=")
         if marker in e["msg"]}
     assert all({"ts", "level", "logger", "call", "msg"} <= e.keys() for e in entries)
+
+
+def test_provider_pool_size_and_speech_cache_come_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI-compatible providers get one pool sized to max_calls unless configured, so a
+    call never waits for a connection behind the others; the speech cache gets its budget."""
+    from audiosocket_ai import cli, config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    values = config.load(env={}, overrides={"providers.stt": "openai", "providers.llm": "openai",
+                                            "server.max_calls": 75, "providers.speech_cache_mb": 5})
+    assistant = cli._assistant_factory(values)()
+    assert assistant.stt.primary.max_concurrency == 75
+    assert assistant.llm.primary.max_concurrency == 75
+    assert assistant.speech_cache.max_bytes == 5 * 1024 * 1024
+    values = config.load(env={"AUDIOSOCKET_AI_PROVIDERS_MAX_CONCURRENCY": "9"},
+                         overrides={"providers.llm": "openai"})
+    assert cli._assistant_factory(values)().llm.primary.max_concurrency == 9

@@ -27,21 +27,23 @@ import trio
 
 from ..audio import Resampler
 from ..call import Call
-from ..inference import NORMAL, URGENT, priority
+from ..inference import URGENT, due, priority
 from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, ToolCall, Transcript, VADFactory
 from ..metrics import Metrics
 from ..playout import Playback
 from ..recording import StereoRecorder, TranscriptWriter
 from .capture import UtteranceCapture
 from .sentences import SentenceSplitter
+from .speech_cache import SpeechCache
 from .tools import HANG_UP, TRANSFER, Tool, tool_specs
 
 log = logging.getLogger(__name__)
 
 BargeIn = Literal["on", "off", "dtmf"]
 
-PROMPT_CACHE_SIZE = 64
-"""Fixed lines kept synthesized (they are few: greeting, re-prompt, goodbyes, apology)."""
+SYNTHESIS_MARGIN_S = 0.3
+"""A sentence's synthesis is due this long before the call's queued audio runs out (it
+takes ~0.1-0.3 s of a core itself)."""
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise phone assistant. Speak in short sentences suited to a phone "
@@ -141,12 +143,14 @@ class VoiceAssistant:
         tools: user functions the model may call, besides ``hang_up`` and ``transfer``.
         on_turn: called with each reply's :class:`TurnTimings` (metrics, benchmarks).
         on_barge_in: called with (call, trio time, ms of speech cut) at each barge-in.
+        speech_cache: where synthesized sentences are shared (default: a 32 MiB one).
     """
 
     def __init__(self, *, stt: STT, llm: LLM, tts: TTS, vad_factory: VADFactory,
                  settings: AssistantSettings | None = None, tools: Sequence[Tool] = (),
                  on_turn: Callable[[TurnTimings], None] | None = None,
-                 on_barge_in: Callable[[Call, float, int], None] | None = None) -> None:
+                 on_barge_in: Callable[[Call, float, int], None] | None = None,
+                 speech_cache: SpeechCache | None = None) -> None:
         self.stt = stt
         self.llm = llm
         self.tts = tts
@@ -157,8 +161,8 @@ class VoiceAssistant:
         self.on_barge_in = on_barge_in
         self.metrics: Metrics | None = None
         """Set by the server to count provider errors."""
-        self.prompt_cache: dict[str, list[bytes]] = {}
-        """Synthesized fixed lines (greeting, re-prompt, goodbye...), shared by all calls."""
+        self.speech_cache = speech_cache if speech_cache is not None else SpeechCache()
+        """Synthesized sentences shared by all calls (fixed lines pinned)."""
 
     def count_error(self, stage: str) -> None:
         if self.metrics is not None:
@@ -166,6 +170,27 @@ class VoiceAssistant:
 
     async def __call__(self, call: Call) -> None:
         await _Session(self, call).run()
+
+    def fixed_lines(self) -> list[str]:
+        """What this assistant may say verbatim (greeting, re-prompt, goodbyes, apology)."""
+        s = self.settings
+        lines = [s.greeting, s.reprompt_text, s.goodbye_text, s.transfer_text, s.apology_text, s.shutdown_goodbye]
+        return [line for line in dict.fromkeys(lines) if line]
+
+    async def prepare(self) -> None:
+        """Synthesize the fixed lines into the speech cache, so no call waits for them.
+
+        A line that fails to synthesize is logged and left to be synthesized when needed.
+        """
+        for line in self.fixed_lines():
+
+            async def make(line: str = line) -> list[bytes]:
+                return [chunk async for chunk in self.tts.synthesize(line)]
+
+            try:
+                await self.speech_cache.fetch(line, make, pin=True)
+            except Exception as exc:
+                log.warning("could not pre-synthesize %r: %s", line, exc)
 
     async def aclose(self) -> None:
         """Close the providers' connections (HTTP pools, sockets) at shutdown."""
@@ -493,54 +518,59 @@ class _Session:
 
         The hand-over channel holds nothing: sentence k+1 is synthesized while sentence k
         is being queued, not several sentences ahead, so a barge-in wastes little work and
-        the shared engines serve whoever needs audio soonest. Fixed lines (``cache``) are
-        synthesized once per process and reused by every call.
+        the shared engines serve whoever needs audio soonest. Each synthesis is due when
+        this call would otherwise fall silent (now for the first sentence, the end of the
+        audio already handed over for the next), which is how the shared limiter orders
+        the work of all calls. Sentences come from the process-wide speech cache when
+        another call already said them; fixed lines (``cache``) are pinned there.
         """
         audio_send, audio_recv = trio.open_memory_channel[tuple[str, list[bytes]]](0)
+        rate = self.a.tts.sample_rate
+        speech_cache = self.a.speech_cache
+        playout = self.call.playout
 
         async def synthesize() -> None:
-            first = True
+            audio_ends = trio.current_time()  # when the audio handed over so far runs out
             async with audio_send:
                 async for sentence in sentences:
-                    chunks: list[bytes] = []
-                    cached = self.a.prompt_cache.get(sentence) if cache else None
-                    if cached is not None:
-                        if timings.tts_first is None:
-                            timings.tts_first = trio.current_time()
-                        await audio_send.send((sentence, cached))
-                        continue
+
+                    async def make(sentence: str = sentence, deadline: float = audio_ends) -> list[bytes]:
+                        with due(deadline):
+                            return [chunk async for chunk in self.a.tts.synthesize(sentence)]
+
                     try:
-                        # the first sentence has a caller waiting in silence; later ones
-                        # have the previous sentence's playback time in hand
-                        with priority(URGENT if first else NORMAL):
-                            first = False
-                            async for chunk in self.a.tts.synthesize(sentence):
-                                if timings.tts_first is None:
-                                    timings.tts_first = trio.current_time()
-                                chunks.append(chunk)
+                        chunks, _ = await speech_cache.fetch(sentence, make, pin=cache)
                     except Exception as exc:
                         log.error("speech synthesis failed for %r: %s", sentence, exc)
                         self.a.count_error("tts")
                         continue
-                    if cache and len(self.a.prompt_cache) < PROMPT_CACHE_SIZE:
-                        self.a.prompt_cache[sentence] = chunks
+                    if not chunks:
+                        continue
+                    if timings.tts_first is None:
+                        timings.tts_first = trio.current_time()
                     await audio_send.send((sentence, chunks))
+                    now = trio.current_time()
+                    duration = sum(len(c) for c in chunks) / (2 * rate)
+                    # the next sentence is needed when this one (queued after what is
+                    # already waiting) has played out
+                    audio_ends = max(now, now + playout.queued_ms / 1000 + duration - SYNTHESIS_MARGIN_S)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(synthesize)
-            async for sentence, chunks in audio_recv:
-                playback = self.call.playback(self.a.tts.sample_rate)
-                self.spoken.append(_Spoken(sentence, playback))
-                try:
-                    async with playback:
-                        for chunk in chunks:
-                            await playback.write(chunk)
-                except trio.ClosedResourceError:
-                    # flushed by a barge-in; the turn's cancellation is on its way
-                    nursery.cancel_scope.cancel()
-                    return
-                if timings.first_audio is None:
-                    nursery.start_soon(_note_first_audio, playback, timings)
+        with playout.utterance():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(synthesize)
+                async for sentence, chunks in audio_recv:
+                    playback = self.call.playback(rate)
+                    self.spoken.append(_Spoken(sentence, playback))
+                    if timings.first_audio is None:
+                        nursery.start_soon(_note_first_audio, playback, timings)
+                    try:
+                        async with playback:
+                            for chunk in chunks:
+                                await playback.write(chunk)
+                    except trio.ClosedResourceError:
+                        # flushed by a barge-in; the turn's cancellation is on its way
+                        nursery.cancel_scope.cancel()
+                        return
 
     async def _hang_up(self, *, wait_for: Sequence[_Spoken]) -> None:
         for spoken in wait_for:
