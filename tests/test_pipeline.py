@@ -213,3 +213,35 @@ async def test_fixed_lines_are_synthesized_once_for_all_calls() -> None:
             async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)
     assert tts.texts == ["Welcome to the test line."], "one synthesis, three greetings heard"
+
+
+async def test_calls_share_syntheses_of_the_same_sentence() -> None:
+    """Two callers asking at once get one synthesis of the shared reply sentence (the second
+    waits for the first's), and the greeting pre-synthesized at start-up costs no call
+    anything; a sentence only one call says is synthesized for it alone."""
+    llm = ScriptedLLM([["We open at nine. Ask for Ann."], ["We open at nine. Ask for Bob."]])
+    tts = ToneTTS(ms_per_char=10, delay=0.2)
+    agent, seen = make(llm, ScriptedSTT(["when do you open", "when do you open"]), tts, greeting="Hello there.")
+    await agent.prepare()
+    assert tts.texts.count("Hello there.") == 1
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as one, \
+                asa.FakeAsterisk.connect("127.0.0.1", port) as two:
+            done = lambda: len(seen["turns"]) == 2 and not agent_busy(server)  # noqa: E731
+            outcome: list[bool] = []
+
+            async def caller(pbx: asa.FakeAsterisk) -> None:
+                await pbx.send_silence(1000)  # the greeting plays
+                await pbx.send_audio(speech(400))
+                outcome.append(await keep_line_open(pbx, done, timeout=10))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller, one)
+                nursery.start_soon(caller, two)
+            assert outcome == [True, True]
+            for pbx in (one, two):
+                assert audible(pbx) * 20 >= 10 * (len("Hello there.") + len("We open at nine.") + 12) * 0.8
+    assert tts.texts.count("Hello there.") == 1, "the greeting was pre-synthesized once"
+    assert tts.texts.count("We open at nine.") == 1
+    assert sorted(t for t in tts.texts if t.startswith("Ask")) == ["Ask for Ann.", "Ask for Bob."]
+    assert agent.speech_cache.joined >= 1 and agent.speech_cache.hits >= 2
