@@ -22,7 +22,14 @@ Three processes besides this one (the orchestrator), all on 127.0.0.1:
   answering ``/v1/audio/transcriptions`` after ``--stt-delay`` and ``/v1/chat/completions``
   as an SSE stream whose first token comes after ``--llm-first-token`` and then one word
   every ``--llm-token-ms`` (a 3-sentence answer to the question, a 2-sentence one to the
-  barge-in); it counts requests in flight per endpoint;
+  barge-in); it counts requests in flight per endpoint. ``--replies same`` (the default):
+  every call gets the same two texts (REPLY, FOLLOW_UP), which a server caching synthesized
+  sentences across calls synthesizes once per run. ``--replies unique``: the honest worst
+  case, different text for every request (:class:`UniqueReplies`: same shape and length,
+  seeded from ``--seed`` and a request counter, no sentence or synthesis piece used twice in
+  a run; the stand-in counts the pieces it sent, cut as the server's ``SentenceSplitter``
+  cuts them, and how many repeated). ``--replies same,unique`` runs the sweep once per mode
+  (one table each; the refusal runs with the first mode);
 * **the callers** (this script, ``--role callers``): one trio process, one task per call
   built on :class:`FakeAsterisk`, one shared ticker that sends every call's 20 ms slin
   frame on an absolute clock (calls spread over 5 phase slots, silence unless the caller
@@ -69,6 +76,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -76,6 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -124,6 +133,185 @@ REPLY = ("We are open from nine to five, Monday to Friday. On Saturdays we open 
          "Is there anything else I can help you with?")
 FOLLOW_UP = "On Sundays we are closed, but you can leave us a message at any time. Anything else?"
 GREETING = "Hello! How can I help you today?"  # AssistantSettings' default, which the CLI keeps
+REPLY_MODES = ("same", "unique")
+
+
+# =========================================================================================
+# reply texts: the same for every call, or different for every request
+# =========================================================================================
+
+
+def speakable_pieces(text: str) -> list[str]:
+    """``text`` cut as the server cuts a streamed answer for synthesis (word by word, as the stand-in streams it).
+
+    Uses the package's own ``SentenceSplitter`` (default settings, as the assistant does), so
+    the pieces are the texts a cache of synthesized sentences would be keyed on.
+    """
+    try:
+        from audiosocket_ai.pipeline.sentences import SentenceSplitter
+    except ImportError:  # pragma: no cover - a package without it: sentences, first clause apart
+        first, _, rest = text.partition(", ")
+        parts = [first + ","] if rest else []
+        return parts + [p.strip() for p in re.findall(r"[^.!?]+[.!?]", rest or text)]
+    splitter = SentenceSplitter()
+    out: list[str] = []
+    for word in re.findall(r"\S+\s*", text):
+        out += splitter.push(word)
+    return out + splitter.flush()
+
+
+def phrases(text: str) -> set[str]:
+    """The units of ``text`` a sentence cache could reuse: its synthesis pieces and its sentences."""
+    sentences = [s.strip() for s in re.findall(r"[^.!?]+[.!?]", text)]
+    return {p for p in (*speakable_pieces(text), *sentences) if p}
+
+
+HOURS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+MINUTES = ("fifteen", "thirty", "forty-five")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+NAMES = ("Anna", "Ben", "Clara", "David", "Elena", "Frank", "Grace", "Hugo", "Iris", "James", "Karen", "Leo",
+         "Maria", "Nora", "Oscar", "Paula", "Quentin", "Rosa", "Sam", "Tara", "Victor", "Wendy", "Yusuf", "Zoe")
+BRANCHES = ("Oakwood", "Riverside", "Northgate", "Hillcrest", "Bayview", "Kingsway", "Westfield", "Elmwood",
+            "Lakeside", "Redbridge")
+WEEKEND = ("Saturdays", "Saturday mornings", "bank holidays", "school holidays", "the weekend", "weekends",
+           "holidays", "Saturday")
+CLOSED_DAYS = ("On Sundays", "On Sunday mornings", "On bank holidays", "On public holidays", "Every Sunday",
+               *(f"On Sundays in {m}" for m in MONTHS))
+
+
+class UniqueReplies:
+    """A different answer for every request: the shape of REPLY / FOLLOW_UP, new words each time.
+
+    A reply is three sentences of 25-30 words whose first clause (the first piece the server
+    synthesizes) is within 5 characters of REPLY's "We are open from nine to five,"; an answer
+    to a barge-in is two sentences of 15-19 words shaped like FOLLOW_UP. Templates with
+    randomized days, hours, names, branches and numbers spelled as words, and varied wording.
+    Request ``k`` (counted from the last :meth:`reset`) draws from ``Random(f"{seed}:{k}")``
+    and redraws any part whose text was already used since the reset, so no two requests
+    share a sentence or a synthesis piece.
+    """
+
+    def __init__(self, seed: int | str) -> None:
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.counter = 0
+        self.redraws = 0
+        self.strict = True
+        self.seen: set[str] = phrases(GREETING)
+
+    def next(self, kind: str) -> str:
+        """The text for the next request: ``kind`` is "reply" or "follow_up"."""
+        self.counter += 1
+        rng = random.Random(f"{self.seed}:{self.counter}")
+        make = self._reply if kind == "reply" else self._follow_up
+        text = ""
+        for attempt in range(200):
+            self.strict = attempt < 100  # then give up on new text: the stand-in counts the repeats
+            text = make(rng)
+            if text and not (self.strict and phrases(text) & self.seen):
+                break
+            self.redraws += 1
+        text = text or (REPLY if kind == "reply" else FOLLOW_UP)
+        self.seen |= phrases(text)
+        return text
+
+    def _draw(self, rng: random.Random, make: Any, ok: Any = None, tries: int = 200) -> str | None:
+        """``make(rng)`` until the result is new text (and ``ok``); None if it never is."""
+        for _ in range(tries):
+            text = make(rng)
+            if (text not in self.seen or not self.strict) and (ok is None or ok(text)):
+                return str(text)
+            self.redraws += 1
+        return None
+
+    @staticmethod
+    def _time(rng: random.Random, hours: tuple[str, ...]) -> str:
+        hour = rng.choice(hours)
+        return f"{hour} {rng.choice(MINUTES)}" if hour != "noon" and rng.random() < 0.3 else hour
+
+    @staticmethod
+    def _fits(text: str, like: str, words: tuple[int, int]) -> bool:
+        return words[0] <= len(text.split()) <= words[1] and 0.95 * len(like) <= len(text) <= 1.06 * len(like)
+
+    def _reply(self, rng: random.Random) -> str:
+        c, t = rng.choice, self._time
+        first_len = len(speakable_pieces(REPLY)[0])
+
+        def opening(r: random.Random) -> str:
+            a, b = t(r, HOURS[5:11]), t(r, HOURS[2:8])  # six to eleven; three to eight
+            return c((f"We are open from {a} to {b},", f"We open from {a} to {b},", f"Our doors open from {a} to {b},",
+                      f"The office is open {a} to {b},", f"You can reach us from {a} to {b},",
+                      f"We are here from {a} to {b},", f"{c(BRANCHES)} is open from {a} to {b},",
+                      f"Our hours are {a} to {b},", f"The desk is staffed {a} to {b},"))
+
+        def days(r: random.Random) -> str:
+            d1 = r.randrange(0, 5)
+            return f"{DAYS[d1]} to {DAYS[r.randrange(d1 + 2, 7)]}" + c((
+                "", "", " this week", " this month", " all year", f" in {c(MONTHS)}", f" until {c(MONTHS)}")) + "."
+
+        def weekend(r: random.Random) -> str:
+            a, b, w = t(r, HOURS[7:11]), t(r, ("noon", *HOURS[0:4])), c(WEEKEND)
+            return c((f"On {w} we open from {a} until {b}.", f"On {w} the doors open from {a} until {b}.",
+                      f"On {w} you can visit from {a} to {b}.", f"Our hours on {w} run from {a} until {b}.",
+                      f"On {w} it is {a} until {b}.", f"On {w} we are in from {a} to {b}."))
+
+        def closing(r: random.Random) -> str:
+            tail = c(("", " today", " this morning", " this afternoon", f", {c(NAMES)}",
+                      f" at {c(BRANCHES)}", f" about {c(BRANCHES)}"))
+            return c((f"Is there anything else I can help you with{tail}?", f"Can I help you with anything else{tail}?",
+                      f"Is there anything else you would like to know{tail}?", f"What else can I do for you{tail}?",
+                      f"Do you have any other questions{tail}?", f"Anything else I can help with{tail}?"))
+
+        first = self._draw(rng, opening, lambda s: abs(len(s) - first_len) <= 5)
+        second = None if first is None else self._draw(rng, days)
+        # leave 6-11 words for the closing question
+        third = None if second is None else self._draw(
+            rng, weekend, lambda s: 15 <= len(f"{first} {second} {s}".split()) <= 23)
+        if third is None:
+            return ""
+        head = f"{first} {second} {third}"
+        last = self._draw(rng, closing, lambda s: self._fits(f"{head} {s}", REPLY, (25, 30)), tries=60)
+        return "" if last is None else f"{head} {last}"
+
+    def _follow_up(self, rng: random.Random) -> str:
+        c, t = rng.choice, self._time
+        first_len = len(speakable_pieces(FOLLOW_UP)[0])
+
+        def opening(r: random.Random) -> str:
+            at, name, branch = c(("noon", *HOURS[:5])), c(NAMES), c(BRANCHES)
+            return c((f"{c(CLOSED_DAYS)} {c(('we are closed', 'we stay closed', 'we do not open'))},",
+                      f"On Sundays we close at {at},", f"Sundays we shut at {at},", f"We close on Sundays at {at},",
+                      f"{branch} is closed on Sundays,", f"On Sundays {branch} is shut,", f"{name} is off on Sundays,",
+                      f"{name} is away on Sundays,", f"{name} takes Sundays off,", f"On Sundays {name} is away,",
+                      f"In {c(MONTHS)} we close Sundays,", f"On Sundays in {c(MONTHS)} we close,"))
+
+        def rest(r: random.Random) -> str:
+            extension = " ".join(c(HOURS[:9]) for _ in range(3))
+            how = c(("leave us a message", "send us an email", "call again on Monday", "book a visit online",
+                     f"write to {c(NAMES)}", f"leave a message for {c(NAMES)}", f"dial extension {extension}"))
+            when = c(("at any time", f"before {t(r, HOURS[7:11])}", f"after {t(r, HOURS[2:8])}",
+                      "and we will call back", "during the week", f"on {c(DAYS[:5])}", "anytime"))
+            return f"but you can {how} {when}."
+
+        def close(r: random.Random) -> str:
+            return c(("Anything else?", f"Anything else, {c(NAMES)}?", "Anything else I can do?",
+                      "Can I help with anything else?", f"Is that all, {c(NAMES)}?", "Something else today?",
+                      f"Anything else today, {c(NAMES)}?", f"Anything more for {c(BRANCHES)}?",
+                      f"Is there more, {c(NAMES)}?"))
+
+        first = self._draw(rng, opening, lambda s: abs(len(s) - first_len) <= 5)
+        if first is None:
+            return ""
+        second = self._draw(rng, rest, lambda s: len(f"{first} {s}".split()) <= 17)
+        if second is None:
+            return ""
+        head = f"{first} {second}"
+        last = self._draw(rng, close, lambda s: self._fits(f"{head} {s}", FOLLOW_UP, (15, 19)), tries=60)
+        return "" if last is None else f"{head} {last}"
 
 
 # =========================================================================================
@@ -132,22 +320,45 @@ GREETING = "Hello! How can I help you today?"  # AssistantSettings' default, whi
 
 
 class StandIn:
-    def __init__(self, stt_delay: float, llm_first: float, token_ms: float) -> None:
+    def __init__(self, stt_delay: float, llm_first: float, token_ms: float, replies: str = "same",
+                 seed: int = 0) -> None:
         self.stt_delay = stt_delay
         self.llm_first = llm_first
         self.token_s = token_ms / 1000
-        self.reset()
+        self.reset(replies, seed)
 
-    def reset(self) -> None:
+    def reset(self, replies: str | None = None, seed: int | None = None) -> None:
+        """New counters; ``replies`` ("same" or "unique") and ``seed`` change the answers' text."""
+        if replies is not None:
+            if replies not in REPLY_MODES:
+                raise ValueError(f"replies must be one of {REPLY_MODES}, not {replies!r}")
+            self.replies = replies
+        if seed is not None:
+            self.seed = seed
+        self.unique = UniqueReplies(self.seed)
+        self.sentences: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.max_in_flight: collections.Counter[str] = collections.Counter()
         self.cancelled = 0
         self.connections = 0
 
+    def answer(self, first: bool) -> str:
+        """The chat answer: to the question (``first``) or to a barge-in; counts its pieces."""
+        kind = "reply" if first else "follow_up"
+        if self.replies == "unique":
+            text = self.unique.next(kind)
+        else:
+            text = REPLY if first else FOLLOW_UP
+        self.sentences.update(speakable_pieces(text))
+        return text
+
     def stats(self) -> dict[str, Any]:
+        sent = sum(self.sentences.values())
         return {"requests": dict(self.requests), "max_in_flight": dict(self.max_in_flight),
-                "streams_cut": self.cancelled, "connections": self.connections}
+                "streams_cut": self.cancelled, "connections": self.connections, "replies": self.replies,
+                "sentences": {"sent": sent, "distinct": len(self.sentences), "repeated": sent - len(self.sentences),
+                              "redraws": self.unique.redraws}}
 
     async def handle(self, stream: trio.SocketStream) -> None:
         import h11
@@ -159,14 +370,14 @@ class StandIn:
                 request, body = await self._read(conn, stream)
                 if request is None:
                     return
-                path = request.target.decode().split("?", 1)[0]
+                path, _, query = request.target.decode().partition("?")
                 kind = ("stt" if path.endswith("/audio/transcriptions") else
                         "llm" if path.endswith("/chat/completions") else path)
                 self.requests[kind] += 1
                 self.in_flight[kind] += 1
                 self.max_in_flight[kind] = max(self.max_in_flight[kind], self.in_flight[kind])
                 try:
-                    await self._route(conn, stream, kind, body)
+                    await self._route(conn, stream, kind, body, query)
                 finally:
                     self.in_flight[kind] -= 1
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -208,7 +419,7 @@ class StandIn:
             ("content-type", "application/json"), ("content-length", str(len(body)))]),
             h11.Data(data=body), h11.EndOfMessage())
 
-    async def _route(self, conn: Any, stream: trio.SocketStream, kind: str, body: bytes) -> None:
+    async def _route(self, conn: Any, stream: trio.SocketStream, kind: str, body: bytes, query: str = "") -> None:
         import h11
 
         if kind == "stt":
@@ -217,7 +428,7 @@ class StandIn:
         elif kind == "llm":
             request = json.loads(body)
             users = sum(1 for m in request.get("messages", []) if m.get("role") == "user")
-            text = REPLY if users <= 1 else FOLLOW_UP
+            text = self.answer(users <= 1)
             words = re.findall(r"\S+\s*", text)
             await trio.sleep(self.llm_first)
             await self._send(conn, stream, h11.Response(status_code=200, headers=[
@@ -241,8 +452,13 @@ class StandIn:
         elif kind == "/stats":
             await self._json(conn, stream, self.stats())
         elif kind == "/reset":
-            self.reset()
-            await self._json(conn, stream, {"ok": True})
+            params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+            try:
+                self.reset(params.get("replies"), int(params["seed"]) if "seed" in params else None)
+            except ValueError as exc:
+                await self._json(conn, stream, {"error": {"message": str(exc)}}, status=400)
+                return
+            await self._json(conn, stream, {"ok": True, "replies": self.replies, "seed": self.seed})
         else:
             await self._json(conn, stream, {"error": {"message": f"no route {kind}"}}, status=404)
 
@@ -472,7 +688,7 @@ async def callers_main(cfg: dict[str, Any]) -> None:
         return [{**item, "pcm": (speech_dir / item["file"]).read_bytes()} for item in items]
 
     questions, barges = load(meta["questions"]), load(meta["barge_ins"])
-    cfg["reply_frames"] = meta["reference"]["reply"]["frames"]
+    cfg["reply_frames"] = agent_lines(meta["reference"], cfg.get("replies", "same"))["reply"]["frames"]
     results: list[dict[str, Any]] = []
     lag: list[float] = []
     ticker = Ticker()
@@ -890,8 +1106,24 @@ def speech_bounds(pcm: bytes, window: int = 80) -> tuple[int, int]:
     return int(voiced[0]) * window, int(voiced[-1] + 1) * window
 
 
-def render_speech(directory: Path) -> dict[str, Any]:
-    """Caller phrases in Piper's voice at 8 kHz, and the reference rendering of the agent's lines."""
+def agent_lines(reference: dict[str, Any], replies: str) -> dict[str, Any]:
+    """The reference renderings of the reply and of the answer to a barge-in in a reply mode."""
+    if replies == "unique" and "unique" in reference:
+        return dict(reference["unique"])
+    return {"reply": reference["reply"], "follow_up": reference["follow_up"]}
+
+
+UNIQUE_SAMPLES = 5
+"""Replies (and answers to a barge-in) of ``--replies unique`` rendered for the reference."""
+
+
+def render_speech(directory: Path, modes: tuple[str, ...] = ("same",), seed: int = 0) -> dict[str, Any]:
+    """Caller phrases in Piper's voice at 8 kHz, and the reference rendering of the agent's lines.
+
+    The fixed lines are rendered three times each (Piper is not deterministic); for
+    ``--replies unique``, :data:`UNIQUE_SAMPLES` texts of the generator (seeded apart from
+    the runs' texts) once each.
+    """
     from audiosocket_ai.audio import Resampler, resample
     from audiosocket_ai.providers.local.piper_tts import PiperTTS
 
@@ -911,9 +1143,17 @@ def render_speech(directory: Path) -> dict[str, Any]:
     # MQ resampling to the call rate), for the natural pauses between audible frames; Piper
     # is not deterministic (noise in the model), so three renderings of each
     synth_s = audio_s = 0.0
-    for name, text in (("greeting", GREETING), ("reply", REPLY), ("follow_up", FOLLOW_UP)):
+    lines: list[tuple[dict[str, Any], str, list[str]]] = [
+        (meta["reference"], "greeting", [GREETING] * 3), (meta["reference"], "reply", [REPLY] * 3),
+        (meta["reference"], "follow_up", [FOLLOW_UP] * 3)]
+    if "unique" in modes:
+        samples = UniqueReplies(f"reference:{seed}")
+        meta["reference"]["unique"] = {}
+        for name in ("reply", "follow_up"):
+            lines.append((meta["reference"]["unique"], name, [samples.next(name) for _ in range(UNIQUE_SAMPLES)]))
+    for where, name, texts in lines:
         gaps, counts, lengths = [], [], []
-        for _ in range(3):
+        for text in texts:
             frames = b""
             pieces = [text] if name == "greeting" else re.findall(r"[^.!?]+[.!?]", text)
             for piece in pieces:
@@ -931,8 +1171,11 @@ def render_speech(directory: Path) -> dict[str, Any]:
             gaps.append(int((np.diff(idx) - 1).max()) * 20 if len(idx) > 1 else 0)
             counts.append(len(idx))
             lengths.append(len(a))
-        meta["reference"][name] = {"audible_frames": min(counts), "frames": min(lengths),
-                                   "audible_gap_ms": max(gaps), "audible_gap_ms_min": min(gaps)}
+        where[name] = {"audible_frames": min(counts), "frames": min(lengths), "frames_max": max(lengths),
+                       "frames_mean": sum(lengths) / len(lengths), "audible_gap_ms": max(gaps),
+                       "audible_gap_ms_min": min(gaps), "renderings": len(texts)}
+        if len(set(texts)) > 1:
+            where[name]["texts"] = texts
     meta["reference"]["tts_rtf"] = synth_s / audio_s
     meta["reference"]["load"] = loadavg()
     (directory / "speech.json").write_text(json.dumps(meta))
@@ -943,21 +1186,24 @@ def render_speech(directory: Path) -> dict[str, Any]:
 
 
 def run_n(args: argparse.Namespace, n: int, max_calls: int, standin_port: int, speech_dir: Path, tmp: Path,
-          standin: subprocess.Popen[bytes]) -> dict[str, Any]:
-    tag = f"n{n}-max{max_calls}"
+          standin: subprocess.Popen[bytes], replies: str = "same") -> dict[str, Any]:
+    tag = f"n{n}-max{max_calls}-{replies}"
     log_path = tmp / f"server-{tag}.log"
     rounds = max(1, math.ceil(args.min_samples / n)) if n < args.min_samples else 1
-    print(f"[{tag}] starting the server (max {max_calls} calls); load {loadavg()}", file=sys.stderr)
+    print(f"[{tag}] starting the server (max {max_calls} calls, replies: {replies}); load {loadavg()}",
+          file=sys.stderr)
     server, port, metrics_port = start_server(args, standin_port, max_calls, log_path)
     try:
         idle_rss = rss_mb(server.pid)
-        http_get(f"http://127.0.0.1:{standin_port}/reset")
+        status, body = http_get(f"http://127.0.0.1:{standin_port}/reset?replies={replies}&seed={args.seed}")
+        if status != 200 or json.loads(body).get("replies") != replies:
+            raise SystemExit(f"the stand-in did not take replies={replies}: {status} {body!r}")
         out_path = tmp / f"callers-{tag}.json"
         # a refusal run keeps the arrival rate of an N = max_calls run: the first max_calls calls
         # arrive as in that run, the rest while they are in progress
         stagger = args.stagger * (n / max_calls if max_calls < n else 1.0) if n > 1 else 0.0
         cfg = {"port": port, "calls": n, "rounds": rounds, "stagger": stagger,
-               "seed": args.seed, "barge_share": args.barge_share, "speech_dir": str(speech_dir),
+               "seed": args.seed, "replies": replies, "barge_share": args.barge_share, "speech_dir": str(speech_dir),
                "out": str(out_path), "deadline": args.deadline, "reply_quiet": args.reply_quiet,
                "dump": str(args.dump / tag) if args.dump else None}
         cfg_path = tmp / f"callers-{tag}.cfg.json"
@@ -995,7 +1241,8 @@ def run_n(args: argparse.Namespace, n: int, max_calls: int, standin_port: int, s
     finally:
         stop_process(server)
     log = parse_log(log_path)
-    res = {"n": n, "max_calls": max_calls, "rounds": rounds, "wall_s": wall, "load_before": load_before,
+    res = {"n": n, "max_calls": max_calls, "replies": replies, "rounds": rounds, "wall_s": wall,
+           "load_before": load_before,
            "load_after": loadavg(), "idle_rss_mb": idle_rss, "rss_hwm_mb": hwm, "cpu": sampler.summary(),
            "metrics": {k: v for k, v in m.items() if not k.startswith(("python_", "process_"))},
            "standin": standin_stats, "server_log": log, **result}
@@ -1020,6 +1267,7 @@ def pct(values: list[float], q: float) -> float:
 
 def summarize(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     calls = res["calls"]
+    replies = res.get("replies", "same")  # runs saved before --replies existed: the fixed texts
     admitted = [c for c in calls if not c.get("refused") and "greeting_first_ms" in c]
     refused = [c for c in calls if c.get("refused")]
     errors = collections.Counter(c["error"] for c in calls if c.get("error"))
@@ -1041,7 +1289,7 @@ def summarize(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         split[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "n": len(vals)}
     cpu = res["cpu"]
     return {
-        "n": res["n"], "max_calls": res["max_calls"], "rounds": res["rounds"], "calls": len(calls),
+        "n": res["n"], "max_calls": res["max_calls"], "replies": replies, "rounds": res["rounds"], "calls": len(calls),
         "admitted": len(admitted), "refused": len(refused), "errors": dict(errors),
         "refused_busy_prompt": sum(1 for c in refused if c.get("busy_prompt_audible_ms", 0) > 500),
         "refused_after_ms": percentiles([c["refused_after_ms"] for c in refused if "refused_after_ms" in c]),
@@ -1059,7 +1307,7 @@ def summarize(res: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
                         "over_60": sum(1 for z in zero_runs if z > TARGET_SILENCE_MS), "n": len(zero_runs)},
         "arrival_gap_ms": {"p99": pct(arrival, 99), "max": max(arrival, default=0.0)},
         "audible_gap_ms": {"p50": pct(audible_gaps, 50), "max": max(audible_gaps, default=0),
-                           "reference": reference["reply"]["audible_gap_ms"]},
+                           "reference": agent_lines(reference, replies)["reply"]["audible_gap_ms"]},
         "short_replies": len(short), "complete_replies": len(complete),
         "underruns": metric(m, "audiosocket_underrun_ticks_total"),
         "late_ticks": metric(m, "audiosocket_late_ticks_total"),
@@ -1090,6 +1338,7 @@ def fmt_summary(s: dict[str, Any]) -> str:
             f"greeting p50/p99 {f0(s['greeting_ms']['p50'])}/{f0(s['greeting_ms']['p99'])} ms; "
             f"reply p50/p99 {f0(s['reply_ms']['p50'])}/{f0(s['reply_ms']['p99'])} ms; "
             f"inserted silence max {f0(s['zero_run_ms']['max'])} ms; underruns {f0(s['underruns'])}; "
+            f"reply pieces sent {sentences_note(s)}; "
             f"late ticks {f0(s['late_ticks'])}; server CPU {f2(s['cpu'].get('server_cores'))} "
             f"(peak {f2(s['cpu'].get('server_cores_peak'))}; loop thread {f2(s['cpu'].get('loop_cores'))} / "
             f"{f2(s['cpu'].get('loop_cores_peak'))}) cores, RSS {f0(s['rss_hwm_mb'])} MB; "
@@ -1107,6 +1356,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
                  if info.get("tree") else "Code under test: the working tree as it was at each run. ")
     main_runs = [s for s in summaries if s["max_calls"] >= s["n"]]
     refusal = [s for s in summaries if s["max_calls"] < s["n"]]
+    modes = list(dict.fromkeys(s.get("replies", "same") for s in summaries)) or ["same"]
     lines = [
         f"Measured {info['date']} with `{command_line()}`.",
         "",
@@ -1118,7 +1368,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         f"WebRTC VAD, endpointing {args.endpointing_ms or 400} ms, `taskset -c {args.cores}`), restarted per run. "
         f"Stand-in for STT and LLM in its own process: transcription after {args.stt_delay * 1000:.0f} ms; chat "
         f"first token after {args.llm_first_token * 1000:.0f} ms, then a word every {args.llm_token_ms:g} ms "
-        f"(the reply: \"{REPLY}\"; to a barge-in: \"{FOLLOW_UP}\"). TTS: Piper en_US-joe-medium in the server. "
+        f"({describe_replies(modes, reference, args.seed)}). TTS: Piper en_US-joe-medium in the server. "
         f"Callers: one trio process, FakeAsterisk connections, 8 kHz; calls start evenly over {args.stagger:g} s; "
         f"each waits for the greeting, pauses 0.3–1.2 s, asks a ~2 s question (Piper's voice), and every third "
         f"call barges in 0.8–1.5 s into the reply; the others hear the reply out. Runs with N < "
@@ -1130,20 +1380,24 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         "agent utterance (greeting, reply or answer to a barge-in) — Piper's own pauses are never exact zeros; "
         "**underruns**, **late ticks**: the server's counters (`/metrics`); CPU in cores (1.00 = one core) "
         "averaged over the run, peak over 1 s; **others** = the rest of the machine (other users) during the run.",
-        "",
-        "| N | admitted | greeting p50 / p99 | reply p50 / p99 (max) | inserted silence max (utterances > 60 ms) "
-        "| underruns / late ticks | barge-in stop p50 / max | server CPU avg / peak | server RSS peak | others "
-        "| load 1 min |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in main_runs:
-        lines.append(row(s))
+    for mode in modes:
+        runs = [s for s in main_runs if s.get("replies", "same") == mode]
+        if not runs:
+            continue
+        lines += ["", mode_line(mode, runs), "",
+                  "| N | admitted | greeting p50 / p99 | reply p50 / p99 (max) "
+                  "| inserted silence max (utterances > 60 ms) | underruns / late ticks | barge-in stop p50 / max "
+                  "| server CPU avg / peak | server RSS peak | others | load 1 min |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [row(s) for s in runs]
     if refusal:
         lines += ["", "Beyond capacity: `--max-calls K` below N. The calls arrive at the rate of the N = K run "
                   "(over stagger × N / K s), so the first K are admitted as in that run and the others arrive while "
                   "those are in progress (a few more are admitted where a slot has freed). Refused calls hear the "
                   "busy prompt while fewer than 20 are playing it (`max_busy_prompts`), else get a bare hangup. "
-                  "Latency columns: admitted calls only; compare with the N = K row above.",
+                  "Latency columns: admitted calls only; compare with the N = K row above. Replies: "
+                  + ", ".join(sorted({f"`{s.get('replies', 'same')}`" for s in refusal})) + ".",
                   "",
                   "| N | max-calls | admitted | refused | refused: busy prompt + hangup after p50 (n) "
                   "| refused: bare hangup after p50 (n) "
@@ -1163,13 +1417,16 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
                 f"| {f2(s['cpu'].get('server_cores'))} / {f2(s['cpu'].get('server_cores_peak'))} "
                 f"| {s['load_before'].split()[0]} |")
     lines += ["", "Where the reply latency goes (the server's own `TurnTimings`, p50 / p99, replies to the questions; "
-              "answers to barge-ins are cut by the hang-up before the server logs them), and what else was seen:", "",
-              "| N | endpointing | STT after the endpoint | LLM first token | TTS first audio "
-              "| server: speech end → first frame "
+              "answers to barge-ins are cut by the hang-up before the server logs them), and what else was seen. "
+              "**Pieces sent**: the synthesis pieces (sentences, and a reply's first clause) of all the answers the "
+              "stand-in streamed in the run, cut as the server's `SentenceSplitter` cuts them, and how many "
+              "different texts they were:", "",
+              "| N | replies | pieces sent (distinct) | endpointing | STT after the endpoint | LLM first token "
+              "| TTS first audio | server: speech end → first frame "
               "| answer to barge-in p50 / p99 | stand-in max in flight (STT / LLM) | pacing: ticks > 5 ms late "
               "| server run-queue wait | event-loop thread CPU avg / peak | callers CPU | caller loop lag p99 "
               "| problems |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in summaries:
         sp = s["split"]
         mif = s["standin"].get("max_in_flight", {})
@@ -1185,10 +1442,13 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
             problems.append(f"{s['inbound_dropped']:.0f} inbound frames dropped")
         for k, v in s["log_kinds"].items():
             problems.append(f"{v} log lines: {k}")
+        repeated = s["standin"].get("sentences", {}).get("repeated", 0)
+        if s.get("replies") == "unique" and repeated:
+            problems.append(f"{repeated} reply pieces repeated an earlier one")
         late5 = s["pacing_late_5ms"]
         label = str(s["n"]) if s["max_calls"] >= s["n"] else f"{s['n']} (max {s['max_calls']})"
         lines.append(
-            f"| {label} "
+            f"| {label} | {s.get('replies', 'same')} | {sentences_note(s)} "
             + "".join(f"| {f0(sp[k]['p50'])} / {f0(sp[k]['p99'])} " for k in
                       ("endpointing", "stt", "llm_first_token", "tts_first_audio", "end_of_speech_to_first_audio"))
             + f"| {f0(s['follow_up_ms']['p50'])} / {f0(s['follow_up_ms']['p99'])} "
@@ -1199,29 +1459,115 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
             f"| {f2(s['cpu'].get('callers_cores'))} "
             f"| {f0(s['loop_lag_ms'].get('p99'))} "
             f"| {'; '.join(problems) or '–'} |")
-    ref = reference["reply"]
-    lines += ["", "Silence as the issue words it — the longest gap between audible frames inside a fully heard "
-              "reply — p50 / max per run: "
-              + ", ".join(f"N={s['n']}: {f0(s['audible_gap_ms']['p50'])} / {f0(s['audible_gap_ms']['max'])}"
-                          for s in main_runs)
-              + f". The same reply rendered offline without any stall (three renderings; Piper varies its pauses "
-              f"from one synthesis to the next) already has a {ref['audible_gap_ms_min']}–{ref['audible_gap_ms']} ms "
-              f"gap (its pauses at commas and between sentences are below −50 dBFS), so this measure cannot meet "
-              f"60 ms by construction; "
-              f"inserted silence above is the part the server adds."]
-    rtf = reference["tts_rtf"]
-    talk = {k: reference[k]["frames"] * TICK for k in ("greeting", "reply", "follow_up")}
-    per_call = rtf * (talk["greeting"] + talk["reply"] + args.barge_share * talk["follow_up"])
-    lines += ["", f"Synthesis cost, measured here before the runs (one Piper synthesis at a time, 1 thread, "
-              f"load {reference['load'].split()[0]}): **{rtf:.3f} s of CPU per second of speech**. A conversation "
-              f"of this script makes {talk['greeting']:.1f} s (greeting) + {talk['reply']:.1f} s (reply) "
-              f"+ {talk['follow_up']:.1f} s (answer to a barge-in, every third call) of agent speech, about "
-              f"{per_call:.2f} core-seconds of synthesis, nearly all of it within a few seconds of the question "
-              f"(the pipeline synthesizes every sentence as soon as the LLM completes it). So two cores keep at most "
-              f"~{2 / rtf:.0f} agents talking in real time, before any other work; N calls that all reach the "
-              f"reply within ~{args.stagger + 1:.0f} s need ~{per_call:.2f}·N core-seconds in that window."]
-    lines += ["", verdict(summaries)]
+    lines += ["", issue_silence(main_runs, modes, reference)]
+    lines += ["", synthesis_cost(modes, reference, args)]
+    for mode in modes:
+        lines += ["", verdict([s for s in summaries if s.get("replies", "same") == mode],
+                              f" (replies: {mode})" if len(modes) > 1 else "")]
     return "\n".join(lines)
+
+
+def describe_replies(modes: list[str], reference: dict[str, Any], seed: int) -> str:
+    """What the stand-in answers, in the reply modes of the report (the header's parenthesis)."""
+    same = f"the reply: \"{REPLY}\"; to a barge-in: \"{FOLLOW_UP}\""
+    unique_ref = reference.get("unique", {})
+    examples = [unique_ref.get(k, {}).get("texts", [""])[0] for k in ("reply", "follow_up")]
+    unique = ("a reply made up for every request: three sentences of 25–30 words from templates with randomized "
+              "days, hours, names, branches and numbers spelled as words, in varied wording, whose first clause is "
+              "within 5 characters of the fixed reply's \"We are open from nine to five,\""
+              + (f", e.g. \"{examples[0]}\"" if examples[0] else "")
+              + "; to a barge-in, two sentences of 15–19 words like the fixed answer"
+              + (f", e.g. \"{examples[1]}\"" if examples[1] else "")
+              + f"; request k of a run draws from seed {seed} and k, and redraws any part already used in the run, "
+              "so no sentence or synthesis piece is sent twice")
+    if modes == ["same"]:
+        return f"`--replies same`, the same text in every call — {same}"
+    if modes == ["unique"]:
+        return f"`--replies unique`, different text for every request: {unique}"
+    return (f"two reply modes, one table each: with `--replies same`, every call gets the same text ({same}); "
+            f"with `--replies unique`, {unique}")
+
+
+def mode_line(mode: str, runs: list[dict[str, Any]]) -> str:
+    """The line above a reply mode's table."""
+    sent = sum(s["standin"].get("sentences", {}).get("sent", 0) for s in runs)
+    repeated = sum(s["standin"].get("sentences", {}).get("repeated", 0) for s in runs)
+    counted = all("sentences" in s["standin"] for s in runs)
+    if mode == "unique":
+        return ("**Replies: unique** — every reply and every answer to a barge-in is new text, so every call's "
+                "agent speech (bar the greeting) is synthesized for that call, whatever the server caches"
+                + (f"; in these runs the stand-in sent {sent} synthesis pieces, {repeated} of them repeating an "
+                   f"earlier one" if counted else "") + ".")
+    return ("**Replies: same** — every call gets the same reply and answer to a barge-in, word for word: a server "
+            "that caches synthesized sentences across calls synthesizes them once per run"
+            + (f" (the stand-in sent {sent} synthesis pieces in these runs, {sent - repeated} different ones "
+               f"counting each run apart)" if counted else "") + ".")
+
+
+def sentences_note(s: dict[str, Any]) -> str:
+    counts = s.get("standin", {}).get("sentences")
+    return f"{counts['sent']} ({counts['distinct']})" if counts else "–"
+
+
+def issue_silence(main_runs: list[dict[str, Any]], modes: list[str], reference: dict[str, Any]) -> str:
+    """The issue's literal silence measure per run, next to the offline renderings' natural gaps."""
+    per_mode, refs = [], []
+    for mode in modes:
+        runs = [s for s in main_runs if s.get("replies", "same") == mode]
+        values = ", ".join(f"N={s['n']}: {f0(s['audible_gap_ms']['p50'])} / {f0(s['audible_gap_ms']['max'])}"
+                           for s in runs)
+        per_mode.append(f"{mode}: {values}" if len(modes) > 1 else values)
+        ref = agent_lines(reference, mode)["reply"]
+        gap = f"{ref['audible_gap_ms_min']}–{ref['audible_gap_ms']} ms"
+        if mode == "unique" and "unique" in reference:
+            refs.append(f"{ref.get('renderings', UNIQUE_SAMPLES)} replies of `--replies unique` rendered the same "
+                        f"way have {gap} gaps")
+        else:
+            refs.append(f"the fixed reply rendered offline without any stall (three renderings; Piper varies its "
+                        f"pauses from one synthesis to the next) already has a {gap} gap")
+    joined = "; ".join(refs)
+    return ("Silence as the issue words it — the longest gap between audible frames inside a fully heard reply — "
+            "p50 / max per run: " + "; ".join(per_mode) + ". " + joined[:1].upper() + joined[1:]
+            + " (Piper's pauses at commas and between sentences are below −50 dBFS), so this measure cannot meet "
+            "60 ms by construction; inserted silence above is the part the server adds.")
+
+
+def synthesis_cost(modes: list[str], reference: dict[str, Any], args: argparse.Namespace) -> str:
+    """How much synthesis a conversation needs, in each reply mode of the report."""
+    rtf = reference["tts_rtf"]
+
+    def seconds(line: dict[str, Any]) -> float:
+        return float(line.get("frames_mean", line["frames"])) * TICK
+
+    talk = {mode: {k: seconds(v) for k, v in agent_lines(reference, mode).items()} for mode in modes}
+    cost = {mode: rtf * (t["reply"] + args.barge_share * t["follow_up"]) for mode, t in talk.items()}
+    greeting = seconds(reference["greeting"])
+    speech = [f"{greeting:.1f} s (greeting) + {t['reply']:.1f} s (reply) + {t['follow_up']:.1f} s (answer to a "
+              f"barge-in, every third call) of agent speech" if i == 0 else
+              f"{greeting:.1f} s + {t['reply']:.1f} s + {t['follow_up']:.1f} s" for i, t in enumerate(talk.values())]
+    if len(modes) > 1:
+        speech = [f"{text} with `--replies {mode}`" for text, mode in zip(speech, modes, strict=True)]
+    if "unique" in modes:
+        i = modes.index("unique")
+        speech[i] += f" (means over {UNIQUE_SAMPLES} sample texts)"
+    text = (f"Synthesis cost, measured here before the runs (one Piper synthesis at a time, 1 thread, "
+            f"load {reference['load'].split()[0]}): **{rtf:.3f} s of CPU per second of speech**. A conversation "
+            f"of this script makes {', and '.join(speech)}. The greeting is a fixed line, synthesized once per "
+            f"server process and reused by every call.")
+    if "same" in cost:
+        text += (f" With `--replies same` the reply and the answer to a barge-in are the same words in every call "
+                 f"too: a server that caches synthesized sentences across calls synthesizes them once per run, so "
+                 f"its calls cost next to nothing in synthesis; without such a cache, each call costs about "
+                 f"{cost['same']:.2f} core-seconds.")
+    if "unique" in cost:
+        text += (f" With `--replies unique` every reply and answer is new text, so each call costs about "
+                 f"{cost['unique']:.2f} core-seconds of synthesis whatever the server caches.")
+    worst = cost.get("unique", cost.get("same", 0.0))
+    text += (f" That is nearly all spent within a few seconds of the question (the pipeline synthesizes every "
+             f"sentence as soon as the LLM completes it). So, with nothing reused, two cores keep at most "
+             f"~{2 / rtf:.0f} agents talking in real time, before any other work; N calls that all reach the reply "
+             f"within ~{args.stagger + 1:.0f} s need ~{worst:.2f}·N core-seconds in that window.")
+    return text
 
 
 def row(s: dict[str, Any]) -> str:
@@ -1239,10 +1585,10 @@ def row(s: dict[str, Any]) -> str:
             f"| {f2(s['cpu'].get('others_cores'))} | {s['load_before'].split()[0]} |")
 
 
-def verdict(summaries: list[dict[str, Any]]) -> str:
+def verdict(summaries: list[dict[str, Any]], which: str = "") -> str:
     at = next((s for s in summaries if s["n"] == TARGET_CALLS and s["max_calls"] >= s["n"]), None)
     if at is None:
-        return f"No run at N = {TARGET_CALLS}: targets not evaluated."
+        return f"No run at N = {TARGET_CALLS}{which}: targets not evaluated."
     checks = [
         (f"reply p50 ≤ {TARGET_REPLY_P50_MS:.0f} ms", at["reply_ms"]["p50"] <= TARGET_REPLY_P50_MS,
          f"{f0(at['reply_ms']['p50'])} ms"),
@@ -1253,7 +1599,7 @@ def verdict(summaries: list[dict[str, Any]]) -> str:
         (f"no inserted silence > {TARGET_SILENCE_MS:.0f} ms", at["zero_run_ms"]["over_60"] == 0,
          f"max {f0(at['zero_run_ms']['max'])} ms"),
     ]
-    text = f"Targets at N = {TARGET_CALLS}: " + "; ".join(
+    text = f"Targets at N = {TARGET_CALLS}{which}: " + "; ".join(
         f"{name}: {'met' if ok else 'missed'} ({got})" for name, ok, got in checks) + "."
     return text
 
@@ -1289,7 +1635,7 @@ def command_line() -> str:
         name = str(script.relative_to(ROOT))
     except ValueError:
         name = str(script)
-    return " ".join([".venv/bin/python", name, *measuring_args(sys.argv[1:])])
+    return shlex.join([".venv/bin/python", name, *measuring_args(sys.argv[1:])])
 
 
 def machine_info() -> dict[str, str]:
@@ -1323,7 +1669,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-load", type=float, default=None,
                    help="before each run, wait (up to 30 min) for the 1-min load average to drop below this")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--replies", default="same",
+                   help="the stand-in's chat answers: 'same' (the same text in every call), 'unique' (different "
+                        "text for every request, so a cache of synthesized sentences cannot help), or "
+                        "'same,unique' (the sweep once per mode, one table each; refusal runs with the first)")
+    p.add_argument("--seed", type=int, default=7, help="callers' timing; and the texts of --replies unique")
     p.add_argument("--json", type=Path, default=None, help="also write every call's numbers as JSON here")
     p.add_argument("--dump", type=Path, default=None,
                    help="write what every caller heard (WAV + frame arrival times) under this directory")
@@ -1343,7 +1693,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 KNOBS = ("calls", "max_calls", "refusal", "stagger", "barge_share", "stt_delay", "llm_first_token", "llm_token_ms",
-         "endpointing_ms", "cores", "min_samples", "reply_quiet", "deadline", "wait_load", "seed")
+         "endpointing_ms", "cores", "min_samples", "reply_quiet", "deadline", "wait_load", "seed", "replies")
 
 
 def save_json(args: argparse.Namespace, info: dict[str, str], reference: dict[str, Any],
@@ -1360,7 +1710,7 @@ def rerender(args: argparse.Namespace) -> int:
     for key, value in data.get("args", {}).items():
         setattr(args, key, value)
     global command_line
-    saved = " ".join(measuring_args(data["command"].split())) if data.get("command") else command_line()
+    saved = shlex.join(measuring_args(shlex.split(data["command"]))) if data.get("command") else command_line()
     command_line = lambda: saved  # noqa: E731
     summaries = data["summaries"]
     load_start = data.get("load_start") or (summaries[0]["load_before"] if summaries else "?")
@@ -1410,11 +1760,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.from_json:
         return rerender(args)
-    runs = [(int(n), args.max_calls) for n in args.calls.split(",") if n.strip()]
-    for item in (args.refusal or "").split(","):
+    modes = tuple(dict.fromkeys(m.strip() for m in args.replies.split(",") if m.strip()))
+    if not modes or set(modes) - set(REPLY_MODES):
+        raise SystemExit(f"--replies: a comma-separated list of {', '.join(REPLY_MODES)}, not {args.replies!r}")
+    # the sweep once per reply mode; the refusal runs after the first mode's
+    runs = [(int(n), args.max_calls, mode) for mode in modes for n in args.calls.split(",") if n.strip()]
+    refusal_at = sum(1 for n in args.calls.split(",") if n.strip())
+    for item in reversed((args.refusal or "").split(",")):
         if item.strip():
             n, k = item.split(":")
-            runs.append((int(n), int(k)))
+            runs.insert(refusal_at, (int(n), int(k), modes[0]))
     # SIGTERM unwinds like Ctrl-C, so the server, callers and stand-in are stopped too
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     info = machine_info()
@@ -1429,13 +1784,13 @@ def main(argv: list[str] | None = None) -> int:
         speech_dir = tmp / "speech"
         speech_dir.mkdir()
         print("rendering caller speech with Piper...", file=sys.stderr)
-        meta = render_speech(speech_dir)
+        meta = render_speech(speech_dir, modes, args.seed)
         args.reference = meta["reference"]
         standin, standin_port = start_standin(args, tmp)
         try:
-            for n, max_calls in runs:
+            for n, max_calls, mode in runs:
                 wait_for_load(args.wait_load)
-                res = run_n(args, n, max_calls, standin_port, speech_dir, tmp, standin)
+                res = run_n(args, n, max_calls, standin_port, speech_dir, tmp, standin, mode)
                 raw.append(res)
                 summaries.append(summarize(res, meta["reference"]))
                 if args.json:  # after every run, so an interrupted sweep keeps what it measured
