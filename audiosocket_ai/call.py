@@ -287,7 +287,7 @@ class Call:
             log.error("protocol error from %s: %s; hanging up", self.peer, exc)
             self.request_hangup(after_playout=False, reason=EndReason.PROTOCOL_ERROR)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if isinstance(exc, ConnectionResetError) or isinstance(exc.__cause__, ConnectionResetError):
+            if _peer_closed(exc):
                 # Asterisk closes with a reset whenever our last frames were still unread in
                 # its buffer (we send every 20 ms): that is an ordinary hang-up.
                 log.info("caller closed the connection (reset: our last frames were unread)")
@@ -399,8 +399,14 @@ class Call:
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.info("connection lost while writing: %s", exc or type(exc).__name__)
-                self._finish(EndReason.CONNECTION_LOST)
+                if _peer_closed(exc):
+                    # the writer can see Asterisk's close (a reset, or a broken pipe) before
+                    # the reader does: it is the same ordinary hang-up
+                    log.info("caller closed the connection (seen while writing)")
+                    self._finish(EndReason.CALLER_HUNG_UP)
+                else:
+                    log.info("connection lost while writing: %s", exc or type(exc).__name__)
+                    self._finish(EndReason.CONNECTION_LOST)
                 raise _WriteFailed from exc
         if timeout.cancelled_caught:
             log.warning("peer has not read for %.1fs; ending the call", self.settings.write_timeout)
@@ -454,3 +460,9 @@ async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
         await stream.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+def _peer_closed(exc: BaseException) -> bool:
+    """Whether a socket error means the peer closed the connection (reset or broken pipe)."""
+    closed = (ConnectionResetError, BrokenPipeError)
+    return isinstance(exc, closed) or isinstance(exc.__cause__, closed)
