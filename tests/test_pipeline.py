@@ -205,6 +205,67 @@ async def test_speculative_transcription_hides_recognition_behind_the_endpointin
     assert len(stt.audio_ms) == 3
 
 
+async def test_reply_is_prepared_during_the_endpointing_silence_and_heard_at_the_endpoint(tmp_path: Path) -> None:
+    """The LLM is asked (and the first sentence synthesized) from the transcript of the
+    caller's pause, before the endpoint; nothing is heard before the endpoint."""
+    llm = ScriptedLLM([["Here is the answer."]], first_delay=0.25)
+    agent, seen = make(llm, ScriptedSTT(["what time is it"], delay=0.05), ToneTTS(delay=0.1),
+                       transcript_dir=tmp_path)
+    agent.vad_factory = lambda: EnergyVad(end_ms=700)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400))
+            spoke_until = trio.current_time()
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+    timings = seen["turns"][0]
+    assert timings.preemptive
+    assert len(llm.asked_at) == 1 and llm.asked_at[0] < timings.endpoint, "asked during the pause"
+    assert timings.first_audio is not None and timings.first_audio >= timings.endpoint, "held until the endpoint"
+    first_heard = min(item.t for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm))
+    assert first_heard - spoke_until >= 0.6, "not one frame before the caller's turn was over"
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == ["what time is it"]
+    lines = [json.loads(x) for x in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert [(x["who"], x["text"]) for x in lines] == [("caller", "what time is it"), ("agent", "Here is the answer.")]
+
+
+async def test_a_reply_prepared_in_a_pause_is_dropped_unheard_when_the_caller_goes_on(tmp_path: Path) -> None:
+    llm = ScriptedLLM([["Answer to half a question."], ["Answer to the whole question."]])
+    stt = ScriptedSTT(["book a table", "book a table for two tonight"])
+    agent, seen = make(llm, stt, ToneTTS(), transcript_dir=tmp_path)
+    agent.vad_factory = lambda: EnergyVad(end_ms=700)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            # a 450 ms pause mid-sentence: long enough to prepare a reply, not to end the turn
+            await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
+            caller_done = trio.current_time()
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+    assert len(llm.histories) == 2, "a reply was prepared during the pause, then another"
+    assert [m.content for m in llm.histories[1] if m.role == "user"] == ["book a table for two tonight"]
+    heard = [item.t for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm)]
+    assert heard and min(heard) > caller_done, "nothing of the dropped reply reached the caller"
+    lines = [json.loads(x) for x in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert [(x["who"], x["text"]) for x in lines] == [
+        ("caller", "book a table for two tonight"), ("agent", "Answer to the whole question.")]
+
+
+async def test_no_tool_runs_for_a_reply_the_caller_did_not_finish_asking_for() -> None:
+    ran: list[str] = []
+
+    @tool("Cancel the booking.")
+    async def cancel_booking() -> str:
+        ran.append("cancel")
+        return "cancelled"
+
+    llm = ScriptedLLM([[ToolCall("c1", "cancel_booking", {})], ["Okay, tell me more."]])
+    agent, seen = make(llm, ScriptedSTT(["cancel", "cancel nothing, just asking"]), ToneTTS(), tools=[cancel_booking])
+    agent.vad_factory = lambda: EnergyVad(end_ms=700)
+    async with running_server(agent) as (server, port):
+        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+    assert ran == [] and len(llm.histories) == 2
+
+
 async def test_fixed_lines_are_synthesized_once_for_all_calls() -> None:
     tts = ToneTTS()
     agent, _ = make(ScriptedLLM([]), tts=tts, greeting="Welcome to the test line.")

@@ -32,7 +32,7 @@ from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, Too
 from ..metrics import Metrics
 from ..playout import Playback
 from ..recording import StereoRecorder, TranscriptWriter
-from .capture import UtteranceCapture
+from .capture import Speculation, UtteranceCapture
 from .sentences import SentenceSplitter
 from .speech_cache import SpeechCache
 from .tools import HANG_UP, TRANSFER, Tool, tool_specs
@@ -79,6 +79,12 @@ class AssistantSettings:
     """Said when the server's drain timeout ends with this call still up (None: just hang up)."""
     pre_roll_ms: int = 300
     """Audio kept from before the VAD's onset estimate, so first syllables are not clipped."""
+    preemptive: bool = True
+    """Start the reply during the endpointing silence, from a transcript of the caller's
+    first pause, holding its audio until the endpoint confirms the turn is over (cancelled,
+    unheard, if the caller goes on). Hides the recognizer, the LLM's first token and the
+    first sentence's synthesis behind the endpointing wait; costs a wasted LLM request
+    (and perhaps one sentence of synthesis) each time a caller pauses mid-turn."""
 
 
 @attrs.define
@@ -91,6 +97,8 @@ class TurnTimings:
     llm_first: float | None = None
     tts_first: float | None = None
     first_audio: float | None = None
+    preemptive: bool = False
+    """The reply was started before the endpoint, from a speculative transcript."""
 
     def as_ms(self) -> dict[str, float | None]:
         def ms(start: float, end: float | None) -> float | None:
@@ -98,7 +106,8 @@ class TurnTimings:
 
         return {
             "endpointing": ms(self.speech_end, self.endpoint),
-            "stt": ms(self.endpoint, self.transcript),
+            # after the endpoint: 0 when the transcript was there before it (speculation)
+            "stt": ms(self.endpoint, max(self.endpoint, self.transcript)),
             "llm_first_token": ms(self.transcript, self.llm_first),
             "tts_first_audio": ms(self.llm_first, self.tts_first) if self.llm_first else None,
             "end_of_speech_to_first_audio": ms(self.speech_end, self.first_audio),
@@ -112,6 +121,8 @@ class Utterance:
     end: float
     timings: TurnTimings
     is_dtmf: bool = False
+    speculation: Speculation | None = None
+    """Set for a tentative utterance: its reply is held until the speculation is settled."""
 
 
 @attrs.define
@@ -223,6 +234,8 @@ class _Session:
         self._busy_until = 0.0  # last time the agent was heard talking (for barge-in off)
         self._capture_started = 0.0
         self._endpoint_seen = 0.0
+        self._held: Speculation | None = None  # the tentative reply being prepared, if any
+        self._held_timings: TurnTimings | None = None
 
     # --- top level ---------------------------------------------------------------------
 
@@ -261,8 +274,10 @@ class _Session:
 
     @property
     def agent_busy(self) -> bool:
-        """The agent is talking, or working on a reply the caller is waiting for."""
-        return self.turn_scope is not None or self.call.playout.speaking
+        """The agent is talking, or working on a reply the caller is waiting for (a reply
+        prepared during the caller's pause does not count until the endpoint confirms it)."""
+        held = self._held is not None and not self._held.confirmed
+        return (self.turn_scope is not None and not held) or self.call.playout.speaking
 
     def interrupt(self, why: str) -> None:
         """Barge-in: silence the agent now and cancel the reply in progress."""
@@ -313,7 +328,9 @@ class _Session:
                         elif self.agent_busy:
                             log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
                         onset_bytes = int(max(0.0, event.at_ms - self.settings.pre_roll_ms) * stt_rate / 1000) * 2
-                        capture = UtteranceCapture(self.a.stt, nursery, ring.since(position, onset_bytes))
+                        capture = UtteranceCapture(
+                            self.a.stt, nursery, ring.since(position, onset_bytes),
+                            on_speculation=self._preempt if self.settings.preemptive else None)
                         started = max(self.call.started_at, now - lag)
                         if capture.streaming:  # it recognizes while the caller talks
                             nursery.start_soon(self._transcribe, capture, started)
@@ -329,7 +346,32 @@ class _Session:
             if capture is not None:
                 capture.cancel()
 
+    def _preempt(self, speculation: Speculation) -> None:
+        """A transcript of the caller's pause is in: start the reply now, held (see capture.py)."""
+        text = speculation.text
+        if not text or self.agent_busy or self._held is not None:
+            return
+        now = trio.current_time()
+        timings = TurnTimings(transcript=now, preemptive=True)
+        try:
+            self.utterances_send.send_nowait(Utterance(text, self._capture_started, now, timings,
+                                                       speculation=speculation))
+        except trio.WouldBlock:
+            return
+        self._held = speculation
+        self._held_timings = timings
+        log.debug("preparing a reply during the pause to: %s", text)
+
     async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
+        held = capture.speculation
+        if held is not None and held is self._held:
+            # its reply is already on its way (held until now): just complete its timings
+            held_timings = self._held_timings
+            if held_timings is not None:
+                held_timings.speech_end = self._speech_end or trio.current_time()
+                held_timings.endpoint = max(held_timings.speech_end, self._endpoint_seen)
+            log.info("caller said: %s", held.text)
+            return
         timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
         finals: list[str] = []
         last: Transcript | None = None
@@ -391,19 +433,51 @@ class _Session:
                 await self._say(settings.reprompt_text)
                 continue
             reprompts = 0
+            held = utterance.speculation
+            if held is not None and held.verdict.is_set() and not held.confirmed:
+                self._release_held(held)
+                continue  # the caller went on talking; the whole utterance comes later
             if self.settings.barge_in != "on" and not utterance.is_dtmf and utterance.start < self._busy_until:
                 log.info("ignoring speech over the agent (barge-in %s): %s", settings.barge_in, utterance.text)
                 continue
             self._settle_spoken()
+            mark = len(self.history)
             if utterance.is_dtmf:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
             else:
                 self.history.append(Message("user", utterance.text))
-            if self.transcript is not None:
-                self.transcript.write("caller", utterance.text, start=utterance.start, end=utterance.end,
-                                      dtmf=utterance.is_dtmf)
-            if await self._respond(utterance.timings):
+            if held is None:
+                self._log_caller(utterance)
+            ending = await self._respond(utterance.timings, held=held)
+            if held is not None:
+                self._release_held(held)
+                if not held.confirmed:  # abandoned: as if this reply had never been started
+                    del self.history[mark:]
+                    continue
+                self._log_caller(utterance)
+            if ending:
                 return
+
+    def _log_caller(self, utterance: Utterance) -> None:
+        if self.transcript is not None:
+            end = utterance.timings.speech_end or utterance.end
+            self.transcript.write("caller", utterance.text, start=utterance.start, end=end, dtmf=utterance.is_dtmf)
+
+    def _release_held(self, held: Speculation) -> None:
+        if self._held is held:
+            self._held = None
+            self._held_timings = None
+        if not held.confirmed:
+            log.debug("the caller went on talking: the reply prepared during the pause was dropped")
+
+    async def _wait_until_confirmed(self, held: Speculation | None) -> None:
+        """Hold a tentative reply's output until the endpoint; cancel the turn if abandoned."""
+        if held is None:
+            return
+        await held.verdict.wait()
+        if not held.confirmed and self.turn_scope is not None:
+            self.turn_scope.cancel()
+            await trio.lowlevel.checkpoint()
 
     async def _next_utterance(self) -> Utterance | None:
         """The next thing the caller said, or None after ``reprompt_after`` s of silence.
@@ -433,8 +507,12 @@ class _Session:
             finally:
                 self.turn_scope = None
 
-    async def _respond(self, timings: TurnTimings) -> bool:
-        """Answer the last user message. Returns True if the call is being ended."""
+    async def _respond(self, timings: TurnTimings, *, held: Speculation | None = None) -> bool:
+        """Answer the last user message. Returns True if the call is being ended.
+
+        With ``held``, nothing is heard and no tool runs until the speculation is
+        confirmed; if it is abandoned the turn is cancelled and leaves no trace.
+        """
         ending: ToolCall | None = None
         rounds = 0
         self._begin_spoken()
@@ -443,7 +521,7 @@ class _Session:
             try:
                 while True:
                     rounds += 1
-                    calls = await self._one_round(timings)
+                    calls = await self._one_round(timings, held)
                     if not calls:
                         break
                     user_calls = [c for c in calls if c.name not in (HANG_UP, TRANSFER)]
@@ -455,9 +533,13 @@ class _Session:
                         self.history.append(Message("tool", result, tool_call_id=tool_call.id, name=tool_call.name))
             finally:
                 self.turn_scope = None
+        if held is not None and not held.confirmed:
+            return False
         if self.a.on_turn is not None:
             self.a.on_turn(timings)
         log.info("turn latency (ms): %s", timings.as_ms())
+        if timings.preemptive:
+            log.info("the reply was prepared during the endpointing pause")
         if scope.cancelled_caught or ending is None:
             return False
         if ending.name == TRANSFER:
@@ -474,7 +556,7 @@ class _Session:
         await self._hang_up(wait_for=self.spoken)
         return True
 
-    async def _one_round(self, timings: TurnTimings) -> list[ToolCall]:
+    async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
         """Stream one LLM answer into speech; return the tool calls it asked for."""
         tool_calls: list[ToolCall] = []
         text_parts: list[str] = []
@@ -506,14 +588,15 @@ class _Session:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(think)
-            await self._speak_sentences(sentences_recv, timings)
+            await self._speak_sentences(sentences_recv, timings, held=held)
+        await self._wait_until_confirmed(held)  # no tool runs for a reply nobody asked for
         if text_parts or tool_calls:
             self.history.append(Message("assistant", "".join(text_parts).strip(), tool_calls=tuple(tool_calls)))
             self.spoken_index = len(self.history) - 1
         return tool_calls
 
     async def _speak_sentences(self, sentences: trio.MemoryReceiveChannel[str], timings: TurnTimings, *,
-                               cache: bool = False) -> None:
+                               cache: bool = False, held: Speculation | None = None) -> None:
         """Synthesize sentences just ahead of playback and queue them on the call.
 
         The hand-over channel holds nothing: sentence k+1 is synthesized while sentence k
@@ -559,6 +642,7 @@ class _Session:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(synthesize)
                 async for sentence, chunks in audio_recv:
+                    await self._wait_until_confirmed(held)
                     playback = self.call.playback(rate)
                     self.spoken.append(_Spoken(sentence, playback))
                     if timings.first_audio is None:

@@ -8,12 +8,18 @@ endpointer only confirms after its trailing silence (400 ms by default). Rather 
 is ready or nearly so when the endpointer fires, taking most of the recognizer's time off
 the critical path. If the caller goes on talking, the speculation is cancelled and the
 whole utterance is transcribed at the real end.
+
+A speculation that finishes before the endpoint can go further: ``on_speculation`` hands
+it to the conversation, which starts the *reply* during the rest of the endpointing
+silence and holds its audio until :attr:`Speculation.verdict` is set — confirmed at the
+endpoint (the transcript is final: nothing was said after it), or abandoned when the
+caller goes on talking (the held reply is then cancelled and never heard).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -29,13 +35,33 @@ MAX_UTTERANCE_BYTES = 30 * 16000 * 2 * 3
 """Audio kept per utterance (about 30 s at 48 kHz); anything longer is cut."""
 
 
-class _Speculation:
-    def __init__(self, stt: STT, pcm: bytes) -> None:
+class Speculation:
+    """A transcription of the utterance so far, started at a pause, and its fate."""
+
+    def __init__(self, stt: STT, pcm: bytes,
+                 on_result: Callable[[Speculation], None] | None = None) -> None:
         self.stt = stt
         self.pcm = pcm
         self.scope = trio.CancelScope()
         self.finished = trio.Event()
         self.results: list[Transcript] | None = None
+        self.verdict = trio.Event()
+        """Set once it is known whether this transcript is the final one."""
+        self.confirmed = False
+        """True: the endpoint came with no speech after the pause; False: the caller went on."""
+        self._on_result = on_result
+
+    @property
+    def text(self) -> str:
+        """The transcript (final pieces joined), or "" before the results are in."""
+        results = self.results or []
+        finals = [r.text.strip() for r in results if r.is_final and r.text.strip()]
+        return " ".join(finals) or (results[-1].text.strip() if results else "")
+
+    def settle(self, confirmed: bool) -> None:
+        if not self.verdict.is_set():
+            self.confirmed = confirmed
+            self.verdict.set()
 
     async def run(self) -> None:
         with self.scope, priority(URGENT):
@@ -44,18 +70,22 @@ class _Speculation:
             except Exception as exc:  # the real transcription will try again and report it
                 log.debug("speculative transcription failed: %s", exc)
         self.finished.set()
+        if self.results is not None and not self.verdict.is_set() and self._on_result is not None:
+            self._on_result(self)
 
 
 class UtteranceCapture:
     """Collects one utterance's audio (at the recognizer's rate) and transcribes it."""
 
-    def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes) -> None:
+    def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes, *,
+                 on_speculation: Callable[[Speculation], None] | None = None) -> None:
         self.stt = stt
+        self._on_speculation = on_speculation
         self.streaming = bool(getattr(stt, "streaming", False))
         self._nursery = nursery
         self._audio = bytearray(pre_roll)
         self._live_send, self._live_recv = trio.open_memory_channel[bytes](1500)  # 30 s of 20 ms
-        self._speculation: _Speculation | None = None
+        self._speculation: Speculation | None = None
         self.speculations = 0
         if self.streaming:
             self._forward(pre_roll)
@@ -71,14 +101,22 @@ class UtteranceCapture:
             return
         if trailing_silence_ms <= 0.0 and self._speculation is not None:
             self._speculation.scope.cancel()  # the caller went on talking
+            self._speculation.settle(False)
             self._speculation = None
         elif trailing_silence_ms >= SPECULATE_AFTER_MS and self._speculation is None:
-            self._speculation = _Speculation(self.stt, bytes(self._audio))
+            self._speculation = Speculation(self.stt, bytes(self._audio), self._on_speculation)
             self.speculations += 1
             self._nursery.start_soon(self._speculation.run)
 
+    @property
+    def speculation(self) -> Speculation | None:
+        """The speculation still standing (no speech since it started), if any."""
+        return self._speculation
+
     def end(self) -> None:
         """The endpointer declared the utterance over."""
+        if self._speculation is not None:
+            self._speculation.settle(True)
         self._live_send.close()
 
     async def transcripts(self) -> AsyncIterator[Transcript]:
@@ -101,6 +139,7 @@ class UtteranceCapture:
         """The call is ending: stop any speculation."""
         if self._speculation is not None:
             self._speculation.scope.cancel()
+            self._speculation.settle(False)
         self._live_send.close()
 
     def _forward(self, pcm: bytes) -> None:

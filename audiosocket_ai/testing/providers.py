@@ -75,8 +75,11 @@ class ScriptedLLM:
         self.piece_delay = piece_delay
         self.histories: list[list[Message]] = []
         self.tools_seen: list[list[str]] = []
+        self.asked_at: list[float] = []
+        """trio time of each request."""
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
+        self.asked_at.append(trio.current_time())
         self.histories.append(list(history))
         self.tools_seen.append([tool.name for tool in tools])
         reply = self._replies.pop(0) if self._replies else self.default
