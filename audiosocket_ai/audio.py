@@ -111,6 +111,28 @@ class Resampler:
         return tail
 
 
+def trim_leading_silence(chunks: list[bytes], rate: int, *, keep_ms: float = 10.0,
+                         threshold_dbfs: float = -50.0) -> list[bytes]:
+    """Drop the quiet lead-in of synthesized speech, keeping ``keep_ms`` before the onset.
+
+    TTS engines start a sentence with 35-70 ms of near-silence (Piper does); at the start
+    of a reply that is dead air added to the caller's wait. The onset is the first sample
+    louder than ``threshold_dbfs``; all-quiet audio is returned unchanged (it is not ours
+    to judge). The input list is not modified.
+    """
+    limit = 32768.0 * 10 ** (threshold_dbfs / 20)
+    keep = int(rate * keep_ms / 1000)
+    for index, chunk in enumerate(chunks):
+        samples = np.frombuffer(chunk[: len(chunk) - len(chunk) % 2], dtype="<i2")
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > limit)
+        if loud.size:
+            start = max(0, int(loud[0]) - keep) * SAMPLE_WIDTH
+            if index == 0 and start == 0:
+                return list(chunks)
+            return [chunk[start:], *chunks[index + 1 :]]
+    return list(chunks)
+
+
 def _to_int16(samples: np.ndarray) -> bytes:
     # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
     # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.

@@ -76,3 +76,18 @@ def test_framer_and_helpers() -> None:
     assert audio.frame_bytes(8000) == 320 and audio.frame_bytes(16000) == 640 and audio.frame_bytes(44100) == 1764
     assert audio.rms_dbfs(bytes(320)) == float("-inf")
     assert -4 < audio.rms_dbfs(np.full(160, 32767, "<i2").tobytes()) <= 0
+
+
+def test_trim_leading_silence_keeps_a_little_before_the_onset() -> None:
+    rate = 16000
+    quiet = np.full(rate * 60 // 1000, 3, dtype="<i2")  # 60 ms of hiss at about -80 dBFS
+    loud = (np.sin(np.arange(rate // 10) / 5) * 8000).astype("<i2")
+    chunks = [quiet[:500].tobytes(), np.concatenate([quiet[500:], loud]).tobytes()]
+    trimmed = audio.trim_leading_silence(chunks, rate, keep_ms=10)
+    out = np.frombuffer(b"".join(trimmed), dtype="<i2")
+    first_loud = int(np.flatnonzero(np.abs(out) > 100)[0])
+    assert first_loud == rate * 10 // 1000, "10 ms kept before the first loud sample"
+    assert len(out) == len(loud) - 1 + rate * 10 // 1000  # loud[0] is a zero crossing, so quiet too
+    assert chunks[0] == quiet[:500].tobytes(), "the input (a cached sentence) is not modified"
+    assert audio.trim_leading_silence([quiet.tobytes()], rate) == [quiet.tobytes()], "all quiet: left alone"
+    assert audio.trim_leading_silence([loud.tobytes()], rate) == [loud.tobytes()], "no lead-in: nothing to cut"

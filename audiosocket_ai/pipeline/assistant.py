@@ -25,7 +25,7 @@ from typing import Literal
 import attrs
 import trio
 
-from ..audio import Resampler
+from ..audio import Resampler, trim_leading_silence
 from ..call import Call
 from ..inference import URGENT, due, priority
 from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, ToolCall, Transcript, VADFactory
@@ -631,6 +631,8 @@ class _Session:
                         continue
                     if timings.tts_first is None:
                         timings.tts_first = trio.current_time()
+                        # the caller is waiting: no dead air before the first word
+                        chunks = trim_leading_silence(chunks, rate)
                     await audio_send.send((sentence, chunks))
                     now = trio.current_time()
                     duration = sum(len(c) for c in chunks) / (2 * rate)

@@ -28,8 +28,10 @@ from ..interfaces import STT, Transcript
 
 log = logging.getLogger(__name__)
 
-SPECULATE_AFTER_MS = 160.0
-"""Pause after which a batch transcription starts speculatively."""
+SPECULATE_AFTER_MS = 120.0
+"""Pause after which a batch transcription starts speculatively (and, from its result, a
+preemptive reply). Shorter hides more of the recognizer and the LLM behind the endpointing
+silence; each pause this long that is not the end of the turn costs a wasted request."""
 
 MAX_UTTERANCE_BYTES = 30 * 16000 * 2 * 3
 """Audio kept per utterance (about 30 s at 48 kHz); anything longer is cut."""
