@@ -108,3 +108,27 @@ async def test_late_grants_are_counted() -> None:
 
 def test_old_name_still_works() -> None:
     assert PriorityLimiter is DeadlineLimiter
+
+
+def test_worker_threads_run_below_the_event_loop() -> None:
+    import os
+    import sys
+
+    from audiosocket_ai.inference import INFERENCE_NICE, lower_thread_priority
+
+    seen: list[tuple[int, int]] = []
+
+    def worker() -> None:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        lower_thread_priority()
+        lower_thread_priority()  # once per thread, not twice
+        seen.append((before, os.getpriority(os.PRIO_PROCESS, tid)))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    main_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if sys.platform.startswith("linux"):
+        assert seen == [(main_nice, min(19, main_nice + INFERENCE_NICE))]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == main_nice, "the process (event loop) keeps its priority"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ...inference import lower_thread_priority
 from ._common import ModelNotFoundError, make_limiter, package_data_dir
 
 if TYPE_CHECKING:
@@ -183,12 +184,14 @@ class PiperTTS:
         return self._sentences(text)
 
     def _sentences(self, text: str) -> Generator[bytes, None, None]:
+        lower_thread_priority()
         voice = self.load()
         chunk: AudioChunk
         for chunk in voice.synthesize(text, syn_config=self._syn_config):
             pcm = chunk.audio_int16_bytes
             if pcm:
                 yield pcm
+                lower_thread_priority()  # resumed, maybe on another worker, for the next sentence
 
     async def aclose(self) -> None:
         """Drop the session reference; memory is freed once no synthesis still uses it."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import trio
 
+from ...inference import lower_thread_priority
 from ...interfaces import Transcript
 from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
 
@@ -194,6 +195,7 @@ class WhisperSTT:
         return Transcript(text=text, is_final=True, confidence=confidence)
 
     def _decode(self, pcm: bytes) -> tuple[str, float | None]:
+        lower_thread_priority()
         model = self.load()
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         began = time.perf_counter()
