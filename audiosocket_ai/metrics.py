@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -60,10 +60,10 @@ class Metrics:
                                 registry=r)
         self.frames_in = Counter("audiosocket_frames_in", "Messages received from Asterisk.", registry=r)
         self.frames_out = Counter("audiosocket_frames_out", "Audio frames sent to Asterisk.", registry=r)
-        self.underruns = Counter("audiosocket_underrun_ticks", "Ticks where an utterance had no audio ready.",
-                                 registry=r)
-        self.late_ticks = Counter("audiosocket_late_ticks", "Ticks skipped because the event loop stalled.",
-                                  registry=r)
+        # underrun and late ticks are counted live (finished calls + calls in progress), so a
+        # scrape during a burst shows the stalls as they happen: see _LiveCollector
+        self.finished_underruns = 0
+        self.finished_late_ticks = 0
         self.inbound_dropped = Counter("audiosocket_inbound_frames_dropped",
                                        "Inbound frames dropped because the agent fell behind.", registry=r)
         self.barge_ins = Counter("audiosocket_barge_ins", "Times the caller interrupted the agent.", registry=r)
@@ -85,8 +85,8 @@ class Metrics:
         self.calls_ended.labels(reason=(call.end_reason.value if call.end_reason else "unknown")).inc()
         self.frames_in.inc(call.stats.frames_in)
         self.frames_out.inc(playout.frames_sent)
-        self.underruns.inc(playout.underruns)
-        self.late_ticks.inc(playout.late_ticks)
+        self.finished_underruns += playout.underruns
+        self.finished_late_ticks += playout.late_ticks
         self.inbound_dropped.inc(call.stats.audio_dropped)
         self._finished_pacing.merge(playout.pacing)
 
@@ -103,12 +103,17 @@ class _LiveCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         server = self.metrics._server
         calls = list(server.calls.values()) if server is not None else []
         yield GaugeMetricFamily("audiosocket_calls_active", "Calls in progress.", value=len(calls))
         yield GaugeMetricFamily("audiosocket_ready", "1 if accepting new calls.",
                                 value=1 if server is not None and server.ready else 0)
+        yield CounterMetricFamily("audiosocket_underrun_ticks", "Ticks where an utterance that had started "
+                                  "playing had no audio ready (the caller heard a gap).",
+                                  value=self.metrics.finished_underruns + sum(c.playout.underruns for c in calls))
+        yield CounterMetricFamily("audiosocket_late_ticks", "Ticks skipped because the event loop stalled.",
+                                  value=self.metrics.finished_late_ticks + sum(c.playout.late_ticks for c in calls))
         pacing = PacingHistogram()
         pacing.merge(self.metrics._finished_pacing)
         for call in calls:

@@ -51,3 +51,36 @@ async def test_health_readiness_metrics_and_outcomes() -> None:
             server.drain()
             assert (await web.get("/readyz")).status_code == 503, "draining: not ready"
         nursery.cancel_scope.cancel()
+
+
+async def test_underruns_show_in_metrics_while_the_call_is_still_up() -> None:
+    """A gap inside an utterance is visible at the next scrape, not only when the call ends."""
+    scraped = trio.Event()
+
+    async def stuttering(call: asa.Call) -> None:
+        with call.playout.utterance():
+            await call.play(asa.tone_pcm(400, 100, call.rate), wait=True)
+            await trio.sleep(0.3)  # the next sentence is late: the caller hears a gap
+            await call.play(asa.tone_pcm(400, 100, call.rate), wait=True)
+        await scraped.wait()  # the utterance is over: this silence is not a gap
+        await call.hangup()
+
+    metrics = Metrics()
+    server = Server(lambda: stuttering, ServerConfig(host="127.0.0.1", port=0), metrics=metrics)
+    endpoint = StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        port = listeners[0].socket.getsockname()[1]
+        http_port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as web, \
+                FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            await trio.sleep(0.7)
+            text = (await web.get("/metrics")).text
+            live = next(line for line in text.splitlines() if line.startswith("audiosocket_underrun_ticks_total"))
+            assert 12 <= float(live.split()[1]) <= 17, live  # the 300 ms gap, in 20 ms ticks
+            assert "audiosocket_calls_active 1.0" in text
+            scraped.set()
+            assert await pbx.wait_for_hangup(timeout=5)
+        await settled(server)
+        nursery.cancel_scope.cancel()
