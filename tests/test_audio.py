@@ -91,3 +91,19 @@ def test_trim_leading_silence_keeps_a_little_before_the_onset() -> None:
     assert chunks[0] == quiet[:500].tobytes(), "the input (a cached sentence) is not modified"
     assert audio.trim_leading_silence([quiet.tobytes()], rate) == [quiet.tobytes()], "all quiet: left alone"
     assert audio.trim_leading_silence([loud.tobytes()], rate) == [loud.tobytes()], "no lead-in: nothing to cut"
+
+
+def test_the_inbound_resampler_holds_back_little_audio() -> None:
+    """The caller's audio reaches the VAD through this resampler: whatever it holds back
+    delays every end of turn and every barge-in (soxr's HQ stream holds ~95 ms)."""
+    from audiosocket_ai.pipeline.assistant import INBOUND_QUALITY
+
+    for call_rate, stt_rate in ((8000, 16000), (16000, 16000), (48000, 16000)):
+        resampler = audio.Resampler(call_rate, stt_rate, quality=INBOUND_QUALITY)
+        fed_ms = 0
+        out = b""
+        for _ in range(25):  # half a second of 20 ms frames
+            out += resampler.process(bytes(audio.frame_bytes(call_rate)))
+            fed_ms += 20
+        held_ms = fed_ms - len(out) / 2 / stt_rate * 1000
+        assert held_ms <= 30, (call_rate, held_ms)

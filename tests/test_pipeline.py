@@ -59,7 +59,7 @@ async def test_reply_streams_sentence_by_sentence_and_history_is_complete(tmp_pa
     async with running_server(agent) as (server, port):
         async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
-            assert await keep_line_open(pbx, lambda: len(llm.histories) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
             await pbx.send_silence(300)
     assert tts.texts == ["First sentence.", "Second sentence!"]
     assert [m.role for m in llm.histories[0]] == ["system", "user"] and llm.histories[0][1].content == "hi there"
@@ -196,8 +196,9 @@ async def test_speculative_transcription_hides_recognition_behind_the_endpointin
         async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1, timeout=10)
-            # a 400 ms pause mid-sentence: speculation starts, then the caller goes on
-            await pbx.send_audio(speech(300) + bytes(2 * 8000 * 400 // 1000) + speech(300))
+            # a 300 ms pause mid-sentence: speculation starts (at 120 ms), then the caller
+            # goes on before the 300 ms recognition is back
+            await pbx.send_audio(speech(300) + bytes(2 * 8000 * 300 // 1000) + speech(300))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 2, timeout=10)
     first = seen["turns"][0].as_ms()
     assert first["stt"] < 100, f"the 300 ms recognition ran during the endpointing silence: {first}"
