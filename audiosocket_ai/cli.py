@@ -191,11 +191,17 @@ def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
             options.setdefault("max_concurrency", concurrency)
         return options
 
+    def piper(spec: str | None) -> dict[str, object]:  # options only PiperTTS takes
+        is_piper = spec is not None and spec.split(":", 1)[0] in ("piper", "local")
+        return {"optimize": values["providers.piper_optimize"]} if is_piper else {}
+
     spec = PipelineSpec(
         stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
         stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
         tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
-        stt_options=pooled(values["providers.stt"], {}), tts_options=pooled(values["providers.tts"], {}),
+        stt_options=pooled(values["providers.stt"], {}),
+        tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
+        tts_fallback_options=piper(values["providers.tts_fallback"]),
         vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
     )
     try:

@@ -36,6 +36,8 @@ class PipelineSpec:
     stt_options: dict[str, Any] = attrs.Factory(dict)
     llm_options: dict[str, Any] = attrs.Factory(dict)
     tts_options: dict[str, Any] = attrs.Factory(dict)
+    tts_fallback_options: dict[str, Any] = attrs.Factory(dict)
+    """Options for the fallback TTS (e.g. PiperTTS's ``optimize``), beside its limiter."""
     vad_options: dict[str, Any] = attrs.Factory(dict)
     settings: AssistantSettings = attrs.Factory(AssistantSettings)
 
@@ -58,7 +60,7 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     # retry-once-then-fallback wrappers (providers/fallback.py)
     stt = FallbackSTT(stt, _fallback(make_stt, spec.stt, spec.stt_fallback, limiter))
     llm = FallbackLLM(llm, _fallback(make_llm, spec.llm, spec.llm_fallback, limiter))
-    tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter))
+    tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter, spec.tts_fallback_options))
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))
     if warm_up:
@@ -76,11 +78,12 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     return VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=vad_factory, settings=settings, tools=tools, **hooks)
 
 
-def _fallback(make: Any, primary: str, fallback: str | None, limiter: DeadlineLimiter) -> Any:
+def _fallback(make: Any, primary: str, fallback: str | None, limiter: DeadlineLimiter,
+              options: Mapping[str, Any] | None = None) -> Any:
     if not fallback or fallback.lower() in ("none", "off") or fallback.split(":")[0] == primary.split(":")[0]:
         return None
     local = fallback.split(":")[0] in ("whisper", "piper", "local")
-    return make(fallback, {"limiter": limiter} if local else {})
+    return make(fallback, _with_defaults(options or {}, {"limiter": limiter} if local else {}))
 
 
 def _with_defaults(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

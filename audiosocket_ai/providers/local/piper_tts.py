@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
 from ...inference import lower_thread_priority
 from ._common import ModelNotFoundError, make_limiter, package_data_dir
+from .piper_optimize import optimized_voice
 
 if TYPE_CHECKING:
     from piper import AudioChunk, PiperVoice, SynthesisConfig
@@ -67,6 +68,16 @@ class PiperTTS:
         length_scale: speaking rate (< 1 faster); default: the voice's own.
         volume: gain after Piper's per-sentence peak normalization; below 1 leaves
             headroom for resampling and G.711 so peaks do not clip on the phone line.
+        optimize: run a rewritten copy of the voice, built once per machine into a cache
+            by :func:`~.piper_optimize.optimized_voice` (which falls back to the voice as
+            is, with a warning, if the build fails). ``"exact"`` rewrites the decoder's
+            ConvTranspose and the 1-D convolutions into ops onnxruntime has fast kernels
+            for: same audio (max sample difference ~3e-5 of full scale), less CPU.
+            ``"int8"`` also quantizes the decoder: cheaper still, slightly hissier (Whisper
+            tiny.en WER 4.1 % vs 2.5-3.8 %, durations unchanged). CPU-s per second of
+            audio, 1 thread: none 0.081, exact 0.0625, int8 0.036 (first measurement, with
+            the standalone recipe).
+            ``"none"`` uses the voice file as is.
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class PiperTTS:
         limiter: trio.CapacityLimiter | None = None,
         length_scale: float | None = None,
         volume: float = 0.8,
+        optimize: Literal["none", "exact", "int8"] = "exact",
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else bundled_piper_voice()
         self.config_path = Path(config_path) if config_path is not None else Path(f"{self.model_path}.json")
@@ -95,6 +107,9 @@ class PiperTTS:
         self._limiter: trio.CapacityLimiter | None = None
         self.length_scale = length_scale
         self.volume = volume
+        if optimize not in ("none", "exact", "int8"):
+            raise ValueError(f"optimize must be 'none', 'exact' or 'int8', not {optimize!r}")
+        self.optimize = optimize
         self._voice: PiperVoice | None = None
         self._syn_config: SynthesisConfig | None = None
         self._load_lock = threading.Lock()
@@ -119,6 +134,8 @@ class PiperTTS:
                 model = self.model_path
                 if not model.is_file():
                     raise ModelNotFoundError(f"Piper voice {model} is missing")
+                if self.optimize != "none":
+                    model = optimized_voice(model, self.optimize)
                 began = time.perf_counter()
                 config = PiperConfig.from_dict(self._config_dict)
                 options = onnxruntime.SessionOptions()
@@ -128,16 +145,27 @@ class PiperTTS:
                 # Idle pool threads spinning would steal the cores other calls' inference needs.
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 options.log_severity_level = 3  # errors only: keep stderr for real problems
-                session = onnxruntime.InferenceSession(
-                    str(model), sess_options=options, providers=["CPUExecutionProvider"]
-                )
+                try:
+                    session = onnxruntime.InferenceSession(
+                        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:
+                    if model == self.model_path:
+                        raise
+                    # A cached build that no longer loads (disk damage, onnxruntime downgrade).
+                    logger.warning("cannot load optimized Piper voice %s (%s); using %s", model, exc,
+                                   self.model_path.name)
+                    model = self.model_path
+                    session = onnxruntime.InferenceSession(
+                        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+                    )
                 # Built directly rather than with PiperVoice.load(), which offers no way to
                 # set SessionOptions (it would use every core per synthesis).
                 self._voice = PiperVoice(session=session, config=config)
                 self._syn_config = SynthesisConfig(length_scale=self.length_scale, volume=self.volume)
                 logger.info(
                     "loaded Piper voice %s (%d Hz, %d thread(s)) in %.2f s",
-                    model.name,
+                    model.name if model == self.model_path else f"{self.model_path.name} ({self.optimize})",
                     config.sample_rate,
                     self.intra_op_threads,
                     time.perf_counter() - began,
