@@ -119,8 +119,9 @@ SETTINGS: tuple[Setting, ...] = (
        "only those.", minimum=0),
     _s("providers", "piper_optimize", str, "exact", "Run the local Piper voice from a copy rewritten for speed, "
        "built once into `$AUDIOSOCKET_AI_CACHE` (default ~/.cache/audiosocket-ai/voices; the voice as is if the "
-       "build fails). `exact`: identical audio, ~1.3x less CPU, ~3 s to build. `int8`: decoder quantized to 8 "
-       "bits, ~2x less CPU, a little quantization noise, ~15 s to build. `none`: the voice file as shipped.",
+       "build fails). `exact`: identical audio, ~1.35x less CPU, ~3 s to build. `int8`: decoder quantized to 8 "
+       "bits, ~2.2x less CPU but audible noise and about twice the word errors in speech recognition tests, ~14 s "
+       "to build. `none`: the voice file as shipped.",
        choices=("none", "exact", "int8")),
     _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
     _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
