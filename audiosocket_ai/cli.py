@@ -254,11 +254,15 @@ def _path(value: str | None) -> Path | None:
 
 def _prepare_admission(assistant: Any, server_config: ServerConfig, values: dict[str, Any]) -> None:
     """Busy prompt and capacity estimate, both computed once before serving."""
+    from .inference import OverloadGuard
     from .pipeline.assistant import VoiceAssistant
     from .pipeline.factory import estimate_capacity, render_prompt
 
     if isinstance(assistant, VoiceAssistant):
         trio.run(assistant.prepare)
+        if assistant.inference_limiter is not None and values["server.overload_ms"] is not None:
+            server_config.overloaded = OverloadGuard(assistant.inference_limiter,
+                                                     threshold=values["server.overload_ms"] / 1000)
     if values["server.busy"] == "prompt":
         server_config.busy_audio = trio.run(render_prompt, assistant.tts, values["server.busy_text"])
     if values["server.estimate_capacity"]:

@@ -63,6 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
        "rejected.", minimum=1, flag="max_calls"),
     _s("server", "estimate_capacity", bool, False, "At start-up, time the local engines and lower max_calls to "
        "what this machine can carry without degrading calls in progress.", flag="estimate_capacity"),
+    _s("server", "overload_ms", int, 500, "Also refuse new calls (busy prompt, /readyz 503) while local "
+       "inference is this many ms behind the audio some caller should already be hearing, and for 3 s after: a "
+       "burst beyond the machine's capacity is turned away instead of degrading the calls in progress. Unset: "
+       "only max_calls limits admission.", minimum=1, optional=True),
     _s("server", "busy", str, "prompt", "What a call over the limit gets: a short spoken busy prompt (assistant "
        "only; pre-rendered, no inference) then hangup, or just the hangup frame.", choices=("prompt", "hangup")),
     _s("server", "busy_text", str, "Sorry, all our lines are busy right now. Please call again in a few minutes.",

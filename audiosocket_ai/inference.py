@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import math
 import os
 import sys
 import threading
@@ -107,6 +108,17 @@ class DeadlineLimiter:
                 entry[4] = False
             raise
 
+    def overdue(self) -> float:
+        """Seconds the most overdue waiting job is past its deadline (0: none is late).
+
+        A job past its deadline is audio some caller should already be hearing; a growing
+        value means the engines are full and the next call would only make it worse.
+        """
+        live = [entry[0] for entry in self._waiting if entry[4]]
+        if not live:
+            return 0.0
+        return max(0.0, trio.current_time() - min(live))  # type: ignore[type-var,operator]
+
     def release_on_behalf_of(self, borrower: object) -> None:
         self._borrowers.discard(borrower)
         while self._waiting and len(self._borrowers) < self.total_tokens:
@@ -122,6 +134,28 @@ class DeadlineLimiter:
         if late > 0:
             self.granted_late += 1
             self.lateness_total += late
+
+
+class OverloadGuard:
+    """Says when new calls should be refused because local inference is falling behind.
+
+    Overloaded while some job is more than ``threshold`` seconds past its deadline, and for
+    ``hold`` seconds after (so admission does not flap at the edge of capacity). Checking
+    this before admitting a call is what keeps a burst from degrading the calls already in
+    progress: they keep their engines, the newcomer hears the busy prompt.
+    """
+
+    def __init__(self, limiter: DeadlineLimiter, *, threshold: float = 0.5, hold: float = 3.0) -> None:
+        self.limiter = limiter
+        self.threshold = threshold
+        self.hold = hold
+        self._until = -math.inf
+
+    def __call__(self) -> bool:
+        now = trio.current_time()
+        if self.limiter.overdue() > self.threshold:
+            self._until = now + self.hold
+        return now < self._until
 
 
 INFERENCE_NICE = 10

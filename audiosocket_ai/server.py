@@ -50,6 +50,10 @@ class ServerConfig:
     """Source networks allowed to connect; empty allows any source that reaches the port."""
     busy_audio: tuple[bytes, int] | None = None
     """(pcm, rate) played to calls refused for capacity before their hangup; None: hangup only."""
+    overloaded: Callable[[], bool] | None = None
+    """Returns True while another call would hurt those in progress (local inference is
+    behind its deadlines: :class:`~audiosocket_ai.inference.OverloadGuard`); new calls
+    are then refused like calls over ``max_calls``."""
     max_busy_prompts: int = 20
     """Busy prompts playing at once; beyond this, refused calls just get the hangup frame."""
     goodbye_grace: float = 8.0
@@ -118,7 +122,13 @@ class Server:
     @property
     def ready(self) -> bool:
         """Whether a load balancer should send new calls here."""
-        return not self.draining and self.active_calls < self.config.max_calls
+        return not self.draining and self.active_calls < self.config.max_calls and not self.overloaded
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether the agent's engines are too far behind to take another call."""
+        check = self.config.overloaded
+        return check is not None and check()
 
     async def listen(self) -> list[trio.SocketListener]:
         """Open the listening sockets (IPv4 and/or IPv6 as ``host`` resolves).
@@ -272,8 +282,9 @@ class Server:
             return
         uuid, pending = handshake
         current_call.set(str(uuid))
-        if self.draining or self.active_calls >= config.max_calls:
-            why = "draining" if self.draining else "max_calls"
+        if self.draining or self.active_calls >= config.max_calls or self.overloaded:
+            why = ("draining" if self.draining else "max_calls" if self.active_calls >= config.max_calls
+                   else "overloaded")
             log.warning("rejected call from %s: %s (%d active)", peer, why, self.active_calls)
             self.stats.reject(why)
             if config.busy_audio is not None and self._busy_prompts < config.max_busy_prompts:

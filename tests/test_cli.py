@@ -246,3 +246,22 @@ def test_provider_pool_size_and_speech_cache_come_from_the_configuration(monkeyp
     values = config.load(env={"AUDIOSOCKET_AI_PROVIDERS_MAX_CONCURRENCY": "9"},
                          overrides={"providers.llm": "openai"})
     assert cli._assistant_factory(values)().llm.primary.max_concurrency == 9
+
+
+def test_the_assistant_server_refuses_calls_when_inference_falls_behind_unless_turned_off() -> None:
+    from audiosocket_ai import cli, config
+    from audiosocket_ai.inference import OverloadGuard
+    from audiosocket_ai.server import ServerConfig
+
+    values = config.load(env={}, overrides={"server.busy": "hangup"})
+    assistant = cli._assistant_factory(values)()
+    server_config = ServerConfig()
+    cli._prepare_admission(assistant, server_config, values)
+    guard = server_config.overloaded
+    assert isinstance(guard, OverloadGuard) and guard.limiter is assistant.inference_limiter
+    assert guard.threshold == 0.5
+    assert assistant.speech_cache.get(assistant.settings.greeting) is not None, "greeting synthesized at start-up"
+    values = config.load(env={"AUDIOSOCKET_AI_SERVER_OVERLOAD_MS": ""}, overrides={"server.busy": "hangup"})
+    server_config = ServerConfig()
+    cli._prepare_admission(assistant, server_config, values)
+    assert server_config.overloaded is None

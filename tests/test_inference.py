@@ -132,3 +132,38 @@ def test_worker_threads_run_below_the_event_loop() -> None:
     if sys.platform.startswith("linux"):
         assert seen == [(main_nice, min(19, main_nice + INFERENCE_NICE))]
     assert os.getpriority(os.PRIO_PROCESS, 0) == main_nice, "the process (event loop) keeps its priority"
+
+
+async def test_overload_guard_trips_on_late_work_and_holds_before_reopening(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from audiosocket_ai.inference import OverloadGuard
+
+    limiter = DeadlineLimiter(1)
+    guard = OverloadGuard(limiter, threshold=0.5, hold=3.0)
+    gate = trio.Event()
+    assert not guard() and limiter.overdue() == 0.0
+
+    async def hold_the_engine() -> None:
+        await limiter.acquire_on_behalf_of("long synthesis")
+        await gate.wait()
+        limiter.release_on_behalf_of("long synthesis")
+
+    async def due_now() -> None:
+        with due(trio.current_time()):
+            await limiter.acquire_on_behalf_of("first sentence")
+        limiter.release_on_behalf_of("first sentence")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold_the_engine)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(due_now)
+        await trio.sleep(0.4)
+        assert not guard(), "late, but not yet by the threshold"
+        await trio.sleep(0.2)
+        assert guard() and 0.5 < limiter.overdue() < 0.7
+        gate.set()
+    assert limiter.overdue() == 0.0
+    assert guard(), "held for a while after catching up, so admission does not flap"
+    await trio.sleep(3.1)
+    assert not guard()

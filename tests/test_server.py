@@ -319,3 +319,57 @@ async def test_a_reset_from_asterisk_is_an_ordinary_hang_up(serve) -> None:
             pbx.stream.socket.close()  # a hard close: RST
         await settled(server)
         assert server.stats.ended == {"caller_hung_up": 1}
+
+
+async def test_calls_arriving_while_inference_is_behind_are_refused_until_it_catches_up(serve) -> None:
+    """A burst the engines cannot absorb: the newcomer hears the busy prompt (and /readyz
+    would say not ready) while the call in progress keeps its audio; admission reopens
+    once nothing is late any more."""
+    import threading
+
+    from audiosocket_ai.inference import DeadlineLimiter, OverloadGuard, due
+
+    limiter = DeadlineLimiter(1)
+    guard = OverloadGuard(limiter, threshold=0.2, hold=0.3)
+    gate = threading.Event()
+    busy = asa.tone_pcm(300, 300, 8000)
+    sent = noise(800, 8000, seed=5)
+
+    async def late_sentence() -> None:
+        with due(trio.current_time()):
+            await trio.to_thread.run_sync(lambda: None, limiter=limiter)
+
+    try:
+        async with serve(asa.echo_agent) as (server, port), trio.open_nursery() as engine:
+            server.config.busy_audio = (busy, 8000)
+            server.config.overloaded = guard
+            engine.start_soon(lambda: trio.to_thread.run_sync(gate.wait, limiter=limiter))  # a long synthesis
+            async with FakeAsterisk.connect("127.0.0.1", port) as first:
+                await established(server)
+                assert server.ready
+                engine.start_soon(late_sentence)  # waits behind the busy engine, due now
+                await trio.sleep(0.3)
+                assert limiter.overdue() > 0.2 and not server.ready
+                async with FakeAsterisk.connect("127.0.0.1", port) as second:
+                    await first.send_audio(sent)  # the call in progress talks on meanwhile
+                    assert await second.wait_for_hangup(timeout=5)
+                assert busy in second.received_audio()
+                gate.set()  # the engine catches up
+                await until_echoed(first, sent)
+                await trio.sleep(0.4)  # the hold time passes
+                assert server.ready
+                async with FakeAsterisk.connect("127.0.0.1", port) as third:
+                    await pbx_established(server, 2)
+                    assert not third.server_hung_up
+                first_audio = first.received_audio()
+            await settled(server)
+            assert server.stats.rejected == {"overloaded": 1}
+    finally:
+        gate.set()
+    assert sent in first_audio, "the call in progress was unaffected"
+
+
+async def pbx_established(server, count: int) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(5):
+        while server.active_calls < count:
+            await trio.sleep(0.01)

@@ -25,9 +25,9 @@ from typing import Literal
 import attrs
 import trio
 
-from ..audio import Resampler, trim_leading_silence
+from ..audio import Quality, Resampler, trim_leading_silence
 from ..call import Call
-from ..inference import URGENT, due, priority
+from ..inference import URGENT, DeadlineLimiter, due, priority
 from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, ToolCall, Transcript, VADFactory
 from ..metrics import Metrics
 from ..playout import Playback
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 BargeIn = Literal["on", "off", "dtmf"]
 
-INBOUND_QUALITY = "LQ"
+INBOUND_QUALITY: Quality = "LQ"
 """soxr quality of the caller's audio on its way to the VAD and recognizer (see _listen)."""
 
 SYNTHESIS_MARGIN_S = 0.3
@@ -175,6 +175,8 @@ class VoiceAssistant:
         self.on_barge_in = on_barge_in
         self.metrics: Metrics | None = None
         """Set by the server to count provider errors."""
+        self.inference_limiter: DeadlineLimiter | None = None
+        """The limiter the local engines share, when :func:`build_assistant` made one."""
         self.speech_cache = speech_cache if speech_cache is not None else SpeechCache()
         """Synthesized sentences shared by all calls (fixed lines pinned)."""
 

@@ -75,7 +75,10 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
         settings = attrs.evolve(settings, greeting=greeting)
     log.info("pipeline ready in %.1fs: stt=%s llm=%s tts=%s vad=%s", time.monotonic() - started,
              spec.stt, spec.llm, spec.tts, spec.vad)
-    return VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=vad_factory, settings=settings, tools=tools, **hooks)
+    assistant = VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=vad_factory, settings=settings, tools=tools,
+                               **hooks)
+    assistant.inference_limiter = limiter
+    return assistant
 
 
 def _fallback(make: Any, primary: str, fallback: str | None, limiter: DeadlineLimiter,
