@@ -93,8 +93,11 @@ class DeadlineLimiter:
         if deadline is None:
             deadline = trio.current_time() + NORMAL_SLACK
         if len(self._borrowers) < self.total_tokens and not self.waiting:
+            # as trio's CapacityLimiter does: a cancellation may land before the grant,
+            # never after it (trio would not release a token whose acquire raised)
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._grant(borrower, deadline)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         event = trio.Event()
         entry: list[object] = [deadline, next(self._seq), event, borrower, True]

@@ -167,3 +167,21 @@ async def test_overload_guard_trips_on_late_work_and_holds_before_reopening(
     assert guard(), "held for a while after catching up, so admission does not flap"
     await trio.sleep(3.1)
     assert not guard()
+
+
+async def test_cancellation_at_the_moment_of_a_free_grant_leaks_no_token() -> None:
+    """With preemptive replies, barge-ins and drops, many syntheses are cancelled; one
+    cancelled just as it got a free token used to keep that token forever, and two such
+    (on two cores) stopped every call's synthesis."""
+    limiter = DeadlineLimiter(2)
+    for _ in range(50):
+        with trio.CancelScope() as scope:
+            scope.cancel()  # already cancelled when it asks: it must get nothing
+            await trio.to_thread.run_sync(lambda: None, limiter=limiter)
+        assert limiter.borrowed_tokens == 0
+    for _ in range(50):
+        with trio.move_on_after(0):
+            await limiter.acquire_on_behalf_of("x")
+            limiter.release_on_behalf_of("x")  # granted: we own it until we give it back
+        assert limiter.borrowed_tokens == 0
+    await trio.to_thread.run_sync(lambda: None, limiter=limiter)
