@@ -1550,7 +1550,8 @@ def synthesis_cost(modes: list[str], reference: dict[str, Any], args: argparse.N
     if "unique" in modes:
         i = modes.index("unique")
         speech[i] += f" (means over {UNIQUE_SAMPLES} sample texts)"
-    text = (f"Synthesis cost, measured here before the runs (one Piper synthesis at a time, 1 thread, "
+    text = (f"Synthesis cost, measured here before the runs (one Piper synthesis at a time, 1 thread, the "
+            f"voice as the server loads it by default (`providers.piper_optimize = exact`), "
             f"load {reference['load'].split()[0]}): **{rtf:.3f} s of CPU per second of speech**. A conversation "
             f"of this script makes {', and '.join(speech)}. The greeting is a fixed line, synthesized once per "
             f"server process and reused by every call.")
@@ -1563,10 +1564,10 @@ def synthesis_cost(modes: list[str], reference: dict[str, Any], args: argparse.N
         text += (f" With `--replies unique` every reply and answer is new text, so each call costs about "
                  f"{cost['unique']:.2f} core-seconds of synthesis whatever the server caches.")
     worst = cost.get("unique", cost.get("same", 0.0))
-    text += (f" That is nearly all spent within a few seconds of the question (the pipeline synthesizes every "
-             f"sentence as soon as the LLM completes it). So, with nothing reused, two cores keep at most "
-             f"~{2 / rtf:.0f} agents talking in real time, before any other work; N calls that all reach the reply "
-             f"within ~{args.stagger + 1:.0f} s need ~{worst:.2f}·N core-seconds in that window.")
+    text += (f" The server synthesizes each sentence just before it is needed, so that work is spread over the "
+             f"~{args.stagger + 1:.0f} s in which the calls reach their replies and the seconds their replies "
+             f"play; with nothing reused, two cores keep at most ~{2 / rtf:.0f} agents talking in real time, "
+             f"before any other work (~{worst:.2f}·N core-seconds for N calls).")
     return text
 
 
