@@ -319,11 +319,13 @@ class _Session:
                 pcm = to_stt.process(frame.pcm)
                 position += len(pcm)
                 ring.add(pcm)
-                if capture is not None:
-                    # read before this frame is fed: on the frame that ends the utterance the
-                    # VAD leaves speech, and its silence count would read as "talking again"
-                    capture.add(pcm, trailing_silence_ms=getattr(vad, "trailing_silence_ms", None))
                 events = vad.feed(pcm if to_vad is None else to_vad.process(pcm))
+                if capture is not None:
+                    # the silence count including this frame (a frame sooner than reading it
+                    # before); on the frame that ends the utterance the VAD has left speech and
+                    # its count reads 0, which is not "talking again": pass nothing then
+                    ended = any(isinstance(event, SpeechEnded) for event in events)
+                    capture.add(pcm, trailing_silence_ms=None if ended else getattr(vad, "trailing_silence_ms", None))
                 if self.agent_busy:
                     self._busy_until = trio.current_time()
                 for event in events:
