@@ -287,14 +287,7 @@ class Call:
             log.error("protocol error from %s: %s; hanging up", self.peer, exc)
             self.request_hangup(after_playout=False, reason=EndReason.PROTOCOL_ERROR)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if _peer_closed(exc):
-                # Asterisk closes with a reset whenever our last frames were still unread in
-                # its buffer (we send every 20 ms): that is an ordinary hang-up.
-                log.info("caller closed the connection (reset: our last frames were unread)")
-                self._finish(EndReason.CALLER_HUNG_UP)
-            else:
-                log.info("connection lost while reading: %s", exc or type(exc).__name__)
-                self._finish(EndReason.CONNECTION_LOST)
+            self._connection_ended(exc, "reading")
         finally:
             self._audio_send.close()
             self._dtmf_send.close()
@@ -399,19 +392,24 @@ class Call:
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                if _peer_closed(exc):
-                    # the writer can see Asterisk's close (a reset, or a broken pipe) before
-                    # the reader does: it is the same ordinary hang-up
-                    log.info("caller closed the connection (seen while writing)")
-                    self._finish(EndReason.CALLER_HUNG_UP)
-                else:
-                    log.info("connection lost while writing: %s", exc or type(exc).__name__)
-                    self._finish(EndReason.CONNECTION_LOST)
+                self._connection_ended(exc, "writing")
                 raise _WriteFailed from exc
         if timeout.cancelled_caught:
             log.warning("peer has not read for %.1fs; ending the call", self.settings.write_timeout)
             self._finish(EndReason.PEER_NOT_READING)
             raise _WriteFailed
+
+    def _connection_ended(self, exc: BaseException, doing: str) -> None:
+        """The socket failed while ``doing`` ("reading" or "writing"): end the call with the right reason."""
+        if _peer_closed(exc):
+            # Asterisk closes with a reset whenever our last frames were still unread in its
+            # buffer (we send every 20 ms), and the writer may see that (or a broken pipe)
+            # before the reader: an ordinary hang-up either way
+            log.info("caller closed the connection (seen while %s)", doing)
+            self._finish(EndReason.CALLER_HUNG_UP)
+        else:
+            log.info("connection lost while %s: %s", doing, exc or type(exc).__name__)
+            self._finish(EndReason.CONNECTION_LOST)
 
     async def _run_agent(self, agent: AgentFunction) -> None:
         try:
