@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,11 @@ async def running_server(agent: Any, **config: Any) -> AsyncIterator[tuple[Serve
         port = listeners[0].socket.getsockname()[1]
         yield server, port
         server.hangup_all()
+
+
+def in_ci() -> bool:
+    """Whether this run is CI, where a missing tool must fail a test rather than skip it."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ from audiosocket_ai.audio import looks_like_mislabelled_ulaw as detector
 from audiosocket_ai.audio import ulaw_decode
 from audiosocket_ai.protocol import Audio, Decoder, Dtmf, Error, Hangup, Kind, Message, Unknown, Uuid
 
+from .conftest import in_ci
+
 FIXTURES = Path(
     os.environ.get("AUDIOSOCKET_AI_FIXTURES")
     or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "asterisk"
@@ -36,10 +38,6 @@ FIXTURES = Path(
 
 MISLABELLED_ULAW_CAPTURE = "iax_dial_nocodec_record_only"
 """``Dial(AudioSocket/…)`` without ``c()`` from a μ-law (IAX2) caller: μ-law bytes labelled 0x10."""
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 @dataclass(frozen=True)

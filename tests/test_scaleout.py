@@ -35,7 +35,7 @@ import trio
 
 from audiosocket_ai.testing import FakeAsterisk
 
-from .conftest import noise, until_echoed
+from .conftest import in_ci, noise, until_echoed
 from .test_reliability import Talker
 
 pytestmark = pytest.mark.integration
@@ -44,10 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = REPO / "deploy" / "haproxy.cfg"
 HOST = "127.0.0.1"
 BACKEND = "audiosocket_ai"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def haproxy_binary() -> str:

@@ -9,13 +9,13 @@ Without an Asterisk build the tests skip (run ``bash .ci/asterisk.sh``), except 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from ..conftest import in_ci
 from .agent_server import AgentServer
 from .pbx import AsteriskUnavailable, Pbx, find_asterisk
 from .phone import Phone
@@ -25,10 +25,6 @@ ATTACHMENTS = pytest.StashKey[list[tuple[str, Path]]]()
 
 ATTACHMENT_LIMIT = 2_000_000
 """Characters of one attachment kept in a report (a test's whole log is far smaller)."""
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def attach_on_failure(request: pytest.FixtureRequest, title: str, path: Path) -> None:

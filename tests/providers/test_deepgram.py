@@ -18,6 +18,7 @@ import trio
 from audiosocket_ai.interfaces import STT, TTS, Transcript
 from audiosocket_ai.providers.deepgram import DeepgramSTT, DeepgramTTS
 from audiosocket_ai.providers.errors import ProviderError
+from tests.conftest import in_ci
 from tests.fakes.deepgram_server import (
     API_KEY,
     DeepgramFault,
@@ -250,6 +251,8 @@ async def test_bad_query_parameters_are_rejected_as_not_retryable() -> None:
 def tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) from a throwaway self-signed certificate."""
     if shutil.which("openssl") is None:
+        if in_ci():
+            pytest.fail("CI=true but the openssl command (to make a test certificate) is missing", pytrace=False)
         pytest.skip("needs the openssl command to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
