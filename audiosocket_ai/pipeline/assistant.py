@@ -32,7 +32,7 @@ from ..interfaces import LLM, STT, TTS, Message, SpeechEnded, SpeechStarted, Too
 from ..metrics import Metrics
 from ..playout import Playback
 from ..recording import StereoRecorder, TranscriptWriter
-from .capture import Speculation, UtteranceCapture
+from .capture import Speculation, UtteranceCapture, transcript_text
 from .sentences import SentenceSplitter
 from .speech_cache import SpeechCache
 from .tools import HANG_UP, TRANSFER, Tool, tool_specs
@@ -239,8 +239,7 @@ class _Session:
         self._busy_until = 0.0  # last time the agent was heard talking (for barge-in off)
         self._capture_started = 0.0
         self._endpoint_seen = 0.0
-        self._held: Speculation | None = None  # the tentative reply being prepared, if any
-        self._held_timings: TurnTimings | None = None
+        self._held: Utterance | None = None  # the tentative utterance whose reply is being prepared
 
     # --- top level ---------------------------------------------------------------------
 
@@ -281,7 +280,7 @@ class _Session:
     def agent_busy(self) -> bool:
         """The agent is talking, or working on a reply the caller is waiting for (a reply
         prepared during the caller's pause does not count until the endpoint confirms it)."""
-        held = self._held is not None and not self._held.confirmed
+        held = self._held is not None and self._held.speculation is not None and not self._held.speculation.confirmed
         return (self.turn_scope is not None and not held) or self.call.playout.speaking
 
     def interrupt(self, why: str) -> None:
@@ -363,43 +362,37 @@ class _Session:
         if not text or self.agent_busy or self._held is not None:
             return
         now = trio.current_time()
-        timings = TurnTimings(transcript=now, preemptive=True)
+        utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
+                              speculation=speculation)
         try:
-            self.utterances_send.send_nowait(Utterance(text, self._capture_started, now, timings,
-                                                       speculation=speculation))
+            self.utterances_send.send_nowait(utterance)
         except trio.WouldBlock:
             return
-        self._held = speculation
-        self._held_timings = timings
+        self._held = utterance
         log.debug("preparing a reply during the pause to: %s", text)
 
     async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
-        held = capture.speculation
-        if held is not None and held is self._held:
+        held = self._held
+        if held is not None and capture.speculation is not None and held.speculation is capture.speculation:
             # its reply is already on its way (held until now): just complete its timings
-            held_timings = self._held_timings
-            if held_timings is not None:
-                held_timings.speech_end = self._speech_end or trio.current_time()
-                held_timings.endpoint = max(held_timings.speech_end, self._endpoint_seen)
+            held.timings.speech_end = self._speech_end or trio.current_time()
+            held.timings.endpoint = max(held.timings.speech_end, self._endpoint_seen)
             log.info("caller said: %s", held.text)
             return
         timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
-        finals: list[str] = []
-        last: Transcript | None = None
+        results: list[Transcript] = []
         self.transcribing += 1
         try:
             with trio.fail_after(self.settings.stt_timeout + 60), priority(URGENT):
                 async for result in capture.transcripts():
-                    last = result
-                    if result.is_final and result.text.strip():
-                        finals.append(result.text.strip())
+                    results.append(result)
+            text = transcript_text(results)
         except Exception as exc:
             log.error("speech recognition failed: %s", exc)
             self.a.count_error("stt")
-            finals = ["[the caller said something that could not be recognized]"]
+            text = "[the caller said something that could not be recognized]"
         finally:
             self.transcribing -= 1
-        text = " ".join(finals) or (last.text.strip() if last and last.text else "")
         timings.transcript = trio.current_time()
         timings.speech_end = self._speech_end or timings.transcript
         if not timings.endpoint:
@@ -475,9 +468,8 @@ class _Session:
             self.transcript.write("caller", utterance.text, start=utterance.start, end=end, dtmf=utterance.is_dtmf)
 
     def _release_held(self, held: Speculation) -> None:
-        if self._held is held:
+        if self._held is not None and self._held.speculation is held:
             self._held = None
-            self._held_timings = None
         if not held.confirmed:
             log.debug("the caller went on talking: the reply prepared during the pause was dropped")
 

@@ -19,7 +19,7 @@ caller goes on talking (the held reply is then cancelled and never heard).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -35,6 +35,12 @@ silence; each pause this long that is not the end of the turn costs a wasted req
 
 MAX_UTTERANCE_BYTES = 30 * 16000 * 2 * 3
 """Audio kept per utterance (about 30 s at 48 kHz); anything longer is cut."""
+
+
+def transcript_text(results: Sequence[Transcript]) -> str:
+    """What a recognizer's results say: the final pieces joined, else the last interim one."""
+    finals = [r.text.strip() for r in results if r.is_final and r.text.strip()]
+    return " ".join(finals) or (results[-1].text.strip() if results else "")
 
 
 class Speculation:
@@ -55,10 +61,8 @@ class Speculation:
 
     @property
     def text(self) -> str:
-        """The transcript (final pieces joined), or "" before the results are in."""
-        results = self.results or []
-        finals = [r.text.strip() for r in results if r.is_final and r.text.strip()]
-        return " ".join(finals) or (results[-1].text.strip() if results else "")
+        """The transcript, or "" before the results are in."""
+        return transcript_text(self.results or [])
 
     def settle(self, confirmed: bool) -> None:
         if not self.verdict.is_set():
