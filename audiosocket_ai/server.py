@@ -122,13 +122,18 @@ class Server:
     @property
     def ready(self) -> bool:
         """Whether a load balancer should send new calls here."""
-        return not self.draining and self.active_calls < self.config.max_calls and not self.overloaded
+        return self._refusal_reason() is None
 
-    @property
-    def overloaded(self) -> bool:
-        """Whether the agent's engines are too far behind to take another call."""
-        check = self.config.overloaded
-        return check is not None and check()
+    def _refusal_reason(self) -> str | None:
+        """Why a new call would be refused now ("draining", "max_calls", "overloaded"), or None."""
+        if self.draining:
+            return "draining"
+        if self.active_calls >= self.config.max_calls:
+            return "max_calls"
+        overloaded = self.config.overloaded
+        if overloaded is not None and overloaded():
+            return "overloaded"
+        return None
 
     async def listen(self) -> list[trio.SocketListener]:
         """Open the listening sockets (IPv4 and/or IPv6 as ``host`` resolves).
@@ -282,9 +287,8 @@ class Server:
             return
         uuid, pending = handshake
         current_call.set(str(uuid))
-        if self.draining or self.active_calls >= config.max_calls or self.overloaded:
-            why = ("draining" if self.draining else "max_calls" if self.active_calls >= config.max_calls
-                   else "overloaded")
+        why = self._refusal_reason()
+        if why is not None:
             log.warning("rejected call from %s: %s (%d active)", peer, why, self.active_calls)
             self.stats.reject(why)
             if config.busy_audio is not None and self._busy_prompts < config.max_busy_prompts:
