@@ -27,8 +27,9 @@ How:
   with other processes (run-queue wait from ``/proc/PID/schedstat``), is marked invalid;
 * optionally the server is profiled with py-spy at the limit (``--profile``).
 
-Run: ``.venv/bin/python benchmarks/echo_capacity.py`` (``--help`` for the knobs;
-``--write-docs`` puts the table into docs/benchmarks.md). Traffic stays on 127.0.0.1.
+Run: ``.venv/bin/python -m benchmarks.echo_capacity`` or ``.venv/bin/python
+benchmarks/echo_capacity.py`` (``--help`` for the knobs; ``--write-docs`` puts the table
+into docs/benchmarks.md). Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -51,7 +52,21 @@ import time
 import uuid
 from pathlib import Path
 
-import _report  # benchmarks/_report.py, beside this script
+if not __package__:  # run as a file: import the benchmarks package from the repository instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.common import ROOT, metrics, report
+from benchmarks.common.internals import CLI_MODULE
+from benchmarks.common.procs import (
+    cpu_ticks,
+    free_port,
+    loadavg,
+    rss_mb,
+    runq_wait_ns,
+    server_command,
+    stop_process,
+)
+from benchmarks.common.stats import Hist
 
 FRAME_NS = 20_000_000
 SLOT_NS = 1_000_000
@@ -67,41 +82,20 @@ GEN_MAX_SEND_P99_MS = 2.0  # epoll's timeout has 1 ms granularity: ~1 ms of send
 GEN_MAX_BLIND_P99_MS = 1.0
 SERVER_MAX_RUNQ_WAIT_PCT = 2.0  # more than this and other processes shared the server's core: step invalid
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-SECTION = "## Echo capacity (issue 3)"
-BEGIN, END = "<!-- echo_capacity:begin -->", "<!-- echo_capacity:end -->"
+SCRIPT = "benchmarks/echo_capacity.py"
+DOCS = report.DocsBlock("## Echo capacity (issue 3)", "echo_capacity")
 
 mono = time.monotonic_ns
 
 
-class Hist:
-    """Counts of durations in 10 µs buckets (cheap to update 40 000 times a second)."""
+def ns_hist() -> Hist:
+    """Durations in ns, 10 µs buckets (cheap to update 40 000 times a second)."""
+    return Hist(BUCKET_NS, NBUCKETS)
 
-    __slots__ = ("counts", "max_ns", "n")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (NBUCKETS + 1)
-        self.n = 0
-        self.max_ns = 0
-
-    def add(self, ns: int, count: int = 1) -> None:
-        i = ns // BUCKET_NS
-        self.counts[i if i < NBUCKETS else NBUCKETS] += count
-        self.n += count
-        if ns > self.max_ns:
-            self.max_ns = ns
-
-    def pct_ms(self, q: float) -> float:
-        if not self.n:
-            return float("nan")
-        rank = math.ceil(q / 100.0 * self.n)
-        running = 0
-        for i, c in enumerate(self.counts):
-            running += c
-            if running >= rank:
-                return (i + 1) * BUCKET_NS / 1e6  # upper edge of the bucket
-        return self.max_ns / 1e6
+def pct_ms(hist: Hist, q: float) -> float:
+    """A percentile of an :func:`ns_hist`, in ms: the upper edge of its bucket."""
+    return hist.pct(q) / 1e6
 
 
 class CallState:
@@ -141,9 +135,9 @@ class Generator:
         self.connect_errors = 0
 
     def reset_stats(self) -> None:
-        self.dev = Hist()
-        self.send_late = Hist()
-        self.blind = Hist()
+        self.dev = ns_hist()
+        self.send_late = ns_hist()
+        self.blind = ns_hist()
         self.send_blocked = 0
         for st in self.calls:
             st.first = st.lastw = st.count = 0
@@ -315,12 +309,6 @@ class Generator:
 # --- server process --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 GC_TRACE = """
 import atexit, gc, json, signal, sys, time
 stats = {g: [0, 0, 0] for g in range(3)}  # collections, total ns, max ns
@@ -340,7 +328,7 @@ def _dump():
 atexit.register(_dump)
 signal.signal(signal.SIGUSR1, lambda *_: _dump())  # the benchmark asks for a snapshot per step
 sys.argv[0] = "audiosocket-ai"
-from audiosocket_ai.cli import main
+from CLI_MODULE import main
 if len(sys.argv) > 1 and sys.argv[1].startswith("--gc-threshold="):
     # what-if experiment: move what is already loaded out of the collector's way, collect less often
     gc.collect()
@@ -351,7 +339,6 @@ sys.exit(main())
 
 
 def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    exe = ROOT / ".venv" / "bin" / "audiosocket-ai"
     serve = ["serve", "--agent", "echo", "--host", "127.0.0.1", "--port", str(port), "--max-calls", "5000",
              "--log-level", "warning", *args.server_arg]
     if args.gc_threshold and not args.gc_trace:
@@ -359,9 +346,9 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
     if args.gc_trace:
         # same command, with gc.callbacks timing every collection (written to a JSON file at exit)
         extra = [f"--gc-threshold={args.gc_threshold}"] if args.gc_threshold else []
-        cmd = [sys.executable, "-c", GC_TRACE, str(args.gc_trace), *extra, *serve]
+        cmd = [sys.executable, "-c", GC_TRACE.replace("CLI_MODULE", CLI_MODULE), str(args.gc_trace), *extra, *serve]
     else:
-        cmd = [str(exe) if exe.exists() else "audiosocket-ai", *serve]
+        cmd = [*server_command(), *serve]
     if args.server_core is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(args.server_core), *cmd]
     log_file = open(log_path, "wb")  # kept open for the server's lifetime
@@ -376,61 +363,22 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
             return proc
         except OSError:
             time.sleep(0.1)
-    stop_server(proc)
+    stop_process(proc, timeout=5)
     raise SystemExit("server did not start listening within 30 s")
 
 
 def serve_supports(option: str) -> bool:
-    exe = ROOT / ".venv" / "bin" / "audiosocket-ai"
     try:
-        out = subprocess.run([str(exe) if exe.exists() else "audiosocket-ai", "serve", "--help"],
+        out = subprocess.run([*server_command(), "serve", "--help"],
                              capture_output=True, text=True, timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return option in out
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def server_pid(proc: subprocess.Popen[bytes]) -> int:
     """The Python process (taskset execs it, so this is normally ``proc.pid`` itself)."""
     return proc.pid
-
-
-def proc_cpu_ticks(pid: int) -> tuple[int, int]:
-    """(utime, stime) of the whole process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
-def runq_wait_ns(pid: int | str) -> int:
-    """Time the task spent runnable but waiting for a CPU (others' work on its core)."""
-    try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def scrape_pacing(url: str | None) -> dict[str, float] | None:
@@ -441,20 +389,16 @@ def scrape_pacing(url: str | None) -> dict[str, float] | None:
     """
     if not url:
         return None
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
+        m = metrics.fetch(url, timeout=2)
     except OSError:
         return None
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("audiosocket_pacing_lateness_seconds_bucket"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[f"le={le}"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("audiosocket_pacing_lateness_seconds_count", "audiosocket_late_ticks_total")):
-            out[line.split(" ", 1)[0].split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    for name, value in m.items():
+        if name.startswith(metrics.LATENESS + "_bucket"):
+            out[f"le={metrics.label(name, 'le')}"] = value
+        elif name.startswith((metrics.LATENESS + "_count", "audiosocket_late_ticks_total")):
+            out[name.split("{", 1)[0]] = value
     return out or None
 
 
@@ -539,7 +483,7 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     gc0, tg0 = gc_snapshot(gen, pid, args.gc_trace), mono()
     gen.reset_stats()
     closed_before = gen.server_closed
-    ticks0, t0 = proc_cpu_ticks(pid), mono()
+    ticks0, t0 = cpu_ticks(pid), mono()
     wait0, own_wait0 = runq_wait_ns(pid), runq_wait_ns("thread-self")
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     pacing0 = scrape_pacing(args.metrics_url)
@@ -549,7 +493,7 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     pacing1 = scrape_pacing(args.metrics_url)
     t1 = mono()
     own1 = resource.getrusage(resource.RUSAGE_SELF)
-    ticks1 = proc_cpu_ticks(pid)
+    ticks1 = cpu_ticks(pid)
     wait1, own_wait1 = runq_wait_ns(pid), runq_wait_ns("thread-self")
     tg1 = mono()
     gc1 = gc_snapshot(gen, pid, args.gc_trace)
@@ -567,11 +511,11 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
             calls_missing += 1
     live = len(gen.live)
     warn_total, warn_kinds, log_offset = count_log_lines(log_path, log_offset)
-    send_p99 = gen.send_late.pct_ms(99)
-    blind_p99 = gen.blind.pct_ms(99)
+    send_p99 = pct_ms(gen.send_late, 99)
+    blind_p99 = pct_ms(gen.blind, 99)
     valid = send_p99 <= GEN_MAX_SEND_P99_MS and blind_p99 <= GEN_MAX_BLIND_P99_MS and gen.send_blocked == 0
     server_wait_pct = 100.0 * (wait1 - wait0) / (t1 - t0)
-    p99 = gen.dev.pct_ms(99)
+    p99 = pct_ms(gen.dev, 99)
     dropped_calls = gen.server_closed - closed_before + max(0, n - live)
     result: dict[str, object] = {
         "calls": n,
@@ -583,22 +527,22 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "missing": missing,
         "calls_with_missing": calls_missing,
         "calls_dropped": dropped_calls,
-        "dev_p50_ms": gen.dev.pct_ms(50),
+        "dev_p50_ms": pct_ms(gen.dev, 50),
         "dev_p99_ms": p99,
-        "dev_p999_ms": gen.dev.pct_ms(99.9),
-        "dev_max_ms": round(gen.dev.max_ns / 1e6, 2),
+        "dev_p999_ms": pct_ms(gen.dev, 99.9),
+        "dev_max_ms": round(gen.dev.max / 1e6, 2),
         "server_cpu_pct": round(100.0 * (sum(ticks1) - sum(ticks0)) / hz / elapsed, 1),
         "server_sys_pct": round(100.0 * (ticks1[1] - ticks0[1]) / hz / elapsed, 1),
         "server_runq_wait_pct": round(server_wait_pct, 1),
         "server_contended": server_wait_pct > SERVER_MAX_RUNQ_WAIT_PCT,
-        "server_rss_mb": round(proc_rss_mb(pid), 1),
+        "server_rss_mb": round(rss_mb(pid), 1),
         "server_warnings": warn_total,
         "server_warning_kinds": dict(warn_kinds),
         "gen_cpu_pct": round(100.0 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed, 1),
         "gen_runq_wait_pct": round(100.0 * (own_wait1 - own_wait0) / (t1 - t0), 1),
         "gen_send_late_p99_ms": send_p99,
         "gen_blind_p99_ms": blind_p99,
-        "gen_blind_max_ms": round(gen.blind.max_ns / 1e6, 2),
+        "gen_blind_max_ms": round(gen.blind.max / 1e6, 2),
         "gen_send_blocked": gen.send_blocked,
         "gen_valid": valid,
         "server_pacing": pacing_delta(pacing0, pacing1),
@@ -717,23 +661,15 @@ def _short(frame: str) -> str:
 # --- reporting -------------------------------------------------------------------------
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def render_markdown(results: list[dict[str, object]], info: dict[str, str], args: argparse.Namespace,
                     load_before: str, load_after: str, profile: dict[str, object] | None) -> str:
     passing = [r for r in results if r["pass"] and r["gen_valid"] and not r.get("server_contended")]
     best = max((int(r["calls"]) for r in passing), default=0)  # type: ignore[call-overload]
     lines = [
-        f"Measured {info['date']} with `{_command_line()}`.",
+        report.measured(info, report.command_line(SCRIPT, sys.argv[1:])),
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, trio {info['trio']}, "
-        f"Linux {info['kernel']}; code at {info['commit']}. Server pinned to core {args.server_core}, load "
-        f"generator to core {args.client_core}."
+        report.machine(info) + f" Server pinned to core {args.server_core}, load generator to core "
+        f"{args.client_core}."
         + (f" **What-if run:** server started with `gc.freeze()` and `gc.set_threshold({args.gc_threshold})`."
            if args.gc_threshold else "")
         + f" Load average (1/5/15 min) before: {load_before}, after: {load_after}.",
@@ -812,28 +748,8 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
     return "\n".join(lines)
 
 
-def _command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        script_name = str(script.relative_to(ROOT))
-    except ValueError:
-        script_name = str(script)
-    rest = [a for a in sys.argv[1:] if a != "--write-docs"]
-    return " ".join([".venv/bin/python", script_name, *rest])
-
-
-def machine_info() -> dict[str, str]:
-    return _report.machine_info()
-
-
-def write_docs(body: str) -> None:
-    """Rewrite this script's block in docs/benchmarks.md (other sections stay as they are)."""
-    _report.write_docs(SECTION, BEGIN, END, body)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = report.argument_parser(__doc__)
     p.add_argument("--steps", default="50,100,200,300,400,500,600,800",
                    help="comma-separated call counts to hold, in order")
     p.add_argument("--max-calls", type=int, default=None, help="drop steps above this many calls")
@@ -864,7 +780,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-runtime", type=float, default=570.0, help="skip remaining steps after this many seconds")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--write-docs", action="store_true",
-                   help=f"write the table into {DOC.relative_to(ROOT)} (only this benchmark's block)")
+                   help=f"write the table into {report.DOC.relative_to(ROOT)} (only this benchmark's block)")
     return p.parse_args(argv)
 
 
@@ -880,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     want = max(steps) * 2 + 256
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(want, soft)), hard))
-    info = machine_info()
+    info = report.machine_info()
     load_before = loadavg()
     cores = os.cpu_count() or 1
     if cores < 2:
@@ -934,16 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         gc.enable()
         gen.close_all()
-        stop_server(proc)
+        stop_process(proc, timeout=5)
     load_after = loadavg()
     body = render_markdown(results, info, args, load_before, load_after, profile)
-    print(body)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "load_before": load_before, "load_after": load_after,
-                                         "steps": results, "profile": profile}, indent=2, default=str))
-    if args.write_docs:
-        write_docs(body)
-        print(f"wrote {DOC}", file=sys.stderr)
+    report.publish(body, DOCS if args.write_docs else None, args.json,
+                   {"machine": info, "load_before": load_before, "load_after": load_after, "steps": results,
+                    "profile": profile})
     return 0
 
 

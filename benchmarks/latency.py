@@ -10,7 +10,7 @@ How (everything in this process, one trio run, traffic on 127.0.0.1):
 
 * the default offline assistant — :class:`VoiceAssistant` with Whisper tiny.en, the rules
   model, Piper and the WebRTC VAD — is served by the real :class:`Server` on a free port,
-  with its ``on_turn`` and ``on_barge_in`` hooks recording the server-side timings;
+  with an observer (``on_turn``, ``on_barge_in``) recording the server-side timings;
 * the caller is :class:`FakeAsterisk` driven by a "line" task that sends one 8 kHz slin
   frame every 20 ms on an absolute clock (silence unless the caller is speaking), as a
   phone channel does. Caller speech is Piper's voice resampled to 8 kHz;
@@ -27,8 +27,8 @@ How (everything in this process, one trio run, traffic on 127.0.0.1):
   silent (the server's silence frames are exact zeros); split into detection (onset → VAD
   decision, ``on_barge_in``) and flush-to-wire.
 
-Run: ``.venv/bin/python benchmarks/latency.py`` (``--help`` for the knobs; ``--write-docs``
-puts the tables into docs/benchmarks.md).
+Run: ``.venv/bin/python -m benchmarks.latency`` or ``.venv/bin/python benchmarks/latency.py``
+(``--help`` for the knobs; ``--write-docs`` puts the tables into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import argparse
 import collections
 import json
 import logging
-import math
 import statistics
 import sys
 import tempfile
@@ -46,25 +45,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import _report  # benchmarks/_report.py, beside this script
 import numpy as np
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a file: import the benchmarks package from the repository instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from audiosocket_ai.audio import resample  # noqa: E402
-from audiosocket_ai.pipeline.assistant import AssistantSettings, TurnTimings, VoiceAssistant  # noqa: E402
-from audiosocket_ai.protocol import Audio, encode  # noqa: E402
-from audiosocket_ai.server import Server, ServerConfig  # noqa: E402
-from audiosocket_ai.testing import FakeAsterisk  # noqa: E402
+from audiosocket_ai.audio import resample
+from audiosocket_ai.protocol import Audio, encode
+from audiosocket_ai.testing import FakeAsterisk
+from benchmarks.common import ROOT, report
+from benchmarks.common.internals import AssistantSettings, Server, ServerConfig, TurnTimings, VoiceAssistant
+from benchmarks.common.procs import loadavg
+from benchmarks.common.speech import FRAME, RATE, caller_pcm, dbfs, speech_bounds
+from benchmarks.common.stats import pct
 
-DOC = ROOT / "docs" / "benchmarks.md"
-SECTION = "## Conversation latency (issue 4)"
-BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
+SCRIPT = "benchmarks/latency.py"
+DOCS = report.DocsBlock("## Conversation latency (issue 4)", "latency")
 
-RATE = 8000
-FRAME = 160  # samples per 20 ms at 8 kHz
 TICK = 0.020
 SILENCE = bytes(2 * FRAME)
 TARGET_TURN_P50_MS = 600.0
@@ -106,24 +104,8 @@ class Speech:
         return (self.end - self.onset) / RATE * 1000
 
 
-def speech_bounds(pcm: bytes, window: int = 80) -> tuple[int, int]:
-    """First and last sample of the voiced part: 10 ms windows within 35 dB of the peak."""
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    n = len(x) // window
-    power = (x[: n * window].reshape(n, window) ** 2).mean(axis=1)
-    db = 10 * np.log10(np.maximum(power, 1e-9) / 32768.0**2)
-    voiced = np.flatnonzero((db > db.max() - 35) & (db > -50))
-    if not len(voiced):
-        raise ValueError("no speech in the synthesized audio")
-    return int(voiced[0]) * window, int(voiced[-1] + 1) * window
-
-
 def synthesize(tts: Any, text: str) -> Speech:
-    pcm = b"".join(tts.synthesize_sync(text))
-    pcm = resample(pcm, tts.sample_rate, RATE)
-    # pad to whole frames, with 200 ms of trailing silence as a phone line would carry
-    pcm += bytes(-len(pcm) % (2 * FRAME)) + bytes(2 * FRAME * 10)
-    return Speech(text, pcm)
+    return Speech(text, caller_pcm(tts, text))
 
 
 # --- the caller's line --------------------------------------------------------------------
@@ -194,10 +176,11 @@ def first_sound(pbx: FakeAsterisk, since: float) -> float | None:
     return None
 
 
-def first_audible(pbx: FakeAsterisk, since: float, dbfs: float = -50.0) -> float | None:
+def first_audible(pbx: FakeAsterisk, since: float, threshold: float = -50.0) -> float | None:
+    """Arrival time of the first outbound frame after ``since`` louder than ``threshold`` dBFS."""
     for t, pcm in agent_frames(pbx, since):
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-        if len(x) and 10 * math.log10(max((x * x).mean(), 1e-9) / 32768.0**2) > dbfs:
+        if len(x) and dbfs((x * x).mean(), 1e-9) > threshold:
             return t
     return None
 
@@ -243,8 +226,11 @@ class Recorder:
     def on_turn(self, timings: TurnTimings) -> None:
         self.turns.append(timings)
 
-    def on_barge_in(self, call: Any, t: float, dropped_ms: int) -> None:
+    def on_barge_in(self, t: float, dropped_ms: int) -> None:
         self.barge_ins.append((t, dropped_ms))
+
+    def on_provider_error(self, stage: str) -> None:
+        print(f"provider error: {stage}")
 
 
 async def serve(agent: VoiceAssistant, nursery: trio.Nursery) -> tuple[Server, int]:
@@ -378,18 +364,16 @@ async def run_barge_ins(stack: dict[str, Any], interruptions: list[Speech], end_
 
 def make_agent(stack: dict[str, Any], end_ms: float, rec: Recorder, *, greeting: str,
                transcript_dir: Path | None = None) -> VoiceAssistant:
-    from audiosocket_ai.providers.local.webrtc_vad import WebRtcVad
+    from benchmarks.common.internals import WebRtcVad
 
     settings = AssistantSettings(greeting=greeting, reprompt_after=None, transcript_dir=transcript_dir)
     return VoiceAssistant(stt=stack["stt"], llm=stack["llm"], tts=stack["tts"],
                           vad_factory=lambda: WebRtcVad(sample_rate=stack["stt"].sample_rate, end_ms=end_ms),
-                          settings=settings, on_turn=rec.on_turn, on_barge_in=rec.on_barge_in)
+                          settings=settings, observer=rec)
 
 
 def load_stack() -> dict[str, Any]:
-    from audiosocket_ai.providers.local.piper_tts import PiperTTS
-    from audiosocket_ai.providers.local.whisper_stt import WhisperSTT
-    from audiosocket_ai.providers.rules import RuleBasedLLM
+    from benchmarks.common.internals import PiperTTS, RuleBasedLLM, WhisperSTT
 
     stt, tts = WhisperSTT(), PiperTTS()
     stt.load()
@@ -398,19 +382,6 @@ def load_stack() -> dict[str, Any]:
 
 
 # --- statistics and report ----------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (``statistics.quantiles``' inclusive method)."""
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    pos = (len(values) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def stats_row(name: str, values: list[float | None], note: str = "") -> str:
@@ -437,10 +408,9 @@ TURN_STAGES = (
 def render_markdown(runs: dict[float, list[dict[str, Any]]], barge: list[dict[str, Any]], barge_end_ms: float,
                     info: dict[str, str], load_before: str, load_after: str) -> str:
     lines = [
-        f"Measured {info['date']} with `{command_line()}`.",
+        report.measured(info, report.command_line(SCRIPT, sys.argv[1:])),
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, trio {info['trio']}, "
-        f"Linux {info['kernel']}; code at {info['commit']}. Stack: Whisper tiny.en (int8, 1 thread), rules "
+        report.machine(info) + " Stack: Whisper tiny.en (int8, 1 thread), rules "
         f"model, Piper en_US-joe-medium, WebRTC VAD; caller and server in one process, one call at a time. "
         f"Load average (1/5/15 min) before: {load_before}, after: {load_after}.",
         "",
@@ -501,34 +471,8 @@ def render_markdown(runs: dict[float, list[dict[str, Any]]], barge: list[dict[st
     return "\n".join(lines)
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    try:
-        name = str(script.relative_to(ROOT))
-    except ValueError:
-        name = str(script)
-    return " ".join([".venv/bin/python", name, *[a for a in sys.argv[1:] if a != "--write-docs"]])
-
-
-def machine_info() -> dict[str, str]:
-    return _report.machine_info()
-
-
-def write_docs(body: str) -> None:
-    """Rewrite this script's block in docs/benchmarks.md (other sections stay as they are)."""
-    _report.write_docs(SECTION, BEGIN, END, body)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = report.argument_parser(__doc__)
     p.add_argument("--turns", type=int, default=20, help="questions asked per end_ms setting")
     p.add_argument("--per-call", type=int, default=4, help="questions per call")
     p.add_argument("--barge-ins", type=int, default=10, help="interruptions (0: skip)")
@@ -537,7 +481,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="also write every turn and barge-in as JSON here")
     p.add_argument("--write-docs", action="store_true",
-                   help=f"write the tables into {DOC.relative_to(ROOT)} (only this benchmark's block)")
+                   help=f"write the tables into {report.DOC.relative_to(ROOT)} (only this benchmark's block)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -566,19 +510,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    info = machine_info()
+    info = report.machine_info()
     load_before = loadavg()
     out = trio.run(main_async, args)
     load_after = loadavg()
     body = render_markdown(out["runs"], out["barge_ins"], out["barge_end_ms"], info, load_before, load_after)
-    print(body)
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "load_before": load_before, "load_after": load_after,
-                                         "turns": {str(k): v for k, v in out["runs"].items()},
-                                         "barge_ins": out["barge_ins"]}, indent=2, default=str))
-    if args.write_docs:
-        write_docs(body)
-        print(f"wrote {DOC}", file=sys.stderr)
+    report.publish(body, DOCS if args.write_docs else None, args.json,
+                   {"machine": info, "load_before": load_before, "load_after": load_after,
+                    "turns": {str(k): v for k, v in out["runs"].items()}, "barge_ins": out["barge_ins"]})
     return 0
 
 

@@ -26,35 +26,37 @@ How:
   from 20 ms (0.1 ms buckets), which also includes loopback and this generator's own
   scheduling; the generator's send lateness is reported so that its noise can be judged.
 
-Run: ``.venv/bin/python benchmarks/soak.py`` (``--help`` for the knobs). The result is
-printed and appended under ``## Soak (issue 6)`` in docs/benchmarks.md (``--no-docs`` to
-skip); other sections of that file are left alone.
+Run: ``.venv/bin/python -m benchmarks.soak`` or ``.venv/bin/python benchmarks/soak.py``
+(``--help`` for the knobs). The result is printed and appended under ``## Soak (issue 6)``
+in docs/benchmarks.md (``--no-docs`` to skip); other sections of that file are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import random
-import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid as uuid_module
 from pathlib import Path
 
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+if not __package__:  # run as a file: import the benchmarks package from the repository instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.common import ROOT, metrics, report
+from benchmarks.common.procs import cpu_seconds, free_port, rss_mb, stop_process
+from benchmarks.common.stats import Hist, histogram_quantile, slope_per_hour
+
+SCRIPT = "benchmarks/soak.py"
 SECTION = "## Soak (issue 6)"
 SECTION_INTRO = (
     "`benchmarks/soak.py` keeps N echo calls up for M minutes against `audiosocket-ai serve --agent echo` "
@@ -68,7 +70,6 @@ FRAME_BYTES = 320
 HEADER = b"\x10\x01\x40"
 DEV_BUCKET_MS = 0.1
 DEV_BUCKETS = 2000  # up to 200 ms, then one overflow bucket
-LATENESS = "audiosocket_pacing_lateness_seconds"
 OUTCOME_CAPACITY = 10_000
 """The server keeps each call's outcome for the dialplan (audiosocket_ai/outcome.py: the
 last 10,000 calls, at most 1 h). That is growth by design until the store is full."""
@@ -76,115 +77,34 @@ OUTCOME_KB_PER_CALL = 1.0
 """RSS allowed per call for it (measured: ~0.3 KB of Python objects, ~0.8 KB of RSS)."""
 
 
-# --- small statistics helpers ---------------------------------------------------------------
-
-
-class Hist:
-    """Fixed 0.1 ms buckets; cheap enough for thousands of observations a second."""
-
-    __slots__ = ("counts", "max_ms", "n")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (DEV_BUCKETS + 1)
-        self.n = 0
-        self.max_ms = 0.0
-
-    def add(self, ms: float) -> None:
-        i = int(ms / DEV_BUCKET_MS)
-        self.counts[i if i < DEV_BUCKETS else DEV_BUCKETS] += 1
-        self.n += 1
-        if ms > self.max_ms:
-            self.max_ms = ms
-
-    def pct(self, q: float) -> float:
-        if not self.n:
-            return float("nan")
-        rank, running = math.ceil(q / 100 * self.n), 0
-        for i, count in enumerate(self.counts):
-            running += count
-            if running >= rank:
-                return min((i + 1) * DEV_BUCKET_MS, self.max_ms) if i < DEV_BUCKETS else self.max_ms
-        return self.max_ms
-
-
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus' histogram_quantile over cumulative (upper bound, count) pairs, +Inf last."""
-    total = buckets[-1][1]
-    if total <= 0:
-        return float("nan")
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound  # in the overflow bucket: the best we can say is "above this"
-            if count == lower_count:
-                return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
-        lower_bound, lower_count = bound, count
-    return buckets[-2][0]
-
-
-def slope_per_hour(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, value) points, per hour."""
-    if len(points) < 2:
-        return float("nan")
-    n = len(points)
-    mx = sum(t for t, _ in points) / n
-    my = sum(v for _, v in points) / n
-    var = sum((t - mx) ** 2 for t, _ in points)
-    if var == 0:
-        return float("nan")
-    return sum((t - mx) * (v - my) for t, v in points) / var * 3600
-
-
 # --- the server under test ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scrape(port: int) -> dict[str, float | list[tuple[float, float]]]:
     """The numbers we need from /metrics: lateness buckets and a few counters."""
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    m = metrics.fetch(f"http://{HOST}:{port}/metrics", timeout=5)
     out: dict[str, float | list[tuple[float, float]]] = {}
-    buckets: list[tuple[float, float]] = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith(LATENESS + "_bucket"):
-            le = re.search(r'le="([^"]+)"', name)
-            assert le is not None
-            buckets.append((float(le.group(1)), float(value)))
-        elif "{" not in name:
-            out[name] = float(value)
+    for name, value in m.items():
+        if "{" not in name:
+            out[name] = value
         elif name.startswith("audiosocket_calls_ended_total"):
-            reason = re.search(r'reason="([^"]+)"', name)
-            out[f"ended:{reason.group(1) if reason else '?'}"] = float(value)
-    out["buckets"] = sorted(buckets)
+            out[f"ended:{metrics.label(name, 'reason') or '?'}"] = value
+    out["buckets"] = metrics.lateness_buckets(m)
     return out
 
 
 # --- the callers ----------------------------------------------------------------------------
+
+
+def ms_hist() -> Hist:
+    """Milliseconds in 0.1 ms buckets; cheap enough for thousands of observations a second."""
+    return Hist(DEV_BUCKET_MS, DEV_BUCKETS)
+
+
+def pct(hist: Hist, q: float) -> float:
+    """A percentile of an :func:`ms_hist`: its bucket's upper edge, never above the largest value."""
+    return hist.pct(q, at_most_max=True)
+
 
 
 class Load:
@@ -194,8 +114,8 @@ class Load:
         self.call_seconds = call_seconds
         self.stop_at = stop_at
         self.measuring = False
-        self.arrival = Hist()
-        self.send_late = Hist()
+        self.arrival = ms_hist()
+        self.send_late = ms_hist()
         self.started = 0
         self.finished = 0
         self.live = 0
@@ -323,8 +243,8 @@ async def soak(args: argparse.Namespace, server: subprocess.Popen[bytes], port: 
             if server.poll() is not None:
                 raise RuntimeError(f"the server exited with {server.returncode}")
             metrics = await trio.to_thread.run_sync(scrape, metrics_port)
-            sample = {"t": trio.current_time() - start, "rss_mb": proc_rss_mb(server.pid),
-                      "cpu_s": proc_cpu_s(server.pid), "live": load.live, "calls_started": load.started,
+            sample = {"t": trio.current_time() - start, "rss_mb": rss_mb(server.pid),
+                      "cpu_s": cpu_seconds(server.pid), "live": load.live, "calls_started": load.started,
                       "metrics": metrics}
             samples.append(sample)
             if baseline is None and sample["t"] >= args.warmup:
@@ -401,9 +321,9 @@ def render(args: argparse.Namespace, result: dict[str, object], warnings: list[s
         f"| server pacing lateness p50 / p90 / p99 / p99.9 | {lat[50]:.2f} / {lat[90]:.2f} / "
         f"{lat[99]:.2f} / {lat[99.9]:.2f} ms ({result['lateness_n']:.0f} ticks; "
         f"{result['lateness_over_20ms']:.0f} over 20 ms) |",
-        f"| caller-side interval deviation p50 / p99 / p99.9 / max | {load.arrival.pct(50):.1f} / "
-        f"{load.arrival.pct(99):.1f} / {load.arrival.pct(99.9):.1f} / {load.arrival.max_ms:.1f} ms |",
-        f"| generator send lateness p99 (its own noise) | {load.send_late.pct(99):.1f} ms |",
+        f"| caller-side interval deviation p50 / p99 / p99.9 / max | {pct(load.arrival, 50):.1f} / "
+        f"{pct(load.arrival, 99):.1f} / {pct(load.arrival, 99.9):.1f} / {load.arrival.max:.1f} ms |",
+        f"| generator send lateness p99 (its own noise) | {pct(load.send_late, 99):.1f} ms |",
         f"| server CPU after warm-up | {result['cpu_pct']:.1f} % of one core |",
         f"| echo frames: echoed / silence / corrupt | {load.frames_echoed} / {load.frames_silent} / "
         f"{load.frames_corrupt} |",
@@ -414,27 +334,13 @@ def render(args: argparse.Namespace, result: dict[str, object], warnings: list[s
         "",
         "RSS samples (MB): " + " ".join(f"{s['rss_mb']:.1f}" for s in result["samples"]),
         "",
-        f"Command: `{' '.join(shlex.quote(a) for a in ['.venv/bin/python', 'benchmarks/soak.py', *sys.argv[1:]])}`",
+        f"Command: `{report.command_line(SCRIPT, sys.argv[1:], {})}`",
     ]
     return "\n".join(lines) + "\n"
 
 
-def append_to_docs(block: str) -> None:
-    """Add this run at the end of the Soak section (created if missing); other sections untouched."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{SECTION_INTRO}\n\n{block}"
-    else:
-        head, rest = text.split(SECTION, 1)
-        following = re.search(r"^## ", rest, flags=re.MULTILINE)
-        body, tail = (rest[: following.start()], rest[following.start():]) if following else (rest, "")
-        text = head + SECTION + body.rstrip("\n") + "\n\n" + block + ("\n" + tail if tail else "")
-    DOC.write_text(text)
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = report.argument_parser(__doc__, argparse.RawTextHelpFormatter)
     p.add_argument("--calls", type=int, default=50, help="concurrent echo calls (default 50)")
     p.add_argument("--minutes", type=float, default=2.0, help="length of the run (default 2)")
     p.add_argument("--call-seconds", type=float, default=30.0,
@@ -443,7 +349,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=30.0, help="seconds before the baseline sample")
     p.add_argument("--server-cmd", default=f"{sys.executable} -m audiosocket_ai serve",
                    help="command that starts the server (the script appends its options)")
-    p.add_argument("--no-docs", action="store_true", help=f"do not append to {DOC.relative_to(ROOT)}")
+    p.add_argument("--no-docs", action="store_true", help=f"do not append to {report.DOC.relative_to(ROOT)}")
     args = p.parse_args()
     if args.minutes * 60 < args.warmup + 2 * args.sample_every:
         p.error("--minutes must leave at least two samples after --warmup")
@@ -467,12 +373,7 @@ def main() -> None:
               file=sys.stderr)
         result = trio.run(soak, args, server, port, metrics_port)
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_process(server, timeout=15, group=False)
     warnings = [line for line in Path(log.name).read_text(errors="replace").splitlines()
                 if " WARNING " in line or " ERROR " in line]
     block = render(args, result, warnings)
@@ -480,8 +381,8 @@ def main() -> None:
     for line in warnings[:10]:
         print("server:", line, file=sys.stderr)
     if not args.no_docs:
-        append_to_docs(block)
-        print(f"appended to {DOC}", file=sys.stderr)
+        report.append_to_docs(SECTION, SECTION_INTRO, block)
+        print(f"appended to {report.DOC}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""The processes a benchmark starts and watches: the server command, ports, stopping, /proc readings.
+
+Read from /proc rather than through a library, so that sampling costs next to nothing and
+reads the same numbers the kernel's scheduler does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import ROOT
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def server_command() -> list[str]:
+    """``audiosocket-ai`` from the repository's .venv, else the one on PATH."""
+    exe = ROOT / ".venv" / "bin" / "audiosocket-ai"
+    return [str(exe) if exe.exists() else "audiosocket-ai"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    """(status, body); status 0 if nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0, group: bool = True) -> None:
+    """SIGTERM (to its whole process group if it has its own session), then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 min load averages as /proc/loadavg writes them, "?" if unreadable."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def cpu_ticks(pid: int, path: str | None = None) -> tuple[int, int]:
+    """(utime, stime) in clock ticks of a process (all threads), or of one thread given its stat ``path``."""
+    with open(path or f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_seconds(pid: int, path: str | None = None) -> float:
+    """:func:`cpu_ticks` in seconds; nan once the process is gone."""
+    try:
+        return sum(cpu_ticks(pid, path)) / CLK
+    except OSError:
+        return float("nan")
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """A memory line of /proc/PID/status (``VmRSS``, or ``VmHWM`` for the peak) in MB; nan if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def runq_wait_ns(task: int | str) -> int:
+    """Time one task spent runnable but waiting for a CPU (others' work on its core); 0 if unreadable.
+
+    ``task`` is a pid, ``"PID/task/TID"`` for a thread, or ``"thread-self"``.
+    """
+    try:
+        with open(f"/proc/{task}/schedstat") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def runq_wait_s(pid: int) -> float:
+    """:func:`runq_wait_ns` summed over all the threads of a process, in seconds."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    return sum(runq_wait_ns(f"{pid}/task/{task}") for task in tasks) / 1e9
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
