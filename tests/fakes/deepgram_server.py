@@ -42,17 +42,25 @@ import hashlib
 import json
 import math
 import ssl
-import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Literal
 
 import attrs
-import h11
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from tests.fakes.base import (
+    Exchange,
+    Fault,
+    HttpFake,
+    HttpRequest,
+    Peer,
+    Refusal,
+    WebSocketFake,
+    WsSession,
+    ramp_speech,
+)
 
 API_KEY = "dg-test-key-5f3c9a1e"
 """The key the fakes accept by default (a recognisable string for key-leak checks)."""
@@ -91,44 +99,38 @@ class Segment:
     confidence: float = 0.97
 
 
-@attrs.frozen
-class DeepgramFault:
+class DeepgramFault(Fault):
     """Misbehaviour injected once ``after_ms`` of audio has been received.
 
     kinds: ``drop`` (TCP closed without a close frame), ``close`` (close frame with
     ``code``/``reason``), ``malformed`` (a truncated JSON text frame), ``error`` (an
-    in-band ``Error`` message, then a 1011 close), ``stall`` (answer nothing more, ignore
-    ``Finalize``/``CloseStream``, keep the socket open).
+    in-band ``Error`` message, then a close, by default 1011 ``INTERNAL_SERVER_ERROR``),
+    ``stall`` (answer nothing more, ignore ``Finalize``/``CloseStream``, keep the socket
+    open).
     """
 
-    kind: Literal["drop", "close", "malformed", "error", "stall"]
-    after_ms: float = 0.0
-    code: int = 1011
-    reason: str = "NET-0000"
+    def __init__(
+        self,
+        kind: Literal["drop", "close", "malformed", "error", "stall"],
+        after_ms: float = 0.0,
+        code: int = 1011,
+        reason: str | None = None,
+    ) -> None:
+        if reason is None:
+            reason = "INTERNAL_SERVER_ERROR" if kind == "error" else "NET-0000"
+        super().__init__(kind, after=after_ms, code=code, reason=reason)
 
 
 @attrs.define
-class ListenSession:
-    """What the fake observed on one ``/v1/listen`` connection."""
+class ListenSession(WsSession):
+    """What the fake observed on one ``/v1/listen`` connection (``sent``: the JSON messages it sent)."""
 
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    request_id: str
-    rejected: int | None = None
+    request_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
     audio: bytearray = attrs.field(factory=bytearray)
     control: list[dict[str, Any]] = attrs.field(factory=list)
     """JSON text messages from the client, in order."""
     timeline: list[str] = attrs.field(factory=list)
     """``"audio"`` (consecutive frames collapsed) and control message types, in order."""
-    sent: list[dict[str, Any]] = attrs.field(factory=list)
-    """JSON messages the fake sent."""
-    client_close_code: int | None = None
-    """Close code the client's close frame carried (1006 if TCP just went away)."""
-    server_close: tuple[int, str] | None = None
-    ended: trio.Event = attrs.field(factory=trio.Event)
-    """Set when the connection is over, whoever ended it."""
-    ended_at: float | None = None
 
     def control_types(self) -> list[str]:
         return [str(message.get("type")) for message in self.control]
@@ -273,7 +275,7 @@ class _Transcriber:
         }
 
 
-class FakeDeepgramListen:
+class FakeDeepgramListen(WebSocketFake[ListenSession]):
     """A scriptable ``/v1/listen`` server on 127.0.0.1; start it with ``nursery.start(fake.serve)``.
 
     Args:
@@ -287,6 +289,8 @@ class FakeDeepgramListen:
         ssl_context: serve ``wss:`` with this server-side TLS context.
     """
 
+    malformed = '{"type": "Results", "channel": {"alternatives": [{"transcr'
+
     def __init__(
         self,
         *,
@@ -299,101 +303,58 @@ class FakeDeepgramListen:
         response_delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(
+            fault=fault, reject_status=reject_status, response_delay=response_delay, ssl_context=ssl_context
+        )
         self.api_key = api_key
         self.script = list(script)
         self.interim_every_ms = interim_every_ms
-        self.fault = fault
-        self.reject_status = reject_status
         self.idle_timeout = idle_timeout
-        self.response_delay = response_delay
-        self.ssl_context = ssl_context
-        self.sessions: list[ListenSession] = []
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        """Base URL for ``DeepgramSTT(base_url=...)``."""
-        return f"{'wss' if self.ssl_context else 'ws'}://127.0.0.1:{self.port}"
+    # --- the handshake -----------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeDeepgramListen] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(serve_websocket, self._handle, "127.0.0.1", 0, self.ssl_context, handler_nursery=nursery)
-            )
-            self.port = server.port
-            task_status.started(self)
+    def new_session(self, path: str, query: dict[str, str], headers: dict[str, str]) -> ListenSession:
+        return ListenSession(path, query, headers)
+
+    def refusal(self, session: ListenSession, fault: Fault) -> Refusal:
+        return _refusal(session, fault.status, "SCRIPTED_REJECTION", f"Scripted rejection with HTTP {fault.status}")
+
+    def check(self, session: ListenSession) -> Refusal | None:
+        if session.path != "/v1/listen":
+            return _refusal(session, 404, "NOT_FOUND", f"No such endpoint: {session.path}")
+        scheme, _, key = session.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "token" or key != self.api_key:
+            return _refusal(session, 401, "INVALID_AUTH", _bad_key(key))
+        query = session.query
+        encoding = query.get("encoding")
+        problem = None
+        if encoding is not None and encoding not in _ENCODINGS:
+            problem = f"Unsupported encoding {encoding!r}."
+        elif encoding is not None and not query.get("sample_rate", "").isdigit():
+            problem = "sample_rate is required with encoding."
+        elif not query.get("channels", "1").isdigit():
+            problem = "channels must be an integer."
+        return None if problem is None else _refusal(session, 400, "Bad Request", problem)
+
+    def accept_headers(self, session: ListenSession) -> list[tuple[bytes, bytes]]:
+        return [(b"dg-request-id", session.request_id.encode())]
 
     # --- one connection -----------------------------------------------------------------
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        target = urllib.parse.urlsplit(request.path)
-        session = ListenSession(
-            path=target.path,
-            query=dict(urllib.parse.parse_qsl(target.query)),
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
-            request_id=str(uuid.uuid4()),
-        )
-        self.sessions.append(session)
-        try:
-            rejection = self._check(session)
-            if rejection is not None:
-                status, err_code, err_msg = rejection
-                session.rejected = status
-                body = {"err_code": err_code, "err_msg": err_msg, "request_id": session.request_id}
-                await request.reject(
-                    status,
-                    extra_headers=[
-                        (b"content-type", b"application/json"),
-                        (b"dg-error", err_msg.encode()),
-                        (b"dg-request-id", session.request_id.encode()),
-                    ],
-                    body=json.dumps(body).encode(),
-                )
-                return
-            ws = await request.accept(extra_headers=[(b"dg-request-id", session.request_id.encode())])
-            await self._converse(ws, session)
-        finally:
-            session.ended_at = trio.current_time()
-            session.ended.set()
-
-    def _check(self, session: ListenSession) -> tuple[int, str, str] | None:
-        if session.path != "/v1/listen":
-            return 404, "NOT_FOUND", f"No such endpoint: {session.path}"
-        if self.reject_status is not None:
-            return self.reject_status, "SCRIPTED_REJECTION", f"Scripted rejection with HTTP {self.reject_status}"
-        authorization = session.headers.get("authorization", "")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "token" or key != self.api_key:
-            # Echo what was presented, as a careless server might: the client must redact it.
-            return 401, "INVALID_AUTH", f"Invalid credentials: {key!r} is not a valid API key."
-        query = session.query
-        encoding = query.get("encoding")
-        if encoding is not None and encoding not in _ENCODINGS:
-            return 400, "Bad Request", f"Unsupported encoding {encoding!r}."
-        if encoding is not None and not query.get("sample_rate", "").isdigit():
-            return 400, "Bad Request", "sample_rate is required with encoding."
-        if not query.get("channels", "1").isdigit():
-            return 400, "Bad Request", "channels must be an integer."
-        return None
-
-    async def _converse(self, ws: WebSocketConnection, session: ListenSession) -> None:
+    async def converse(self, peer: Peer[ListenSession]) -> None:
+        session = peer.session
         rate = int(session.query.get("sample_rate", "16000"))
         transcriber = _Transcriber(
             self.script, interim_every_ms=self.interim_every_ms, query=session.query, request_id=session.request_id
         )
         interim = session.query.get("interim_results") == "true"
-        fault = self.fault
-        stalled = False
         while True:
             with trio.move_on_after(self.idle_timeout) as idle:
-                try:
-                    message = await ws.get_message()
-                except ConnectionClosed as exc:
-                    session.client_close_code = exc.reason.code if exc.reason else 1006
-                    return
+                message = await peer.receive()
             if idle.cancelled_caught:
-                session.server_close = (1011, "NET-0001")
-                await ws.aclose(1011, "NET-0001")
+                await peer.close(1011, "NET-0001")
+                return
+            if message is None:
                 return
             if isinstance(message, bytes):
                 if not message:  # legacy "close stream" (an empty binary frame)
@@ -401,82 +362,47 @@ class FakeDeepgramListen:
                 else:
                     session.audio += message
                     session._mark("audio")
-                    if stalled:
+                    if peer.stalled:
                         continue
                     replies = transcriber.on_audio(_pcm_ms(len(message), rate))
-                    if not interim:
-                        replies = [r for r in replies if r.get("is_final", True)]
-                    await self._send(ws, session, replies)
-                    if fault is not None and transcriber.total_ms >= fault.after_ms:
-                        pending, fault = fault, None
-                        stalled = await self._inject(ws, session, pending)
-                        if not stalled:
-                            return
+                    await peer.send(*(r for r in replies if interim or r.get("is_final", True)))
+                    await self.strike(peer, transcriber.total_ms)
                     continue
             control = json.loads(message)
             session.control.append(control)
             kind = control.get("type")
             session._mark(str(kind))
-            if stalled or kind == "KeepAlive":
+            if peer.stalled or kind == "KeepAlive":
                 continue
             if kind == "Finalize":
-                await self._send(ws, session, transcriber.finalize())
+                await peer.send(*transcriber.finalize())
             elif kind == "CloseStream":
                 replies = transcriber.finalize() if transcriber.heard_in_segment else []
-                await self._send(ws, session, [*replies, transcriber.metadata(bytes(session.audio))])
-                session.server_close = (1000, "")
-                await ws.aclose(1000)
+                await peer.send(*replies, transcriber.metadata(bytes(session.audio)))
+                await peer.close(1000)
                 return
 
-    async def _inject(self, ws: WebSocketConnection, session: ListenSession, fault: DeepgramFault) -> bool:
-        """Perform ``fault``; True if the connection stays open (stall)."""
-        if fault.kind == "stall":
-            return True
-        if fault.kind == "malformed":
-            await ws.send_message('{"type": "Results", "channel": {"alternatives": [{"transcr')
-            # The client should give up and close; wait for that.
-            with trio.move_on_after(5):
-                while True:
-                    try:
-                        await ws.get_message()
-                    except ConnectionClosed as exc:
-                        session.client_close_code = exc.reason.code if exc.reason else 1006
-                        break
-            return False
-        if fault.kind == "error":
-            await self._send(
-                ws,
-                session,
-                [
-                    {
-                        "type": "Error",
-                        "description": "Scripted internal failure.",
-                        "message": "Something went wrong on our side.",
-                        "variant": "INTERNAL_SERVER_ERROR",
-                    }
-                ],
-            )
-            session.server_close = (1011, "INTERNAL_SERVER_ERROR")
-            await ws.aclose(1011, "INTERNAL_SERVER_ERROR")
-            return False
-        if fault.kind == "close":
-            session.server_close = (fault.code, fault.reason)
-            await ws.aclose(fault.code, fault.reason)
-            return False
-        # drop: trio-websocket has no public "abort", so close the TCP stream underneath.
-        session.server_close = (1006, "")
-        await ws._close_stream()
-        return False
+    async def in_band_error(self, peer: Peer[ListenSession], fault: Fault) -> None:
+        await peer.send(
+            {
+                "type": "Error",
+                "description": "Scripted internal failure.",
+                "message": "Something went wrong on our side.",
+                "variant": "INTERNAL_SERVER_ERROR",
+            }
+        )
+        await peer.close(int(fault.code or 1011), fault.reason)
 
-    async def _send(self, ws: WebSocketConnection, session: ListenSession, messages: list[dict[str, Any]]) -> None:
-        for message in messages:
-            if self.response_delay:
-                await trio.sleep(self.response_delay)
-            session.sent.append(message)
-            try:
-                await ws.send_message(json.dumps(message))
-            except ConnectionClosed:
-                return
+
+def _refusal(session: ListenSession, status: int, err_code: str, err_msg: str) -> Refusal:
+    """Deepgram's error body and headers for a refused handshake."""
+    body = {"err_code": err_code, "err_msg": err_msg, "request_id": session.request_id}
+    return Refusal(status, body, [("dg-error", err_msg), ("dg-request-id", session.request_id)])
+
+
+def _bad_key(key: str) -> str:
+    # Echo what was presented, as a careless server might: the client must redact it.
+    return f"Invalid credentials: {key!r} is not a valid API key."
 
 
 # --- speak (TTS) ---------------------------------------------------------------------
@@ -484,17 +410,10 @@ class FakeDeepgramListen:
 
 def speech_for(text: str, rate: int = 24000) -> bytes:
     """Deterministic 'speech' for ``text``: 10 ms of a distinct ramp per character."""
-    per_char = rate // 100
-    out = bytearray()
-    for position, char in enumerate(text):
-        base = (ord(char) * 37 + position * 11) % 20000 - 10000
-        for i in range(per_char):
-            out += int(base + (i % 64) * 8).to_bytes(2, "little", signed=True)
-    return bytes(out)
+    return ramp_speech(text, rate, mix=(37, 11), period=64, slope=8)
 
 
-@attrs.frozen
-class SpeakFault:
+class SpeakFault(Fault):
     """Misbehaviour of the speak endpoint.
 
     kinds: ``status`` (answer ``status`` with Deepgram's error body), ``drop`` (close the
@@ -502,10 +421,14 @@ class SpeakFault:
     of audio, then nothing while keeping the connection open).
     """
 
-    kind: Literal["status", "drop", "stall"]
-    status: int = 500
-    after_bytes: int = 0
-    retry_after: str | None = None
+    def __init__(
+        self,
+        kind: Literal["status", "drop", "stall"],
+        status: int = 500,
+        after_bytes: int = 0,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(kind, after=after_bytes, status=status, retry_after=retry_after)
 
 
 @attrs.define
@@ -518,7 +441,7 @@ class SpeakRequest:
     connection: int
 
 
-class FakeDeepgramSpeak:
+class FakeDeepgramSpeak(HttpFake):
     """A scriptable ``POST /v1/speak`` server (HTTP/1.1 via h11) on 127.0.0.1.
 
     Args:
@@ -538,156 +461,83 @@ class FakeDeepgramSpeak:
         chunk_delay: float = 0.0,
         fault: SpeakFault | None = None,
     ) -> None:
+        super().__init__(fault=fault)
         self.api_key = api_key
         self.audio_for = audio_for
         self.chunk_bytes = chunk_bytes
         self.chunk_delay = chunk_delay
-        self.fault = fault
-        self.requests: list[SpeakRequest] = []
-        self.connections = 0
         self.client_gone = trio.Event()
         """Set when a client closes a connection while a response is stalled."""
         self.responses_completed = 0
         """Audio responses sent in full."""
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        """Base URL for ``DeepgramTTS(base_url=...)``."""
-        return f"http://127.0.0.1:{self.port}"
+    def record(self, request: HttpRequest) -> None:
+        payload = _payload(request.body)
+        self.requests.append(
+            SpeakRequest(request.method, request.path, dict(request.query), dict(request.headers), payload,
+                         request.connection)
+        )
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeDeepgramSpeak] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, self._connection, 0, host="127.0.0.1"))
-            self.port = listeners[0].socket.getsockname()[1]
-            task_status.started(self)
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        number = self.connections
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                event = await self._next(conn, stream)
-                if not isinstance(event, h11.Request):
-                    return
-                body = b""
-                while True:
-                    part = await self._next(conn, stream)
-                    if isinstance(part, h11.Data):
-                        body += part.data
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                keep_going = await self._respond(conn, stream, event, body, number)
-                if not keep_going or conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            await stream.aclose()
-
-    @staticmethod
-    async def _next(conn: h11.Connection, stream: trio.SocketStream) -> Any:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-                continue
-            return event
-
-    async def _respond(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes, number: int
-    ) -> bool:
-        target = urllib.parse.urlsplit(request.target.decode())
-        query = dict(urllib.parse.parse_qsl(target.query))
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        try:
-            payload: Any = json.loads(body) if body else None
-        except ValueError:
-            payload = body
-        self.requests.append(SpeakRequest(request.method.decode(), target.path, query, headers, payload, number))
-        request_id = str(uuid.uuid4())
+    async def handle(self, exchange: Exchange, fault: Fault | None) -> bool:
+        request = exchange.request
+        request_id = str(exchange.id)
 
         async def error(status: int, err_code: str, err_msg: str, extra: Sequence[tuple[str, str]] = ()) -> bool:
-            data = json.dumps({"err_code": err_code, "err_msg": err_msg, "request_id": request_id}).encode()
-            await self._send(
-                stream,
-                conn,
-                h11.Response(
-                    status_code=status,
-                    headers=[
-                        ("content-type", "application/json"),
-                        ("content-length", str(len(data))),
-                        ("dg-request-id", request_id),
-                        *extra,
-                    ],
-                ),
-            )
-            await self._send(stream, conn, h11.Data(data=data))
-            await self._send(stream, conn, h11.EndOfMessage())
-            return True
+            body = {"err_code": err_code, "err_msg": err_msg, "request_id": request_id}
+            return await exchange.respond_json(status, body, [("dg-request-id", request_id), *extra])
 
-        if target.path != "/v1/speak":
-            return await error(404, "NOT_FOUND", f"No such endpoint: {target.path}")
-        if request.method != b"POST":
+        if request.path != "/v1/speak":
+            return await error(404, "NOT_FOUND", f"No such endpoint: {request.path}")
+        if request.method != "POST":
             return await error(405, "METHOD_NOT_ALLOWED", "Use POST.")
-        scheme, _, key = headers.get("authorization", "").partition(" ")
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "token" or key != self.api_key:
-            return await error(401, "INVALID_AUTH", f"Invalid credentials: {key!r} is not a valid API key.")
-        if not headers.get("content-type", "").startswith("application/json"):
+            return await error(401, "INVALID_AUTH", _bad_key(key))
+        if not request.headers.get("content-type", "").startswith("application/json"):
             return await error(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json.")
+        payload = _payload(request.body)
         if not isinstance(payload, dict) or not isinstance(payload.get("text"), str) or not payload["text"]:
             return await error(400, "INVALID_TEXT", "Request body must be JSON with a non-empty 'text'.")
-        rate = int(query.get("sample_rate", "24000"))
-        if query.get("encoding", "mp3") != "linear16" or rate not in (8000, 16000, 24000, 32000, 48000):
+        rate = int(request.query.get("sample_rate", "24000"))
+        if request.query.get("encoding", "mp3") != "linear16" or rate not in (8000, 16000, 24000, 32000, 48000):
             return await error(400, "UNSUPPORTED_AUDIO_FORMAT", "This fake only serves linear16 audio.")
-        fault = self.fault
         if fault is not None and fault.kind == "status":
             extra = [("retry-after", fault.retry_after)] if fault.retry_after else []
             return await error(fault.status, "SCRIPTED_FAILURE", f"Scripted failure with HTTP {fault.status}.", extra)
 
         audio = self.audio_for(payload["text"], rate)
-        if query.get("container", "wav") != "none":
+        if request.query.get("container", "wav") != "none":
             return await error(400, "UNSUPPORTED_CONTAINER", "This fake only serves container=none.")
-        await self._send(
-            stream,
-            conn,
-            h11.Response(
-                status_code=200,
-                headers=[
-                    # Deepgram labels raw audio with an audio/* type; the client does not rely on it.
-                    ("content-type", "audio/l16"),
-                    ("dg-request-id", request_id),
-                    ("dg-model-name", query.get("model", "aura-2-thalia-en")),
-                    ("dg-char-count", str(len(payload["text"]))),
-                    ("transfer-encoding", "chunked"),
-                ],
-            ),
+        # A fault strikes after_bytes into the audio: split there so a part boundary falls on it.
+        limit = len(audio) if fault is None else min(int(fault.after), len(audio))
+        head = _chunks(audio[:limit], self.chunk_bytes)
+        headers = [
+            # Deepgram labels raw audio with an audio/* type; the client does not rely on it.
+            ("content-type", "audio/l16"),
+            ("dg-request-id", request_id),
+            ("dg-model-name", request.query.get("model", "aura-2-thalia-en")),
+            ("dg-char-count", str(len(payload["text"]))),
+            ("transfer-encoding", "chunked"),
+        ]
+        completed = await exchange.stream(
+            head + _chunks(audio[limit:], self.chunk_bytes), headers, fault, strike_at=len(head)
         )
-        limit = len(audio) if fault is None else fault.after_bytes
-        for start in range(0, min(limit, len(audio)), self.chunk_bytes):
-            if self.chunk_delay:
-                await trio.sleep(self.chunk_delay)
-            await self._send(stream, conn, h11.Data(data=audio[start : min(start + self.chunk_bytes, limit)]))
-        if fault is not None and fault.kind == "drop":
-            return False
         if fault is not None and fault.kind == "stall":
-            while await stream.receive_some(65536):
-                pass
             self.client_gone.set()
-            return False
-        await self._send(stream, conn, h11.EndOfMessage())
-        self.responses_completed += 1
-        return True
+        if completed:
+            self.responses_completed += 1
+        return completed
 
-    @staticmethod
-    async def _send(stream: trio.SocketStream, conn: h11.Connection, event: Any) -> None:
-        data = conn.send(event)
-        if data:
-            await stream.send_all(data)
+
+def _payload(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return body
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 __all__ = [

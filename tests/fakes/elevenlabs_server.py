@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Collection
-from functools import partial
 from typing import Any, Literal
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from tests.fakes.base import Fault, Peer, Refusal, WebSocketFake, WsSession, ramp_speech
 
 API_KEY = "xi-test-key-7d41c0b2"
 """The key the fake accepts by default (a recognisable string for key-leak checks)."""
@@ -55,13 +56,7 @@ _PCM = re.compile(r"^pcm_(?P<rate>8000|16000|22050|24000|44100|48000)$")
 
 def speech_for(text: str, rate: int = 16000) -> bytes:
     """Deterministic 'speech' for ``text``: 10 ms of a distinct ramp per character."""
-    per_char = rate // 100
-    out = bytearray()
-    for position, char in enumerate(text):
-        base = (ord(char) * 41 + position * 13) % 20000 - 10000
-        for i in range(per_char):
-            out += int(base + (i % 50) * 9).to_bytes(2, "little", signed=True)
-    return bytes(out)
+    return ramp_speech(text, rate, mix=(41, 13), period=50, slope=9)
 
 
 def _alignment(text: str, duration_ms: float) -> dict[str, list[Any]]:
@@ -73,8 +68,7 @@ def _alignment(text: str, duration_ms: float) -> dict[str, list[Any]]:
     }
 
 
-@attrs.frozen
-class ElevenLabsFault:
+class ElevenLabsFault(Fault):
     """Misbehaviour injected once ``after_chunks`` audio messages have been sent.
 
     kinds: ``drop`` (TCP closed without a close frame), ``close`` (close frame with
@@ -83,23 +77,23 @@ class ElevenLabsFault:
     (send nothing more, ignore input, keep the socket open).
     """
 
-    kind: Literal["drop", "close", "malformed", "error", "stall"]
-    after_chunks: int = 0
-    code: int = 1011
-    reason: str = "internal error"
-    error: str = "internal_error"
-    message: str = "Scripted server failure."
+    def __init__(
+        self,
+        kind: Literal["drop", "close", "malformed", "error", "stall"],
+        after_chunks: int = 0,
+        code: int = 1011,
+        reason: str = "internal error",
+        error: str = "internal_error",
+        message: str = "Scripted server failure.",
+    ) -> None:
+        super().__init__(kind, after=after_chunks, code=code, reason=reason, error=error, message=message)
 
 
 @attrs.define
-class StreamSession:
-    """What the fake observed on one stream-input connection."""
+class StreamSession(WsSession):
+    """What the fake observed on one stream-input connection (``sent``: every JSON message it sent)."""
 
-    path: str
-    voice_id: str | None
-    query: dict[str, str]
-    headers: dict[str, str]
-    rejected: int | None = None
+    voice_id: str | None = None
     messages: list[dict[str, Any]] = attrs.field(factory=list)
     """JSON messages from the client, in order."""
     generations: list[str] = attrs.field(factory=list)
@@ -110,17 +104,9 @@ class StreamSession:
     final_sent: bool = False
     violations: list[str] = attrs.field(factory=list)
     """Protocol rules the client broke."""
-    client_close_code: int | None = None
-    server_close: tuple[int, str] | None = None
-    ended: trio.Event = attrs.field(factory=trio.Event)
-    ended_at: float | None = None
 
 
-class _Abort(Exception):
-    """Stop serving this connection (a fault closed it)."""
-
-
-class FakeElevenLabs:
+class FakeElevenLabs(WebSocketFake[StreamSession]):
     """A scriptable stream-input server on 127.0.0.1; start it with ``nursery.start(fake.serve)``.
 
     Args:
@@ -135,6 +121,8 @@ class FakeElevenLabs:
         send_final: end with an ``isFinal: true`` message before closing (else just close).
     """
 
+    malformed = '{"audio": "AAAA", "isFinal": nu'
+
     def __init__(
         self,
         *,
@@ -148,87 +136,50 @@ class FakeElevenLabs:
         inactivity_timeout: float = 20.0,
         send_final: bool = True,
     ) -> None:
+        super().__init__(fault=fault, reject_status=reject_status)
         self.api_key = api_key
         self.voice_ids = voice_ids
         self.audio_for = audio_for
         self.chunk_bytes = chunk_bytes
         self.chunk_delay = chunk_delay
-        self.fault = fault
-        self.reject_status = reject_status
         self.inactivity_timeout = inactivity_timeout
         self.send_final = send_final
-        self.sessions: list[StreamSession] = []
-        self.port = 0
 
-    @property
-    def url(self) -> str:
-        """Base URL for ``ElevenLabsTTS(base_url=...)``."""
-        return f"ws://127.0.0.1:{self.port}"
+    # --- the handshake -----------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeElevenLabs] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(serve_websocket, self._handle, "127.0.0.1", 0, None, handler_nursery=nursery)
-            )
-            self.port = server.port
-            task_status.started(self)
+    def new_session(self, path: str, query: dict[str, str], headers: dict[str, str]) -> StreamSession:
+        match = _PATH.match(path)
+        voice_id = urllib.parse.unquote(match["voice"]) if match else None
+        return StreamSession(path, query, headers, voice_id=voice_id)
 
-    # --- one connection -----------------------------------------------------------------
+    def refusal(self, session: StreamSession, fault: Fault) -> Refusal:
+        return _refusal(fault.status, "scripted_rejection", f"Scripted rejection with HTTP {fault.status}")
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        target = urllib.parse.urlsplit(request.path)
-        match = _PATH.match(target.path)
-        session = StreamSession(
-            path=target.path,
-            voice_id=urllib.parse.unquote(match["voice"]) if match else None,
-            query=dict(urllib.parse.parse_qsl(target.query)),
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
-        )
-        self.sessions.append(session)
-        try:
-            rejection = self._check(session)
-            if rejection is not None:
-                status, code, message = rejection
-                session.rejected = status
-                await request.reject(
-                    status,
-                    extra_headers=[(b"content-type", b"application/json")],
-                    body=json.dumps({"detail": {"status": code, "message": message}}).encode(),
-                )
-                return
-            ws = await request.accept()
-            try:
-                await self._converse(ws, session)
-            except _Abort:
-                pass
-        finally:
-            session.ended_at = trio.current_time()
-            session.ended.set()
-
-    def _check(self, session: StreamSession) -> tuple[int, str, str] | None:
+    def check(self, session: StreamSession) -> Refusal | None:
         if session.voice_id is None:
-            return 404, "not_found", f"No such endpoint: {session.path}"
+            return _refusal(404, "not_found", f"No such endpoint: {session.path}")
         if self.voice_ids is not None and session.voice_id not in self.voice_ids:
-            return 400, "voice_not_found", f"A voice with the voice_id {session.voice_id} was not found."
-        if self.reject_status is not None:
-            return self.reject_status, "scripted_rejection", f"Scripted rejection with HTTP {self.reject_status}"
+            return _refusal(400, "voice_not_found", f"A voice with the voice_id {session.voice_id} was not found.")
         key = session.headers.get("xi-api-key")
         if key is not None and key != self.api_key:
             # Echo what was presented, as a careless server might: the client must redact it.
-            return 401, "invalid_api_key", f"Invalid API key: {key!r}"
+            return _refusal(401, "invalid_api_key", f"Invalid API key: {key!r}")
         if not _PCM.match(session.query.get("output_format", "mp3_44100")):
-            return 400, "invalid_output_format", "This fake only serves pcm_<rate> output formats."
+            return _refusal(400, "invalid_output_format", "This fake only serves pcm_<rate> output formats.")
         return None
 
-    async def _converse(self, ws: WebSocketConnection, session: StreamSession) -> None:
+    # --- one connection -----------------------------------------------------------------
+
+    async def converse(self, peer: Peer[StreamSession]) -> None:
+        session = peer.session
         rate = int(_PCM.match(session.query["output_format"])["rate"])  # type: ignore[index]
-        opening = await self._receive(ws, session)
+        opening = await self._receive(peer)
         if opening is None:
             return
         if opening.get("text") != " ":
             session.violations.append(f"first message text must be a single space, got {opening.get('text')!r}")
         if "xi-api-key" not in session.headers and opening.get("xi_api_key") != self.api_key:
-            await self._error(ws, session, 1008, "invalid_api_key", "Invalid API key.")
+            await self._error(peer, 1008, "invalid_api_key", "Invalid API key.")
             return
         schedule = list(opening.get("generation_config", {}).get("chunk_length_schedule") or [120, 160, 250, 290])
         if any(not isinstance(n, int) or n < 50 for n in schedule):
@@ -236,51 +187,48 @@ class FakeElevenLabs:
         buffer = ""
         step = 0
         while True:
-            message = await self._receive(ws, session)
+            message = await self._receive(peer)
             if message is None:
                 return
+            if peer.stalled:
+                continue
             text = message.get("text")
             if not isinstance(text, str):
                 session.violations.append(f"message without text: {message}")
                 continue
             if text == "" and not message.get("flush"):  # end of input
                 if buffer.strip():
-                    await self._generate(ws, session, buffer, rate)
+                    await self._generate(peer, buffer, rate)
                 if self.send_final:
-                    await self._send(
-                        ws, session, {"audio": None, "isFinal": True, "normalizedAlignment": None, "alignment": None}
-                    )
+                    await peer.send({"audio": None, "isFinal": True, "normalizedAlignment": None, "alignment": None})
                     session.final_sent = True
-                session.server_close = (1000, "")
-                await ws.aclose(1000)
+                await peer.close(1000)
                 return
             if text and not text.endswith(" "):
                 session.violations.append(f"text should end with a single space: {text!r}")
             buffer += text
             if message.get("flush") or len(buffer) >= schedule[step]:
                 if buffer.strip():
-                    await self._generate(ws, session, buffer, rate)
+                    await self._generate(peer, buffer, rate)
                 buffer = ""
                 step = min(step + 1, len(schedule) - 1)
 
-    async def _receive(self, ws: WebSocketConnection, session: StreamSession) -> dict[str, Any] | None:
+    async def _receive(self, peer: Peer[StreamSession]) -> dict[str, Any] | None:
         """The next client message, or None once the client has gone (or we timed it out)."""
-        with trio.move_on_after(self.inactivity_timeout) as idle:
-            try:
-                raw = await ws.get_message()
-            except ConnectionClosed as exc:
-                session.client_close_code = exc.reason.code if exc.reason else 1006
-                return None
+        session = peer.session
+        with trio.move_on_after(math.inf if peer.stalled else self.inactivity_timeout) as idle:
+            raw = await peer.receive()
         if idle.cancelled_caught:
             await self._error(
-                ws,
-                session,
+                peer,
                 1008,
                 "input_timeout_exceeded",
                 f"Have not received a new text input within the timeout of {self.inactivity_timeout} seconds. "
                 "Streaming input terminated. Please make sure to either feed the input in the timely manner, "
                 'or to send the end of input text (empty string "") when done.',
             )
+            return None
+        if raw is None:
             return None
         if isinstance(raw, bytes):
             session.violations.append("binary message")
@@ -296,71 +244,42 @@ class FakeElevenLabs:
         session.messages.append(message)
         return message
 
-    async def _generate(self, ws: WebSocketConnection, session: StreamSession, text: str, rate: int) -> None:
+    async def _generate(self, peer: Peer[StreamSession], text: str, rate: int) -> None:
+        session = peer.session
         spoken = text.strip()
         session.generations.append(spoken)
         audio = self.audio_for(spoken, rate)
         duration_ms = len(audio) / 2 / rate * 1000
         for start in range(0, len(audio), self.chunk_bytes):
-            if self.fault is not None and session.audio_messages >= self.fault.after_chunks:
-                await self._inject(ws, session, self.fault)
+            await self.strike(peer, session.audio_messages)
+            if peer.stalled:
+                return
             if self.chunk_delay:
                 await trio.sleep(self.chunk_delay)
             chunk = audio[start : start + self.chunk_bytes]
             alignment = _alignment(spoken, duration_ms) if start == 0 else None
-            await self._send(
-                ws,
-                session,
+            await peer.send(
                 {
                     "audio": base64.b64encode(chunk).decode("ascii"),
                     "isFinal": None,
                     "normalizedAlignment": alignment,
                     "alignment": alignment,
-                },
+                }
             )
             session.audio += chunk
             session.audio_messages += 1
 
-    async def _inject(self, ws: WebSocketConnection, session: StreamSession, fault: ElevenLabsFault) -> None:
-        """Perform ``fault``, then stop serving the connection."""
-        if fault.kind == "stall":
-            while True:  # answer nothing, but notice when the client goes
-                try:
-                    await ws.get_message()
-                except ConnectionClosed as exc:
-                    session.client_close_code = exc.reason.code if exc.reason else 1006
-                    raise _Abort from None
-        if fault.kind == "malformed":
-            await ws.send_message('{"audio": "AAAA", "isFinal": nu')
-            while True:  # the client should give up and close
-                try:
-                    await ws.get_message()
-                except ConnectionClosed as exc:
-                    session.client_close_code = exc.reason.code if exc.reason else 1006
-                    raise _Abort from None
-        if fault.kind == "error":
-            await self._error(ws, session, fault.code, fault.error, fault.message)
-        elif fault.kind == "close":
-            session.server_close = (fault.code, fault.reason)
-            await ws.aclose(fault.code, fault.reason)
-        else:  # drop: trio-websocket has no public "abort", so close the TCP stream underneath.
-            session.server_close = (1006, "")
-            await ws._close_stream()
-        raise _Abort
+    async def in_band_error(self, peer: Peer[StreamSession], fault: Fault) -> None:
+        await self._error(peer, int(fault.code or 1011), fault.error or "internal_error", fault.message or "")
 
-    async def _error(
-        self, ws: WebSocketConnection, session: StreamSession, code: int, error: str, message: str
-    ) -> None:
-        await self._send(ws, session, {"message": message, "error": error, "code": code})
-        session.server_close = (code, error)
-        await ws.aclose(code, error)
+    async def _error(self, peer: Peer[StreamSession], code: int, error: str, message: str) -> None:
+        await peer.send({"message": message, "error": error, "code": code})
+        await peer.close(code, error)
 
-    async def _send(self, ws: WebSocketConnection, session: StreamSession, message: dict[str, Any]) -> None:
-        try:
-            await ws.send_message(json.dumps(message))
-        except ConnectionClosed as exc:
-            session.client_close_code = exc.reason.code if exc.reason else 1006
-            raise _Abort from None
+
+def _refusal(status: int, code: str, message: str) -> Refusal:
+    """The REST API's error body, which the handshake refusal carries too."""
+    return Refusal(status, {"detail": {"status": code, "message": message}})
 
 
 __all__ = ["API_KEY", "VOICE_ID", "ElevenLabsFault", "FakeElevenLabs", "StreamSession", "speech_for"]

@@ -54,18 +54,16 @@ import base64
 import binascii
 import itertools
 import json
-import urllib.parse
+import math
 from collections import deque
 from collections.abc import Iterable
-from functools import partial
 from typing import Any, Literal
 
 import attrs
-import numpy as np
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from audiosocket_ai.audio import rms_dbfs
+from tests.fakes.base import Fault, Peer, Refusal, WebSocketFake, WsSession, sine
 
 API_KEY = "sk-rt-test-key-9c2e41d7b3a8"
 """The key the fake accepts by default (key-shaped, recognisable in leak checks)."""
@@ -78,8 +76,7 @@ FaultKind = Literal["drop", "close", "malformed", "silent", "error"]
 
 
 def tone(frequency: float, ms: int, rate: int = RATE, amplitude: float = 0.3) -> bytes:
-    t = np.arange(int(rate * ms / 1000)) / rate
-    return (np.sin(2 * np.pi * frequency * t) * amplitude * 32767).astype("<i2").tobytes()
+    return sine(int(rate * ms / 1000), rate=rate, freq=frequency, amplitude=amplitude)
 
 
 @attrs.frozen
@@ -104,22 +101,14 @@ class Reply:
 
 
 @attrs.define
-class RealtimeSession:
-    """What the fake observed on one connection."""
+class RealtimeSession(WsSession):
+    """What the fake observed on one connection (``sent``/``sent_at``: the server events)."""
 
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    rejected: int | None = None
     received: list[dict[str, Any]] = attrs.field(factory=list)
     received_at: list[float] = attrs.field(factory=list)
-    sent: list[dict[str, Any]] = attrs.field(factory=list)
-    sent_at: list[float] = attrs.field(factory=list)
     audio: bytearray = attrs.field(factory=bytearray)
     """Every appended byte of caller audio, decoded."""
     config: dict[str, Any] = attrs.field(factory=dict)
-    client_close_code: int | None = None
-    ended: trio.Event = attrs.field(factory=trio.Event)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [event for event in self.received if event.get("type") == kind]
@@ -137,7 +126,7 @@ class RealtimeSession:
         return out
 
 
-class FakeOpenAIRealtime:
+class FakeOpenAIRealtime(WebSocketFake[RealtimeSession]):
     """A scriptable Realtime server on 127.0.0.1; start it with ``nursery.start(fake.serve)``.
 
     Args:
@@ -151,6 +140,8 @@ class FakeOpenAIRealtime:
         vad_on_ms: loud audio needed before ``speech_started``.
         speech_dbfs: windows louder than this count as speech.
     """
+
+    malformed = '{"type": "response.output_audio.delta", "delta": "AAAA'
 
     def __init__(
         self,
@@ -167,25 +158,23 @@ class FakeOpenAIRealtime:
         vad_on_ms: int = 60,
         speech_dbfs: float = -40.0,
     ) -> None:
+        super().__init__(reject_status=reject_status)
         self.api_key = api_key
         self.api = api
         self.replies: deque[Reply] = deque(replies)
         self.default_reply = default_reply
         self.caller_transcripts: deque[str] = deque(caller_transcripts)
-        self.reject_status = reject_status
         self.reject_from = reject_from
         self.chunk_ms = chunk_ms
         self.speed = speed
         self.vad_on_ms = vad_on_ms
         self.speech_dbfs = speech_dbfs
-        self.sessions: list[RealtimeSession] = []
-        self.port = 0
         self._ids = itertools.count(1)
 
     @property
     def url(self) -> str:
         """``base_url`` for the agent."""
-        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+        return f"{super().url}/v1/realtime"
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):06d}"
@@ -193,52 +182,61 @@ class FakeOpenAIRealtime:
     def next_reply(self) -> Reply:
         return self.replies.popleft() if self.replies else self.default_reply
 
-    async def serve(self, *, task_status: trio.TaskStatus[FakeOpenAIRealtime] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(partial(serve_websocket, self._handle, "127.0.0.1", 0, None,
-                                                 handler_nursery=nursery))
-            self.port = server.port
-            task_status.started(self)
+    async def send(self, peer: Peer[RealtimeSession], event: dict[str, Any]) -> None:
+        await peer.send({"event_id": self.new_id("event"), **event})
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        target = urllib.parse.urlsplit(request.path)
-        session = RealtimeSession(
-            path=target.path,
-            query=dict(urllib.parse.parse_qsl(target.query)),
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
-        )
-        index = len(self.sessions)
-        self.sessions.append(session)
-        try:
-            rejection = self._check(session, index)
-            if rejection is not None:
-                status, error = rejection
-                session.rejected = status
-                await request.reject(status, extra_headers=[(b"content-type", b"application/json")],
-                                     body=json.dumps({"error": error}).encode())
-                return
-            ws = await request.accept()
-            await _Connection(self, ws, session).run()
-        finally:
-            session.ended.set()
+    async def error(
+        self, peer: Peer[RealtimeSession], kind: str, code: str | None, message: str, event_id: str | None = None
+    ) -> None:
+        await self.send(peer, {"type": "error", "error": {"type": kind, "code": code, "message": message,
+                                                           "param": None, "event_id": event_id}})
 
-    def _check(self, session: RealtimeSession, index: int) -> tuple[int, dict[str, Any]] | None:
+    # --- the handshake -----------------------------------------------------------------
+
+    def take_fault(self, path: str) -> Fault | None:
+        return super().take_fault(path) if len(self.sessions) > self.reject_from else None
+
+    def new_session(self, path: str, query: dict[str, str], headers: dict[str, str]) -> RealtimeSession:
+        return RealtimeSession(path, query, headers)
+
+    def refusal(self, session: RealtimeSession, fault: Fault) -> Refusal:
+        return _refusal(fault.status, "The server is overloaded (scripted).", kind="server_error")
+
+    def check(self, session: RealtimeSession) -> Refusal | None:
         if session.path != "/v1/realtime":
-            return 404, {"message": f"Invalid URL (GET {session.path})", "type": "invalid_request_error",
-                         "param": None, "code": None}
-        if self.reject_status is not None and index >= self.reject_from:
-            return self.reject_status, {"message": "The server is overloaded (scripted).", "type": "server_error",
-                                        "param": None, "code": None}
+            return _refusal(404, f"Invalid URL (GET {session.path})")
         scheme, _, key = session.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or key != self.api_key:
             # The service masks most of a wrong key; echoing all of it tests our redaction.
-            return 401, {"message": f"Incorrect API key provided: {key}. You can find your API key at "
-                                    "https://platform.openai.com/account/api-keys.",
-                         "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}
+            return _refusal(401, f"Incorrect API key provided: {key}. You can find your API key at "
+                                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
         if not session.query.get("model"):
-            return 400, {"message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
-                         "param": "model", "code": "missing_required_parameter"}
+            return _refusal(400, "Missing required parameter: 'model'.", param="model",
+                            code="missing_required_parameter")
         return None
+
+    # --- one connection -----------------------------------------------------------------
+
+    async def converse(self, peer: Peer[RealtimeSession]) -> None:
+        await _Connection(self, peer).run()
+
+    async def in_band_error(self, peer: Peer[RealtimeSession], fault: Fault) -> None:
+        await self.error(peer, "server_error", "server_error",
+                         "The server had an error while processing your request. Sorry about that!")
+
+
+def _refusal(status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+             code: str | None = None) -> Refusal:
+    """OpenAI's error body for a refused handshake."""
+    return Refusal(status, {"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def _as_fault(reply: Reply) -> Fault | None:
+    """A reply's scripted fault in the shared terms (``silent`` is a stall, ``close`` is 1011)."""
+    if reply.fault is None:
+        return None
+    kind = "stall" if reply.fault == "silent" else reply.fault
+    return Fault(kind, after=reply.fault_after_ms, code=1011, reason="server_error")
 
 
 @attrs.define(eq=False)
@@ -250,7 +248,6 @@ class _Active:
     finished: trio.Event = attrs.field(factory=trio.Event)
     cancel_reason: str | None = None
     output: list[dict[str, Any]] = attrs.field(factory=list)
-    connection_lost: bool = False
     open_audio: tuple[dict[str, Any], dict[str, Any], str] | None = None
     """The assistant item whose audio is streaming: (item, where, transcript so far)."""
 
@@ -258,12 +255,11 @@ class _Active:
 class _Connection:
     """One accepted WebSocket: the session's state and its event loop."""
 
-    def __init__(self, fake: FakeOpenAIRealtime, ws: WebSocketConnection, session: RealtimeSession) -> None:
+    def __init__(self, fake: FakeOpenAIRealtime, peer: Peer[RealtimeSession]) -> None:
         self.fake = fake
-        self.ws = ws
-        self.session = session
+        self.peer = peer
+        self.session = session = peer.session
         self.ga = fake.api == "ga"
-        self.silent = False
         self.active: _Active | None = None
         self.items: dict[str, dict[str, Any]] = {}
         self.item_audio_ms: dict[str, int] = {}
@@ -320,31 +316,19 @@ class _Connection:
                     await self.error("invalid_request_error", "beta_api_shape_disabled",
                                      "The Realtime Beta API is no longer supported. Please use /v1/realtime for the "
                                      "GA API.")
-                    await self.ws.aclose(4000, "invalid_request_error.beta_api_shape_disabled")
+                    await self.peer.close(4000, "invalid_request_error.beta_api_shape_disabled")
                     return
                 await self.send({"type": "session.created", "session": self.session.config})
-                while True:
-                    message = await self.ws.get_message()
+                while (message := await self.peer.receive()) is not None:
                     await self.on_message(message)
-            except ConnectionClosed as exc:
-                self.session.client_close_code = exc.reason.code if exc.reason else 1006
             finally:
                 nursery.cancel_scope.cancel()
 
     async def send(self, event: dict[str, Any]) -> None:
-        event = {"event_id": self.fake.new_id("event"), **event}
-        if self.silent:
-            return
-        self.session.sent.append(event)
-        self.session.sent_at.append(trio.current_time())
-        try:
-            await self.ws.send_message(json.dumps(event))
-        except ConnectionClosed:
-            pass
+        await self.fake.send(self.peer, event)
 
     async def error(self, kind: str, code: str | None, message: str, event_id: str | None = None) -> None:
-        await self.send({"type": "error", "error": {"type": kind, "code": code, "message": message, "param": None,
-                                                    "event_id": event_id}})
+        await self.fake.error(self.peer, kind, code, message, event_id)
 
     async def on_message(self, message: str | bytes) -> None:
         try:
@@ -357,7 +341,7 @@ class _Connection:
             return
         self.session.received.append(event)
         self.session.received_at.append(trio.current_time())
-        if self.silent:
+        if self.peer.stalled:
             return
         kind = event.get("type")
         event_id = event.get("event_id")
@@ -555,22 +539,25 @@ class _Connection:
                 await self.produce(active, reply)
         finally:
             with trio.CancelScope(shield=True):
-                if not active.connection_lost:
-                    cancelled = active.cancel_reason is not None
-                    if cancelled and active.open_audio is not None:
-                        # the .done events still come, with what was generated so far
-                        await self.finish_audio(active, *active.open_audio, status="incomplete")
-                    await self.send({"type": "response.done", "response": {
-                        "id": active.id, "object": "realtime.response",
-                        "status": "cancelled" if cancelled else "completed",
-                        "status_details": {"type": "cancelled", "reason": active.cancel_reason} if cancelled else None,
-                        "output": active.output}})
-                if self.active is active:
-                    self.active = None
-                active.finished.set()
+                try:
+                    if self.peer.open:
+                        cancelled = active.cancel_reason is not None
+                        if cancelled and active.open_audio is not None:
+                            # the .done events still come, with what was generated so far
+                            await self.finish_audio(active, *active.open_audio, status="incomplete")
+                        await self.send({"type": "response.done", "response": {
+                            "id": active.id, "object": "realtime.response",
+                            "status": "cancelled" if cancelled else "completed",
+                            "status_details": {"type": "cancelled", "reason": active.cancel_reason} if cancelled
+                            else None,
+                            "output": active.output}})
+                finally:
+                    if self.active is active:
+                        self.active = None
+                    active.finished.set()
 
     async def produce(self, active: _Active, reply: Reply) -> None:
-        fault = reply.fault
+        self.peer.fault = _as_fault(reply)
         if reply.audio_ms > 0:
             item_id = self.fake.new_id("item")
             item: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
@@ -588,9 +575,7 @@ class _Connection:
             said = 0
             chunk = self.fake.chunk_ms * RATE * 2 // 1000
             for offset in range(0, len(pcm), chunk):
-                if fault is not None and self.item_audio_ms[item_id] >= reply.fault_after_ms:
-                    await self.inject(active, fault)
-                    fault = None
+                await self.fake.strike(self.peer, self.item_audio_ms[item_id])
                 piece = pcm[offset:offset + chunk]
                 await self.send({"type": self._name("response.output_audio.delta", "response.audio.delta"), **where,
                                  "delta": base64.b64encode(piece).decode("ascii")})
@@ -603,13 +588,11 @@ class _Connection:
                     said = upto
                 active.open_audio = (item, where, " ".join(words[:said]))
                 await trio.sleep(self.fake.chunk_ms / 1000 / self.fake.speed)
-            if fault is not None:
-                await self.inject(active, fault)
-                fault = None
+            await self.fake.strike(self.peer, math.inf)  # a fault scripted past the audio strikes at its end
             active.open_audio = None
             await self.finish_audio(active, item, where, reply.text, status="completed")
-        elif fault is not None:
-            await self.inject(active, fault)
+        else:
+            await self.fake.strike(self.peer, math.inf)
         for call in reply.calls:
             index = len(active.output)
             call_item: dict[str, Any] = {"id": self.fake.new_id("item"), "object": "realtime.item",
@@ -639,26 +622,6 @@ class _Connection:
         item.update(status=status, content=[part])
         await self.send({"type": "response.output_item.done", "response_id": active.id, "output_index": 0,
                          "item": item})
-
-    async def inject(self, active: _Active, fault: FaultKind) -> None:
-        if fault == "error":
-            await self.error("server_error", "server_error",
-                             "The server had an error while processing your request. Sorry about that!")
-            return
-        if fault == "malformed":
-            self.session.sent.append({"type": "<malformed>"})
-            self.session.sent_at.append(trio.current_time())
-            await self.ws.send_message('{"type": "response.output_audio.delta", "delta": "AAAA')
-            await trio.sleep_forever()  # the client should give up and close
-        if fault == "silent":
-            self.silent = True
-            await trio.sleep_forever()
-        active.connection_lost = True
-        if fault == "close":
-            await self.ws.aclose(1011, "server_error")
-        else:  # drop: trio-websocket has no public abort, so close the TCP stream underneath
-            await self.ws._close_stream()
-        await trio.sleep_forever()
 
 
 def sent_audio_ms(session: RealtimeSession, item_id: str | None = None) -> int:

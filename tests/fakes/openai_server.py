@@ -35,24 +35,19 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import math
 import re
 import time
 import uuid
 import wave
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any, Literal, Self
+from typing import Any
 
 import attrs
-import h11
-import numpy as np
-import trio
 
-log = logging.getLogger(__name__)
+from tests.fakes import base
+from tests.fakes.base import Exchange, HttpFake, HttpRequest, running
 
 DEFAULT_KEY = "sk-fake-0123456789abcdefTESTKEY"
 SPEECH_RATE = 24000
@@ -118,26 +113,13 @@ class ChatReply:
         return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
 
 
-FaultKind = Literal["status", "drop", "malformed", "hang"]
+class Fault(base.Fault):
+    """OpenAI's names for the shared :class:`tests.fakes.base.Fault`, aimed at the next request
+    (to ``path``, or to any path if ``None``).
 
-
-@attrs.frozen
-class Fault:
-    """A failure injected into the next request (to ``path``, or to any path if ``None``).
-
-    Build with :meth:`http`, :meth:`drop`, :meth:`malformed` or :meth:`hang`.
     ``after_chunks`` counts body parts sent before the fault strikes (for ``hang``, 0
     means before the response headers).
     """
-
-    kind: FaultKind
-    status: int = 500
-    error_type: str | None = None
-    code: str | None = None
-    message: str | None = None
-    retry_after: float | None = None
-    after_chunks: int = 0
-    path: str | None = None
 
     @classmethod
     def http(
@@ -150,35 +132,27 @@ class Fault:
         retry_after: float | None = None,
         path: str | None = None,
     ) -> Fault:
-        return cls("status", status, error_type, code, message, retry_after, 0, path)
+        retry = None if retry_after is None else f"{retry_after:g}"
+        return cls("status", status=status, error=error_type, code=code, message=message, retry_after=retry, path=path)
 
     @classmethod
     def drop(cls, *, after_chunks: int = 2, path: str | None = None) -> Fault:
         """Close the connection mid-body, without the final chunk terminator."""
-        return cls("drop", after_chunks=after_chunks, path=path)
+        return cls("drop", after=after_chunks, path=path)
 
     @classmethod
     def malformed(cls, *, after_chunks: int = 2, path: str | None = None) -> Fault:
         """Send an SSE event whose data is broken JSON."""
-        return cls("malformed", after_chunks=after_chunks, path=path)
+        return cls("malformed", after=after_chunks, path=path)
 
     @classmethod
     def hang(cls, *, after_chunks: int = 0, path: str | None = None) -> Fault:
-        """Stop answering (before the headers, or after some body parts) forever."""
-        return cls("hang", after_chunks=after_chunks, path=path)
+        """Stop answering (before the headers, or after some body parts) until the client gives up."""
+        return cls("stall", after=after_chunks, path=path)
 
 
-@attrs.frozen
-class RecordedRequest:
-    """One request as the fake received it."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+RecordedRequest = HttpRequest
+"""One request as the fake received it (``json()`` decodes its body)."""
 
 
 @attrs.frozen
@@ -219,9 +193,7 @@ class _ClientError(Exception):
 
 def tone(seconds: float, *, rate: int = SPEECH_RATE, freq: float = 440.0, amplitude: float = 0.25) -> bytes:
     """A sine tone as slin: stands in for synthesized speech."""
-    t = np.arange(int(seconds * rate)) / rate
-    samples = np.round(np.sin(2 * math.pi * freq * t) * amplitude * 32767).astype("<i2")
-    return samples.tobytes()
+    return base.sine(int(seconds * rate), rate=rate, freq=freq, amplitude=amplitude)
 
 
 def parse_multipart(body: bytes, content_type: str) -> list[_Part]:
@@ -270,7 +242,7 @@ def _split(text: str, size: int) -> list[str]:
 # --- the server ----------------------------------------------------------------------------
 
 
-class FakeOpenAI:
+class FakeOpenAI(HttpFake):
     """A scriptable OpenAI-compatible HTTP server on 127.0.0.1 (see the module docstring).
 
     Args:
@@ -280,19 +252,15 @@ class FakeOpenAI:
             server, to prove clients scrub their key from error messages.
     """
 
+    malformed = b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'
+
     def __init__(self, *, api_key: str | None = DEFAULT_KEY, echo_key_in_errors: bool = False) -> None:
+        super().__init__()
         self.api_key = api_key
         self.echo_key_in_errors = echo_key_in_errors
-        # scripting
+        # scripting (faults, first_byte_delay, chunk_delay and tail_gate come from HttpFake)
         self.chat_replies: deque[ChatReply] = deque()
         self.default_reply = ChatReply(content="Hello from the fake server.")
-        self.faults: deque[Fault] = deque()
-        self.first_byte_delay = 0.0
-        """Seconds to wait before answering each request (before the status line)."""
-        self.chunk_delay = 0.0
-        """Seconds to wait between body parts of streamed responses."""
-        self.tail_gate: trio.Event | None = None
-        """If set, streamed responses send their first half, then wait for this event."""
         self.speech_pcm: bytes | None = None
         """PCM to return from ``/audio/speech``; a tone of ~60 ms per character if None."""
         self.speech_chunk_bytes = 4801
@@ -300,242 +268,103 @@ class FakeOpenAI:
         self.transcript: str | Callable[[Upload], str] = "hello world"
         self.expect_sample_rate: int | None = None
         """If set, transcription uploads must be WAVs at this rate (else HTTP 400)."""
-        # observation
-        self.requests: list[RecordedRequest] = []
+        # observation (requests, connections, in_flight, max_in_flight come from HttpFake)
         self.uploads: list[Upload] = []
-        self.connections = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         """What a client's ``base_url`` should be."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.url}/v1"
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """JSON bodies of the chat completion requests received so far."""
         return [r.json() for r in self.requests if r.path == "/v1/chat/completions"]
 
-    async def start(self, nursery: trio.Nursery) -> Self:
-        """Listen on an ephemeral port of 127.0.0.1 and serve in ``nursery`` until it is cancelled."""
-        listeners = await nursery.start(partial(trio.serve_tcp, self._handle_connection, 0, host="127.0.0.1"))
-        self.port = listeners[0].socket.getsockname()[1]
-        return self
+    # --- answering -------------------------------------------------------------------------
 
-    # --- connection handling -------------------------------------------------------------
+    @staticmethod
+    def _request_id(exchange: Exchange) -> tuple[str, str]:
+        return "x-request-id", f"req_{exchange.id.hex}"
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request = await self._read_request(conn, stream)
-                if request is None:
-                    return
-                keep_open = await self._respond(conn, stream, request)
-                if not keep_open or conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
-            log.debug("fake openai: connection ended: %r", exc)
-        finally:
-            await trio.aclose_forcefully(stream)
+    async def _send_body(self, exchange: Exchange, body: bytes, content_type: str) -> bool:
+        return await exchange.respond(200, body, [("content-type", content_type), self._request_id(exchange)])
 
-    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> RecordedRequest | None:
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return RecordedRequest(
-                    method=request.method.decode(),
-                    path=request.target.decode().split("?")[0],
-                    headers={k.decode().lower(): v.decode("latin-1") for k, v in request.headers},
-                    body=bytes(body),
-                )
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
+    async def _send_json(self, exchange: Exchange, obj: Any) -> bool:
+        return await exchange.respond_json(200, obj, [self._request_id(exchange)])
 
-    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, event: Any) -> None:
-        data = conn.send(event)
-        if data:
-            await stream.send_all(data)
-
-    async def _send_json(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        status: int,
-        obj: Any,
-        *,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        body = json.dumps(obj).encode()
-        await self._send_body(conn, stream, status, body, "application/json", headers=headers)
-
-    async def _send_body(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        status: int,
-        body: bytes,
-        content_type: str,
-        *,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        all_headers = [
-            ("content-type", content_type),
-            ("content-length", str(len(body))),
-            ("x-request-id", f"req_{uuid.uuid4().hex}"),
-            *headers,
-        ]
-        await self._send(conn, stream, h11.Response(status_code=status, headers=all_headers))
-        await self._send(conn, stream, h11.Data(data=body))
-        await self._send(conn, stream, h11.EndOfMessage())
-
-    async def _send_error(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        status: int,
-        *,
-        message: str | None = None,
-        error_type: str | None = None,
-        code: str | None = None,
-        param: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
+    async def _send_error(self, exchange: Exchange, fault: base.Fault, *, param: str | None = None) -> bool:
+        """Answer with OpenAI's error body; what ``fault`` leaves out is filled in per status."""
+        status = fault.status
         default_type, default_message, default_code = _DEFAULT_ERRORS.get(
             status, ("server_error" if status >= 500 else "invalid_request_error", f"HTTP {status}", None)
         )
         error = {
-            "message": message or default_message,
-            "type": error_type or default_type,
+            "message": fault.message or default_message,
+            "type": fault.error or default_type,
             "param": param,
-            "code": code if code is not None else (default_code if error_type is None else None),
+            "code": fault.code if fault.code is not None else (default_code if fault.error is None else None),
         }
-        headers = [("retry-after", f"{retry_after:g}")] if retry_after is not None else []
-        await self._send_json(conn, stream, status, {"error": error}, headers=headers)
+        retry = [("retry-after", fault.retry_after)] if fault.retry_after is not None else []
+        return await exchange.respond_json(status, {"error": error}, [self._request_id(exchange), *retry])
 
     async def _stream_parts(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        parts: Sequence[bytes],
-        content_type: str,
-        fault: Fault | None,
+        self, exchange: Exchange, parts: Sequence[bytes], content_type: str, fault: base.Fault | None
     ) -> bool:
         """Send a chunked 200 response part by part; False if the connection was dropped."""
-        headers = [("content-type", content_type), ("x-request-id", f"req_{uuid.uuid4().hex}")]
+        headers = [("content-type", content_type), self._request_id(exchange)]
         if content_type.startswith("text/event-stream"):
             headers.append(("cache-control", "no-cache"))
-        await self._send(conn, stream, h11.Response(status_code=200, headers=headers))
-        gate_at = max(1, len(parts) // 2)
-        for index, part in enumerate(parts):
-            if fault is not None and index == fault.after_chunks:
-                if fault.kind == "drop":
-                    await stream.aclose()
-                    return False
-                if fault.kind == "hang":
-                    await trio.sleep_forever()
-                if fault.kind == "malformed":
-                    await self._send(conn, stream, h11.Data(data=b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'))
-            if self.tail_gate is not None and index == gate_at:
-                await self.tail_gate.wait()
-            if self.chunk_delay and index:
-                await trio.sleep(self.chunk_delay)
-            await self._send(conn, stream, h11.Data(data=part))
-        await self._send(conn, stream, h11.EndOfMessage())
-        return True
+        return await exchange.stream(parts, headers, fault)
 
     # --- routing ---------------------------------------------------------------------------
 
-    def _take_fault(self, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.path is None or fault.path == path:
-                self.faults.remove(fault)
-                return fault
-        return None
-
-    async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest) -> bool:
-        self.requests.append(request)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+    async def handle(self, exchange: Exchange, fault: base.Fault | None) -> bool:
+        request = exchange.request
+        if fault is not None and fault.kind == "stall" and fault.after == 0:
+            return await exchange.hold()
+        if (refusal := self._auth_error(request)) is not None:
+            return await self._send_error(exchange, refusal)
+        if fault is not None and fault.kind == "status":
+            return await self._send_error(exchange, fault)
+        route = (request.method, request.path)
         try:
-            fault = self._take_fault(request.path)
-            if self.first_byte_delay:
-                await trio.sleep(self.first_byte_delay)
-            if fault is not None and fault.kind == "hang" and fault.after_chunks == 0:
-                await trio.sleep_forever()
-            if not await self._authorized(conn, stream, request):
-                return True
-            if fault is not None and fault.kind == "status":
-                await self._send_error(
-                    conn,
-                    stream,
-                    fault.status,
-                    message=fault.message,
-                    error_type=fault.error_type,
-                    code=fault.code,
-                    retry_after=fault.retry_after,
-                )
-                return True
-            route = (request.method, request.path)
-            try:
-                if route == ("POST", "/v1/chat/completions"):
-                    return await self._chat(conn, stream, request, fault)
-                if route == ("POST", "/v1/audio/speech"):
-                    return await self._speech(conn, stream, request, fault)
-                if route == ("POST", "/v1/audio/transcriptions"):
-                    await self._transcription(conn, stream, request)
-                    return True
-                if route == ("GET", "/v1/models"):
-                    models = [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "fake"}]
-                    await self._send_json(conn, stream, 200, {"object": "list", "data": models})
-                    return True
-                raise _ClientError(404, f"Invalid URL ({request.method} {request.path})")
-            except _ClientError as exc:
-                await self._send_error(conn, stream, exc.status, message=exc.message, param=exc.param, code=exc.code)
-                return True
-        finally:
-            self.in_flight -= 1
+            if route == ("POST", "/v1/chat/completions"):
+                return await self._chat(exchange, fault)
+            if route == ("POST", "/v1/audio/speech"):
+                return await self._speech(exchange, fault)
+            if route == ("POST", "/v1/audio/transcriptions"):
+                return await self._transcription(exchange)
+            if route == ("GET", "/v1/models"):
+                models = [{"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "fake"}]
+                return await self._send_json(exchange, {"object": "list", "data": models})
+            raise _ClientError(404, f"Invalid URL ({request.method} {request.path})")
+        except _ClientError as exc:
+            return await self._send_error(exchange, Fault.http(exc.status, message=exc.message, code=exc.code),
+                                          param=exc.param)
 
-    async def _authorized(self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest) -> bool:
+    def _auth_error(self, request: HttpRequest) -> Fault | None:
+        """The 401 for a request without the right key, or None."""
         if self.api_key is None:
-            return True
+            return None
         header = request.headers.get("authorization", "")
         if not header:
-            await self._send_error(
-                conn,
-                stream,
+            return Fault.http(
                 401,
                 message="You didn't provide an API key. You need to provide your API key in an Authorization "
                 "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key "
                 f"from {_DOCS_KEYS}.",
                 error_type="invalid_request_error",
             )
-            return False
         presented = header.removeprefix("Bearer ").strip()
         if presented != self.api_key:
             shown = presented if self.echo_key_in_errors else f"{presented[:3]}***{presented[-4:]}"
-            await self._send_error(
-                conn,
-                stream,
+            return Fault.http(
                 401,
                 message=f"Incorrect API key provided: {shown}. You can find your API key at {_DOCS_KEYS}.",
                 error_type="invalid_request_error",
                 code="invalid_api_key",
             )
-            return False
-        return True
+        return None
 
     # --- chat completions ---------------------------------------------------------------------
 
@@ -591,10 +420,8 @@ class FakeOpenAI:
             if tool.get("type") != "function" or not (tool.get("function") or {}).get("name"):
                 raise _ClientError(400, f"Invalid value for tools[{j}].", param=f"tools[{j}]")
 
-    async def _chat(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest, fault: Fault | None
-    ) -> bool:
-        body = self._json_body(request)
+    async def _chat(self, exchange: Exchange, fault: base.Fault | None) -> bool:
+        body = self._json_body(exchange.request)
         self._validate_chat(body)
         reply = self.chat_replies.popleft() if self.chat_replies else self.default_reply
         model = body["model"]
@@ -619,8 +446,7 @@ class FakeOpenAI:
                 "usage": usage,
                 "system_fingerprint": "fp_fake",
             }
-            await self._send_json(conn, stream, 200, completion)
-            return True
+            return await self._send_json(exchange, completion)
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -662,14 +488,12 @@ class FakeOpenAI:
                 )
             )
         parts.append(b"data: [DONE]\n\n")
-        return await self._stream_parts(conn, stream, parts, "text/event-stream; charset=utf-8", fault)
+        return await self._stream_parts(exchange, parts, "text/event-stream; charset=utf-8", fault)
 
     # --- speech -------------------------------------------------------------------------------
 
-    async def _speech(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest, fault: Fault | None
-    ) -> bool:
-        body = self._json_body(request)
+    async def _speech(self, exchange: Exchange, fault: base.Fault | None) -> bool:
+        body = self._json_body(exchange.request)
         for field in ("model", "input", "voice"):
             if not body.get(field):
                 raise _ClientError(400, f"Missing required parameter: '{field}'.", param=field)
@@ -695,11 +519,12 @@ class FakeOpenAI:
             raise _ClientError(400, f"Invalid value for 'response_format': {fmt!r}.", param="response_format")
         size = self.speech_chunk_bytes
         parts = [payload[i : i + size] for i in range(0, len(payload), size)]
-        return await self._stream_parts(conn, stream, parts, content_type, fault)
+        return await self._stream_parts(exchange, parts, content_type, fault)
 
     # --- transcription ------------------------------------------------------------------------
 
-    async def _transcription(self, conn: h11.Connection, stream: trio.SocketStream, request: RecordedRequest) -> None:
+    async def _transcription(self, exchange: Exchange) -> bool:
+        request = exchange.request
         try:
             parts = parse_multipart(request.body, request.headers.get("content-type", ""))
         except ValueError as exc:
@@ -743,23 +568,18 @@ class FakeOpenAI:
         text = self.transcript(upload) if callable(self.transcript) else self.transcript
         fmt = fields.get("response_format", "json")
         if fmt == "json":
-            await self._send_json(conn, stream, 200, {"text": text})
-        elif fmt == "text":
-            await self._send_body(conn, stream, 200, f"{text}\n".encode(), "text/plain; charset=utf-8")
-        elif fmt == "verbose_json":
+            return await self._send_json(exchange, {"text": text})
+        if fmt == "text":
+            return await self._send_body(exchange, f"{text}\n".encode(), "text/plain; charset=utf-8")
+        if fmt == "verbose_json":
             duration = frames / rate if rate else 0.0
             verbose = {"task": "transcribe", "language": "english", "duration": duration, "text": text, "segments": []}
-            await self._send_json(conn, stream, 200, verbose)
-        else:
-            raise _ClientError(400, f"Invalid value for 'response_format': {fmt!r}.", param="response_format")
+            return await self._send_json(exchange, verbose)
+        raise _ClientError(400, f"Invalid value for 'response_format': {fmt!r}.", param="response_format")
 
 
 @asynccontextmanager
 async def running_fake_openai(**kwargs: Any) -> AsyncIterator[FakeOpenAI]:
     """Run a :class:`FakeOpenAI` for the duration of an ``async with`` block."""
-    async with trio.open_nursery() as nursery:
-        server = await FakeOpenAI(**kwargs).start(nursery)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    async with running(FakeOpenAI(**kwargs)) as server:
+        yield server
