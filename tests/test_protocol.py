@@ -81,13 +81,35 @@ def test_byte_by_byte_feed(batch: list[object]) -> None:
     assert decoder.buffered == 0
 
 
+# well-framed garbage (any kind, any payload, maybe cut short) reaches the per-kind checks,
+# which random bytes rarely do
+framed_garbage = st.builds(
+    lambda frames, cut: b"".join(bytes([kind]) + len(payload).to_bytes(2, "big") + payload
+                                 for kind, payload in frames)[: -cut or None],
+    st.lists(st.tuples(st.sampled_from(sorted(KNOWN_KINDS)) | st.integers(0, 255), st.binary(max_size=40)),
+             max_size=8),
+    st.integers(0, 3),
+)
+
+
 @settings(max_examples=500)
-@given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=10))
-def test_random_bytes_only_raise_protocol_error(data: bytes, cuts: list[int]) -> None:
+@given(st.binary(max_size=2000) | framed_garbage, st.lists(st.integers(0, 2000), max_size=10))
+def test_random_bytes_only_raise_remote_protocol_error(data: bytes, cuts: list[int]) -> None:
+    """Whatever the peer sends is the peer's fault: the bytes decode to messages or raise
+    RemoteProtocolError, never LocalProtocolError (our misuse) or any other exception."""
     try:
-        decode_all(data, [c for c in cuts if c <= len(data)])
-    except ProtocolError:
-        pass
+        out = decode_all(data, [c for c in cuts if c <= len(data)])
+    except RemoteProtocolError:
+        return
+    assert all(isinstance(message, Audio | Uuid | Dtmf | Hangup | Error | Unknown) for message in out)
+
+
+def test_both_kinds_of_error_are_protocol_errors() -> None:
+    """Callers that do not care whose fault it was catch the base class."""
+    assert issubclass(RemoteProtocolError, ProtocolError) and issubclass(LocalProtocolError, ProtocolError)
+    assert not issubclass(RemoteProtocolError, LocalProtocolError)
+    assert not issubclass(LocalProtocolError, RemoteProtocolError)
+    assert issubclass(LocalProtocolError, ValueError), "building an invalid message is a ValueError"
 
 
 def test_wrong_uuid_length_is_a_remote_error_with_a_clear_message() -> None:

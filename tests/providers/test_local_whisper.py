@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from audiosocket_ai.audio import resample
 from audiosocket_ai.interfaces import STT, SpeechEnded, SpeechStarted, Transcript
@@ -110,16 +110,29 @@ async def test_two_concurrent_transcriptions_share_one_lazily_loaded_model(
 ) -> None:
     import faster_whisper  # type: ignore[import-untyped,unused-ignore]
 
+    engine = WhisperSTT()  # not loaded: both calls race to load it
+    original_model, original_load = faster_whisper.WhisperModel, engine.load
     constructed: list[int] = []
-    original = faster_whisper.WhisperModel
+    callers_in_load = 0
+    lock = threading.Lock()
+    second_caller_in_load = threading.Event()
+
+    def load() -> Any:
+        nonlocal callers_in_load
+        with lock:
+            callers_in_load += 1
+            if callers_in_load == 2:
+                second_caller_in_load.set()
+        return original_load()
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         constructed.append(threading.get_ident())
-        time.sleep(0.2)  # widen the race window between the two first callers
-        return original(*args, **kwargs)
+        # the first caller builds the model only once the second one is in load() as well
+        assert second_caller_in_load.wait(timeout=60), "the second transcription never tried to load the model"
+        return original_model(*args, **kwargs)
 
     monkeypatch.setattr(faster_whisper, "WhisperModel", counting)
-    engine = WhisperSTT()  # not loaded: both calls race to load it
+    monkeypatch.setattr(engine, "load", load)
     pcm, rate = speech_22k
     utterance = resample(pcm, rate, 16000)
     results: dict[int, Transcript] = {}
@@ -130,52 +143,104 @@ async def test_two_concurrent_transcriptions_share_one_lazily_loaded_model(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one, 0)
         nursery.start_soon(one, 1)
-    assert len(constructed) == 1
+    assert len(constructed) == 1 and engine.loaded
+    assert sorted(results) == [0, 1]
     for result in results.values():
         assert "billing" in result.text.lower(), result
 
 
 @pytest.mark.slow
-async def test_cancel_during_decode_returns_promptly(speech_22k: tuple[bytes, int]) -> None:
+async def test_cancelled_decode_is_abandoned_but_keeps_its_token_until_it_ends(
+    speech_22k: tuple[bytes, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling a transcription returns at once, while its decode is still running; the
+    decode's result is dropped, and its core stays taken (the next decode waits) until it ends."""
     limiter = trio.CapacityLimiter(1)
     engine = WhisperSTT(limiter=limiter)  # its own limiter: we watch its token come back
     await engine.aload()
+    model = engine.load()
+    original = model.transcribe
+    decodes = 0
+    first_decode_started = trio.Event()
+    let_first_decode_end = threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1  # one decode at a time: the limiter has one token
+        if decodes == 1:
+            trio.from_thread.run_sync(first_decode_started.set)
+            assert let_first_decode_end.wait(timeout=60), "the test never let the first decode end"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", held)
     pcm, rate = speech_22k
     utterance = resample(pcm, rate, 16000)
-    began = trio.current_time()
-    with trio.move_on_after(0.05) as scope:
-        await final_text(engine, utterance)
-    assert scope.cancelled_caught
-    assert trio.current_time() - began < 0.2  # did not wait for the ~0.35 s decode
-    assert limiter.borrowed_tokens == 1  # the abandoned decode still counts against the cores
-    with trio.fail_after(30):
-        async with limiter:  # ... until it finishes and returns its token
-            pass
-    assert "billing" in (await final_text(engine, utterance)).text.lower()
+    results: list[Transcript] = []
+
+    try:  # a failure must not leave the worker thread blocked
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_once_decoding() -> None:
+                    await first_decode_started.wait()
+                    scope.cancel()
+
+                nursery.start_soon(cancel_once_decoding)
+                results.append(await final_text(engine, utterance))
+        # here while the first decode is still held in its thread: cancelling did not wait for it
+        assert scope.cancelled_caught and results == []
+        assert limiter.borrowed_tokens == 1  # the abandoned decode still counts against the cores
+
+        async with trio.open_nursery() as nursery:
+
+            async def next_turn() -> None:
+                results.append(await final_text(engine, utterance))
+
+            nursery.start_soon(next_turn)
+            await wait_all_tasks_blocked()
+            assert limiter.statistics().tasks_waiting == 1 and decodes == 1, "waits for the abandoned decode"
+            let_first_decode_end.set()
+    finally:
+        let_first_decode_end.set()
+    assert decodes == 2 and len(results) == 1
+    assert "billing" in results[0].text.lower()
+    assert limiter.borrowed_tokens == 0
 
 
 @pytest.mark.slow
-async def test_decode_does_not_block_the_event_loop(stt: WhisperSTT, speech_22k: tuple[bytes, int]) -> None:
+async def test_decode_runs_in_a_worker_thread_while_the_loop_stays_free(
+    stt: WhisperSTT, speech_22k: tuple[bytes, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode runs off the event loop's thread, and the loop serves other tasks meanwhile:
+    the decode cannot go on until another trio task has run."""
+    model = stt.load()
+    original = model.transcribe
+    loop_thread = threading.get_ident()
+    decode_threads: list[int] = []
+    decoding = trio.Event()
+    loop_ran_meanwhile = threading.Event()
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        decode_threads.append(threading.get_ident())
+        trio.from_thread.run_sync(decoding.set)  # raises RuntimeError on the loop's own thread
+        assert loop_ran_meanwhile.wait(timeout=60), "no trio task ran while the decode waited"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", watched)
     pcm, rate = speech_22k
-    utterance = resample(pcm, rate, 16000)
-    worst = 0.0
-    done = trio.Event()
 
-    async def ticker() -> None:
-        nonlocal worst
-        last = trio.current_time()
-        while not done.is_set():
-            await trio.sleep(0.005)
-            now = trio.current_time()
-            worst = max(worst, now - last)
-            last = now
+    async def other_call() -> None:
+        await decoding.wait()
+        loop_ran_meanwhile.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        await final_text(stt, utterance)
-        await final_text(stt, utterance)
-        done.set()
-    assert worst < 0.05
+    try:  # a failure must not leave the worker thread blocked
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_call)
+            result = await final_text(stt, resample(pcm, rate, 16000))
+    finally:
+        loop_ran_meanwhile.set()
+    assert len(decode_threads) == 1 and loop_thread not in decode_threads
+    assert "billing" in result.text.lower(), result
 
 
 def test_window_is_sized_to_the_utterance() -> None:
