@@ -133,6 +133,47 @@ def trim_leading_silence(chunks: list[bytes], rate: int, *, keep_ms: float = 10.
     return list(chunks)
 
 
+class LeadTrimmer:
+    """:func:`trim_leading_silence` for audio that arrives chunk by chunk.
+
+    Quiet chunks are held (up to ``max_hold_ms``) until the onset is found; past that, or
+    at the end of the stream, what was held is let through unchanged.
+    """
+
+    def __init__(self, rate: int, *, keep_ms: float = 10.0, threshold_dbfs: float = -50.0,
+                 max_hold_ms: float = 500.0) -> None:
+        self.rate = rate
+        self.keep_ms = keep_ms
+        self.threshold_dbfs = threshold_dbfs
+        self.max_hold = int(rate * max_hold_ms / 1000) * SAMPLE_WIDTH
+        self._held: list[bytes] = []
+        self._done = False
+
+    def push(self, chunk: bytes) -> list[bytes]:
+        """The chunks that may be played now."""
+        if self._done:
+            return [chunk]
+        self._held.append(chunk)
+        if self._onset_in(chunk):
+            self._done = True
+            held, self._held = self._held, []
+            return trim_leading_silence(held, self.rate, keep_ms=self.keep_ms, threshold_dbfs=self.threshold_dbfs)
+        if sum(len(c) for c in self._held) > self.max_hold:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[bytes]:
+        """End of stream (or too long quiet): whatever is held, unchanged."""
+        self._done = True
+        held, self._held = self._held, []
+        return held
+
+    def _onset_in(self, chunk: bytes) -> bool:
+        limit = 32768.0 * 10 ** (self.threshold_dbfs / 20)
+        samples = np.frombuffer(chunk[: len(chunk) - len(chunk) % 2], dtype="<i2")
+        return bool(np.any(np.abs(samples.astype(np.int32)) > limit))
+
+
 def _to_int16(samples: np.ndarray) -> bytes:
     # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
     # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.
@@ -277,3 +318,9 @@ def alaw_decode(data: bytes) -> bytes:
 def alaw_encode(pcm: bytes) -> bytes:
     """slin → G.711 A-law bytes."""
     return bytes(_encode_table("alaw")[np.frombuffer(pcm, dtype="<u2")].tobytes())
+
+
+def tone_pcm(frequency: float, duration_ms: int, rate: int, *, amplitude: float = 0.3) -> bytes:
+    """A sine tone as slin bytes (for prompts, tests and line checks)."""
+    t = np.arange(int(rate * duration_ms / 1000)) / rate
+    return (np.sin(2 * np.pi * frequency * t) * amplitude * 32767).astype("<i2").tobytes()

@@ -4,8 +4,9 @@ Data flow (bytes in → frames out), all inside :meth:`Call.run`::
 
     socket ──read──▶ Decoder ──▶ inbound audio channel (bounded; drops when full) ──▶ agent
                               └─▶ DTMF channel                                   ──▶ agent
-    agent ──Playback.write──▶ Playout queue (bounded; holds writers back)
-    Playout.run ── one frame per 20 ms tick ──▶ socket   (the only writer while the call runs)
+    agent ──Playback.write──▶ Playout queue of 20 ms frames (bounded; holds writers back)
+    writer, every 20 ms (Pacer): Playout.next_frame() ─▶ taps (PCM) ─▶ encode ─▶ socket
+                                 (the only writer while the call runs; one write per message)
 
 The call ends — and every task in its nursery with it — when the peer closes, when the
 agent hangs up (hangup frame, then close), when the agent fails, or on a protocol error.
@@ -13,40 +14,37 @@ agent hangs up (hangup frame, then close), when the agent fails, or on a protoco
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
 import uuid as uuid_module
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import trio
 
 from .audio import FRAME_MS, looks_like_mislabelled_ulaw, ulaw_decode
+from .pacing import Pacer
 from .playout import DEFAULT_MAX_AHEAD_MS, Playback, Playout
 from .protocol import Audio, Decoder, Dtmf, Error, Hangup, Message, ProtocolError, Unknown, Uuid
-from .protocol.encoder import HANGUP_BYTES
+from .protocol.encoder import HANGUP_BYTES, encode_audio
+from .surface import AgentFunction, AudioTap, EndReason
 
 log = logging.getLogger(__name__)
 
-AgentFunction = Callable[["Call"], Awaitable[None]]
+__all__ = ["Call", "CallSettings", "CallStats", "EndReason"]
 
 
-class EndReason(enum.StrEnum):
-    """Why a call ended; logged, counted in metrics and kept in the call outcome."""
+class _Hangup(enum.Enum):
+    """Where the call is on its way to the hangup frame."""
 
-    CALLER_HUNG_UP = "caller_hung_up"
-    AGENT_HUNG_UP = "agent_hung_up"
-    AGENT_FINISHED = "agent_finished"
-    AGENT_ERROR = "agent_error"
-    PROTOCOL_ERROR = "protocol_error"
-    PEER_ERROR = "peer_error"
-    CONNECTION_LOST = "connection_lost"
-    PEER_NOT_READING = "peer_not_reading"
-    IDLE_TIMEOUT = "idle_timeout"
-    MAX_DURATION = "max_duration"
-    SHUTDOWN = "shutdown"
+    NOT_REQUESTED = enum.auto()
+    AFTER_PLAYOUT = enum.auto()
+    """Queued agent audio plays first, then the hangup frame."""
+    NOW = enum.auto()
+    """The hangup frame goes at the next tick."""
 
 
 @attrs.define(kw_only=True)
@@ -88,7 +86,7 @@ class CallStats:
 
 
 class Call:
-    """A live call, as an agent sees it.
+    """A live AudioSocket call: implements :class:`~audiosocket_ai.surface.CallSurface`.
 
     Agents receive the caller's audio with :meth:`audio`, DTMF digits with :meth:`dtmf`,
     speak with :meth:`play` or :meth:`playback`, cut themselves off with :meth:`flush`
@@ -122,9 +120,10 @@ class Call:
         inbound_frames = max(1, math.ceil(self.settings.inbound_queue_ms / FRAME_MS))
         self._audio_send, self._audio_recv = trio.open_memory_channel[Audio](inbound_frames)
         self._dtmf_send, self._dtmf_recv = trio.open_memory_channel[str](64)
-        self._hangup_requested = False
-        self._hangup_after_playout = True
+        self._hangup = _Hangup.NOT_REQUESTED
         self._hangup_reason = EndReason.AGENT_HUNG_UP
+        self.pacer: Pacer | None = None
+        """The outbound clock (late ticks, pacing lateness), once the writer runs."""
         self._ended = trio.Event()
         self._cancel_scope: trio.CancelScope | None = None
         self._ulaw_sizes: list[int] | None = []
@@ -149,6 +148,21 @@ class Call:
     def played_ms(self) -> int:
         """Agent audio sent to the caller so far, in milliseconds."""
         return self.playout.played_ms
+
+    @property
+    def queued_ms(self) -> int:
+        """Agent audio queued and not yet sent, in milliseconds."""
+        return self.playout.queued_ms
+
+    @property
+    def speaking(self) -> bool:
+        """True while agent audio is queued: the caller is hearing the agent."""
+        return self.playout.speaking
+
+    @property
+    def late_ticks(self) -> int:
+        """Outbound ticks skipped because the event loop stalled."""
+        return self.pacer.late_ticks if self.pacer is not None else 0
 
     @property
     def inbound_queued_frames(self) -> int:
@@ -190,6 +204,10 @@ class Call:
             await playback.wait_played()
         return playback
 
+    def utterance(self) -> contextlib.AbstractContextManager[None]:
+        """Mark several playbacks as one utterance (see :meth:`Playout.utterance`)."""
+        return self.playout.utterance()
+
     def flush(self) -> int:
         """Stop talking now: drop queued agent audio; returns the ms dropped."""
         return self.playout.flush()
@@ -206,13 +224,12 @@ class Call:
 
     def request_hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:
         """Like :meth:`hangup` without waiting; safe to call from outside the call."""
-        if self._hangup_requested and not after_playout:
-            self._hangup_after_playout = False
-        if not self._hangup_requested:
-            self._hangup_requested = True
-            self._hangup_after_playout = after_playout
+        if self._hangup is _Hangup.NOT_REQUESTED:
+            self._hangup = _Hangup.AFTER_PLAYOUT if after_playout else _Hangup.NOW
             self._hangup_reason = reason
             self.playout.stop_accepting()
+        elif not after_playout:
+            self._hangup = _Hangup.NOW
 
     def add_tap(self, tap: AudioTap) -> None:
         """See every inbound frame and every outbound tick (for recording); must be cheap."""
@@ -252,7 +269,7 @@ class Call:
         log.info(
             "call ended reason=%s duration=%.1fs frames_in=%d frames_out=%d agent_ms=%d underruns=%d late_ticks=%d",
             reason.value, self.ended_at - self.started_at, self.stats.frames_in, self.playout.frames_sent,
-            self.playout.played_ms, self.playout.underruns, self.playout.late_ticks,
+            self.playout.played_ms, self.playout.underruns, self.late_ticks,
         )
         return reason
 
@@ -357,14 +374,34 @@ class Call:
         self._ulaw_mode = True
         return Audio(8000, ulaw_decode(message.pcm))
 
+    def _writing_done(self) -> bool:
+        hangup = self._hangup
+        return hangup is _Hangup.NOW or (hangup is _Hangup.AFTER_PLAYOUT and not self.playout.speaking)
+
     async def _write_loop(self) -> None:
+        """Send one frame per 20 ms tick until a hangup is due; then the hangup frame.
+
+        A hangup request is seen before the next tick, so it waits at most one tick.
+        Cancellation: only between ticks (each write is shielded, see :meth:`_send`).
+        """
         playout = self.playout
-
-        def should_stop() -> bool:
-            return self._hangup_requested and (not self._hangup_after_playout or not playout.speaking)
-
+        pacer = self.pacer = Pacer(trio.current_time())
+        silence_kind, silence_message = -1, b""
         try:
-            await playout.run(self._send, should_stop=should_stop)
+            while not self._writing_done():
+                now = trio.current_time()
+                pacer.tick(now)
+                pcm = playout.next_frame(now)
+                if pcm is playout.silence:
+                    if silence_kind != playout.kind:
+                        silence_kind, silence_message = playout.kind, encode_audio(playout.kind, pcm)
+                    message = silence_message
+                else:
+                    message = encode_audio(playout.kind, pcm)
+                for tap in self._taps:
+                    tap.on_outbound(pcm, playout.rate)
+                await self._send(message)
+                await trio.sleep_until(pacer.advance(trio.current_time()))
         except _WriteFailed:
             return
         self.end_reason = self.end_reason or self._hangup_reason
@@ -383,9 +420,6 @@ class Call:
 
     async def _send(self, data: bytes) -> None:
         """Write one whole message; never leaves half a frame on the wire."""
-        if self._taps and len(data) > 3 and data[0] != 0:
-            for tap in self._taps:
-                tap.on_outbound(data[3:], self.playout.rate)
         # One scope does both jobs: shielded from the call's cancellation (never half a
         # frame on the wire), yet bounded by its own deadline (a peer that stopped reading).
         with trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.write_timeout) as timeout:
@@ -418,7 +452,7 @@ class Call:
             log.exception("agent failed; hanging up")
             self.request_hangup(after_playout=False, reason=EndReason.AGENT_ERROR)
             return
-        if not self._hangup_requested and self.end_reason is None:
+        if self._hangup is _Hangup.NOT_REQUESTED and self.end_reason is None:
             log.info("agent returned; hanging up after playout")
             self.request_hangup(after_playout=True, reason=EndReason.AGENT_FINISHED)
 
@@ -431,14 +465,6 @@ class Call:
                 log.warning("no inbound message for %.1fs; hanging up", timeout)
                 self.request_hangup(after_playout=False, reason=EndReason.IDLE_TIMEOUT)
                 return
-
-
-class AudioTap(Protocol):
-    """Observer of a call's audio in both directions (e.g. a recorder)."""
-
-    def on_inbound(self, pcm: bytes, rate: int) -> None: ...
-
-    def on_outbound(self, pcm: bytes, rate: int) -> None: ...
 
 
 class _WriteFailed(Exception):

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import gc
-import ipaddress
 import logging
-import signal
 import sys
 import uuid as uuid_module
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import click
 import trio
 from click.core import ParameterSource
 
 from . import __version__, config
-from .agent import AgentFactory, load_agent_factory, read_wav
+from .app import serve as serving
 from .audio import resample
-from .call import CallSettings
-from .http import StatusEndpoint
-from .logging_setup import configure_logging
-from .metrics import Metrics
-from .server import DEFAULT_HOST, DEFAULT_PORT, Server, ServerConfig
-from .testing import run_call
+from .client import run_call
+from .log import configure_logging
+from .server import DEFAULT_HOST, DEFAULT_PORT
+from .wav import read_wav, write_wav
 
 log = logging.getLogger("audiosocket_ai")
 
@@ -125,194 +118,19 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
     except config.ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     configure_logging(values["logging.level"], fmt=values["logging.format"])
-    agent_spec = values["agent.name"]
-    if agent_spec == "assistant":
-        factory = _assistant_factory(values)
-    elif agent_spec == "realtime":
-        factory = _realtime_factory(values)
-    else:
-        try:
-            factory = load_agent_factory(agent_spec)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--agent") from exc
-    server_config = ServerConfig(
-        host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
-        handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
-        allow=tuple(ipaddress.ip_network(entry, strict=False) for entry in values["server.allow"]),
-        call=CallSettings(idle_timeout=values["limits.idle_timeout"], max_duration=values["limits.max_duration"],
-                          max_payload=values["limits.max_frame_bytes"], write_timeout=values["limits.write_timeout"],
-                          inbound_queue_ms=values["limits.inbound_queue_ms"]),
-    )
-    metrics = Metrics()
-    assistant = factory() if agent_spec in ("assistant", "realtime") else None
-    if assistant is not None and hasattr(assistant, "tts"):
-        _prepare_admission(assistant, server_config, values)
-    server = Server(factory, server_config, metrics=metrics)
-    if assistant is not None:
-        _observe_assistant(assistant, metrics)
-    metrics_port = values["server.metrics_port"]
-    endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
-                if metrics_port is not None else None)
-    if values["server.gc_tuning"]:
-        _tune_gc()
     try:
-        trio.run(_serve_until_signalled, server, endpoint, values["server.metrics_host"], metrics_port or 0, assistant)
+        application = serving.build(values)
+    except serving.StartupError as exc:
+        hint = {"agent.name": "--agent", "agent.faq": "--faq"}.get(exc.setting or "")
+        if hint is not None or "provider" in str(exc):
+            raise click.BadParameter(str(exc), param_hint=hint) from exc
+        raise click.ClickException(str(exc)) from exc
+    try:
+        serving.run(application)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", server_config.host, server_config.port, exc)
+        config_ = application.server.config
+        log.error("cannot listen on %s:%d: %s", config_.host, config_.port, exc)
         sys.exit(1)
-
-
-def _assistant_factory(values: dict[str, Any]) -> AgentFactory:
-    from .pipeline.assistant import AssistantSettings
-    from .pipeline.factory import PipelineSpec, build_assistant
-    from .pipeline.speech_cache import SpeechCache
-    from .providers.registry import UnknownProviderError
-
-    settings = AssistantSettings(
-        barge_in=values["agent.barge_in"], reprompt_after=values["agent.reprompt_after"],
-        transcript_dir=_path(values["recording.transcript_dir"]), recording_dir=_path(values["recording.record_dir"]),
-    )
-    if values["agent.greeting"] is not None:
-        settings.greeting = values["agent.greeting"] or None
-    if values["agent.system_prompt"] is not None:
-        settings.system_prompt = values["agent.system_prompt"]
-    llm = values["providers.llm"]
-    llm_options: dict[str, object] = {}
-    if values["providers.llm_base_url"]:
-        llm_options["base_url"] = values["providers.llm_base_url"]
-    if values["agent.faq"] is not None:
-        if not llm.startswith(("rules", "local")):
-            raise click.BadParameter("--faq is for the rules model", param_hint="--faq")
-        llm_options["faq_path"] = Path(values["agent.faq"])
-    concurrency = values["providers.max_concurrency"] or values["server.max_calls"]
-
-    def pooled(spec: str, options: dict[str, object]) -> dict[str, object]:
-        if spec.split(":", 1)[0] in ("openai", "openai-compatible"):
-            options.setdefault("max_concurrency", concurrency)
-        return options
-
-    def piper(spec: str | None) -> dict[str, object]:  # options only PiperTTS takes
-        is_piper = spec is not None and spec.split(":", 1)[0] in ("piper", "local")
-        return {"optimize": values["providers.piper_optimize"]} if is_piper else {}
-
-    spec = PipelineSpec(
-        stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
-        stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
-        tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
-        stt_options=pooled(values["providers.stt"], {}),
-        tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
-        tts_fallback_options=piper(values["providers.tts_fallback"]),
-        vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
-    )
-    try:
-        assistant = build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
-    except UnknownProviderError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    except Exception as exc:
-        raise click.ClickException(f"cannot start the assistant: {exc}") from exc
-    return lambda: assistant
-
-
-def _realtime_factory(values: dict[str, Any]) -> AgentFactory:
-    from .providers.errors import ProviderError
-    from .providers.openai_realtime import OpenAIRealtimeAgent
-
-    fallback = _assistant_factory(values)() if values["realtime.fallback"] == "assistant" else None
-    options: dict[str, Any] = {
-        "model": values["realtime.model"], "voice": values["realtime.voice"], "base_url": values["realtime.url"],
-        "api_version": values["realtime.api"], "transcript_dir": _path(values["recording.transcript_dir"]),
-        "fallback": fallback,
-    }
-    if values["agent.greeting"]:
-        options["greeting"] = values["agent.greeting"]
-    if values["agent.system_prompt"]:
-        options["instructions"] = values["agent.system_prompt"]
-    try:
-        agent = OpenAIRealtimeAgent(**options)
-    except ProviderError as exc:
-        raise click.ClickException(f"cannot start the realtime agent: {exc}") from exc
-    return lambda: agent
-
-
-GC_THRESHOLDS = (50_000, 50, 1_000)
-"""Python's defaults (700, 10, 10) ran ~16 collections a second at 200 calls, and a full one
-every few seconds stopped the event loop — and every call's pacer — for 12-23 ms."""
-
-
-def _tune_gc() -> None:
-    """Move what start-up allocated (models, modules) out of the collector's reach and
-    collect less often; reference counting still frees almost everything at once."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    log.debug("gc frozen %d objects; thresholds %s", gc.get_freeze_count(), GC_THRESHOLDS)
-
-
-def _path(value: str | None) -> Path | None:
-    return None if value is None else Path(value)
-
-
-def _prepare_admission(assistant: Any, server_config: ServerConfig, values: dict[str, Any]) -> None:
-    """Busy prompt and capacity estimate, both computed once before serving."""
-    from .inference import OverloadGuard
-    from .pipeline.assistant import VoiceAssistant
-    from .pipeline.factory import estimate_capacity, render_prompt
-
-    if isinstance(assistant, VoiceAssistant):
-        trio.run(assistant.prepare)
-        if assistant.inference_limiter is not None and values["server.overload_ms"] is not None:
-            server_config.overloaded = OverloadGuard(assistant.inference_limiter,
-                                                     threshold=values["server.overload_ms"] / 1000)
-    if values["server.busy"] == "prompt":
-        server_config.busy_audio = trio.run(render_prompt, assistant.tts, values["server.busy_text"])
-    if values["server.estimate_capacity"]:
-        estimate = trio.run(estimate_capacity, assistant)
-        log.info(estimate.describe())
-        if estimate.calls < server_config.max_calls:
-            log.info("max calls lowered from %d to %d", server_config.max_calls, estimate.calls)
-            server_config.max_calls = estimate.calls
-
-
-def _observe_assistant(assistant: object, metrics: Metrics) -> None:
-    """Feed the assistant's per-turn timings and barge-ins into the metrics."""
-    from .pipeline.assistant import VoiceAssistant
-
-    if isinstance(assistant, VoiceAssistant):
-        assistant.on_turn = lambda timings: metrics.observe_turn(timings.as_ms())
-        assistant.on_barge_in = lambda call, at, dropped: metrics.barge_ins.inc()
-        assistant.metrics = metrics
-
-
-async def _serve_until_signalled(server: Server, endpoint: StatusEndpoint | None, metrics_host: str,
-                                 metrics_port: int, assistant: Any = None) -> None:
-    listeners = await server.listen()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_handle_signals, signals, server)
-            if endpoint is not None:
-                await nursery.start(endpoint.serve, metrics_host, metrics_port)
-            try:
-                await server.serve(listeners)
-            finally:
-                close = getattr(assistant, "aclose", None)
-                if close is not None:  # close the providers' connection pools
-                    with trio.CancelScope(shield=True):
-                        await close()
-            nursery.cancel_scope.cancel()
-
-
-async def _handle_signals(signals: AsyncIterator[int], server: Server) -> None:
-    count = 0
-    async for signum in signals:
-        count += 1
-        name = signal.Signals(signum).name
-        if count == 1:
-            log.info("%s received: draining (%.1fs); send it again to hang up at once",
-                     name, server.config.drain_timeout)
-            server.drain()
-        else:
-            log.info("%s received again: hanging up every call now", name)
-            server.hangup_all()
 
 
 @main.group(name="config")
@@ -384,11 +202,7 @@ def call(wav_in: Path, wav_out: Path, host: str, port: int, rate: str, dtmf: str
     reply = pbx.received_audio()
     summary = pbx.summary()
     out_rate = summary.rates[0] if len(summary.rates) == 1 else call_rate
-    with wave.open(str(wav_out), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(out_rate)
-        out.writeframes(reply)
+    write_wav(wav_out, reply, out_rate)
     click.echo(summary.describe())
     if pbx.protocol_error is not None:
         raise click.ClickException(f"server broke the protocol: {pbx.protocol_error}")

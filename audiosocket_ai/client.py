@@ -1,4 +1,4 @@
-"""Test kit: play Asterisk's side of an AudioSocket call.
+"""An AudioSocket client: play Asterisk's side of a call (``audiosocket-ai call``, tests).
 
 :class:`FakeAsterisk` connects like ``AudioSocket()`` does — UUID first, then one slin
 frame every 20 ms on an absolute clock, DTMF as ``03 00 01 <digit>`` — and records every
@@ -22,8 +22,8 @@ from types import TracebackType
 import attrs
 import trio
 
-from ..audio import FRAME_MS, frame_bytes, rms_dbfs
-from ..protocol import Audio, Decoder, Dtmf, Hangup, Message, ProtocolError, Uuid, encode
+from .audio import FRAME_MS, frame_bytes, rms_dbfs
+from .protocol import Audio, Decoder, Dtmf, Hangup, Message, ProtocolError, Uuid, encode
 
 SILENCE_DBFS = -60.0
 """Frames quieter than this count as silence in summaries."""

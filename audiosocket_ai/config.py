@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from .errors import AudiosocketAIError
+
 ENV_PREFIX = "AUDIOSOCKET_AI_"
 
 
@@ -151,7 +153,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-class ConfigError(ValueError):
+class ConfigError(AudiosocketAIError, ValueError):
     """The configuration has errors; ``errors`` lists each as 'key: problem'."""
 
     def __init__(self, errors: list[str]) -> None:

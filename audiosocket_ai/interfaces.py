@@ -13,14 +13,45 @@ Design rules, so that any engine (local model or cloud API) fits the real-time p
   call).
 * **Audio is slin** (16-bit little-endian mono PCM) at the provider's declared
   ``sample_rate``; the pipeline resamples from and to the call's rate.
+* **Capabilities are declared, never sniffed.** Each provider says what it can do in
+  ``capabilities`` (:class:`Capabilities`), and has ``load()`` and ``aclose()``;
+  subclass :class:`Provider` to get the defaults.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
+
+# --- capabilities ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Capabilities:
+    """What a provider can do, declared by the provider (the pipeline adapts to it)."""
+
+    streaming: bool = False
+    """STT: recognizes while the caller talks (otherwise once the audio ends, and the
+    pipeline may start it speculatively at a pause). TTS: yields audio before the whole
+    sentence is synthesized."""
+    local: bool = False
+    """Inference runs on this machine's cores (it counts against the call capacity)."""
+
+
+class Provider:
+    """Defaults for the lifecycle every STT, LLM and TTS has: nothing to load, nothing to close."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def load(self) -> object:
+        """Load models now, so the first call does not wait (no-op for a cloud engine)."""
+
+    async def aclose(self) -> None:
+        """Release connections and pools at shutdown."""
+
 
 # --- values ----------------------------------------------------------------------------
 
@@ -101,6 +132,12 @@ class VAD(Protocol):
 
     sample_rate: int
 
+    @property
+    def trailing_silence_ms(self) -> float | None:
+        """During speech, how long the audio has been quiet so far (None: not tracked).
+        Lets a batch recognizer start speculatively at a pause."""
+        ...
+
     def feed(self, pcm: bytes) -> Sequence[VadEvent]:
         """Consume PCM at ``sample_rate``; return speech start/end decisions it completes."""
         ...
@@ -118,9 +155,11 @@ class STT(Protocol):
     """
 
     sample_rate: int
-    # Optional capability, read with getattr: ``streaming = True`` means the engine works
-    # while the caller talks (Deepgram); otherwise it transcribes once the audio ends
-    # (Whisper, OpenAI), and the pipeline may start it speculatively at a pause.
+    capabilities: Capabilities
+
+    def load(self) -> object: ...
+
+    async def aclose(self) -> None: ...
 
     def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
         """Stream recognition results for ``audio`` (slin at ``sample_rate``)."""
@@ -130,6 +169,17 @@ class STT(Protocol):
 @runtime_checkable
 class LLM(Protocol):
     """A chat model: streams the assistant's reply as text fragments and tool calls."""
+
+    capabilities: Capabilities
+
+    @property
+    def greeting(self) -> str | None:
+        """What the model wants said first (a dialogue with its own greeting), or None."""
+        ...
+
+    def load(self) -> object: ...
+
+    async def aclose(self) -> None: ...
 
     def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
         """Yield text deltas (any size) and complete :class:`ToolCall` objects."""
@@ -145,6 +195,11 @@ class TTS(Protocol):
     """
 
     sample_rate: int
+    capabilities: Capabilities
+
+    def load(self) -> object: ...
+
+    async def aclose(self) -> None: ...
 
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Yield PCM chunks for ``text`` as they are produced."""
@@ -162,7 +217,9 @@ __all__ = [
     "STT",
     "TTS",
     "VAD",
+    "Capabilities",
     "Message",
+    "Provider",
     "Role",
     "SpeechEnded",
     "SpeechStarted",
@@ -172,4 +229,220 @@ __all__ = [
     "Transcript",
     "VADFactory",
     "VadEvent",
+]
+
+
+# --- speech to speech ------------------------------------------------------------------
+#
+# A speech-to-speech engine (OpenAI Realtime and the like) hears the caller and speaks back
+# over one connection per call. The Realtime agent (agents/realtime.py) programs against
+# these types; providers/openai_realtime.py implements them for OpenAI's WebSocket API.
+# Items and responses are the engine's: ``item_id`` names a piece of conversation (the
+# caller's committed audio, or one spoken answer), ``response_id`` one generation.
+
+
+@attrs.frozen
+class CallerSpeechStarted:
+    """The engine's own VAD heard the caller start talking (their audio becomes ``item_id``)."""
+
+    item_id: str
+
+
+@attrs.frozen
+class CallerSpeechStopped:
+    """The engine's own VAD decided the caller stopped talking."""
+
+    item_id: str
+
+
+@attrs.frozen
+class CallerAudioCommitted:
+    """The caller's audio so far became the input item ``item_id`` (a turn is complete)."""
+
+    item_id: str
+
+
+@attrs.frozen
+class CallerTranscribed:
+    """What the caller said in ``item_id``, as the engine's transcription heard it."""
+
+    item_id: str
+    text: str
+
+
+@attrs.frozen
+class ResponseStarted:
+    """The engine started generating a response (its own id, if it gave one)."""
+
+    response_id: str | None
+
+
+@attrs.frozen
+class AgentItemAdded:
+    """A spoken answer ``item_id`` began (of ``response_id``, or of the current response)."""
+
+    item_id: str
+    response_id: str | None
+
+
+@attrs.frozen
+class AgentAudio:
+    """Audio of the answer ``item_id``: slin at the engine's ``sample_rate`` (may be empty)."""
+
+    item_id: str
+    response_id: str | None
+    pcm: bytes
+
+
+@attrs.frozen
+class AgentTranscriptDelta:
+    """More of the text of the answer ``item_id`` (in step with its audio so far)."""
+
+    item_id: str
+    delta: str
+
+
+@attrs.frozen
+class AgentTranscript:
+    """The whole text of the answer ``item_id``."""
+
+    item_id: str
+    text: str
+
+
+@attrs.frozen
+class AgentItemDone:
+    """No more audio will come for the answer ``item_id``."""
+
+    item_id: str
+
+
+@attrs.frozen
+class ToolRequested:
+    """The model calls a function (each call is reported once per response)."""
+
+    call: ToolCall
+
+
+@attrs.frozen
+class ResponseEnded:
+    """The current response ended: ``status`` is ``completed``, ``cancelled``, ``failed`` or
+    ``incomplete``; it lists the function calls not reported yet and its answers' items."""
+
+    status: str
+    calls: tuple[ToolCall, ...] = ()
+    message_ids: tuple[str, ...] = ()
+
+
+RealtimeEvent = (
+    CallerSpeechStarted | CallerSpeechStopped | CallerAudioCommitted | CallerTranscribed | ResponseStarted
+    | AgentItemAdded | AgentAudio | AgentTranscriptDelta | AgentTranscript | AgentItemDone | ToolRequested
+    | ResponseEnded
+)
+"""What a :class:`RealtimeSession` reports, in the order the engine sent it."""
+
+
+class RealtimeSession(Protocol):
+    """One connection to a speech-to-speech engine, for one call.
+
+    One task reads :meth:`receive`; any task may send. Sending returns False when the
+    connection is gone (the event is lost; :meth:`receive` reports why). Failures of the
+    connection (refused, dropped, malformed data, an engine silent while an answer is
+    due) are raised by :meth:`receive` or out of the ``async with`` of
+    :meth:`RealtimeEngine.connect`, as an ``AudiosocketAIError`` with a ``retryable``
+    attribute (the providers' ``ProviderError``).
+    """
+
+    @property
+    def awaiting_response(self) -> bool:
+        """A response was asked for (or announced) and has not started yet."""
+        ...
+
+    async def receive(self) -> RealtimeEvent:
+        """The next event; cancel-safe (nothing is consumed by a cancelled call)."""
+        ...
+
+    def expect_response(self) -> None:
+        """The engine will start a response by itself (its VAD committed the caller's
+        turn): count its silence from now, as for :meth:`create_response`."""
+        ...
+
+    async def append_audio(self, pcm: bytes) -> bool:
+        """Caller audio, slin at the engine's ``sample_rate``."""
+        ...
+
+    async def commit(self) -> bool:
+        """End the caller's turn: the audio appended so far becomes an input item."""
+        ...
+
+    async def create_response(self, instructions: str | None = None) -> bool:
+        """Ask for a response (with these instructions for this response only)."""
+        ...
+
+    async def cancel_response(self, response_id: str | None = None) -> bool:
+        """Stop generating the current response."""
+        ...
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> bool:
+        """The caller heard only the first ``audio_end_ms`` of the answer ``item_id``."""
+        ...
+
+    async def send_tool_output(self, call_id: str, output: str) -> bool:
+        """The result of a :class:`ToolCall` for the model to read."""
+        ...
+
+    async def add_user_text(self, text: str) -> bool:
+        """A caller turn in text (such as a key pressed)."""
+        ...
+
+    async def add_system_text(self, text: str) -> bool:
+        """Context for the model (such as the conversation before a reconnect)."""
+        ...
+
+
+class RealtimeEngine(Protocol):
+    """A speech-to-speech engine: settings shared by every call, one session per call."""
+
+    @property
+    def name(self) -> str:
+        """Short name for logs (the ``provider`` of its errors)."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the audio in both directions."""
+        ...
+
+    @property
+    def detects_turns(self) -> bool:
+        """The engine's own VAD ends the caller's turns, answers them and reports barge-ins;
+        otherwise the agent commits each turn and asks for the response."""
+        ...
+
+    @property
+    def event_timeout(self) -> float:
+        """Seconds of silence after which the engine counts as gone while an answer is due."""
+        ...
+
+    def connect(self, tools: Sequence[ToolSpec]) -> AbstractAsyncContextManager[RealtimeSession]:
+        """Open and configure a session offering ``tools``; closed when the block exits."""
+        ...
+
+
+__all__ += [
+    "AgentAudio",
+    "AgentItemAdded",
+    "AgentItemDone",
+    "AgentTranscript",
+    "AgentTranscriptDelta",
+    "CallerAudioCommitted",
+    "CallerSpeechStarted",
+    "CallerSpeechStopped",
+    "CallerTranscribed",
+    "RealtimeEngine",
+    "RealtimeEvent",
+    "RealtimeSession",
+    "ResponseEnded",
+    "ResponseStarted",
+    "ToolRequested",
 ]

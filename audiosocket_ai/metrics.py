@@ -1,51 +1,26 @@
 """Prometheus metrics for the server, the calls and the pipeline.
 
-The hot path stays cheap: the pacer counts its own lateness into a small per-call bucket
-array (integer increments), and those arrays are only summed when Prometheus scrapes.
-Per-turn and per-call events (a few per second) go straight into prometheus-client
-objects.
+Pushed to, never reaching out: the server tells :class:`Metrics` when a call starts and
+ends and why a connection was refused, and gives it a readiness probe; the app wires the
+assistant's observer to it. The hot path stays cheap: each call's pacer counts its own
+lateness into a small bucket array (integer increments), and the arrays of the calls in
+progress are only summed when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .call import Call
-    from .server import Server
+from .call import Call
+from .pacing import PACING_BUCKETS_MS, PacingHistogram
 
-PACING_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-"""Upper bounds of the pacing-lateness histogram (how late a tick's frame left)."""
+__all__ = ["STAGE_BUCKETS", "Metrics"]
 
 STAGE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-
-
-class PacingHistogram:
-    """Counts of tick lateness per bucket; cheap enough to update 50 times a second per call."""
-
-    __slots__ = ("count", "counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(PACING_BUCKETS_MS) + 1)
-        self.count = 0
-        self.total = 0.0
-
-    def observe_ms(self, late_ms: float) -> None:
-        self.counts[bisect.bisect_left(PACING_BUCKETS_MS, late_ms)] += 1
-        self.count += 1
-        self.total += late_ms
-
-    def merge(self, other: PacingHistogram) -> None:
-        for i, value in enumerate(other.counts):
-            self.counts[i] += value
-        self.count += other.count
-        self.total += other.total
 
 
 class Metrics:
@@ -72,23 +47,32 @@ class Metrics:
         self.stage_latency = Histogram("audiosocket_stage_latency_seconds", "Latency of each pipeline stage.",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self._finished_pacing = PacingHistogram()
-        self._server: Server | None = None
+        self.live_calls: set[Call] = set()
+        """Calls in progress, as the server announced them."""
+        self.ready: Callable[[], bool] = lambda: False
+        """Readiness probe, given by the server."""
         r.register(_LiveCollector(self))
 
-    def attach(self, server: Server) -> None:
-        """Read live numbers (active calls, readiness) from ``server`` at scrape time."""
-        self._server = server
+    def call_started(self, call: Call) -> None:
+        """A call was admitted: count it, and read its live counters at each scrape."""
+        self.calls_total.inc()
+        self.live_calls.add(call)
 
     def call_ended(self, call: Call) -> None:
         """Fold a finished call's counters into the totals."""
+        self.live_calls.discard(call)
         playout = call.playout
         self.calls_ended.labels(reason=(call.end_reason.value if call.end_reason else "unknown")).inc()
         self.frames_in.inc(call.stats.frames_in)
         self.frames_out.inc(playout.frames_sent)
         self.finished_underruns += playout.underruns
-        self.finished_late_ticks += playout.late_ticks
+        self.finished_late_ticks += call.late_ticks
         self.inbound_dropped.inc(call.stats.audio_dropped)
-        self._finished_pacing.merge(playout.pacing)
+        if call.pacer is not None:
+            self._finished_pacing.merge(call.pacer.lateness)
+
+    def connection_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
 
     def observe_turn(self, timings_ms: dict[str, float | None]) -> None:
         for stage, value in timings_ms.items():
@@ -104,20 +88,20 @@ class _LiveCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        server = self.metrics._server
-        calls = list(server.calls.values()) if server is not None else []
+        calls = list(self.metrics.live_calls)
         yield GaugeMetricFamily("audiosocket_calls_active", "Calls in progress.", value=len(calls))
         yield GaugeMetricFamily("audiosocket_ready", "1 if accepting new calls.",
-                                value=1 if server is not None and server.ready else 0)
+                                value=1 if self.metrics.ready() else 0)
         yield CounterMetricFamily("audiosocket_underrun_ticks", "Ticks where an utterance that had started "
                                   "playing had no audio ready (the caller heard a gap).",
                                   value=self.metrics.finished_underruns + sum(c.playout.underruns for c in calls))
         yield CounterMetricFamily("audiosocket_late_ticks", "Ticks skipped because the event loop stalled.",
-                                  value=self.metrics.finished_late_ticks + sum(c.playout.late_ticks for c in calls))
+                                  value=self.metrics.finished_late_ticks + sum(c.late_ticks for c in calls))
         pacing = PacingHistogram()
         pacing.merge(self.metrics._finished_pacing)
         for call in calls:
-            pacing.merge(call.playout.pacing)
+            if call.pacer is not None:
+                pacing.merge(call.pacer.lateness)
         buckets, running = [], 0
         for bound, count in zip(PACING_BUCKETS_MS, pacing.counts, strict=False):
             running += count

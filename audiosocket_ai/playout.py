@@ -1,15 +1,13 @@
-"""Outbound audio for one call: a queue of 20 ms frames paced on an absolute clock.
+"""Outbound audio for one call: the agent's utterances as a queue of whole 20 ms frames.
 
-Asterisk plays what it receives the moment it arrives and drops what overflows its queue,
-so the server must be the clock. :class:`Playout` holds the agent's audio as whole frames;
-:meth:`Playout.run` sends exactly one frame per 20 ms tick (agent audio if any is queued,
-silence otherwise) with deadlines computed as ``start + n * 20 ms`` so that the time spent
-sending never accumulates into drift. If the event loop stalls for longer than a tick it
-does not catch up with a burst: it resynchronises and counts the ticks it lost.
+The playout holds frames; it does no I/O and keeps no clock. Once per tick the call's
+writer asks :meth:`Playout.next_frame` for the PCM to send — agent audio if any is queued,
+silence otherwise — paces it (:mod:`audiosocket_ai.pacing`), encodes it and writes it.
 
-Audio is queued through :class:`Playback` handles (one per utterance). A handle knows how
+Audio is queued through :class:`Playback` handles, one per utterance. A handle knows how
 much of *its* audio was actually sent, which is what barge-in needs to keep only the words
-the caller heard.
+the caller heard. Writers are held back when more than ``max_ahead_ms`` is queued, so a
+fast producer (TTS) runs at real time instead of growing memory.
 """
 
 from __future__ import annotations
@@ -18,19 +16,14 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import trio
 
 from .audio import FRAME_MS, Resampler, frame_bytes
-from .metrics import PacingHistogram
-from .protocol.encoder import encode_audio
 from .protocol.kinds import AUDIO_KIND_BY_RATE
 
 log = logging.getLogger(__name__)
-
-TICK = FRAME_MS / 1000.0
-"""Seconds between two outbound frames."""
 
 DEFAULT_MAX_AHEAD_MS = 500
 """How much agent audio may wait in the queue before writers are held back.
@@ -43,14 +36,16 @@ enough that memory stays bounded; barge-in does not depend on it (``flush`` is i
 class Playback:
     """One utterance queued for playout: write PCM into it, then close it.
 
-    Created by :meth:`Playout.open`. ``played_ms`` counts the frames of this utterance
-    that have really been sent to Asterisk; after a flush it stays at what was heard.
+    Created by :meth:`Playout.open` (or ``call.playback()``). ``played_ms`` counts the
+    frames of this utterance that have really been sent to Asterisk; after a flush it
+    stays at what was heard.
     """
 
     def __init__(self, playout: Playout, rate: int | None) -> None:
         self._playout = playout
         self._source_rate = rate
         self._partial = bytearray()
+        self._resampler: Resampler | None = None
         self.queued_frames = 0
         self.played_frames = 0
         self.dropped_frames = 0
@@ -58,7 +53,8 @@ class Playback:
         self.interrupted = False
         self.first_played_at: float | None = None
         """trio clock time at which this utterance's first frame went on the wire."""
-        self._resampler: Resampler | None = None
+        self.last_played_at: float | None = None
+        """trio clock time at which its latest frame went on the wire."""
         self._started = trio.Event()
         self._done = trio.Event()
 
@@ -75,43 +71,40 @@ class Playback:
     async def write(self, pcm: bytes, rate: int | None = None) -> None:
         """Queue ``pcm`` (slin at ``rate``, default the rate given at open or the call's).
 
-        Waits while the playout queue is full, so a fast producer (TTS) is held back to
-        real time instead of growing memory.
+        Waits while the playout queue is full.
 
         Raises:
             trio.ClosedResourceError: this playback was closed or flushed.
         """
         if self.closed:
             raise trio.ClosedResourceError("playback already closed (flushed or finished)")
-        rate = rate or self._source_rate or self._playout.rate
-        if rate != self._playout.rate:
+        playout = self._playout
+        rate = rate or self._source_rate or playout.rate
+        if rate != playout.rate:
             # One streaming resampler per utterance: chunk boundaries leave no clicks.
             if self._resampler is None or self._resampler.in_rate != rate:
-                self._resampler = Resampler(rate, self._playout.rate, quality="MQ")
+                self._resampler = Resampler(rate, playout.rate, quality="MQ")
             pcm = self._resampler.process(pcm)
         self._partial += pcm
-        size = self._playout.frame_size
+        size = playout.frame_size
         whole = len(self._partial) // size * size
         if whole:
             chunk = bytes(self._partial[:whole])
             del self._partial[:whole]
-            await self._playout._enqueue(self, chunk)
+            await playout._enqueue(self, chunk)
 
     def close(self) -> None:
         """No more audio: pad the last partial frame with silence and let it play out."""
         if self.closed:
             return
         self.closed = True
-        self._playout._open.discard(self)
+        self._playout._closed(self)
         if self._resampler is not None:
             self._partial += self._resampler.flush()
             del self._partial[len(self._partial) // 2 * 2 :]
-        size = self._playout.frame_size
         while self._partial:
             # the filter tail may hold more than a frame; pad only the very last one
-            frame = bytes(self._partial[:size])
-            del self._partial[:size]
-            self._playout._enqueue_nowait(self, frame.ljust(size, b"\0"))
+            self._playout._enqueue_nowait(self, self._take_frame())
         self._check_done()
 
     async def wait_played(self) -> None:
@@ -137,13 +130,39 @@ class Playback:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
+    # --- called by the playout ---------------------------------------------------------
+
+    def _take_frame(self) -> bytes:
+        """The held partial frame (less than 20 ms), padded with silence to a whole one."""
+        size = self._playout.frame_size
+        frame = bytes(self._partial[:size]).ljust(size, b"\0")
+        del self._partial[:size]
+        return frame
+
+    def _played(self, now: float) -> None:
+        if not self.played_frames:
+            self.first_played_at = now
+            self._started.set()
+        self.played_frames += 1
+        self.last_played_at = now
+        self._check_done()
+
+    def _interrupt(self) -> None:
+        """Flushed: whatever was not sent is dropped and nothing more is accepted."""
+        if self.done:
+            return
+        self.interrupted = True
+        self._partial.clear()
+        self.closed = True
+        self._check_done()
+
     def _check_done(self) -> None:
         if self.closed and self.played_frames + self.dropped_frames >= self.queued_frames:
             self._done.set()
 
 
 class Playout:
-    """The paced outbound stream of one call.
+    """The queue of one call's outbound audio, in whole frames of the call's rate.
 
     Args:
         rate: the call's sample rate; outbound frames use the matching slin kind.
@@ -154,7 +173,8 @@ class Playout:
         self._frames: collections.deque[tuple[Playback, bytes]] = collections.deque()
         self._max_frames = max(1, math.ceil(max_ahead_ms / FRAME_MS))
         self._space = trio.lowlevel.ParkingLot()
-        self._last_handle: Playback | None = None
+        self._last: Playback | None = None
+        """The playback whose audio was queued last (an open one may hold a partial frame)."""
         self._open: set[Playback] = set()
         """Playbacks not yet closed — including one whose first write is still waiting for
         queue space, which has no frame queued yet but must be silenced by a flush too."""
@@ -162,20 +182,16 @@ class Playout:
         self._utterance_playing = False  # ...and one of them has been heard since it opened
         self.closing = False
         self.rate = rate
+        self.kind = AUDIO_KIND_BY_RATE[rate]
         self.frame_size = frame_bytes(rate)
-        self._silence_message = b""
-        self._kind = 0
-        self._set_rate(rate)
+        self.silence = bytes(self.frame_size)
+        """The PCM :meth:`next_frame` returns when nothing is queued (the same object each time)."""
         # statistics, read by metrics and tests
         self.frames_sent = 0
         self.agent_frames_sent = 0
         self.silence_frames_sent = 0
-        self.late_ticks = 0
-        self.resyncs = 0
         self.underruns = 0
         self.frames_flushed = 0
-        self.pacing = PacingHistogram()
-        """Lateness of each tick's wake-up against its deadline."""
 
     # --- producer side -------------------------------------------------------------
 
@@ -224,17 +240,13 @@ class Playout:
         """
         dropped = len(self._frames)
         handles = {handle for handle, _ in self._frames} | self._open
-        if self._last_handle is not None:
-            handles.add(self._last_handle)
+        if self._last is not None:
+            handles.add(self._last)
         for handle, _ in self._frames:
             handle.dropped_frames += 1
         self._frames.clear()
         for handle in handles:
-            if not handle.done:
-                handle.interrupted = True
-                handle._partial.clear()
-                handle.closed = True
-                handle._check_done()
+            handle._interrupt()
         self._open.clear()
         self._utterance_playing = False  # what follows a barge-in is silence on purpose
         self.frames_flushed += dropped
@@ -259,13 +271,46 @@ class Playout:
             log.warning("call rate changed from %d to %d Hz; dropping %d ms of queued audio",
                         self.rate, rate, self.queued_ms)
             self.flush()
-        self._set_rate(rate)
-
-    def _set_rate(self, rate: int) -> None:
         self.rate = rate
+        self.kind = AUDIO_KIND_BY_RATE[rate]
         self.frame_size = frame_bytes(rate)
-        self._kind = AUDIO_KIND_BY_RATE[rate]
-        self._silence_message = encode_audio(self._kind, bytes(self.frame_size))
+        self.silence = bytes(self.frame_size)
+
+    # --- consumer side (the call's writer, once per tick) -------------------------------
+
+    def next_frame(self, now: float) -> bytes:
+        """The PCM for this tick: one agent frame, or :attr:`silence`.
+
+        An open playback holding less than a frame (an echo whose caller sent a short
+        last frame, a TTS chunk not a multiple of 20 ms) is padded and sent when nothing
+        else is queued, rather than held back until more audio comes — which may be never.
+        """
+        self.frames_sent += 1
+        if not self._frames:
+            last = self._last
+            if last is not None and last._partial and not last.closed:
+                self._append(last, last._take_frame())
+        if self._frames:
+            handle, frame = self._frames.popleft()
+            handle._played(now)
+            self.agent_frames_sent += 1
+            if self._utterances:
+                self._utterance_playing = True
+            if len(self._frames) < self._max_frames:
+                self._notify_space()
+            return frame
+        last = self._last
+        in_open_playback = last is not None and not last.closed and last.played_frames
+        if in_open_playback or (self._utterances and self._utterance_playing):
+            # an utterance has started playing, but its next audio is not here yet
+            self.underruns += 1
+        self.silence_frames_sent += 1
+        return self.silence
+
+    # --- internals -------------------------------------------------------------------
+
+    def _closed(self, handle: Playback) -> None:
+        self._open.discard(handle)
 
     async def _enqueue(self, handle: Playback, pcm: bytes) -> None:
         size = self.frame_size
@@ -285,61 +330,11 @@ class Playout:
     def _append(self, handle: Playback, frame: bytes) -> None:
         self._frames.append((handle, frame))
         handle.queued_frames += 1
-        self._last_handle = handle
+        self._last = handle
 
     def _notify_space(self) -> None:
         if self._space:
             self._space.unpark_all()
 
-    # --- pacer ---------------------------------------------------------------------
 
-    def next_message(self) -> bytes:
-        """The wire bytes for the next tick: one agent frame, or one silence frame."""
-        if self._frames:
-            handle, frame = self._frames.popleft()
-            if not handle.played_frames:
-                handle.first_played_at = trio.current_time()
-                handle._started.set()
-            handle.played_frames += 1
-            handle._check_done()
-            self.agent_frames_sent += 1
-            if self._utterances:
-                self._utterance_playing = True
-            if len(self._frames) < self._max_frames:
-                self._notify_space()
-            return encode_audio(self._kind, frame)
-        last = self._last_handle
-        in_open_playback = last is not None and not last.closed and last.played_frames
-        if in_open_playback or (self._utterances and self._utterance_playing):
-            # an utterance has started playing, but its next audio is not here yet
-            self.underruns += 1
-        self.silence_frames_sent += 1
-        return self._silence_message
-
-    async def run(self, send: Callable[[bytes], Awaitable[object]], *,
-                  should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Send one frame per 20 ms tick through ``send`` until ``should_stop()`` is true.
-
-        ``should_stop`` is checked before every tick, so a hangup waits at most one tick.
-
-        Cancellation: may be cancelled between ticks; ``send`` itself should shield the
-        write so that a frame is never left half-written.
-        """
-        deadline = trio.current_time()
-        observe = self.pacing.observe_ms
-        while not should_stop():
-            observe((trio.current_time() - deadline) * 1000.0)
-            await send(self.next_message())
-            self.frames_sent += 1
-            deadline += TICK
-            now = trio.current_time()
-            behind = now - deadline
-            if behind > TICK:
-                # The loop stalled for more than a tick. Sending the missed frames now
-                # would be a burst Asterisk partly drops; skip them and start afresh.
-                missed = int(behind / TICK)
-                self.late_ticks += missed
-                self.resyncs += 1
-                deadline += missed * TICK
-            await trio.sleep_until(deadline)
-
+__all__ = ["DEFAULT_MAX_AHEAD_MS", "Playback", "Playout"]

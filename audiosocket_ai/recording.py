@@ -18,7 +18,7 @@ from typing import IO, Any
 import trio
 
 from .audio import frame_bytes
-from .call import Call
+from .surface import CallSurface
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class StereoRecorder:
     Asterisk stops sending (hold, DTMF).
     """
 
-    def __init__(self, path: Path, call: Call) -> None:
+    def __init__(self, path: Path, call: CallSurface) -> None:
         self.path = path
         self.call = call
         self._inbound: collections.deque[bytes] = collections.deque(maxlen=10)

@@ -20,13 +20,13 @@ from typing import Any
 import attrs
 import trio
 
-from .agent import AgentFactory
-from .call import Call, CallSettings, EndReason
-from .logging_setup import current_call
+from .call import Call, CallSettings
+from .log import current_call
 from .metrics import Metrics
 from .outcome import OutcomeStore
 from .protocol import Decoder, Message, ProtocolError, Uuid
 from .protocol.encoder import HANGUP_BYTES
+from .surface import AgentFactory, CallSurface, EndReason
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ServerStats:
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         if self.metrics is not None:
-            self.metrics.rejected.labels(reason=reason).inc()
+            self.metrics.connection_rejected(reason)
 
 
 class Server:
@@ -102,7 +102,7 @@ class Server:
         self.outcomes = outcomes if outcomes is not None else OutcomeStore()
         self.stats = ServerStats(metrics=metrics)
         if metrics is not None:
-            metrics.attach(self)
+            metrics.ready = lambda: self.ready
         self.calls: dict[uuid_module.UUID, Call] = {}
         self.draining = False
         self._on_call_start = on_call_start
@@ -223,7 +223,7 @@ class Server:
             for call in list(self.calls.values()):
                 call.request_hangup(after_playout=False, reason=EndReason.SHUTDOWN)
 
-    async def _play_busy(self, uuid: uuid_module.UUID, stream: trio.SocketStream, decoder: Decoder,
+    async def _play_busy(self, uuid: uuid_module.UUID, stream: trio.abc.Stream, decoder: Decoder,
                          pending: list[Message], peer: str) -> None:
         """Tell a refused caller the lines are busy (pre-rendered audio, no inference), then hang up."""
         assert self.config.busy_audio is not None
@@ -233,7 +233,7 @@ class Server:
             call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=self.config.call,
                         peer=peer)
 
-            async def busy(call: Call) -> None:
+            async def busy(call: CallSurface) -> None:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_discard_audio, call)  # nobody listens; don't let it pile up
                     await call.play(pcm, rate, wait=True)
@@ -243,7 +243,16 @@ class Server:
         finally:
             self._busy_prompts -= 1
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve one accepted connection to its end (the listener calls this per connection).
+
+        Public so that a connection can be handed in from elsewhere — a test's in-memory
+        stream, a connection accepted by another listener. Never raises for anything the
+        peer or the agent does.
+        """
+        await self._handle_connection(stream)
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         self._connection_ids += 1
         self.stats.connections += 1
         peer = _peer_name(stream)
@@ -261,7 +270,7 @@ class Server:
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
 
-    async def _serve_connection(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, peer: str) -> None:
         config = self.config
         if config.allow and not _allowed(stream, config.allow):
             log.warning("refused connection from %s: not in the allowlist", peer)
@@ -305,7 +314,7 @@ class Server:
         self.calls[uuid] = call
         self.outcomes.publish(str(uuid), call.outcome)
         if self.metrics is not None:
-            self.metrics.calls_total.inc()
+            self.metrics.call_started(call)
         if self._no_calls.is_set():
             self._no_calls = trio.Event()
         self.stats.calls_total += 1
@@ -316,9 +325,9 @@ class Server:
             reason = await call.run(agent)
             call.outcome.setdefault("end_reason", reason.value)
             self.stats.ended[reason.value] = self.stats.ended.get(reason.value, 0) + 1
+        finally:
             if self.metrics is not None:
                 self.metrics.call_ended(call)
-        finally:
             del self.calls[uuid]
             if not self.calls:
                 self._no_calls.set()
@@ -329,7 +338,7 @@ class Server:
                     log.exception("on_call_end hook failed")
 
 
-async def _discard_audio(call: Call) -> None:
+async def _discard_audio(call: CallSurface) -> None:
     async for _ in call.audio():
         pass
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import trio
 
-from audiosocket_ai.agent import as_agent_function
 from audiosocket_ai.call import CallSettings
-from audiosocket_ai.logging_setup import CallContextFilter
+from audiosocket_ai.log import CallContextFilter
 from audiosocket_ai.server import Server, ServerConfig
+from audiosocket_ai.surface import as_agent_function
 
 
 @asynccontextmanager

@@ -15,9 +15,10 @@ import pytest
 import trio
 
 import audiosocket_ai as asa
+from audiosocket_ai.agents.assistant import AssistantSettings, TurnTimings, VoiceAssistant
 from audiosocket_ai.audio import rms_dbfs
-from audiosocket_ai.pipeline.assistant import AssistantSettings, TurnTimings, VoiceAssistant
 from audiosocket_ai.protocol import Audio, Hangup
+from audiosocket_ai.testing import FakeAsterisk, RecordingObserver
 
 from .conftest import keep_line_open, running_server, settled
 
@@ -44,7 +45,7 @@ async def speech(stack: dict[str, object], text: str, rate: int = 8000) -> bytes
     return asa.audio.resample(pcm, tts.sample_rate, rate)  # type: ignore[attr-defined]
 
 
-def audible_ms(pbx: asa.FakeAsterisk, since: float = 0.0) -> int:
+def audible_ms(pbx: FakeAsterisk, since: float = 0.0) -> int:
     return 20 * sum(1 for item in pbx.received if isinstance(item.message, Audio) and item.t >= since
                     and rms_dbfs(item.message.pcm) > -50)
 
@@ -55,12 +56,12 @@ def transcript(directory: Path) -> list[dict[str, object]]:
 
 
 def assistant(stack: dict[str, object], tmp_path: Path, **settings: object) -> tuple[VoiceAssistant, dict]:
-    seen: dict[str, list] = {"turns": [], "barge_ins": []}
+    observer = RecordingObserver()
+    seen: dict[str, list] = {"turns": observer.turns, "barge_ins": observer.barge_ins}
     defaults = {"greeting": "Hi.", "transcript_dir": tmp_path, "reprompt_after": None}
     agent = VoiceAssistant(
         **stack, settings=AssistantSettings(**{**defaults, **settings}),  # type: ignore[arg-type]
-        on_turn=lambda t: seen["turns"].append(t),
-        on_barge_in=lambda call, t, dropped: seen["barge_ins"].append((t, dropped)),
+        observer=observer,
     )
     return agent, seen
 
@@ -69,7 +70,7 @@ async def test_a_spoken_question_gets_a_spoken_answer(stack, tmp_path: Path) -> 
     agent, seen = assistant(stack, tmp_path)
     question = await speech(stack, "What can you do for me?")
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(1500)  # let the greeting finish
             asked_at = trio.current_time()
             await pbx.send_audio(question)
@@ -97,7 +98,7 @@ async def test_barge_in_silences_the_agent_within_a_frame_and_truncates_history(
     agent, seen = assistant(stack, tmp_path, greeting=long_greeting)
     interruption = await speech(stack, "Stop. I want to speak to a human.")
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(2500)  # the greeting is playing
             assert audible_ms(pbx) > 1000
             await pbx.send_audio(interruption)
@@ -123,7 +124,7 @@ async def test_pressing_zero_transfers_and_the_outcome_is_kept(stack, tmp_path: 
     outcomes: list[dict] = []
     async with running_server(agent) as (server, port):
         server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(1200)
             await pbx.send_dtmf("0")
             assert await pbx.wait_for_hangup(timeout=20)
@@ -137,7 +138,7 @@ async def test_goodbye_hangs_up_after_the_goodbye_is_heard(stack, tmp_path: Path
     agent, _ = assistant(stack, tmp_path)
     bye = await speech(stack, "That's all, thank you. Goodbye.")
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(1200)
             said_at = trio.current_time()
             await pbx.send_audio(bye)
@@ -153,7 +154,7 @@ async def test_goodbye_hangs_up_after_the_goodbye_is_heard(stack, tmp_path: Path
 async def test_silent_caller_is_reprompted_then_let_go(stack, tmp_path: Path) -> None:
     agent, _ = assistant(stack, tmp_path, reprompt_after=1.0, max_reprompts=1)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             assert await pbx.wait_for_hangup(timeout=30)
     said = [line["text"] for line in transcript(tmp_path) if line["who"] == "agent"]
     assert said == ["Hi.", AssistantSettings().reprompt_text, AssistantSettings().goodbye_text]
@@ -163,7 +164,7 @@ async def test_the_offline_default_serves_16k_calls(stack, tmp_path: Path) -> No
     agent, seen = assistant(stack, tmp_path, recording_dir=tmp_path / "rec")
     question = await speech(stack, "Are you a robot?", rate=16000)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port, rate=16000) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port, rate=16000) as pbx:
             await pbx.send_silence(1200)
             await pbx.send_audio(question)
             assert await keep_line_open(pbx, lambda: bool(seen["turns"]) and seen["turns"][-1].first_audio is not None)
@@ -187,7 +188,7 @@ async def test_the_offline_default_serves_16k_calls(stack, tmp_path: Path) -> No
 async def test_drain_timeout_says_goodbye_before_hanging_up(stack, tmp_path: Path) -> None:
     agent, _ = assistant(stack, tmp_path)
     async with running_server(agent, drain_timeout=0.5) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(1200)
             server.drain()
             assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=20)

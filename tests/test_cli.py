@@ -234,34 +234,36 @@ def test_json_logs_name_the_call_on_every_line(tmp_path: Path) -> None:
 def test_provider_pool_size_and_speech_cache_come_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenAI-compatible providers get one pool sized to max_calls unless configured, so a
     call never waits for a connection behind the others; the speech cache gets its budget."""
-    from audiosocket_ai import cli, config
+    from audiosocket_ai import config
+    from audiosocket_ai.app import serve
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     values = config.load(env={}, overrides={"providers.stt": "openai", "providers.llm": "openai",
                                             "server.max_calls": 75, "providers.speech_cache_mb": 5})
-    assistant = cli._assistant_factory(values)()
+    assistant = serve._assistant(values)
     assert assistant.stt.primary.max_concurrency == 75
     assert assistant.llm.primary.max_concurrency == 75
     assert assistant.speech_cache.max_bytes == 5 * 1024 * 1024
     values = config.load(env={"AUDIOSOCKET_AI_PROVIDERS_MAX_CONCURRENCY": "9"},
                          overrides={"providers.llm": "openai"})
-    assert cli._assistant_factory(values)().llm.primary.max_concurrency == 9
+    assert serve._assistant(values).llm.primary.max_concurrency == 9
 
 
 def test_the_assistant_server_refuses_calls_when_inference_falls_behind_unless_turned_off() -> None:
-    from audiosocket_ai import cli, config
+    from audiosocket_ai import config
+    from audiosocket_ai.app import serve
     from audiosocket_ai.inference import OverloadGuard
     from audiosocket_ai.server import ServerConfig
 
     values = config.load(env={}, overrides={"server.busy": "hangup"})
-    assistant = cli._assistant_factory(values)()
+    assistant = serve._assistant(values)
     server_config = ServerConfig()
-    cli._prepare_admission(assistant, server_config, values)
+    serve._prepare_admission(assistant, server_config, values)
     guard = server_config.overloaded
     assert isinstance(guard, OverloadGuard) and guard.limiter is assistant.inference_limiter
     assert guard.threshold == 0.5
     assert assistant.speech_cache.get(assistant.settings.greeting) is not None, "greeting synthesized at start-up"
     values = config.load(env={"AUDIOSOCKET_AI_SERVER_OVERLOAD_MS": ""}, overrides={"server.busy": "hangup"})
     server_config = ServerConfig()
-    cli._prepare_admission(assistant, server_config, values)
+    serve._prepare_admission(assistant, server_config, values)
     assert server_config.overloaded is None

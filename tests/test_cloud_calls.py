@@ -14,15 +14,15 @@ import pytest
 import trio
 
 import audiosocket_ai as asa
+from audiosocket_ai.agents.assistant import AssistantSettings, VoiceAssistant
 from audiosocket_ai.audio import rms_dbfs
-from audiosocket_ai.logging_setup import CallContextFilter
-from audiosocket_ai.pipeline import AssistantSettings, VoiceAssistant
+from audiosocket_ai.log import CallContextFilter
 from audiosocket_ai.protocol import Audio
 from audiosocket_ai.providers.deepgram import DeepgramSTT
 from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
 from audiosocket_ai.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from audiosocket_ai.providers.openai_http import INTERRUPTED_MARKER, OpenAIChatLLM, OpenAISTT, OpenAITTS
-from audiosocket_ai.testing import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
 
 from .conftest import keep_line_open, running_server
 from .fakes.deepgram_server import API_KEY as DEEPGRAM_KEY
@@ -37,7 +37,7 @@ def speech(ms: int) -> bytes:
     return asa.tone_pcm(300, ms, 8000, amplitude=0.5)
 
 
-def audible(pbx: asa.FakeAsterisk, since: float = 0.0) -> int:
+def audible(pbx: FakeAsterisk, since: float = 0.0) -> int:
     return sum(1 for item in pbx.received if isinstance(item.message, Audio) and item.t >= since
                and rms_dbfs(item.message.pcm) > -50)
 
@@ -63,16 +63,17 @@ async def test_openai_pipeline_with_a_barge_in() -> None:
                               "You will want to interrupt it long before it ends, I am sure of that."),
             ChatReply(content="Okay, I will stop."),
         ])
-        barge_ins: list[int] = []
+        observer = RecordingObserver()
+        barge_ins = observer.barge_ins
         agent = VoiceAssistant(
             stt=OpenAISTT(base_url=fake.base_url, api_key=OPENAI_KEY),
             llm=OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY),
             tts=OpenAITTS(base_url=fake.base_url, api_key=OPENAI_KEY),
             vad_factory=EnergyVad, settings=settings(),
-            on_barge_in=lambda call, t, dropped: barge_ins.append(dropped),
+            observer=observer,
         )
         async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=15)
                 await pbx.send_audio(speech(400))
@@ -102,7 +103,7 @@ async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calll
         agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm, fallback), tts=tts,
                                vad_factory=EnergyVad, settings=settings())
         async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: tts.texts == ["The backup model answers."], timeout=20)
                 assert not pbx.server_closed
@@ -124,7 +125,7 @@ async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_
         agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm), tts=tts, vad_factory=EnergyVad,
                                settings=settings())
         async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: bool(backup_voice.texts), timeout=15)
                 await keep_line_open(pbx, lambda: False, timeout=1.0)
@@ -144,7 +145,7 @@ async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call() -> None:
         tts = ElevenLabsTTS(base_url=elevenlabs.url, api_key=ELEVENLABS_KEY, voice_id="voice1")
         agent = VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVad, settings=settings())
         async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 await pbx.send_audio(speech(600))
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 10, timeout=15)
         nursery.cancel_scope.cancel()
@@ -162,7 +163,7 @@ async def test_a_dropped_deepgram_stream_falls_back_to_another_recognizer(calllo
         stt = FallbackSTT(DeepgramSTT(base_url=deepgram.url, api_key=DEEPGRAM_KEY), backup)
         agent = VoiceAssistant(stt=stt, llm=llm, tts=ToneTTS(), vad_factory=EnergyVad, settings=settings())
         async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 await pbx.send_audio(speech(600))
                 assert await keep_line_open(pbx, lambda: bool(llm.histories), timeout=15)
         nursery.cancel_scope.cancel()

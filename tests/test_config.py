@@ -84,11 +84,11 @@ def test_reference_docs_are_generated_from_the_schema() -> None:
 def test_gc_tuning_freezes_start_up_objects_and_raises_thresholds() -> None:
     import gc
 
-    from audiosocket_ai.cli import GC_THRESHOLDS, _tune_gc
+    from audiosocket_ai.app.serve import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:
-        _tune_gc()
+        tune_gc()
         assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 0
     finally:

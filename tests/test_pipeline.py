@@ -9,10 +9,11 @@ import pytest
 import trio
 
 import audiosocket_ai as asa
+from audiosocket_ai.agents.assistant import AssistantSettings, SentenceSplitter, VoiceAssistant
+from audiosocket_ai.agents.tools import tool
 from audiosocket_ai.interfaces import ToolCall
-from audiosocket_ai.pipeline import AssistantSettings, SentenceSplitter, VoiceAssistant, tool
 from audiosocket_ai.protocol import Audio
-from audiosocket_ai.testing import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
 
 from .conftest import keep_line_open, running_server, settled
 
@@ -23,17 +24,27 @@ def speech(ms: int, rate: int = 8000) -> bytes:
 
 
 def make(llm: ScriptedLLM, stt: ScriptedSTT | None = None, tts: ToneTTS | None = None, tools=(), **settings):
-    seen: dict[str, list] = {"barge_ins": [], "turns": []}
+    observer = _Observer()
     agent = VoiceAssistant(
         stt=stt or ScriptedSTT([]), llm=llm, tts=tts or ToneTTS(), vad_factory=EnergyVad,
         settings=AssistantSettings(**{"greeting": None, "reprompt_after": None, **settings}), tools=tools,
-        on_barge_in=lambda call, t, dropped: seen["barge_ins"].append(dropped),
-        on_turn=lambda timings: seen["turns"].append(timings),
+        observer=observer,
     )
-    return agent, seen
+    return agent, observer.seen
 
 
-def audible(pbx: asa.FakeAsterisk, since: float = 0.0) -> int:
+class _Observer(RecordingObserver):
+    """Turns, and the ms of speech cut by each barge-in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, list] = {"barge_ins": [], "turns": self.turns}
+
+    def on_barge_in(self, at: float, dropped_ms: int) -> None:
+        self.seen["barge_ins"].append(dropped_ms)
+
+
+def audible(pbx: FakeAsterisk, since: float = 0.0) -> int:
     return sum(1 for item in pbx.received
                if isinstance(item.message, Audio) and item.t >= since and any(item.message.pcm))
 
@@ -57,7 +68,7 @@ async def test_reply_streams_sentence_by_sentence_and_history_is_complete(tmp_pa
     tts = ToneTTS(ms_per_char=20)
     agent, seen = make(llm, ScriptedSTT(["hi there"]), tts, transcript_dir=tmp_path)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
             await pbx.send_silence(300)
@@ -80,7 +91,7 @@ async def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard() -> Non
     tts = ToneTTS(ms_per_char=40)
     agent, seen = make(llm, ScriptedSTT(["tell me a story", "stop"]), tts)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)  # ~0.8 s of the answer heard
             await pbx.send_audio(speech(400))
@@ -108,7 +119,7 @@ async def test_user_tools_round_trip_and_transfer_sets_the_outcome() -> None:
     outcomes: list[dict] = []
     async with running_server(agent) as (server, port):
         server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=10)
         await settled(server)
@@ -126,7 +137,7 @@ async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str)
     llm = ScriptedLLM([["A fairly long answer that takes a couple of seconds to say out loud."], ["Next."]])
     agent, seen = make(llm, ScriptedSTT(["question", "talking over", "pressed"]), barge_in=mode)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: audible(pbx) > 20, timeout=10)
             await pbx.send_audio(speech(300))  # over the agent
@@ -150,7 +161,7 @@ async def test_provider_failures_are_survived() -> None:
     tts = ToneTTS()
     agent, _ = make(llm, stt, tts)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(tts.texts) == 1 and not agent_busy(server), timeout=10)
             await pbx.send_audio(speech(400))
@@ -164,7 +175,7 @@ async def test_greeting_is_interruptible_and_words_during_it_are_kept() -> None:
     stt = ScriptedSTT(["my name is Ada"])
     agent, seen = make(llm, stt, ToneTTS(ms_per_char=60), greeting="Welcome to the very long greeting of ours.")
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_silence(300)
             await pbx.send_audio(speech(500))  # talks over the greeting
             assert await keep_line_open(pbx, lambda: len(llm.histories) == 1, timeout=10)
@@ -180,7 +191,7 @@ async def test_silence_timer_reprompts_only_after_the_agent_finished() -> None:
     agent, _ = make(ScriptedLLM([]), tts=tts, greeting="A greeting of some length.", reprompt_after=0.5,
                     max_reprompts=1)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             with trio.fail_after(15):
                 await pbx.wait_for_hangup(timeout=15)
     settings = AssistantSettings()
@@ -193,7 +204,7 @@ async def test_speculative_transcription_hides_recognition_behind_the_endpointin
     agent, seen = make(ScriptedLLM([["One."], ["Two."]]), stt)
     agent.vad_factory = lambda: EnergyVad(end_ms=600)  # 600 ms endpointing, speculation after 160 ms
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1, timeout=10)
             # a 300 ms pause mid-sentence: speculation starts (at 120 ms), then the caller
@@ -214,7 +225,7 @@ async def test_reply_is_prepared_during_the_endpointing_silence_and_heard_at_the
                        transcript_dir=tmp_path)
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400))
             spoke_until = trio.current_time()
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
@@ -235,7 +246,7 @@ async def test_a_reply_prepared_in_a_pause_is_dropped_unheard_when_the_caller_go
     agent, seen = make(llm, stt, ToneTTS(), transcript_dir=tmp_path)
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             # a 450 ms pause mid-sentence: long enough to prepare a reply, not to end the turn
             await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
             caller_done = trio.current_time()
@@ -261,7 +272,7 @@ async def test_no_tool_runs_for_a_reply_the_caller_did_not_finish_asking_for() -
     agent, seen = make(llm, ScriptedSTT(["cancel", "cancel nothing, just asking"]), ToneTTS(), tools=[cancel_booking])
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
     assert ran == [] and len(llm.histories) == 2
@@ -272,7 +283,7 @@ async def test_fixed_lines_are_synthesized_once_for_all_calls() -> None:
     agent, _ = make(ScriptedLLM([]), tts=tts, greeting="Welcome to the test line.")
     async with running_server(agent) as (server, port):
         for _ in range(3):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)
     assert tts.texts == ["Welcome to the test line."], "one synthesis, three greetings heard"
 
@@ -287,12 +298,12 @@ async def test_calls_share_syntheses_of_the_same_sentence() -> None:
     await agent.prepare()
     assert tts.texts.count("Hello there.") == 1
     async with running_server(agent) as (server, port):
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as one, \
-                asa.FakeAsterisk.connect("127.0.0.1", port) as two:
+        async with FakeAsterisk.connect("127.0.0.1", port) as one, \
+                FakeAsterisk.connect("127.0.0.1", port) as two:
             done = lambda: len(seen["turns"]) == 2 and not agent_busy(server)  # noqa: E731
             outcome: list[bool] = []
 
-            async def caller(pbx: asa.FakeAsterisk) -> None:
+            async def caller(pbx: FakeAsterisk) -> None:
                 await pbx.send_silence(1000)  # the greeting plays
                 await pbx.send_audio(speech(400))
                 outcome.append(await keep_line_open(pbx, done, timeout=10))

@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import audiosocket_ai as asa
-from audiosocket_ai.agent import as_agent_function
 from audiosocket_ai.call import CallSettings
 from audiosocket_ai.protocol import RATE_BY_AUDIO_KIND, Audio, Hangup, Uuid, encode
 from audiosocket_ai.server import Server, ServerConfig
+from audiosocket_ai.surface import as_agent_function
 from audiosocket_ai.testing import FakeAsterisk
 
 from .conftest import established, keep_line_open, noise, running_server, settled, until_echoed

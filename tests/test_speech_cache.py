@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from audiosocket_ai.pipeline.speech_cache import SpeechCache
+from audiosocket_ai.agents.assistant.speech_cache import SpeechCache
 
 
 def _synth(calls: list[str], text: str, *, delay: float = 0.0, fail: bool = False):

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import attrs
 
-from ..interfaces import ToolSpec
+from ..interfaces import ToolCall, ToolSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HANG_UP", "TRANSFER", "Tool", "record_ending", "run_tool", "tool", "tool_specs"]
 
 HANG_UP = "hang_up"
 TRANSFER = "transfer"
@@ -78,3 +83,36 @@ def tool(description: str, parameters: Mapping[str, Any] | None = None, *, name:
 def tool_specs(tools: Sequence[Tool], *, builtins: bool = True) -> list[ToolSpec]:
     """The specs the model sees: the built-ins, then the user's tools."""
     return ([HANG_UP_SPEC, TRANSFER_SPEC] if builtins else []) + [t.spec for t in tools]
+
+
+async def run_tool(tools: Mapping[str, Tool], tool_call: ToolCall) -> str:
+    """Run the user tool the model asked for; any failure becomes text the model reads."""
+    found = tools.get(tool_call.name)
+    if found is None:
+        log.warning("the model called an unknown tool %r", tool_call.name)
+        return f"error: no tool named {tool_call.name}"
+    log.info("running tool %s", tool_call.name)
+    try:
+        return await found(tool_call.arguments)
+    except Exception as exc:
+        log.exception("tool %s failed", tool_call.name)
+        return f"error: {exc}"
+
+
+def record_ending(outcome: MutableMapping[str, Any], ending: ToolCall) -> None:
+    """Put a ``hang_up`` or ``transfer`` call into the call outcome the dialplan reads.
+
+    A transfer records its target (default ``operator``) and the details collected for the
+    person taking the call (``caller_name``, ``reason``); a hang-up records why.
+    """
+    if ending.name == TRANSFER:
+        target = str(ending.arguments.get("target") or "operator")
+        outcome["transfer"] = target
+        for field in ("caller_name", "reason"):  # collected details travel with the transfer
+            if ending.arguments.get(field):
+                outcome[field] = str(ending.arguments[field])
+        log.info("transferring the caller to %s", target)
+    else:
+        reason = str(ending.arguments.get("reason") or "caller done")
+        outcome.setdefault("hangup_reason", reason)
+        log.info("hanging up: %s", reason)

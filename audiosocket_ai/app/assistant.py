@@ -1,4 +1,9 @@
-"""Build a :class:`VoiceAssistant` from provider names and options (CLI and config file)."""
+"""Build a :class:`VoiceAssistant` from provider names and options (CLI and config file).
+
+This is where providers are chosen: the registry makes each engine from its name, the
+fallback wrappers pair it with a local engine, and one deadline limiter is shared by the
+local engines. Agents themselves never pick providers.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,14 @@ from typing import Any
 import attrs
 import trio
 
+from ..agents.assistant import AssistantSettings, VoiceAssistant
+from ..agents.tools import Tool
 from ..inference import DeadlineLimiter
+from ..interfaces import TTS
 from ..providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from ..providers.registry import make_llm, make_stt, make_tts, make_vad_factory
-from .assistant import AssistantSettings, VoiceAssistant
-from .tools import Tool
+
+__all__ = ["CapacityEstimate", "PipelineSpec", "build_assistant", "estimate_capacity", "render_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +72,11 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))
     if warm_up:
-        for wrapper in (stt, tts):
-            for provider in (wrapper.primary, wrapper.fallback):
-                load = getattr(provider, "load", None)
-                if callable(load):
-                    load()
+        stt.load()
+        tts.load()
     settings = spec.settings
-    greeting = getattr(llm, "greeting", None)
-    if isinstance(greeting, str) and greeting and settings.greeting == AssistantSettings().greeting:
+    greeting = llm.greeting
+    if greeting and settings.greeting == AssistantSettings().greeting:
         settings = attrs.evolve(settings, greeting=greeting)
     log.info("pipeline ready in %.1fs: stt=%s llm=%s tts=%s vad=%s", time.monotonic() - started,
              spec.stt, spec.llm, spec.tts, spec.vad)
@@ -93,7 +98,7 @@ def _with_defaults(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> d
     return {**defaults, **options}
 
 
-async def render_prompt(tts: Any, text: str) -> tuple[bytes, int]:
+async def render_prompt(tts: TTS, text: str) -> tuple[bytes, int]:
     """Synthesize ``text`` once (e.g. the busy prompt) → (pcm, rate)."""
     pcm = b"".join([chunk async for chunk in tts.synthesize(text)])
     return pcm, tts.sample_rate
@@ -139,9 +144,9 @@ async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks 
     started = trio.current_time()
     pcm, rate = await render_prompt(assistant.tts, sample)
     audio_s = len(pcm) / 2 / rate
-    if _is_local(assistant.tts) and audio_s:
+    if assistant.tts.capabilities.local and audio_s:
         tts_rtf = (trio.current_time() - started) / audio_s
-    if _is_local(assistant.stt) and audio_s:
+    if assistant.stt.capabilities.local and audio_s:
         speech = resample(pcm, rate, assistant.stt.sample_rate)
 
         async def one() -> Any:
@@ -154,8 +159,3 @@ async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks 
     per_call = AGENT_TALK_SHARE * tts_rtf + CALLER_TALK_SHARE * stt_rtf + PER_CALL_OVERHEAD
     return CapacityEstimate(calls=max(1, int(cores * HEADROOM / per_call)), tts_rtf=tts_rtf, stt_rtf=stt_rtf,
                             cores=cores)
-
-
-def _is_local(provider: object) -> bool:
-    provider = getattr(provider, "primary", provider)
-    return type(provider).__module__.startswith("audiosocket_ai.providers.local")

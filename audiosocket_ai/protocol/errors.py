@@ -8,8 +8,10 @@ frame, which Asterisk treats as fatal: that is a bug in the caller of the API.
 
 from __future__ import annotations
 
+from ..errors import AudiosocketAIError
 
-class ProtocolError(Exception):
+
+class ProtocolError(AudiosocketAIError):
     """Base class for every AudioSocket protocol error."""
 
 

@@ -49,6 +49,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
+from ..interfaces import Capabilities, Provider
 from ._websocket import (
     _NORMAL_CLOSE_CODES,
     _RETRYABLE_CLOSE_CODES,
@@ -153,7 +154,7 @@ class _TextChunker:
         return [message]
 
 
-class ElevenLabsTTS:
+class ElevenLabsTTS(Provider):
     """ElevenLabs streaming TTS over the stream-input WebSocket; implements ``TTS``.
 
     Args:
@@ -176,6 +177,8 @@ class ElevenLabsTTS:
         extra_params: further query parameters (e.g. ``{"language_code": "en"}``).
         ssl_context: TLS settings for ``wss:`` (e.g. a corporate CA); system defaults if None.
     """
+
+    capabilities = Capabilities(streaming=True)
 
     def __init__(
         self,

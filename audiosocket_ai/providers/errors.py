@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from ..errors import AudiosocketAIError
+
 __all__ = ["ProviderError", "redact"]
 
 # Shapes of bearer secrets that must not leak even if we do not know them (an OpenAI-style
@@ -41,7 +43,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _SECRET_PATTERNS[1].sub(r"\1***", text)
 
 
-class ProviderError(Exception):
+class ProviderError(AudiosocketAIError):
     """A provider could not produce its result.
 
     Args:

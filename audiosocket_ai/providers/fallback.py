@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..audio import Resampler, resample
-from ..interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, Transcript
+from ..interfaces import LLM, STT, TTS, Capabilities, Message, Provider, ToolCall, ToolSpec, Transcript
 from .errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -87,27 +87,49 @@ async def _first_that_works(
     raise last
 
 
-class FallbackLLM:
+class _Fallback(Provider):
+    """What the three wrappers share: the primary's capabilities, loading and closing both."""
+
+    def __init__(self, primary: Any, fallback: Any | None) -> None:
+        self._pair: tuple[Any, Any | None] = (primary, fallback)
+        self.capabilities = Capabilities(streaming=primary.capabilities.streaming,
+                                         local=primary.capabilities.local)
+
+    def load(self) -> None:
+        for provider in self._pair:
+            if provider is not None:
+                provider.load()
+
+    async def aclose(self) -> None:
+        for provider in self._pair:
+            if provider is None:
+                continue
+            try:
+                await provider.aclose()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", _name(provider), exc)
+
+
+class FallbackLLM(_Fallback):
     """An :class:`LLM` that retries once, then asks ``fallback``."""
 
     def __init__(self, primary: LLM, fallback: LLM | None = None) -> None:
+        super().__init__(primary, fallback)
         self.primary = primary
         self.fallback = fallback
-        self.greeting = getattr(primary, "greeting", None)
+        self.greeting = primary.greeting
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
         async for piece in _first_that_works("LLM", self.primary, self.fallback,
                                              lambda provider: provider.reply(history, tools)):
             yield piece
 
-    async def aclose(self) -> None:
-        await _aclose(self.primary, self.fallback)
 
-
-class FallbackTTS:
+class FallbackTTS(_Fallback):
     """A :class:`TTS` that retries once, then speaks with ``fallback`` (resampled to our rate)."""
 
     def __init__(self, primary: TTS, fallback: TTS | None = None) -> None:
+        super().__init__(primary, fallback)
         self.primary = primary
         self.fallback = fallback
         self.sample_rate = primary.sample_rate
@@ -125,22 +147,19 @@ class FallbackTTS:
             pcm = b"".join([chunk async for chunk in provider.synthesize(text)])
             yield resample(pcm, provider.sample_rate, self.sample_rate)
 
-    async def aclose(self) -> None:
-        await _aclose(self.primary, self.fallback)
-
 
 MAX_REPLAY_BYTES = 60 * 16000 * 2
 """Audio kept per utterance for a retry: one minute at 16 kHz."""
 
 
-class FallbackSTT:
+class FallbackSTT(_Fallback):
     """An :class:`STT` that keeps the utterance's audio so a retry or the fallback can hear it."""
 
     def __init__(self, primary: STT, fallback: STT | None = None) -> None:
+        super().__init__(primary, fallback)
         self.primary = primary
         self.fallback = fallback
         self.sample_rate = primary.sample_rate
-        self.streaming = bool(getattr(primary, "streaming", False))
 
     async def transcribe(self, audio: AsyncIterable[bytes]) -> AsyncIterator[Transcript]:
         source = aiter(audio)  # one iterator: a retry resumes where a failed attempt stopped
@@ -176,16 +195,3 @@ class FallbackSTT:
         async for result in _first_that_works("STT", self.primary, self.fallback, attempt,
                                               committed=lambda result: result.is_final):
             yield result
-
-    async def aclose(self) -> None:
-        await _aclose(self.primary, self.fallback)
-
-
-async def _aclose(*providers: object) -> None:
-    for provider in providers:
-        close = getattr(provider, "aclose", None)
-        if close is not None:
-            try:
-                await close()
-            except Exception as exc:
-                log.warning("closing %s failed: %s", _name(provider), exc)

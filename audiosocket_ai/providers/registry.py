@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import AudiosocketAIError
 from ..interfaces import LLM, STT, TTS, VAD
 
 
-class UnknownProviderError(ValueError):
+class UnknownProviderError(AudiosocketAIError, ValueError):
     """A provider name that no registry entry matches."""
 
 

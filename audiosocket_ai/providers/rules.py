@@ -30,6 +30,10 @@ FAQ file format (TOML)::
 DTMF digits reach the model as user messages; any of these means "the caller pressed 0":
 ``Message(role="user", content="[pressed 0]", name="dtmf")`` (what the pipeline sends), or
 content ``"0"``, ``"DTMF 0"``, ``"[dtmf:0]"``, ``"pressed 0"``.
+
+The module is over 500 lines because the phrase tables, the FAQ matching, the dialogue
+state read back from the history and the rules that use them form one table-driven model
+that is easier to follow side by side than split across files.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ..interfaces import Message, ToolCall, ToolSpec
+from ..interfaces import Message, Provider, ToolCall, ToolSpec
 
 __all__ = ["DEFAULT_FAQ", "FaqEntry", "RuleBasedLLM", "load_faq", "normalize"]
 
@@ -304,7 +308,7 @@ def _dtmf_digits(message: Message) -> str | None:
     return None
 
 
-class RuleBasedLLM:
+class RuleBasedLLM(Provider):
     """An :class:`~audiosocket_ai.interfaces.LLM` made of rules (see the module docstring).
 
     Args:

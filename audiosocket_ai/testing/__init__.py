@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from .fake_asterisk import SILENCE_DBFS, CallSummary, FakeAsterisk, Received, run_call
-from .providers import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
+from ..client import SILENCE_DBFS, CallSummary, FakeAsterisk, Received, run_call
+from .providers import EnergyVad, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
 
 __all__ = [
     "SILENCE_DBFS",
@@ -17,6 +17,7 @@ __all__ = [
     "EnergyVad",
     "FakeAsterisk",
     "Received",
+    "RecordingObserver",
     "ScriptedLLM",
     "ScriptedSTT",
     "ToneTTS",

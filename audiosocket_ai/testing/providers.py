@@ -11,8 +11,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 import numpy as np
 import trio
 
+from ..agents.assistant.settings import TurnTimings
 from ..audio import rms_dbfs
-from ..interfaces import Message, ToolCall, ToolSpec, Transcript
+from ..interfaces import Message, Provider, ToolCall, ToolSpec, Transcript
 from ..providers.local._endpointing import FrameEndpointer
 
 
@@ -32,7 +33,7 @@ class EnergyVad(FrameEndpointer):
         return rms_dbfs(frame) > self.threshold_dbfs
 
 
-class ScriptedSTT:
+class ScriptedSTT(Provider):
     """Returns the next scripted transcript for each utterance (then ``default``)."""
 
     def __init__(self, transcripts: Sequence[str], *, sample_rate: int = 16000, default: str = "",
@@ -60,12 +61,14 @@ class ScriptedSTT:
 Reply = Sequence[str | ToolCall]
 
 
-class ScriptedLLM:
+class ScriptedLLM(Provider):
     """Streams scripted replies in order; records every history it was given.
 
     Each reply is a list of text pieces and :class:`ToolCall` objects, streamed with
     ``piece_delay`` between them. A reply given as an exception instance is raised.
     """
+
+    greeting: str | None = None
 
     def __init__(self, replies: Sequence[Reply | BaseException], *, default: Reply = ("Okay.",),
                  first_delay: float = 0.0, piece_delay: float = 0.0) -> None:
@@ -92,7 +95,7 @@ class ScriptedLLM:
             yield piece
 
 
-class ToneTTS:
+class ToneTTS(Provider):
     """'Speaks' a tone whose length is proportional to the text (``ms_per_char``)."""
 
     def __init__(self, *, sample_rate: int = 16000, ms_per_char: float = 40.0, frequency: float = 500.0,
@@ -116,3 +119,22 @@ class ToneTTS:
         step = self.sample_rate * self.chunk_ms // 1000 * 2
         for offset in range(0, len(pcm), step):
             yield pcm[offset : offset + step]
+
+
+class RecordingObserver:
+    """An assistant observer that keeps what it is told: reply timings, barge-ins, errors."""
+
+    def __init__(self) -> None:
+        self.turns: list[TurnTimings] = []
+        self.barge_ins: list[tuple[float, int]] = []
+        """(trio time, ms of queued speech cut) per barge-in."""
+        self.errors: list[str] = []
+
+    def on_turn(self, timings: TurnTimings) -> None:
+        self.turns.append(timings)
+
+    def on_barge_in(self, at: float, dropped_ms: int) -> None:
+        self.barge_ins.append((at, dropped_ms))
+
+    def on_provider_error(self, stage: str) -> None:
+        self.errors.append(stage)

@@ -20,17 +20,19 @@ import pytest
 import trio
 
 import audiosocket_ai as asa
-from audiosocket_ai.agent import ToneAgent, tone_pcm
-from audiosocket_ai.audio import rms_dbfs
+from audiosocket_ai.agents.tone import ToneAgent
+from audiosocket_ai.agents.tools import tool
+from audiosocket_ai.app.realtime import OpenAIRealtimeAgent
+from audiosocket_ai.audio import rms_dbfs, tone_pcm
 from audiosocket_ai.interfaces import SpeechEnded, SpeechStarted, VadEvent
-from audiosocket_ai.pipeline.tools import tool
 from audiosocket_ai.protocol import Audio, Hangup
 from audiosocket_ai.providers.errors import ProviderError
-from audiosocket_ai.providers.openai_realtime import OpenAIRealtimeAgent
 from tests.conftest import keep_line_open, noise, running_server, settled
 from tests.fakes.openai_realtime_server import API_KEY, FakeOpenAIRealtime, RealtimeSession, Reply, ScriptedCall
 
 WRONG_KEY = "sk-wrong-realtime-key-77aa10"
+REALTIME_LOGGERS = ("providers.openai_realtime", "agents.realtime")
+"""The engine (wire protocol) and the agent (call logic) log under these modules."""
 GREETING = "Greet the caller warmly."
 
 
@@ -74,7 +76,7 @@ def item_creates(session: RealtimeSession) -> list[dict[str, Any]]:
 
 def assert_logged(records: Sequence[logging.LogRecord], pbx: asa.FakeAsterisk, *words: str) -> None:
     """Some warning or error names the call, the provider and ``words``."""
-    lines = [r for r in records if r.levelno >= logging.WARNING and r.name.endswith("openai_realtime")
+    lines = [r for r in records if r.levelno >= logging.WARNING and r.name.endswith(REALTIME_LOGGERS)
              and getattr(r, "call", None) == str(pbx.uuid) and "openai-realtime" in r.getMessage()]
     assert any(all(w in r.getMessage() for w in words) for r in lines), [r.getMessage() for r in lines]
 

@@ -1,9 +1,9 @@
-"""The voice pipeline: VAD → STT → LLM → TTS, with turn-taking and barge-in."""
+"""The voice assistant: VAD → STT → LLM → TTS, with turn-taking and barge-in."""
 
 from __future__ import annotations
 
-from .assistant import AssistantSettings, VoiceAssistant
+from .assistant import AssistantObserver, VoiceAssistant
 from .sentences import SentenceSplitter
-from .tools import Tool, tool
+from .settings import AssistantSettings, TurnTimings
 
-__all__ = ["AssistantSettings", "SentenceSplitter", "Tool", "VoiceAssistant", "tool"]
+__all__ = ["AssistantObserver", "AssistantSettings", "SentenceSplitter", "TurnTimings", "VoiceAssistant"]

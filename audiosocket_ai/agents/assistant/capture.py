@@ -19,12 +19,12 @@ caller goes on talking (the held reply is then cancelled and never heard).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
 
 import trio
 
-from ..inference import URGENT, priority
-from ..interfaces import STT, Transcript
+from ...inference import URGENT, priority
+from ...interfaces import STT, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class Speculation:
     async def run(self) -> None:
         with self.scope, priority(URGENT):
             try:
-                self.results = [result async for result in self.stt.transcribe(_once(self.pcm))]
+                async with recognize(self.stt, _once(self.pcm)) as results:
+                    self.results = [result async for result in results]
             except Exception as exc:  # the real transcription will try again and report it
                 log.debug("speculative transcription failed: %s", exc)
         self.finished.set()
@@ -87,7 +88,7 @@ class UtteranceCapture:
                  on_speculation: Callable[[Speculation], None] | None = None) -> None:
         self.stt = stt
         self._on_speculation = on_speculation
-        self.streaming = bool(getattr(stt, "streaming", False))
+        self.streaming = stt.capabilities.streaming
         self._nursery = nursery
         self._audio = bytearray(pre_roll)
         self._live_send, self._live_recv = trio.open_memory_channel[bytes](1500)  # 30 s of 20 ms
@@ -125,11 +126,14 @@ class UtteranceCapture:
             self._speculation.settle(True)
         self._live_send.close()
 
-    async def transcripts(self) -> AsyncIterator[Transcript]:
-        """Recognition results for the utterance (after :meth:`end` for batch engines)."""
+    @trio.as_safe_channel
+    async def transcripts(self) -> AsyncGenerator[Transcript, None]:
+        """Recognition results for the utterance (after :meth:`end` for batch engines);
+        use as ``async with capture.transcripts() as results``."""
         if self.streaming:
-            async for result in self.stt.transcribe(self._live_recv):
-                yield result
+            async with recognize(self.stt, self._live_recv) as live:
+                async for result in live:
+                    yield result
             return
         speculation = self._speculation
         if speculation is not None:
@@ -138,8 +142,9 @@ class UtteranceCapture:
                 for result in speculation.results:
                     yield result
                 return
-        async for result in self.stt.transcribe(_once(bytes(self._audio))):
-            yield result
+        async with recognize(self.stt, _once(bytes(self._audio))) as results:
+            async for result in results:
+                yield result
 
     def cancel(self) -> None:
         """The call is ending: stop any speculation."""
@@ -158,3 +163,10 @@ class UtteranceCapture:
 
 async def _once(pcm: bytes) -> AsyncIterator[bytes]:
     yield pcm
+
+
+@trio.as_safe_channel
+async def recognize(stt: STT, audio: AsyncIterable[bytes]) -> AsyncGenerator[Transcript, None]:
+    """The recognizer's results behind a cancel-safe boundary (it may open nurseries)."""
+    async for result in stt.transcribe(audio):
+        yield result

@@ -17,7 +17,8 @@ stores nothing; the calls that were waiting for it then synthesize it themselves
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
@@ -123,6 +124,50 @@ class SpeechCache:
             if chunks:
                 self.put(text, chunks, pin=pin)
             return chunks, True
+        finally:
+            del self._flights[text]
+            flight.done.set()
+
+    @trio.as_safe_channel
+    async def stream(self, text: str,
+                     open_synthesis: Callable[[], AbstractAsyncContextManager[trio.abc.ReceiveChannel[bytes]]], *,
+                     pin: bool = False) -> AsyncGenerator[bytes, None]:
+        """Like :meth:`fetch`, but a synthesis made here is passed on chunk by chunk as it
+        arrives (stored whole once complete); use as ``async with cache.stream(...) as chunks``.
+
+        ``open_synthesis`` opens the engine's stream (a cancel-safe channel). Callers who
+        join another call's synthesis of the same text get its audio when it completes.
+        """
+        while True:
+            chunks = self.get(text)
+            if chunks is not None:
+                self.hits += 1
+                if pin and text not in self._pinned:
+                    self.put(text, chunks, pin=True)
+                for chunk in chunks:
+                    yield chunk
+                return
+            flight = self._flights.get(text)
+            if flight is None:
+                break
+            self.joined += 1
+            await flight.done.wait()
+            if flight.result is not None:
+                for chunk in flight.result:
+                    yield chunk
+                return
+        flight = _Flight()
+        self._flights[text] = flight
+        self.misses += 1
+        made: list[bytes] = []
+        try:
+            async with open_synthesis() as synthesis:
+                async for chunk in synthesis:
+                    made.append(chunk)
+                    yield chunk
+            flight.result = made
+            if made:
+                self.put(text, made, pin=pin)
         finally:
             del self._flights[text]
             flight.done.set()

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import trio
 
+from ...errors import AudiosocketAIError
+
 logger = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(AudiosocketAIError, FileNotFoundError):
     """A bundled model is not installed (or not where its package says it is)."""
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from ...inference import lower_thread_priority
+from ...interfaces import Capabilities, Provider
 from ._common import ModelNotFoundError, make_limiter, package_data_dir
 from .piper_optimize import optimized_voice
 
@@ -47,7 +48,7 @@ def bundled_piper_voice() -> Path:
     return voices[0]
 
 
-class PiperTTS:
+class PiperTTS(Provider):
     """Text to speech with Piper; implements ``TTS`` at the voice's rate (22050 Hz here).
 
     One instance serves every call: the ONNX session is created once (lazily, or by
@@ -82,6 +83,8 @@ class PiperTTS:
             ~0.5 s instead of 0.4 s (hashing the source to find its build).
             ``"none"`` uses the voice file as is.
     """
+
+    capabilities = Capabilities(local=True)
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import numpy as np
 import trio
 
 from ...inference import lower_thread_priority
-from ...interfaces import Transcript
+from ...interfaces import Capabilities, Provider, Transcript
 from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _check_model_dir(path: Path) -> None:
         raise ModelNotFoundError(f"Whisper model directory {path} lacks {', '.join(missing)}")
 
 
-class WhisperSTT:
+class WhisperSTT(Provider):
     """Speech to text with faster-whisper; implements ``STT`` at 16 kHz.
 
     One instance serves every call: the model is loaded once (lazily, on first use or by
@@ -81,6 +81,8 @@ class WhisperSTT:
             a bad decode costs one pass, not six (latency over the last word of accuracy).
         initial_prompt: optional text to bias vocabulary (e.g. company or product names).
     """
+
+    capabilities = Capabilities(local=True)
 
     sample_rate: int = 16000
 

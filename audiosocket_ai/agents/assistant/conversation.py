@@ -1,0 +1,343 @@
+"""The turn loop of one call: greeting; then for each utterance, a reply — until the end.
+
+::
+
+    Listener ──utterances──▶ converse: history += user → respond()
+    respond: LLM (cancel-safe stream) → sentences → Speaker → call; tools at the end
+    barge-in: Listener.on_speech / on_key → interrupt(): flush the call + cancel the turn
+
+Barge-in is a cancellation: the reply runs in a cancel scope that the listener cancels
+the same frame the VAD reports speech, right after flushing the call's audio. What the
+caller heard is then read from the playbacks' played counters, and only that goes into
+the history, marked interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, VADFactory
+from ...recording import StereoRecorder, TranscriptWriter
+from ...surface import CallSurface
+from ..tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
+from .capture import Speculation
+from .listening import Listener, wait_for_utterance
+from .sentences import SentenceSplitter
+from .settings import AssistantObserver, AssistantSettings, TurnTimings, Utterance
+from .speaking import Speaker, Spoken, single
+from .speech_cache import SpeechCache
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Conversation"]
+
+
+@trio.as_safe_channel
+async def _llm_stream(llm: LLM, history: Sequence[Message],
+                      tools: Sequence[ToolSpec]) -> AsyncGenerator[str | ToolCall, None]:
+    """The model's reply behind a cancel-safe boundary (providers may open nurseries)."""
+    async for piece in llm.reply(history, tools):
+        yield piece
+
+
+class Parts(Protocol):
+    """What a conversation uses of its assistant: the shared engines and settings."""
+
+    stt: STT
+    llm: LLM
+    tts: TTS
+    vad_factory: VADFactory
+    settings: AssistantSettings
+    tools: dict[str, Tool]
+    speech_cache: SpeechCache
+    observer: AssistantObserver
+
+
+class Conversation:
+    """One call's conversation with a :class:`~.assistant.VoiceAssistant` (its ``Parts``)."""
+
+    def __init__(self, assistant: Parts, call: CallSurface) -> None:
+        self.a = assistant
+        self.call = call
+        self.settings = settings = assistant.settings
+        self.history: list[Message] = [Message("system", settings.system_prompt)]
+        self.turn_scope: trio.CancelScope | None = None
+        self.spoken: list[Spoken] = []
+        self.spoken_index: int | None = None
+        self.spoken_start = 0.0
+        self.transcript: TranscriptWriter | None = None
+        self.barge_ins = 0
+        self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
+                                 agent_busy=lambda: self.agent_busy, on_speech=self._on_speech, on_key=self._on_key,
+                                 on_stt_error=lambda: assistant.observer.on_provider_error("stt"))
+        self.speaker = Speaker(call, tts=assistant.tts, speech_cache=assistant.speech_cache,
+                               on_error=lambda: assistant.observer.on_provider_error("tts"))
+
+    # --- top level -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        call, settings = self.call, self.settings
+        if settings.transcript_dir is not None:
+            self.transcript = TranscriptWriter(settings.transcript_dir / f"{call.uuid}.jsonl",
+                                               call_started=call.started_at)
+        try:
+            async with trio.open_nursery() as nursery:
+                if settings.recording_dir is not None:
+                    recorder = StereoRecorder(settings.recording_dir / f"{call.uuid}.wav", call)
+                    await nursery.start(_run_recorder, recorder)
+                nursery.start_soon(self.listener.run)
+                with trio.CancelScope() as conversation:
+                    if settings.shutdown_goodbye:
+                        call.accepts_goodbye = True
+                        nursery.start_soon(_cancel_on, call.shutdown_requested, conversation)
+                    await self._converse()
+                if conversation.cancelled_caught and call.shutdown_requested.is_set():
+                    log.info("server is shutting down: saying goodbye")
+                    self.interrupt("shutdown")
+                    await self._say(settings.shutdown_goodbye or "")
+                    await self._hang_up()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._settle_spoken()
+            if self.transcript is not None:
+                self.transcript.close()
+
+    @property
+    def agent_busy(self) -> bool:
+        """The agent is talking, or working on a reply the caller is waiting for (a reply
+        prepared during the caller's pause does not count until the endpoint confirms it)."""
+        tentative = self.listener.tentative
+        held = tentative is not None and tentative.speculation is not None and not tentative.speculation.confirmed
+        return (self.turn_scope is not None and not held) or self.call.speaking
+
+    def interrupt(self, why: str) -> None:
+        """Barge-in: silence the agent now and cancel the reply in progress."""
+        if not self.agent_busy:
+            return
+        dropped = self.call.flush()
+        if self.turn_scope is not None:
+            self.turn_scope.cancel()
+        self.barge_ins += 1
+        log.info("barge-in (%s): cut %d ms of queued speech", why, dropped)
+        self.a.observer.on_barge_in(trio.current_time(), dropped)
+
+    def _on_speech(self) -> None:
+        if self.settings.barge_in == "on":
+            self.interrupt("caller spoke")
+        elif self.agent_busy:
+            log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
+
+    def _on_key(self, digit: str) -> None:
+        if self.settings.barge_in in ("on", "dtmf"):
+            self.interrupt(f"key {digit}")
+
+    # --- turns -------------------------------------------------------------------------
+
+    async def _converse(self) -> None:
+        settings, listener = self.settings, self.listener
+        if settings.greeting:
+            await self._say(settings.greeting)
+        reprompts = 0
+        while True:
+            quiet_from = trio.current_time() + self.call.queued_ms / 1000  # when the agent's audio ends
+            utterance = await wait_for_utterance(listener, timeout=settings.reprompt_after, quiet_from=quiet_from)
+            if utterance is None:
+                reprompts += 1
+                if reprompts > settings.max_reprompts:
+                    await self._say(settings.goodbye_text)
+                    await self._hang_up()
+                    return
+                await self._say(settings.reprompt_text)
+                continue
+            reprompts = 0
+            held = utterance.speculation
+            if held is not None and held.verdict.is_set() and not held.confirmed:
+                listener.release(held)
+                continue  # the caller went on talking; the whole utterance comes later
+            if settings.barge_in != "on" and not utterance.is_dtmf and utterance.start < listener.busy_until:
+                log.info("ignoring speech over the agent (barge-in %s): %s", settings.barge_in, utterance.text)
+                continue
+            self._settle_spoken()
+            mark = len(self.history)
+            if utterance.is_dtmf:
+                self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
+            else:
+                self.history.append(Message("user", utterance.text))
+            if held is None:
+                self._log_caller(utterance)
+            ending = await self._respond(utterance.timings, held=held)
+            if held is not None:
+                listener.release(held)
+                if not held.confirmed:  # abandoned: as if this reply had never been started
+                    del self.history[mark:]
+                    continue
+                self._log_caller(utterance)
+            if ending:
+                return
+
+    def _log_caller(self, utterance: Utterance) -> None:
+        if self.transcript is not None:
+            end = utterance.timings.speech_end or utterance.end
+            self.transcript.write("caller", utterance.text, start=utterance.start, end=end, dtmf=utterance.is_dtmf)
+
+    async def _wait_until_confirmed(self, held: Speculation | None) -> None:
+        """Hold a tentative reply's output until the endpoint; cancel the turn if abandoned."""
+        if held is None:
+            return
+        await held.verdict.wait()
+        if not held.confirmed and self.turn_scope is not None:
+            self.turn_scope.cancel()
+            await trio.lowlevel.checkpoint()
+
+    async def _say(self, text: str) -> None:
+        """Speak a fixed line as an assistant turn (interruptible like any other)."""
+        self._settle_spoken()
+        self._begin_spoken()
+        with trio.CancelScope() as scope:
+            self.turn_scope = scope
+            try:
+                await self.speaker.speak(single(text), TurnTimings(), self.spoken, pin=True)
+            finally:
+                self.turn_scope = None
+
+    async def _respond(self, timings: TurnTimings, *, held: Speculation | None = None) -> bool:
+        """Answer the last user message. Returns True if the call is being ended.
+
+        With ``held``, nothing is heard and no tool runs until the speculation is
+        confirmed; if it is abandoned the turn is cancelled and leaves no trace.
+        """
+        ending: ToolCall | None = None
+        rounds = 0
+        self._begin_spoken()
+        with trio.CancelScope() as scope:
+            self.turn_scope = scope
+            try:
+                while True:
+                    rounds += 1
+                    calls = await self._one_round(timings, held)
+                    if not calls:
+                        break
+                    user_calls = [c for c in calls if c.name not in (HANG_UP, TRANSFER)]
+                    ending = next((c for c in calls if c.name in (HANG_UP, TRANSFER)), None)
+                    if not user_calls or rounds >= self.settings.max_tool_rounds:
+                        break
+                    for tool_call in user_calls:
+                        result = await run_tool(self.a.tools, tool_call)
+                        self.history.append(Message("tool", result, tool_call_id=tool_call.id, name=tool_call.name))
+            finally:
+                self.turn_scope = None
+        if held is not None and not held.confirmed:
+            return False
+        self.a.observer.on_turn(timings)
+        log.info("turn latency (ms): %s", timings.as_ms())
+        if timings.preemptive:
+            log.info("the reply was prepared during the endpointing pause")
+        if scope.cancelled_caught or ending is None:
+            return False
+        record_ending(self.call.outcome, ending)
+        if ending.name == TRANSFER and not self.spoken:
+            await self._say(self.settings.transfer_text)
+        await self._hang_up()
+        return True
+
+    async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
+        """Stream one LLM answer into speech; return the tool calls it asked for."""
+        tool_calls: list[ToolCall] = []
+        text_parts: list[str] = []
+        sentences_send, sentences_recv = trio.open_memory_channel[str](8)
+        settings = self.settings
+
+        async def think() -> None:
+            splitter = SentenceSplitter()
+            async with sentences_send:
+                try:
+                    with trio.fail_after(settings.llm_timeout):
+                        async with _llm_stream(self.a.llm, self.history, tool_specs(list(self.a.tools.values()))
+                                               ) as pieces:
+                            async for piece in pieces:
+                                if timings.llm_first is None:
+                                    timings.llm_first = trio.current_time()
+                                if isinstance(piece, ToolCall):
+                                    tool_calls.append(piece)
+                                    continue
+                                text_parts.append(piece)
+                                for sentence in splitter.push(piece):
+                                    await sentences_send.send(sentence)
+                except Exception as exc:  # provider failure or timeout: apologise, keep the call
+                    log.error("language model failed: %s", exc)
+                    self.a.observer.on_provider_error("llm")
+                    if not text_parts:
+                        text_parts.append(settings.apology_text)
+                        await sentences_send.send(settings.apology_text)
+                    return
+                for sentence in splitter.flush():
+                    await sentences_send.send(sentence)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(think)
+            await self.speaker.speak(sentences_recv, timings, self.spoken,
+                                     before_audio=lambda: self._wait_until_confirmed(held))
+        await self._wait_until_confirmed(held)  # no tool runs for a reply nobody asked for
+        if text_parts or tool_calls:
+            self.history.append(Message("assistant", "".join(text_parts).strip(), tool_calls=tuple(tool_calls)))
+            self.spoken_index = len(self.history) - 1
+        return tool_calls
+
+    async def _hang_up(self) -> None:
+        """Let the caller hear the last reply in full, then hang up."""
+        for spoken in self.spoken:
+            await spoken.playback.wait_played()
+        self._settle_spoken()
+        await self.call.hangup()
+
+    # --- history ---------------------------------------------------------------------
+
+    def _begin_spoken(self) -> None:
+        self.spoken = []
+        self.spoken_index = None
+        self.spoken_start = trio.current_time()
+
+    def _settle_spoken(self) -> None:
+        """Replace the last reply in the history with what the caller actually heard."""
+        if not self.spoken:
+            return
+        parts, cut = [], False
+        ended = self.spoken_start
+        for spoken in self.spoken:
+            heard, interrupted = spoken.heard()
+            if heard:
+                parts.append(heard)
+            ended = max(ended, spoken.playback.last_played_at or ended)
+            if interrupted:
+                cut = True
+                break
+        if not cut and any(not spoken.playback.done for spoken in self.spoken):
+            ended = trio.current_time()  # still playing (the call is ending under it)
+        text = " ".join(parts)
+        if self.spoken_index is None:
+            self.history.append(Message("assistant", text, interrupted=cut))
+        else:
+            old = self.history[self.spoken_index]
+            self.history[self.spoken_index] = attrs.evolve(old, content=text, interrupted=cut)
+        if self.transcript is not None:
+            # the entry ends when its audio ended (the last frame's tick + 20 ms)
+            end = ended + 0.02 if ended > self.spoken_start else trio.current_time()
+            self.transcript.write("agent", text, start=self.spoken_start, end=end, interrupted=cut)
+        self.spoken = []
+        self.spoken_index = None
+
+
+async def _run_recorder(recorder: StereoRecorder, *, task_status: trio.TaskStatus[None]) -> None:
+    async with recorder:
+        task_status.started()
+        await recorder.run_flusher()
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -1,0 +1,273 @@
+"""Listening: the caller's frames and keys in, utterances out.
+
+::
+
+    call.audio() → resample → VAD ─┬─ SpeechStarted → on_speech (barge-in)
+                                   └─ utterance audio → capture → STT → Utterance
+    call.dtmf()  → on_key (barge-in) → Utterance(is_dtmf)
+
+A batch recognizer's speculative transcript at the caller's first pause becomes a
+*tentative* utterance (see capture.py): the conversation may prepare its reply while the
+endpointer is still deciding, and learns the verdict from the speculation.
+
+The listener also keeps the quiet clock the conversation's re-prompt timer runs on: who is
+busy (the caller talking, a transcription in flight) and since when nobody is, with an
+event for every change — so waiting for the caller never polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import trio
+
+from ...audio import Quality, Resampler
+from ...inference import URGENT, priority
+from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
+from ...surface import CallSurface
+from .capture import Speculation, UtteranceCapture, transcript_text
+from .settings import AssistantSettings, TurnTimings, Utterance
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INBOUND_QUALITY", "Listener"]
+
+INBOUND_QUALITY: Quality = "LQ"
+"""soxr quality of the caller's audio on its way to the VAD and recognizer. soxr's HQ/MQ
+streams hold back ~95 ms of output (8 -> 16 kHz), which every turn end, speculation and
+barge-in would wait for; LQ holds ~24 ms, and telephone audio has nothing above 4 kHz for
+the better filter to keep."""
+
+
+class Listener:
+    """Turns one call's audio and keys into :class:`Utterance` objects.
+
+    Args:
+        call: the call to listen to.
+        stt: the recognizer (shared).
+        vad_factory: makes this call's VAD.
+        settings: pre-roll, speculation, barge-in mode, STT timeout.
+        agent_busy: whether the agent is talking or answering (read per frame).
+        on_speech: the caller started talking (called the same frame the VAD says so).
+        on_key: the caller pressed a key.
+        on_stt_error: a transcription failed (for metrics).
+    """
+
+    def __init__(self, call: CallSurface, *, stt: STT, vad_factory: VADFactory, settings: AssistantSettings,
+                 agent_busy: Callable[[], bool], on_speech: Callable[[], None], on_key: Callable[[str], None],
+                 on_stt_error: Callable[[], None]) -> None:
+        self.call = call
+        self.stt = stt
+        self.vad_factory = vad_factory
+        self.settings = settings
+        self._agent_busy = agent_busy
+        self._on_speech = on_speech
+        self._on_key = on_key
+        self._on_stt_error = on_stt_error
+        self._send, self.utterances = trio.open_memory_channel[Utterance](8)
+        self.caller_speaking = False
+        self.transcribing = 0
+        self.busy_until = 0.0
+        """Last time a caller frame arrived while the agent was busy (for barge-in off)."""
+        self.tentative: Utterance | None = None
+        """The tentative utterance whose reply is being prepared, until released."""
+        self.quiet_since = trio.current_time()
+        """When the caller last stopped talking or being transcribed."""
+        self.changed = trio.Event()
+        """Set (and replaced) at every change of the quiet clock or new utterance."""
+        self._speech_end = 0.0
+        self._endpoint_seen = 0.0
+        self._capture_started = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """The caller is talking, or what they said is being transcribed."""
+        return self.caller_speaking or self.transcribing > 0
+
+    def release(self, speculation: Speculation) -> None:
+        """The conversation is done with the tentative utterance of ``speculation``."""
+        if self.tentative is not None and self.tentative.speculation is speculation:
+            self.tentative = None
+        if not speculation.confirmed:
+            log.debug("the caller went on talking: the reply prepared during the pause was dropped")
+
+    async def run(self) -> None:
+        """Listen until the call's audio and keys end."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keypad)
+            await self._listen()
+            nursery.cancel_scope.cancel()
+
+    # --- the quiet clock -----------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if not self.busy:
+            self.quiet_since = trio.current_time()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _deliver(self, utterance: Utterance, what: str) -> bool:
+        try:
+            self._send.send_nowait(utterance)
+        except trio.WouldBlock:
+            log.warning("dropping %s: the conversation is not keeping up", what)
+            return False
+        self._changed()
+        return True
+
+    # --- audio ---------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        call, settings = self.call, self.settings
+        stt_rate = self.stt.sample_rate
+        vad = self.vad_factory()
+        to_stt = Resampler(call.rate, stt_rate, quality=INBOUND_QUALITY)
+        to_vad = None if vad.sample_rate == stt_rate else Resampler(stt_rate, vad.sample_rate, quality="LQ")
+        ring = _Ring(settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
+        position = 0  # bytes of STT-rate audio fed so far
+        capture: UtteranceCapture | None = None
+        call_rate = call.rate
+        async with trio.open_nursery() as nursery:
+            async for frame in call.audio():
+                if frame.rate != call_rate:
+                    call_rate = frame.rate
+                    to_stt = Resampler(call_rate, stt_rate, quality=INBOUND_QUALITY)
+                pcm = to_stt.process(frame.pcm)
+                position += len(pcm)
+                ring.add(pcm)
+                events = vad.feed(pcm if to_vad is None else to_vad.process(pcm))
+                if capture is not None:
+                    # the silence count including this frame; on the frame that ends the
+                    # utterance the VAD has left speech and its count reads 0, which is not
+                    # "talking again": pass nothing then
+                    ended = any(isinstance(event, SpeechEnded) for event in events)
+                    capture.add(pcm, trailing_silence_ms=None if ended else vad.trailing_silence_ms)
+                if self._agent_busy():
+                    self.busy_until = trio.current_time()
+                for event in events:
+                    now = trio.current_time()
+                    # the event happened at_ms into the stream; we are `lag` s past that point
+                    lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
+                    if isinstance(event, SpeechStarted):
+                        self.caller_speaking = True
+                        self._changed()
+                        self._on_speech()
+                        onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
+                        capture = UtteranceCapture(
+                            self.stt, nursery, ring.since(position, onset_bytes),
+                            on_speculation=self._speculated if settings.preemptive else None)
+                        started = max(call.started_at, now - lag)
+                        if capture.streaming:  # it recognizes while the caller talks
+                            nursery.start_soon(self._transcribe, capture, started)
+                        self._capture_started = started
+                    elif isinstance(event, SpeechEnded) and capture is not None:
+                        self.caller_speaking = False
+                        self._speech_end = now - lag
+                        self._endpoint_seen = now
+                        capture.end()
+                        if not capture.streaming:
+                            nursery.start_soon(self._transcribe, capture, self._capture_started)
+                        capture = None
+                        self._changed()
+            if capture is not None:
+                capture.cancel()
+
+    def _speculated(self, speculation: Speculation) -> None:
+        """A transcript of the caller's pause is in: offer it as a tentative utterance."""
+        text = speculation.text
+        if not text or self._agent_busy() or self.tentative is not None:
+            return
+        now = trio.current_time()
+        utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
+                              speculation=speculation)
+        if self._deliver(utterance, "a tentative utterance"):
+            self.tentative = utterance
+            log.debug("preparing a reply during the pause to: %s", text)
+
+    async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
+        held = self.tentative
+        if held is not None and capture.speculation is not None and held.speculation is capture.speculation:
+            # its reply is already on its way (held until now): just complete its timings
+            held.timings.speech_end = self._speech_end or trio.current_time()
+            held.timings.endpoint = max(held.timings.speech_end, self._endpoint_seen)
+            log.info("caller said: %s", held.text)
+            return
+        timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
+        results: list[Transcript] = []
+        self.transcribing += 1
+        self._changed()
+        try:
+            with trio.fail_after(self.settings.stt_timeout + 60), priority(URGENT):
+                async with capture.transcripts() as transcripts:
+                    async for result in transcripts:
+                        results.append(result)
+            text = transcript_text(results)
+        except Exception as exc:
+            log.error("speech recognition failed: %s", exc)
+            self._on_stt_error()
+            text = "[the caller said something that could not be recognized]"
+        finally:
+            self.transcribing -= 1
+            self._changed()
+        timings.transcript = trio.current_time()
+        timings.speech_end = self._speech_end or timings.transcript
+        if not timings.endpoint:
+            timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
+        if not text:
+            log.info("utterance had no words")
+            return
+        log.info("caller said: %s", text)
+        self._deliver(Utterance(text, started, timings.speech_end, timings), f"utterance {text!r}")
+
+    # --- keys ----------------------------------------------------------------------------
+
+    async def _keypad(self) -> None:
+        async for digit in self.call.dtmf():
+            self._on_key(digit)
+            now = trio.current_time()
+            timings = TurnTimings(speech_end=now, endpoint=now, transcript=now)
+            self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), f"key {digit}")
+
+
+class _Ring:
+    """The last few hundred ms of audio, to recover speech from before the VAD fired."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data = bytearray()
+
+    def add(self, pcm: bytes) -> None:
+        self._data += pcm
+        if len(self._data) > self.capacity:
+            del self._data[: len(self._data) - self.capacity]
+
+    def since(self, position: int, start: int) -> bytes:
+        """Audio from stream byte offset ``start`` up to ``position`` (what is still held)."""
+        wanted = max(0, position - start)
+        wanted -= wanted % 2
+        return bytes(self._data[-wanted:]) if wanted else b""
+
+
+async def wait_for_utterance(listener: Listener, *, timeout: float | None, quiet_from: float) -> Utterance | None:
+    """The next utterance, or None once nobody has talked for ``timeout`` seconds.
+
+    The silence clock starts at ``quiet_from`` (when the agent's audio runs out) and only
+    runs while the listener is quiet: the caller's pauses mid-sentence and transcriptions
+    in flight stop it. Event-driven: wakes only on a change or at the deadline.
+    """
+    while True:
+        try:
+            return listener.utterances.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        changed = listener.changed
+        if timeout is None or listener.busy:
+            deadline = math.inf
+        else:
+            deadline = max(quiet_from, listener.quiet_since) + timeout
+        with trio.move_on_at(deadline):
+            await changed.wait()
+            continue
+        return None

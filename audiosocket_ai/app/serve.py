@@ -1,0 +1,261 @@
+"""``serve``, without click: from configuration values to a running server.
+
+The CLI parses flags and the config file into ``values`` (see :mod:`audiosocket_ai.config`)
+and calls :func:`build` then :func:`run`. Everything that chooses and wires parts lives
+here: which agent answers, which providers it uses, the busy prompt and admission
+control, metrics, the status endpoint, signals and the garbage-collector tuning.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ..agents.assistant import AssistantSettings, TurnTimings, VoiceAssistant
+from ..agents.assistant.speech_cache import SpeechCache
+from ..call import CallSettings
+from ..errors import AudiosocketAIError
+from ..http import StatusEndpoint
+from ..metrics import Metrics
+from ..server import Server, ServerConfig
+from ..surface import AgentFactory, AgentFunction
+from .agents import load_agent_factory
+from .assistant import PipelineSpec, build_assistant, estimate_capacity, render_prompt
+
+log = logging.getLogger("audiosocket_ai")
+
+__all__ = ["GC_THRESHOLDS", "Application", "StartupError", "build", "run"]
+
+GC_THRESHOLDS = (50_000, 50, 1_000)
+"""Python's defaults (700, 10, 10) ran ~16 collections a second at 200 calls, and a full one
+every few seconds stopped the event loop — and every call's pacer — for 12-23 ms."""
+
+
+class StartupError(AudiosocketAIError):
+    """The server cannot start with these settings; ``setting`` names the culprit if one is."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@attrs.define(kw_only=True)
+class Application:
+    """A server ready to run, with what runs beside it."""
+
+    server: Server
+    metrics: Metrics
+    endpoint: StatusEndpoint | None
+    metrics_host: str
+    metrics_port: int
+    agent: object | None = None
+    """The shared assistant or realtime agent (closed at shutdown), if one was built."""
+    gc_tuning: bool = True
+
+
+def build(values: dict[str, Any]) -> Application:
+    """Build the agent, its providers and the server from configuration values.
+
+    Local models are loaded, and fixed lines synthesized, before this returns.
+
+    Raises:
+        StartupError: unknown agent or provider, options that do not fit together, a
+            provider that cannot start.
+    """
+    agent_spec = values["agent.name"]
+    shared: AgentFunction | None = None
+    if agent_spec == "assistant":
+        shared = _assistant(values)
+    elif agent_spec == "realtime":
+        shared = _realtime(values)
+    if shared is not None:
+        agent: AgentFunction = shared
+        factory: AgentFactory = lambda: agent  # noqa: E731 - one shared agent for every call
+    else:
+        try:
+            factory = load_agent_factory(agent_spec)
+        except ValueError as exc:
+            raise StartupError(str(exc), setting="agent.name") from exc
+    server_config = ServerConfig(
+        host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
+        handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
+        allow=tuple(ipaddress.ip_network(entry, strict=False) for entry in values["server.allow"]),
+        call=CallSettings(idle_timeout=values["limits.idle_timeout"], max_duration=values["limits.max_duration"],
+                          max_payload=values["limits.max_frame_bytes"], write_timeout=values["limits.write_timeout"],
+                          inbound_queue_ms=values["limits.inbound_queue_ms"]),
+    )
+    metrics = Metrics()
+    if isinstance(shared, VoiceAssistant):
+        _prepare_admission(shared, server_config, values)
+        shared.observer = _MetricsObserver(metrics)
+    server = Server(factory, server_config, metrics=metrics)
+    metrics_port = values["server.metrics_port"]
+    endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
+                if metrics_port is not None else None)
+    return Application(server=server, metrics=metrics, endpoint=endpoint, metrics_host=values["server.metrics_host"],
+                       metrics_port=metrics_port or 0, agent=shared, gc_tuning=values["server.gc_tuning"])
+
+
+def run(application: Application) -> None:
+    """Serve until SIGINT/SIGTERM (drain), or a second signal (hang up at once).
+
+    Raises:
+        OSError: the AudioSocket or status port cannot be bound.
+    """
+    if application.gc_tuning:
+        tune_gc()
+    trio.run(_serve_until_signalled, application)
+
+
+def tune_gc() -> None:
+    """Move what start-up allocated (models, modules) out of the collector's reach and
+    collect less often; reference counting still frees almost everything at once."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    log.debug("gc frozen %d objects; thresholds %s", gc.get_freeze_count(), GC_THRESHOLDS)
+
+
+def _assistant(values: dict[str, Any]) -> VoiceAssistant:
+    from ..providers.registry import UnknownProviderError
+
+    settings = AssistantSettings(
+        barge_in=values["agent.barge_in"], reprompt_after=values["agent.reprompt_after"],
+        transcript_dir=_path(values["recording.transcript_dir"]), recording_dir=_path(values["recording.record_dir"]),
+    )
+    if values["agent.greeting"] is not None:
+        settings.greeting = values["agent.greeting"] or None
+    if values["agent.system_prompt"] is not None:
+        settings.system_prompt = values["agent.system_prompt"]
+    llm = values["providers.llm"]
+    llm_options: dict[str, object] = {}
+    if values["providers.llm_base_url"]:
+        llm_options["base_url"] = values["providers.llm_base_url"]
+    if values["agent.faq"] is not None:
+        if not llm.startswith(("rules", "local")):
+            raise StartupError("--faq is for the rules model", setting="agent.faq")
+        llm_options["faq_path"] = Path(values["agent.faq"])
+    concurrency = values["providers.max_concurrency"] or values["server.max_calls"]
+
+    def pooled(spec: str, options: dict[str, object]) -> dict[str, object]:
+        if spec.split(":", 1)[0] in ("openai", "openai-compatible"):
+            options.setdefault("max_concurrency", concurrency)
+        return options
+
+    def piper(spec: str | None) -> dict[str, object]:  # options only PiperTTS takes
+        is_piper = spec is not None and spec.split(":", 1)[0] in ("piper", "local")
+        return {"optimize": values["providers.piper_optimize"]} if is_piper else {}
+
+    spec = PipelineSpec(
+        stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
+        stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
+        tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
+        stt_options=pooled(values["providers.stt"], {}),
+        tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
+        tts_fallback_options=piper(values["providers.tts_fallback"]),
+        vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
+    )
+    try:
+        return build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
+    except UnknownProviderError as exc:
+        raise StartupError(str(exc)) from exc
+    except Exception as exc:
+        raise StartupError(f"cannot start the assistant: {exc}") from exc
+
+
+def _realtime(values: dict[str, Any]) -> AgentFunction:
+    from ..providers.errors import ProviderError
+    from .realtime import build_realtime_agent
+
+    fallback = _assistant(values) if values["realtime.fallback"] == "assistant" else None
+    options: dict[str, Any] = {
+        "model": values["realtime.model"], "voice": values["realtime.voice"], "base_url": values["realtime.url"],
+        "api_version": values["realtime.api"], "transcript_dir": _path(values["recording.transcript_dir"]),
+        "fallback": fallback,
+    }
+    if values["agent.greeting"]:
+        options["greeting"] = values["agent.greeting"]
+    if values["agent.system_prompt"]:
+        options["instructions"] = values["agent.system_prompt"]
+    try:
+        return build_realtime_agent(**options)
+    except ProviderError as exc:
+        raise StartupError(f"cannot start the realtime agent: {exc}") from exc
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _prepare_admission(assistant: VoiceAssistant, server_config: ServerConfig, values: dict[str, Any]) -> None:
+    """Fixed lines, busy prompt and capacity estimate, all computed once before serving."""
+    from ..inference import OverloadGuard
+
+    trio.run(assistant.prepare)
+    if assistant.inference_limiter is not None and values["server.overload_ms"] is not None:
+        server_config.overloaded = OverloadGuard(assistant.inference_limiter,
+                                                 threshold=values["server.overload_ms"] / 1000)
+    if values["server.busy"] == "prompt":
+        server_config.busy_audio = trio.run(render_prompt, assistant.tts, values["server.busy_text"])
+    if values["server.estimate_capacity"]:
+        estimate = trio.run(estimate_capacity, assistant)
+        log.info(estimate.describe())
+        if estimate.calls < server_config.max_calls:
+            log.info("max calls lowered from %d to %d", server_config.max_calls, estimate.calls)
+            server_config.max_calls = estimate.calls
+
+
+@attrs.define
+class _MetricsObserver:
+    """Feeds the assistant's per-turn timings, barge-ins and provider errors into the metrics."""
+
+    metrics: Metrics
+
+    def on_turn(self, timings: TurnTimings) -> None:
+        self.metrics.observe_turn(timings.as_ms())
+
+    def on_barge_in(self, at: float, dropped_ms: int) -> None:
+        self.metrics.barge_ins.inc()
+
+    def on_provider_error(self, stage: str) -> None:
+        self.metrics.provider_errors.labels(stage=stage).inc()
+
+
+async def _serve_until_signalled(application: Application) -> None:
+    server, endpoint = application.server, application.endpoint
+    listeners = await server.listen()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_handle_signals, signals, server)
+            if endpoint is not None:
+                await nursery.start(endpoint.serve, application.metrics_host, application.metrics_port)
+            try:
+                await server.serve(listeners)
+            finally:
+                agent = application.agent
+                if isinstance(agent, VoiceAssistant):  # close the providers' connection pools
+                    with trio.CancelScope(shield=True):
+                        await agent.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _handle_signals(signals: AsyncIterator[int], server: Server) -> None:
+    count = 0
+    async for signum in signals:
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.info("%s received: draining (%.1fs); send it again to hang up at once",
+                     name, server.config.drain_timeout)
+            server.drain()
+        else:
+            log.info("%s received again: hanging up every call now", name)
+            server.hangup_all()
