@@ -212,6 +212,19 @@ class Call:
         """Stop talking now: drop queued agent audio; returns the ms dropped."""
         return self.playout.flush()
 
+    @property
+    def paused(self) -> bool:
+        """The agent's audio is held by :meth:`pause`."""
+        return self.playout.paused
+
+    def pause(self) -> None:
+        """Fall silent at the next tick but keep the queued audio (see :meth:`Playout.pause`)."""
+        self.playout.pause()
+
+    def resume(self, *, rewind_ms: int = 0) -> int:
+        """Play on after :meth:`pause`, first replaying the cut word; returns the ms replayed."""
+        return self.playout.resume(rewind_ms=rewind_ms)
+
     async def hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:
         """End the call politely: let queued audio finish (unless told not to), send the
         hangup frame, close. ``AudioSocket()`` then returns and the dialplan continues.

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from .agents.assistant.turns import DEFAULT_BACKCHANNELS, DEFAULT_HOLD_PHRASES
 from .errors import AudiosocketAIError
 
 ENV_PREFIX = "AUDIOSOCKET_AI_"
@@ -131,6 +132,34 @@ SETTINGS: tuple[Setting, ...] = (
        choices=("none", "exact", "int8")),
     _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
     _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
+    _s("turn", "resume", bool, True, "Pause at once when the caller's voice starts over the agent, then decide "
+       "from the words: an interruption flushes the answer; a backchannel (uh-huh, okay...), a noise, the agent's "
+       "own echo or a far quieter voice resumes it where it paused. false: any speech interrupts."),
+    _s("turn", "backchannels", list, list(DEFAULT_BACKCHANNELS), "Acknowledgements that are not a turn: said over "
+       "the agent they let it go on (kept in the transcript, marked backchannel)."),
+    _s("turn", "interrupt_min_words", int, 1, "Words other than backchannels that interrupt the agent.", minimum=1),
+    _s("turn", "interrupt_after_ms", int, 900, "Speech over the agent that lasts this long interrupts it without "
+       "waiting for its transcript.", minimum=100),
+    _s("turn", "decide_within_ms", int, 2500, "Longest the agent stays paused for a sound over its speech; with no "
+       "verdict by then it goes on.", minimum=200),
+    _s("turn", "rewind_ms", int, 600, "On resuming, replay at most this much of the answer (back to the word the "
+       "pause cut).", minimum=0),
+    _s("turn", "quick_end_ms", int, 240, "Silence after a complete phrase (by its transcript) that ends the "
+       "caller's turn, sooner than providers.endpointing_ms.", minimum=60),
+    _s("turn", "hesitation_ms", int, 1400, "Silence after an incomplete phrase (ending on 'for', 'and', 'the', "
+       "'um', a digit being read out...) before the turn ends anyway.", minimum=100),
+    _s("turn", "background_db", float, 14.0, "Speech this many dB quieter than the caller's usual level is "
+       "someone else (a TV, an office) and is not a turn.", minimum=3),
+    _s("turn", "hold_phrases", list, list(DEFAULT_HOLD_PHRASES), "Phrases that ask the agent to wait ('hold on', "
+       "'one moment', 'let me check').",),
+    _s("turn", "hold_wait", float, 120.0, "Seconds the agent waits after a hold request, without re-prompting or "
+       "hanging up.", minimum=0),
+    _s("turn", "hold_check_in", float, 45.0, "During a hold, a gentle check-in after this many seconds of "
+       "silence.", minimum=5),
+    _s("turn", "hold_ack", str, "Sure, take your time.", "What the agent says to a hold request."),
+    _s("turn", "hold_check_in_text", str, "No rush, I'm still here whenever you're ready.", "The check-in."),
+    _s("turn", "echo_cancel", bool, True, "Remove the agent's own voice echoed back by the line (speakerphones, "
+       "analog gateways) before listening, so it never interrupts itself."),
     _s("realtime", "model", str, "gpt-realtime", "OpenAI Realtime model, for `agent.name = \"realtime\"` "
        "(speech to speech; needs OPENAI_API_KEY).", flag="realtime_model"),
     _s("realtime", "voice", str, "marin", "Realtime voice.", flag="realtime_voice"),

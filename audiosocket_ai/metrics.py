@@ -42,6 +42,9 @@ class Metrics:
         self.inbound_dropped = Counter("audiosocket_inbound_frames_dropped",
                                        "Inbound frames dropped because the agent fell behind.", registry=r)
         self.barge_ins = Counter("audiosocket_barge_ins", "Times the caller interrupted the agent.", registry=r)
+        self.resumes = Counter("audiosocket_resumes", "Times the agent paused for a sound over its speech and "
+                               "went on, by what the sound was (backchannel, noise, echo, background, undecided).",
+                               ["verdict"], registry=r)
         self.provider_errors = Counter("audiosocket_provider_errors", "Provider failures, by stage.", ["stage"],
                                        registry=r)
         self.stage_latency = Histogram("audiosocket_stage_latency_seconds", "Latency of each pipeline stage.",

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import trio
 
-from .audio import FRAME_MS, Resampler, frame_bytes
+from .audio import FRAME_MS, Resampler, frame_bytes, rms_dbfs
 from .protocol.kinds import AUDIO_KIND_BY_RATE
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,10 @@ class Playout:
         queue space, which has no frame queued yet but must be silenced by a flush too."""
         self._utterances = 0  # open utterance() blocks
         self._utterance_playing = False  # ...and one of them has been heard since it opened
+        self._recent: collections.deque[tuple[Playback, bytes]] = collections.deque(maxlen=REWIND_FRAMES)
+        """The last frames played, so a resume can replay the word a pause cut."""
+        self.paused = False
+        """Paused (see :meth:`pause`): ticks send silence and the queue is kept."""
         self.closing = False
         self.rate = rate
         self.kind = AUDIO_KIND_BY_RATE[rate]
@@ -192,6 +196,7 @@ class Playout:
         self.silence_frames_sent = 0
         self.underruns = 0
         self.frames_flushed = 0
+        self.frames_rewound = 0
 
     # --- producer side -------------------------------------------------------------
 
@@ -248,10 +253,38 @@ class Playout:
         for handle in handles:
             handle._interrupt()
         self._open.clear()
+        self._recent.clear()
+        self.paused = False
         self._utterance_playing = False  # what follows a barge-in is silence on purpose
         self.frames_flushed += dropped
         self._notify_space()
         return dropped * FRAME_MS
+
+    def pause(self) -> None:
+        """Stop sending agent audio at the next tick but keep all of it (a possible barge-in).
+
+        Ticks send silence (not counted as underruns) until :meth:`resume` or
+        :meth:`flush`. Writers may keep queuing up to the usual bound.
+        """
+        self.paused = True
+
+    def resume(self, *, rewind_ms: int = 0) -> int:
+        """Play again after :meth:`pause`, first replaying up to ``rewind_ms`` of what was
+        heard just before it, back to the last quiet frame (the start of the cut word).
+
+        Only the playback that was playing is rewound, never into an earlier sentence.
+        Returns the milliseconds replayed.
+        """
+        self.paused = False
+        replay = _rewind_point(self._recent, rewind_ms // FRAME_MS)
+        for handle, frame in reversed(replay):
+            self._frames.appendleft((handle, frame))
+            handle.played_frames -= 1
+            self.agent_frames_sent -= 1
+        for _ in replay:
+            self._recent.pop()
+        self.frames_rewound += len(replay)
+        return len(replay) * FRAME_MS
 
     def stop_accepting(self) -> None:
         """The call is hanging up: what is queued still plays, new audio is discarded.
@@ -286,6 +319,9 @@ class Playout:
         else is queued, rather than held back until more audio comes — which may be never.
         """
         self.frames_sent += 1
+        if self.paused and not self.closing:
+            self.silence_frames_sent += 1
+            return self.silence
         if not self._frames:
             last = self._last
             if last is not None and last._partial and not last.closed:
@@ -293,6 +329,7 @@ class Playout:
         if self._frames:
             handle, frame = self._frames.popleft()
             handle._played(now)
+            self._recent.append((handle, frame))
             self.agent_frames_sent += 1
             if self._utterances:
                 self._utterance_playing = True
@@ -337,4 +374,37 @@ class Playout:
             self._space.unpark_all()
 
 
-__all__ = ["DEFAULT_MAX_AHEAD_MS", "Playback", "Playout"]
+def _rewind_point(recent: collections.deque[tuple[Playback, bytes]], most: int) -> list[tuple[Playback, bytes]]:
+    """The tail of ``recent`` to replay: at most ``most`` frames of the last playback (one
+    still in progress), starting after its quietest frame in that window — the gap
+    before the word that was cut — or the whole window if it was all loud."""
+    if most <= 0 or not recent:
+        return []
+    current = recent[-1][0]
+    if current.done:
+        return []  # that sentence had finished: resume at the next one
+    tail: list[tuple[Playback, bytes]] = []
+    for handle, frame in reversed(recent):
+        if handle is not current or len(tail) >= most:
+            break
+        tail.append((handle, frame))
+    tail.reverse()
+    if len(tail) <= 1:
+        return tail
+    levels = [rms_dbfs(frame) for _, frame in tail]
+    quiet = max(levels) - QUIET_DB
+    # the latest quiet frame before the last one (the last may be the cut word's start)
+    for index in range(len(tail) - 2, -1, -1):
+        if levels[index] <= quiet:
+            return tail[index + 1 :] if index + 1 < len(tail) else tail[-1:]
+    return tail
+
+
+REWIND_FRAMES = 40
+"""Frames of played audio kept for a rewind (800 ms)."""
+
+QUIET_DB = 20.0
+"""A frame this many dB below the window's loudest counts as a gap between words."""
+
+
+__all__ = ["DEFAULT_MAX_AHEAD_MS", "REWIND_FRAMES", "Playback", "Playout"]

@@ -129,6 +129,20 @@ class CallSurface(Protocol):
         """Stop talking now: drop queued agent audio; return the ms dropped."""
         ...
 
+    @property
+    def paused(self) -> bool:
+        """The agent's audio is held by :meth:`pause`."""
+        ...
+
+    def pause(self) -> None:
+        """Fall silent at the next tick but keep the queued audio (a possible interruption)."""
+        ...
+
+    def resume(self, *, rewind_ms: int = 0) -> int:
+        """Play on after :meth:`pause`, first replaying the cut word (up to ``rewind_ms``);
+        return the ms replayed."""
+        ...
+
     async def hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:
         """End the call politely (hangup frame, then close); the dialplan continues."""
         ...

@@ -232,6 +232,9 @@ class Recorder:
     def on_provider_error(self, stage: str) -> None:
         print(f"provider error: {stage}")
 
+    def on_resume(self, at: float, verdict: str) -> None:
+        pass
+
 
 async def serve(agent: VoiceAssistant, nursery: trio.Nursery) -> tuple[Server, int]:
     server = Server(lambda: agent, ServerConfig(host="127.0.0.1", port=0, max_calls=8))

@@ -70,6 +70,7 @@ from ..playout import Playback
 from ..recording import TranscriptWriter
 from ..surface import Agent, AgentFunction, CallSurface, as_agent_function
 from .heard import heard_words
+from .line_echo import EchoPath
 from .tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
 
 __all__ = ["DEFAULT_FAREWELL", "DEFAULT_RESUME", "DEFAULT_SHUTDOWN", "RealtimeAgent"]
@@ -114,6 +115,9 @@ class RealtimeAgent:
         farewell_timeout: seconds to wait for that last sentence.
         max_tool_rounds: consecutive tool rounds without the caller speaking, after which
             tool results are returned without asking for another response.
+        echo_cancel: remove the agent's own voice, echoed back by the line, from what the
+            engine and the local VAD hear (see agents/line_echo.py), so neither takes it
+            for the caller and interrupts the answer.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class RealtimeAgent:
         shutdown_instructions: str | None = DEFAULT_SHUTDOWN,
         farewell_timeout: float = 8.0,
         max_tool_rounds: int = 4,
+        echo_cancel: bool = True,
     ) -> None:
         if not engine.detects_turns and vad_factory is None:
             raise ValueError("an engine without turn detection (turn_detection=None) needs a vad_factory: "
@@ -151,6 +156,7 @@ class RealtimeAgent:
         self.shutdown_instructions = shutdown_instructions
         self.farewell_timeout = farewell_timeout
         self.max_tool_rounds = max_tool_rounds
+        self.echo_cancel = echo_cancel
 
     def __repr__(self) -> str:
         return f"RealtimeAgent({self.engine!r})"
@@ -340,6 +346,7 @@ class _RealtimeCall:
         to_vad: Resampler | None = None
         pending = bytearray()
         pending_ms = 0.0
+        echo = EchoPath.create(self.call) if agent.echo_cancel else None
         async for frame in self.call.audio():
             if frame.rate != rate or to_model is None:
                 rate = frame.rate
@@ -349,10 +356,11 @@ class _RealtimeCall:
                 # engine VAD's barge-in and end-of-turn decisions, so LQ it is.
                 to_model = Resampler(rate, self.engine.sample_rate, quality="LQ")
                 to_vad = Resampler(rate, vad.sample_rate, quality="LQ") if vad is not None else None
-            pending += to_model.process(frame.pcm)
+            heard = frame.pcm if echo is None else echo.near(frame.pcm, rate)
+            pending += to_model.process(heard)
             pending_ms += len(frame.pcm) / 2 / rate * 1000
             if vad is not None and to_vad is not None:
-                for vad_event in vad.feed(to_vad.process(frame.pcm)):
+                for vad_event in vad.feed(to_vad.process(heard)):
                     await self._on_local_vad(vad_event)
             # paced by the caller's clock (whatever the resampler's blocking): one append
             # per append_ms of caller audio

@@ -73,6 +73,7 @@ class OpenAIRealtimeAgent(RealtimeAgent):
         connect_timeout: float = 10.0,
         disconnect_timeout: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
+        echo_cancel: bool = True,
     ) -> None:
         engine = OpenAIRealtime(
             model=model, voice=voice, instructions=instructions, base_url=base_url, api_key=api_key,
@@ -86,7 +87,7 @@ class OpenAIRealtimeAgent(RealtimeAgent):
             reconnects=reconnects, append_ms=append_ms, vad_factory=vad_factory,
             farewell_instructions=farewell_instructions, resume_instructions=resume_instructions,
             shutdown_instructions=shutdown_instructions, farewell_timeout=farewell_timeout,
-            max_tool_rounds=max_tool_rounds,
+            max_tool_rounds=max_tool_rounds, echo_cancel=echo_cancel,
         )
 
     def __repr__(self) -> str:

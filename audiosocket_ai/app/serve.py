@@ -21,6 +21,7 @@ import trio
 
 from ..agents.assistant import AssistantSettings, TurnTimings, VoiceAssistant
 from ..agents.assistant.speech_cache import SpeechCache
+from ..agents.assistant.turns import TurnSettings
 from ..call import CallSettings
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
@@ -130,6 +131,7 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
     settings = AssistantSettings(
         barge_in=values["agent.barge_in"], reprompt_after=values["agent.reprompt_after"],
         transcript_dir=_path(values["recording.transcript_dir"]), recording_dir=_path(values["recording.record_dir"]),
+        endpointing_ms=float(values["providers.endpointing_ms"]), turn=turn_settings(values),
     )
     if values["agent.greeting"] is not None:
         settings.greeting = values["agent.greeting"] or None
@@ -161,7 +163,8 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
         stt_options=pooled(values["providers.stt"], {}),
         tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
         tts_fallback_options=piper(values["providers.tts_fallback"]),
-        vad_options={"end_ms": float(values["providers.endpointing_ms"])}, settings=settings,
+        vad_options={"end_ms": float(max(values["providers.endpointing_ms"], settings.turn.hesitation_ms))},
+        settings=settings,
     )
     try:
         return build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
@@ -169,6 +172,17 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
         raise StartupError(str(exc)) from exc
     except Exception as exc:
         raise StartupError(f"cannot start the assistant: {exc}") from exc
+
+
+def turn_settings(values: dict[str, Any]) -> TurnSettings:
+    """The ``[turn]`` section as :class:`TurnSettings`."""
+    fields = {name.split(".", 1)[1]: value for name, value in values.items() if name.startswith("turn.")}
+    for key in ("backchannels", "hold_phrases"):
+        fields[key] = tuple(str(x) for x in fields[key])
+    try:
+        return TurnSettings(**fields)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def _realtime(values: dict[str, Any]) -> AgentFunction:
@@ -179,7 +193,7 @@ def _realtime(values: dict[str, Any]) -> AgentFunction:
     options: dict[str, Any] = {
         "model": values["realtime.model"], "voice": values["realtime.voice"], "base_url": values["realtime.url"],
         "api_version": values["realtime.api"], "transcript_dir": _path(values["recording.transcript_dir"]),
-        "fallback": fallback,
+        "fallback": fallback, "echo_cancel": values["turn.echo_cancel"],
     }
     if values["agent.greeting"]:
         options["greeting"] = values["agent.greeting"]
@@ -227,6 +241,9 @@ class _MetricsObserver:
 
     def on_provider_error(self, stage: str) -> None:
         self.metrics.provider_errors.labels(stage=stage).inc()
+
+    def on_resume(self, at: float, verdict: str) -> None:
+        self.metrics.resumes.labels(verdict=verdict).inc()
 
 
 async def _serve_until_signalled(application: Application) -> None:

@@ -129,6 +129,8 @@ class RecordingObserver:
         self.barge_ins: list[tuple[float, int]] = []
         """(trio time, ms of queued speech cut) per barge-in."""
         self.errors: list[str] = []
+        self.resumes: list[tuple[float, str]] = []
+        """(trio time, what the sound was) per pause the agent went on after."""
 
     def on_turn(self, timings: TurnTimings) -> None:
         self.turns.append(timings)
@@ -138,3 +140,6 @@ class RecordingObserver:
 
     def on_provider_error(self, stage: str) -> None:
         self.errors.append(stage)
+
+    def on_resume(self, at: float, verdict: str) -> None:
+        self.resumes.append((at, verdict))

@@ -36,6 +36,9 @@ class _NoObserver:
     def on_provider_error(self, stage: str) -> None:
         pass
 
+    def on_resume(self, at: float, verdict: str) -> None:
+        pass
+
 
 class VoiceAssistant:
     """An agent that holds a spoken conversation with STT → LLM → TTS providers.

@@ -94,6 +94,8 @@ class UtteranceCapture:
         self._live_send, self._live_recv = trio.open_memory_channel[bytes](1500)  # 30 s of 20 ms
         self._speculation: Speculation | None = None
         self.speculations = 0
+        self.level_db: float | None = None
+        """The utterance's speech level (dBFS), set by the listener when it ends."""
         if self.streaming:
             self._forward(pre_roll)
 

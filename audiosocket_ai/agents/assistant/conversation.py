@@ -4,12 +4,23 @@
 
     Listener ──utterances──▶ converse: history += user → respond()
     respond: LLM (cancel-safe stream) → sentences → Speaker → call; tools at the end
-    barge-in: Listener.on_speech / on_key → interrupt(): flush the call + cancel the turn
+    barge-in: Listener.on_speech → pause the call → judge the words → interrupt() or resume
+              Listener.on_key → interrupt(): flush the call + cancel the turn
 
-Barge-in is a cancellation: the reply runs in a cancel scope that the listener cancels
-the same frame the VAD reports speech, right after flushing the call's audio. What the
-caller heard is then read from the playbacks' played counters, and only that goes into
-the history, marked interrupted.
+Barge-in is a cancellation: the reply runs in a cancel scope that is cancelled right after
+the call's audio is flushed. What the caller heard is then read from the playbacks' played
+counters, and only that goes into the history, marked interrupted.
+
+On a real line not every sound over the agent is an interruption. When the caller's voice
+starts while the agent talks, the call is *paused* at once (silent, nothing dropped) and
+the sound is judged (turns.py) when its transcript comes in: words with content interrupt;
+an "uh-huh", a cough, the agent's own echo or a far-away voice resume the answer where it
+paused, replaying the cut word. Speech that goes on past ``turn.interrupt_after_ms``
+interrupts without waiting for its words, and a pause never lasts more than
+``turn.decide_within_ms``: without a verdict by then, the answer goes on.
+
+"Hold on" (and the like) gets a short acknowledgement and time: no re-prompt and no
+hang-up for ``turn.hold_wait`` seconds, with a gentle check-in now and then.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from .sentences import SentenceSplitter
 from .settings import AssistantObserver, AssistantSettings, TurnTimings, Utterance
 from .speaking import Speaker, Spoken, single
 from .speech_cache import SpeechCache
+from .turns import Verdict, is_hold_request, judge_interruption
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,15 @@ class Parts(Protocol):
     observer: AssistantObserver
 
 
+@attrs.define(eq=False)
+class _Pause:
+    """The agent paused for a sound over its speech; the verdict is pending."""
+
+    onset: float
+    agent_text: str
+    decided: trio.Event = attrs.Factory(trio.Event)
+
+
 class Conversation:
     """One call's conversation with a :class:`~.assistant.VoiceAssistant` (its ``Parts``)."""
 
@@ -72,9 +93,13 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
+        self.resumes = 0
+        self._pause: _Pause | None = None
+        self._nursery: trio.Nursery | None = None
         self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
                                  agent_busy=lambda: self.agent_busy, on_speech=self._on_speech, on_key=self._on_key,
-                                 on_stt_error=lambda: assistant.observer.on_provider_error("stt"))
+                                 on_stt_error=lambda: assistant.observer.on_provider_error("stt"),
+                                 judge=self._judge)
         self.speaker = Speaker(call, tts=assistant.tts, speech_cache=assistant.speech_cache,
                                on_error=lambda: assistant.observer.on_provider_error("tts"))
 
@@ -87,6 +112,7 @@ class Conversation:
                                                call_started=call.started_at)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if settings.recording_dir is not None:
                     recorder = StereoRecorder(settings.recording_dir / f"{call.uuid}.wav", call)
                     await nursery.start(_run_recorder, recorder)
@@ -117,6 +143,7 @@ class Conversation:
 
     def interrupt(self, why: str) -> None:
         """Barge-in: silence the agent now and cancel the reply in progress."""
+        self._pause = None
         if not self.agent_busy:
             return
         dropped = self.call.flush()
@@ -127,10 +154,87 @@ class Conversation:
         self.a.observer.on_barge_in(trio.current_time(), dropped)
 
     def _on_speech(self) -> None:
-        if self.settings.barge_in == "on":
+        if self.settings.barge_in != "on":
+            if self.agent_busy:
+                log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
+            return
+        if not self.agent_busy:
+            return
+        onset = self.listener.onset_level_db
+        if onset is not None and self.listener.caller_level.db is not None and self.listener.is_background(onset):
+            log.debug("a voice %.0f dB below the caller's over the agent: not pausing",
+                      self.listener.caller_level.db - onset)
+            return
+        if not self.settings.turn.resume or self._nursery is None:
             self.interrupt("caller spoke")
-        elif self.agent_busy:
-            log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
+            return
+        if self._pause is not None:
+            return  # already paused for this stretch of sound
+        self.call.pause()
+        pause = self._pause = _Pause(trio.current_time(), self._agent_words())
+        log.debug("caller sound over the agent: paused, judging it")
+        self._nursery.start_soon(self._decide_in_time, pause)
+
+    def _agent_words(self) -> str:
+        """What the agent is saying around now (its echo would repeat it)."""
+        return " ".join(spoken.text for spoken in self.spoken[-3:])
+
+    def _judge(self, utterance: Utterance) -> bool:
+        """Listener's hook: True if ``utterance`` is not a turn (see module docstring)."""
+        pause, turn = self._pause, self.settings.turn
+        caller_db = self.listener.caller_level.db
+        if pause is None or utterance.end < pause.onset - 0.05:
+            level = utterance.level_db
+            if utterance.text and level is not None and caller_db is not None and self.listener.is_background(level):
+                log.info("ignored speech %.0f dB below the caller's: %s", caller_db - level, utterance.text)
+                return True
+            return False
+        verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
+                                     level_db=utterance.level_db, caller_db=caller_db)
+        pause.decided.set()
+        if verdict is Verdict.INTERRUPT:
+            self.interrupt("caller spoke")
+            return False
+        self._resume(pause, verdict.value)
+        if verdict is Verdict.BACKCHANNEL and self.transcript is not None:
+            end = utterance.timings.speech_end or utterance.end
+            self.transcript.write("caller", utterance.text, start=utterance.start, end=end, backchannel=True)
+        if utterance.text:
+            log.info("went on talking over %s: %s", verdict.value, utterance.text)
+        return True
+
+    def _resume(self, pause: _Pause, why: str) -> None:
+        if self._pause is not pause:
+            return
+        self._pause = None
+        pause.decided.set()
+        replayed = self.call.resume(rewind_ms=self.settings.turn.rewind_ms)
+        self.resumes += 1
+        log.info("resumed after a %s (paused %d ms, replayed %d ms)", why,
+                 (trio.current_time() - pause.onset) * 1000, replayed)
+        self.a.observer.on_resume(trio.current_time(), why)
+
+    async def _decide_in_time(self, pause: _Pause) -> None:
+        """Bound the pause: long speech interrupts; no verdict in time resumes."""
+        turn = self.settings.turn
+        with trio.move_on_at(pause.onset + turn.interrupt_after_ms / 1000):
+            await pause.decided.wait()
+            return
+        if self._pause is not pause:
+            return
+        if self.listener.caller_speaking and not self._quiet_voice():
+            pause.decided.set()
+            self.interrupt("caller kept talking")
+            return
+        with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
+            await pause.decided.wait()
+            return
+        self._resume(pause, "undecided")
+
+    def _quiet_voice(self) -> bool:
+        """The sound going on now is far quieter than the caller's usual voice."""
+        caller_db, now_db = self.listener.caller_level.db, self.listener.current_level_db
+        return caller_db is not None and now_db is not None and now_db < caller_db - self.settings.turn.background_db
 
     def _on_key(self, digit: str) -> None:
         if self.settings.barge_in in ("on", "dtmf"):
@@ -140,12 +244,20 @@ class Conversation:
 
     async def _converse(self) -> None:
         settings, listener = self.settings, self.listener
+        turn = settings.turn
         if settings.greeting:
             await self._say(settings.greeting)
         reprompts = 0
+        hold_until = 0.0  # the caller asked us to wait, until then
         while True:
             quiet_from = trio.current_time() + self.call.queued_ms / 1000  # when the agent's audio ends
-            utterance = await wait_for_utterance(listener, timeout=settings.reprompt_after, quiet_from=quiet_from)
+            holding = quiet_from < hold_until
+            timeout = min(turn.hold_check_in, hold_until - quiet_from) if holding else settings.reprompt_after
+            utterance = await wait_for_utterance(listener, timeout=timeout, quiet_from=quiet_from)
+            if utterance is None and holding:
+                if trio.current_time() < hold_until - 0.5:
+                    await self._say(turn.hold_check_in_text)  # a check-in, not a re-prompt
+                continue
             if utterance is None:
                 reprompts += 1
                 if reprompts > settings.max_reprompts:
@@ -155,6 +267,7 @@ class Conversation:
                 await self._say(settings.reprompt_text)
                 continue
             reprompts = 0
+            hold_until = 0.0
             held = utterance.speculation
             if held is not None and held.verdict.is_set() and not held.confirmed:
                 listener.release(held)
@@ -163,6 +276,18 @@ class Conversation:
                 log.info("ignoring speech over the agent (barge-in %s): %s", settings.barge_in, utterance.text)
                 continue
             self._settle_spoken()
+            if not utterance.is_dtmf and is_hold_request(utterance.text, turn.hold_phrases):
+                if held is not None:  # a tentative "hold on...": only if the caller stopped there
+                    await held.verdict.wait()
+                    listener.release(held)
+                    if not held.confirmed:
+                        continue
+                self.history.append(Message("user", utterance.text))
+                self._log_caller(utterance)
+                log.info("the caller asked to hold: waiting up to %.0f s", turn.hold_wait)
+                hold_until = trio.current_time() + turn.hold_wait
+                await self._say(turn.hold_ack)
+                continue
             mark = len(self.history)
             if utterance.is_dtmf:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))

@@ -2,9 +2,16 @@
 
 ::
 
-    call.audio() → resample → VAD ─┬─ SpeechStarted → on_speech (barge-in)
-                                   └─ utterance audio → capture → STT → Utterance
+    call.audio() → echo canceller → resample → VAD ─┬─ SpeechStarted → on_speech (pause/barge-in)
+                                                    └─ utterance audio → capture → STT ─▶ judge ─▶ Utterance
     call.dtmf()  → on_key (barge-in) → Utterance(is_dtmf)
+
+The echo canceller is fed the agent's own audio as the call sends it (an outbound tap) and
+removes it from what the line returns, so the agent does not hear itself. The end of a turn
+is decided here, from the VAD's trailing silence and the transcript of the speech so far
+(:class:`~.turns.EndOfTurn`): sooner after a complete phrase, later after an incomplete one.
+Every transcript goes to ``judge`` first, which may keep it from becoming a turn (a
+backchannel, a noise or an echo over the agent's speech, a voice in the background).
 
 A batch recognizer's speculative transcript at the caller's first pause becomes a
 *tentative* utterance (see capture.py): the conversation may prepare its reply while the
@@ -23,16 +30,25 @@ from collections.abc import Callable
 
 import trio
 
-from ...audio import Quality, Resampler
+from ...audio import Quality, Resampler, rms_dbfs
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...surface import CallSurface
+from ..line_echo import EchoPath
 from .capture import Speculation, UtteranceCapture, transcript_text
 from .settings import AssistantSettings, TurnTimings, Utterance
+from .turns import CallerLevel, EndOfTurn, incomplete_phrase
 
 log = logging.getLogger(__name__)
 
 __all__ = ["INBOUND_QUALITY", "Listener"]
+
+LEVEL_GATE_DB = 12.0
+"""Inside an utterance, audio this many dB below its voice counts as a pause for ending
+the turn, whatever the VAD says: the caller stopped and only the room goes on."""
+
+LEVEL_GATE_MIN_FRAMES = 15
+"""Frames of an utterance (300 ms) before its voice level is trusted for that."""
 
 INBOUND_QUALITY: Quality = "LQ"
 """soxr quality of the caller's audio on its way to the VAD and recognizer. soxr's HQ/MQ
@@ -53,11 +69,14 @@ class Listener:
         on_speech: the caller started talking (called the same frame the VAD says so).
         on_key: the caller pressed a key.
         on_stt_error: a transcription failed (for metrics).
+        judge: sees every transcript first (``""`` for speech with no words); returns True
+            to keep it from becoming a turn.
     """
 
     def __init__(self, call: CallSurface, *, stt: STT, vad_factory: VADFactory, settings: AssistantSettings,
                  agent_busy: Callable[[], bool], on_speech: Callable[[], None], on_key: Callable[[str], None],
-                 on_stt_error: Callable[[], None]) -> None:
+                 on_stt_error: Callable[[], None],
+                 judge: Callable[[Utterance], bool] | None = None) -> None:
         self.call = call
         self.stt = stt
         self.vad_factory = vad_factory
@@ -66,6 +85,15 @@ class Listener:
         self._on_speech = on_speech
         self._on_key = on_key
         self._on_stt_error = on_stt_error
+        self._judge = judge
+        self.end_of_turn = EndOfTurn(settings.turn, endpointing_ms=settings.endpointing_ms)
+        self.caller_level = CallerLevel()
+        """The caller's usual speech level, from their turns (tells a TV in the room apart)."""
+        self.echo = EchoPath.create(call) if settings.turn.echo_cancel else None
+        self.current_level_db: float | None = None
+        """The speech level of the last half second of the utterance in progress (dBFS)."""
+        self.onset_level_db: float | None = None
+        """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
         self.caller_speaking = False
         self.transcribing = 0
@@ -73,6 +101,8 @@ class Listener:
         """Last time a caller frame arrived while the agent was busy (for barge-in off)."""
         self.tentative: Utterance | None = None
         """The tentative utterance whose reply is being prepared, until released."""
+        self._offered: Utterance | None = None
+        """The last tentative utterance delivered (its transcript is final if confirmed)."""
         self.quiet_since = trio.current_time()
         """When the caller last stopped talking or being transcribed."""
         self.changed = trio.Event()
@@ -85,6 +115,11 @@ class Listener:
     def busy(self) -> bool:
         """The caller is talking, or what they said is being transcribed."""
         return self.caller_speaking or self.transcribing > 0
+
+    def is_background(self, level_db: float | None) -> bool:
+        """Speech at ``level_db`` is far quieter than the caller's usual voice (someone else)."""
+        caller = self.caller_level.db
+        return level_db is None or (caller is not None and level_db < caller - self.settings.turn.background_db)
 
     def release(self, speculation: Speculation) -> None:
         """The conversation is done with the tentative utterance of ``speculation``."""
@@ -129,21 +164,42 @@ class Listener:
         position = 0  # bytes of STT-rate audio fed so far
         capture: UtteranceCapture | None = None
         call_rate = call.rate
+        levels: list[float] = []  # the current utterance's frame levels (dBFS)
+        quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
         async with trio.open_nursery() as nursery:
             async for frame in call.audio():
                 if frame.rate != call_rate:
                     call_rate = frame.rate
                     to_stt = Resampler(call_rate, stt_rate, quality=INBOUND_QUALITY)
-                pcm = to_stt.process(frame.pcm)
+                heard = frame.pcm if self.echo is None else self.echo.near(frame.pcm, call_rate)
+                pcm = to_stt.process(heard)
                 position += len(pcm)
                 ring.add(pcm)
-                events = vad.feed(pcm if to_vad is None else to_vad.process(pcm))
+                events = list(vad.feed(pcm if to_vad is None else to_vad.process(pcm)))
                 if capture is not None:
+                    level = rms_dbfs(heard)
+                    levels.append(level)
+                    self.current_level_db = _speech_level(levels[-25:])
+                    # quiet for the turn's purposes: far below this utterance's voice (a TV
+                    # or an office behind the caller keeps a VAD in "speech" for ever)
+                    speech_db = _speech_level(levels) if len(levels) >= LEVEL_GATE_MIN_FRAMES else None
+                    if speech_db is not None and level < speech_db - LEVEL_GATE_DB:
+                        quiet_ms += len(heard) / 2 / call_rate * 1000
+                    else:
+                        quiet_ms = 0.0
                     # the silence count including this frame; on the frame that ends the
                     # utterance the VAD has left speech and its count reads 0, which is not
                     # "talking again": pass nothing then
                     ended = any(isinstance(event, SpeechEnded) for event in events)
-                    capture.add(pcm, trailing_silence_ms=None if ended else vad.trailing_silence_ms)
+                    vad_silence = vad.trailing_silence_ms
+                    silence = None if ended or vad_silence is None else max(vad_silence, quiet_ms)
+                    capture.add(pcm, trailing_silence_ms=silence)
+                    if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture)):
+                        # the transcript says the turn is over (or the hesitation lasted
+                        # long enough): end it here, and let the VAD start afresh
+                        vad.reset()
+                        log.debug("end of turn after %.0f ms of silence", silence)
+                        events.append(SpeechEnded(at_ms=position / 2 / stt_rate * 1000 - silence))
                 if self._agent_busy():
                     self.busy_until = trio.current_time()
                 for event in events:
@@ -151,6 +207,9 @@ class Listener:
                     # the event happened at_ms into the stream; we are `lag` s past that point
                     lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
+                        levels, quiet_ms = [], 0.0
+                        voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
+                        self.onset_level_db = rms_dbfs(voiced) if voiced else None
                         self.caller_speaking = True
                         self._changed()
                         self._on_speech()
@@ -167,6 +226,11 @@ class Listener:
                         self._speech_end = now - lag
                         self._endpoint_seen = now
                         capture.end()
+                        capture.level_db = _speech_level(levels)
+                        level_db = capture.level_db
+                        began_in_quiet = self.busy_until < self._capture_started  # not over the agent
+                        if level_db is not None and began_in_quiet and not self.is_background(level_db):
+                            self.caller_level.add(level_db)  # a turn of the caller's
                         if not capture.streaming:
                             nursery.start_soon(self._transcribe, capture, self._capture_started)
                         capture = None
@@ -177,17 +241,17 @@ class Listener:
     def _speculated(self, speculation: Speculation) -> None:
         """A transcript of the caller's pause is in: offer it as a tentative utterance."""
         text = speculation.text
-        if not text or self._agent_busy() or self.tentative is not None:
-            return
+        if not text or self._agent_busy() or self.tentative is not None or incomplete_phrase(text):
+            return  # (an unfinished phrase: the caller is probably not done)
         now = trio.current_time()
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
                               speculation=speculation)
         if self._deliver(utterance, "a tentative utterance"):
-            self.tentative = utterance
+            self.tentative = self._offered = utterance
             log.debug("preparing a reply during the pause to: %s", text)
 
     async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
-        held = self.tentative
+        held = self._offered
         if held is not None and capture.speculation is not None and held.speculation is capture.speculation:
             # its reply is already on its way (held until now): just complete its timings
             held.timings.speech_end = self._speech_end or trio.current_time()
@@ -215,11 +279,14 @@ class Listener:
         timings.speech_end = self._speech_end or timings.transcript
         if not timings.endpoint:
             timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
+        utterance = Utterance(text, started, timings.speech_end, timings, level_db=capture.level_db)
+        if self._judge is not None and self._judge(utterance):
+            return  # not a turn (the judge logged why)
         if not text:
             log.info("utterance had no words")
             return
         log.info("caller said: %s", text)
-        self._deliver(Utterance(text, started, timings.speech_end, timings), f"utterance {text!r}")
+        self._deliver(utterance, f"utterance {text!r}")
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -229,6 +296,23 @@ class Listener:
             now = trio.current_time()
             timings = TurnTimings(speech_end=now, endpoint=now, transcript=now)
             self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), f"key {digit}")
+
+
+def _pause_text(capture: UtteranceCapture) -> str | None:
+    """The transcript of the speech before this pause, if the speculation has it."""
+    speculation = capture.speculation
+    if speculation is None or not speculation.finished.is_set() or speculation.results is None:
+        return None
+    return speculation.text
+
+
+def _speech_level(levels: list[float]) -> float | None:
+    """An utterance's speech level: the mean of its loudest third of frames (dBFS)."""
+    loud = sorted((x for x in levels if x > -90.0), reverse=True)
+    if not loud:
+        return None
+    top = loud[: max(1, len(loud) // 3)]
+    return sum(top) / len(top)
 
 
 class _Ring:

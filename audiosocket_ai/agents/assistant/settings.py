@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 import attrs
 
 from .capture import Speculation
+from .turns import TurnSettings
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "AssistantObserver", "AssistantSettings", "BargeIn", "TurnTimings", "Utterance"]
 
@@ -53,6 +54,14 @@ class AssistantSettings:
     unheard, if the caller goes on). Hides the recognizer, the LLM's first token and the
     first sentence's synthesis behind the endpointing wait; costs a wasted LLM request
     (and perhaps one sentence of synthesis) each time a caller pauses mid-turn."""
+    endpointing_ms: float | None = None
+    """Turn ends decided from the transcript: the caller's turn ends this many ms into a
+    pause when no transcript is in yet, ``turn.quick_end_ms`` after a complete phrase, and
+    up to ``turn.hesitation_ms`` after an incomplete one. Give the VAD an end of speech of
+    ``turn.hesitation_ms``, as ``serve`` does, or hesitations are cut at the VAD's end.
+    None: the VAD's end of speech alone ends turns."""
+    turn: TurnSettings = attrs.Factory(TurnSettings)
+    """Interruptions, backchannels, hesitations, holds and line echo (see turns.py)."""
 
 
 @attrs.define
@@ -91,6 +100,8 @@ class Utterance:
     is_dtmf: bool = False
     speculation: Speculation | None = None
     """Set for a tentative utterance: its reply is held until the speculation is settled."""
+    level_db: float | None = None
+    """How loud the speech was (dBFS of its loudest third), if measured."""
 
 
 class AssistantObserver(Protocol):
@@ -104,3 +115,7 @@ class AssistantObserver(Protocol):
 
     def on_provider_error(self, stage: str) -> None:
         """A provider failed at ``stage`` ("stt", "llm", "tts"); the call carries on."""
+
+    def on_resume(self, at: float, verdict: str) -> None:
+        """The agent paused for a sound over its speech and went on: ``verdict`` says what
+        the sound was ("backchannel", "noise", "echo", "background", "undecided")."""

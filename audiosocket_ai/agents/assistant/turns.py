@@ -1,0 +1,265 @@
+"""Turn-taking on real lines: what counts as an interruption, and when a turn is over.
+
+Pure policy (no I/O, no clock of its own), used by the listener and the conversation:
+
+* :func:`judge_interruption` — the caller made a sound while the agent was talking, and the
+  agent paused. From the words (if any), how long it lasted, how loud it was against the
+  caller's usual level and whether the words are the agent's own (line echo), decide:
+  interrupt (flush and answer), or resume where it paused (a backchannel such as "uh-huh",
+  a cough, the TV, the agent's echo).
+* :class:`EndOfTurn` — the caller paused: end the turn now, or wait? A transcript that ends
+  in a complete phrase ends the turn sooner than the fixed endpointing silence; one that
+  stops on a preposition, conjunction, article or "um" waits longer (bounded).
+* :func:`is_hold_request` — "hold on", "one moment", "let me check": give them time.
+* :class:`CallerLevel` — the caller's speech level, learned from their confirmed turns,
+  against which quieter voices (a TV, an office) are told apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+__all__ = [
+    "DEFAULT_BACKCHANNELS",
+    "DEFAULT_HOLD_PHRASES",
+    "CallerLevel",
+    "EndOfTurn",
+    "TurnSettings",
+    "Verdict",
+    "incomplete_phrase",
+    "is_backchannel",
+    "is_hold_request",
+    "judge_interruption",
+    "words",
+]
+
+DEFAULT_BACKCHANNELS: tuple[str, ...] = (
+    "uh-huh", "uh huh", "mm-hmm", "mm hmm", "mhm", "mm", "hmm", "hm", "okay", "ok", "right", "yeah",
+    "yes", "yep", "yup", "sure", "i see", "got it", "alright", "all right", "cool", "great", "fine",
+    "ah", "oh", "oh okay", "okay okay", "uh", "um", "good", "nice", "thanks", "thank you", "of course",
+    "exactly", "indeed", "true", "really",
+)
+"""Acknowledgements that let the agent go on talking (matched on the whole utterance)."""
+
+DEFAULT_HOLD_PHRASES: tuple[str, ...] = (
+    "hold on", "hang on", "one moment", "one second", "one sec", "just a moment", "just a second",
+    "give me a moment", "give me a second", "give me a minute", "just a minute", "wait a moment",
+    "wait a second", "wait a minute", "let me check", "let me look", "let me find", "let me get",
+    "let me see", "bear with me", "hold the line", "a moment please", "moment please",
+)
+"""Phrases asking the agent to wait (matched anywhere in the utterance)."""
+
+_INCOMPLETE_ENDINGS = frozenset("""
+a an the my your his her its our their
+to for of with at by from into onto about than as via per
+and or but because if when while although though unless until whereas
+um uh er erm uhm
+i we he she they
+very
+""".split())
+"""Last words after which a phrase is not finished (a pause there is a hesitation)."""
+
+_NUMBER_WORDS = frozenset("""
+zero oh one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
+thousand double triple
+""".split())
+
+ECHO_BELOW_DB = 4.0
+"""Words repeating the agent's are its echo only if they are at least this much quieter
+than the caller's usual voice (when that is known): a caller may repeat the agent's words."""
+
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text``, punctuation dropped ("Uh-huh." -> ["uh-huh"])."""
+    return _WORD.findall(text.lower())
+
+
+def _normal(text: str) -> str:
+    return " ".join(words(text))
+
+
+def is_backchannel(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS) -> bool:
+    """The whole utterance is acknowledgements ("uh-huh", "okay, right", "yeah yeah")."""
+    phrase = _normal(text)
+    if not phrase:
+        return False
+    known = {_normal(b) for b in backchannels}
+    if phrase in known:
+        return True
+    # a short run of acknowledgements ("okay okay", "yeah right")
+    parts = phrase.split()
+    return len(parts) <= 4 and all(part in known for part in parts)
+
+
+def is_hold_request(text: str, phrases: tuple[str, ...] = DEFAULT_HOLD_PHRASES) -> bool:
+    """The caller asks the agent to wait ("hold on, let me find my card")."""
+    phrase = f" {_normal(text)} "
+    return any(f" {_normal(p)} " in phrase for p in phrases)
+
+
+def incomplete_phrase(text: str) -> bool:
+    """The transcript stops mid-phrase: on a function word, a filler, a trailing comma or
+    ellipsis, or a number still being read out ("my card number is four one")."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped.endswith("?"):
+        return False
+    if stripped.endswith((",", "...", "…", "-", "—", ";", ":")):
+        return True
+    tail = words(stripped)
+    if not tail:
+        return False
+    last = tail[-1]
+    if last in _INCOMPLETE_ENDINGS:
+        return True
+    # digits being read one by one: more may come after the pause
+    return last in _NUMBER_WORDS and len(tail) >= 2 and tail[-2] in _NUMBER_WORDS
+
+
+class Verdict(enum.StrEnum):
+    """What a sound made over the agent's speech was."""
+
+    INTERRUPT = "interrupt"
+    """The caller wants the floor: stop and answer them."""
+    BACKCHANNEL = "backchannel"
+    """An acknowledgement: go on talking (it is kept in the transcript)."""
+    NOISE = "noise"
+    """No words (a cough, a click, breath, line noise): go on talking."""
+    ECHO = "echo"
+    """The agent's own words coming back on the line: go on talking."""
+    BACKGROUND = "background"
+    """Voices much quieter than the caller (a TV, an office): go on talking."""
+
+
+@attrs.define(kw_only=True)
+class TurnSettings:
+    """How the assistant takes turns on a real line (the ``[turn]`` configuration section)."""
+
+    resume: bool = True
+    """Pause at the caller's first sound and decide from evidence; resume the answer after
+    a backchannel, a noise or an echo. False: any speech over the agent interrupts it."""
+    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
+    interrupt_min_words: int = 1
+    """Words (not acknowledgements) that make an interruption."""
+    interrupt_after_ms: int = 900
+    """Speech over the agent that lasts this long interrupts without waiting for its words."""
+    decide_within_ms: int = 2500
+    """Longest the agent stays paused waiting for the evidence; then it resumes."""
+    rewind_ms: int = 600
+    """At most this much of the answer is replayed on resuming (back to the cut word)."""
+    background_db: float = 14.0
+    """Speech this many dB quieter than the caller's usual level is someone else (TV, office)."""
+    quick_end_ms: int = 240
+    """Silence after a complete phrase that ends the turn (when the transcript is in)."""
+    hesitation_ms: int = 1400
+    """Silence after an incomplete phrase ("for...", "and um") before the turn ends anyway."""
+    hold_phrases: tuple[str, ...] = DEFAULT_HOLD_PHRASES
+    hold_wait: float = 120.0
+    """Seconds the agent waits, without re-prompting or hanging up, after "hold on"."""
+    hold_check_in: float = 45.0
+    """During a hold, a gentle check-in after this many seconds of silence."""
+    hold_ack: str = "Sure, take your time."
+    hold_check_in_text: str = "No rush, I'm still here whenever you're ready."
+    echo_cancel: bool = True
+    """Remove the agent's own voice echoed back by the line before listening."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("interrupt_after_ms", "decide_within_ms", "quick_end_ms", "hesitation_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"turn.{name} must be positive")
+        if self.rewind_ms < 0 or self.interrupt_min_words < 1:
+            raise ValueError("turn.rewind_ms must be >= 0 and turn.interrupt_min_words >= 1")
+        if self.hold_wait < 0 or self.hold_check_in <= 0:
+            raise ValueError("turn.hold_wait must be >= 0 and turn.hold_check_in > 0")
+
+
+def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "",
+                       level_db: float | None = None, caller_db: float | None = None) -> Verdict:
+    """Decide what a sound over the agent's speech was, from its transcript ``text``.
+
+    Args:
+        text: what the recognizer heard ("" for no words).
+        agent_text: what the agent was saying around then (its own echo repeats it).
+        level_db: the sound's speech level (dBFS), if measured.
+        caller_db: the caller's usual level (dBFS), if known yet.
+    """
+    said = words(text)
+    if not said:
+        return Verdict.NOISE
+    if is_backchannel(text, settings.backchannels):
+        return Verdict.BACKCHANNEL
+    if level_db is not None and caller_db is not None and level_db < caller_db - settings.background_db:
+        return Verdict.BACKGROUND
+    louder_than_echo = level_db is not None and caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB
+    if agent_text and not louder_than_echo and _echoes(said, words(agent_text)):
+        return Verdict.ECHO
+    content = [w for w in said if _normal(w) not in {_normal(b) for b in settings.backchannels}]
+    if len(content) < settings.interrupt_min_words:
+        return Verdict.BACKCHANNEL
+    return Verdict.INTERRUPT
+
+
+def _echoes(said: list[str], agent: list[str]) -> bool:
+    """The words heard are a stretch of what the agent was saying (its echo): at least two
+    words, found in order in the agent's text with at most one word misheard."""
+    if len(said) < 2 or not agent:
+        return False
+    allowed = 0 if len(said) < 4 else 1
+    for start in range(len(agent) - len(said) + 1):
+        misses = sum(1 for a, b in zip(said, agent[start : start + len(said)], strict=True) if a != b)
+        if misses <= allowed:
+            return True
+    return False
+
+
+class EndOfTurn:
+    """When the caller's pause ends their turn.
+
+    ``decide(silence_ms, text)`` is asked at every frame of a pause: ``text`` is the
+    transcript of the speech so far if one is in (None otherwise). After a complete phrase
+    the turn ends at ``quick_end_ms``; after an incomplete one the pause may last up to
+    ``hesitation_ms``; without a transcript, at ``endpointing_ms``. With ``endpointing_ms``
+    None the VAD alone decides (its own end of speech always ends the turn).
+    """
+
+    def __init__(self, settings: TurnSettings, *, endpointing_ms: float | None) -> None:
+        self.settings = settings
+        self.endpointing_ms = endpointing_ms
+
+    def decide(self, silence_ms: float, text: str | None) -> bool:
+        usual = self.endpointing_ms
+        if silence_ms <= 0 or usual is None:
+            return False
+        if text is None or not words(text):
+            return silence_ms >= usual
+        if incomplete_phrase(text):
+            return silence_ms >= self.settings.hesitation_ms
+        return silence_ms >= min(usual, self.settings.quick_end_ms)
+
+
+class CallerLevel:
+    """The caller's speech level in dBFS: a running median-ish estimate over their turns."""
+
+    def __init__(self) -> None:
+        self._levels: list[float] = []
+
+    @property
+    def db(self) -> float | None:
+        """The estimate, or None before the caller's first turn."""
+        if not self._levels:
+            return None
+        ordered = sorted(self._levels)
+        return ordered[len(ordered) // 2]
+
+    def add(self, level_db: float) -> None:
+        """One confirmed caller turn's speech level."""
+        if level_db > -90.0:
+            self._levels.append(level_db)
+            del self._levels[:-15]  # the last 15 turns

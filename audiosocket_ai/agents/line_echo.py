@@ -1,0 +1,104 @@
+"""Line echo: the agent's own voice, as the call sent it, removed from what the line returns.
+
+Speakerphones, car kits and analog gateways without echo cancellation send the agent's
+voice back ~20-300 ms later; Asterisk cancels no echo on SIP calls. An :class:`EchoPath`
+taps the call's outbound audio (the reference) and cleans each inbound frame with
+:class:`audiosocket_ai.echo.EchoCanceller` before any VAD, recognizer or model hears it.
+Used by the voice assistant's listener and the Realtime agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..surface import CallSurface
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EchoPath"]
+
+
+class EchoPath:
+    """The agent's own audio, as sent, removed from what the caller's line returns.
+
+    The canceller works on whole 20 ms frames; frames of other sizes (a short last frame,
+    another packetization) are regrouped, so the caller's audio may come out up to one
+    frame later. If the canceller fails, the call goes on without it (logged once).
+    """
+
+    def __init__(self, canceller_type: Callable[[int], Any]) -> None:
+        self._make = canceller_type
+        self._canceller: Any = None
+        self._rate = 0
+        self._size = 0
+        self._near = bytearray()
+        self._far = bytearray()
+        self.failed = False
+
+    @classmethod
+    def create(cls, call: CallSurface) -> EchoPath | None:
+        try:
+            from ..echo import EchoCanceller
+        except ImportError as exc:  # an optional wheel missing: listen without it
+            log.warning("echo cancellation unavailable (%s); the agent may hear itself on echoing lines", exc)
+            return None
+        path = cls(EchoCanceller)
+        call.add_tap(path)
+        return path
+
+    def _at(self, rate: int) -> Any:
+        if rate != self._rate:
+            self._canceller = self._make(rate)
+            self._rate = rate
+            self._size = rate // 50 * 2
+            self._near.clear()
+            self._far.clear()
+        return self._canceller
+
+    def _fail(self, exc: Exception) -> None:
+        self.failed = True
+        log.error("echo cancellation failed (%s); going on without it for this call", exc)
+
+    # AudioTap
+    def on_inbound(self, pcm: bytes, rate: int) -> None:
+        pass
+
+    def on_outbound(self, pcm: bytes, rate: int) -> None:
+        if self.failed:
+            return
+        try:
+            canceller = self._at(rate)
+            if len(pcm) == self._size and not self._far:
+                canceller.far(pcm)
+                return
+            self._far += pcm
+            while len(self._far) >= self._size:
+                canceller.far(bytes(self._far[: self._size]))
+                del self._far[: self._size]
+        except Exception as exc:
+            self._fail(exc)
+
+    def near(self, pcm: bytes, rate: int) -> bytes:
+        """``pcm`` without the echo (whole frames; a remainder waits for the next call)."""
+        if self.failed:
+            return pcm
+        try:
+            canceller = self._at(rate)
+            if len(pcm) == self._size and not self._near:
+                return bytes(canceller.near(pcm))
+        except Exception as exc:
+            self._fail(exc)
+            return pcm
+        self._near += pcm
+        out = bytearray()
+        try:
+            while len(self._near) >= self._size:
+                out += canceller.near(bytes(self._near[: self._size]))
+                del self._near[: self._size]
+        except Exception as exc:
+            self._fail(exc)
+            out += self._near
+            self._near.clear()
+        return bytes(out)

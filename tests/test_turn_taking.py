@@ -1,0 +1,419 @@
+"""Turn-taking on real lines: pause and judge, resume after backchannels and noise, hold on,
+hesitations and quick ends — policy units, then whole calls in memory on a virtual clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import audiosocket_ai as asa
+from audiosocket_ai.agents.assistant import AssistantSettings, VoiceAssistant
+from audiosocket_ai.agents.assistant.turns import (
+    CallerLevel,
+    EndOfTurn,
+    TurnSettings,
+    Verdict,
+    incomplete_phrase,
+    is_backchannel,
+    is_hold_request,
+    judge_interruption,
+)
+from audiosocket_ai.playout import Playout
+from audiosocket_ai.protocol import Audio
+from audiosocket_ai.server import Server, ServerConfig
+from audiosocket_ai.surface import as_agent_function
+from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
+
+# --- the policy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I'd like to book an appointment for", True),
+    ("I want to pay my bill and", True),
+    ("Can I speak to the, um", True),
+    ("my card number is four one", True),
+    ("Well,", True),
+    ("What time do you open?", False),
+    ("What time is it", False),
+    ("I want to pay my bill.", False),
+    ("Yes I do", False),
+    ("thank you", False),
+    ("", False),
+])
+def test_incomplete_phrases_are_those_that_stop_mid_phrase(text: str, expected: bool) -> None:
+    assert incomplete_phrase(text) is expected
+
+
+def test_backchannels_and_hold_requests_are_recognised_whole() -> None:
+    for text in ("Uh-huh.", "mm-hmm", "Okay.", "Okay, okay.", "Yeah right", "I see.", "Sure!"):
+        assert is_backchannel(text), text
+    for text in ("Okay, but what about Sunday?", "yes I want to cancel", "", "stop"):
+        assert not is_backchannel(text), text
+    for text in ("Hold on, let me find my card.", "One moment please", "Let me check.", "hang on a sec"):
+        assert is_hold_request(text), text
+    for text in ("I'd like to check my balance", "the moment I called", "hold"):
+        assert not is_hold_request(text), text
+
+
+def test_the_judge_tells_interruptions_from_backchannels_noise_echo_and_background() -> None:
+    turn = TurnSettings()
+    agent = "We are open from nine to five, Monday to Friday."
+    assert judge_interruption("", settings=turn) is Verdict.NOISE
+    assert judge_interruption("Uh-huh.", settings=turn, agent_text=agent) is Verdict.BACKCHANNEL
+    assert judge_interruption("Stop.", settings=turn, agent_text=agent) is Verdict.INTERRUPT
+    assert judge_interruption("What about Sunday?", settings=turn, agent_text=agent) is Verdict.INTERRUPT
+    assert judge_interruption("open from nine to five", settings=turn, agent_text=agent) is Verdict.ECHO
+    assert judge_interruption("open from mine to five", settings=turn, agent_text=agent) is Verdict.ECHO
+    assert judge_interruption("Monday to Friday", settings=turn, agent_text=agent, level_db=-23.0,
+                              caller_db=-22.0) is Verdict.INTERRUPT, "the caller repeating the agent's words"
+    assert judge_interruption("Friday to Monday", settings=turn, agent_text=agent) is Verdict.INTERRUPT
+    assert judge_interruption("What about Sunday?", settings=turn, level_db=-45.0, caller_db=-22.0) is \
+        Verdict.BACKGROUND
+    assert judge_interruption("What about Sunday?", settings=turn, level_db=-30.0, caller_db=-22.0) is \
+        Verdict.INTERRUPT
+    strict = TurnSettings(interrupt_min_words=3)
+    assert judge_interruption("okay wait", settings=strict) is Verdict.BACKCHANNEL
+
+
+def test_end_of_turn_is_quick_after_a_complete_phrase_and_patient_after_an_incomplete_one() -> None:
+    turn = TurnSettings(quick_end_ms=240, hesitation_ms=1400)
+    eot = EndOfTurn(turn, endpointing_ms=400)
+    assert not eot.decide(200, "What time do you open?") and eot.decide(240, "What time do you open?")
+    assert not eot.decide(1000, "I'd like to book a table for") and eot.decide(1400, "I'd like to book a table for")
+    assert not eot.decide(380, None) and eot.decide(400, None)  # no transcript yet: the usual silence
+    assert not eot.decide(0, "Hello.")
+    vad_decides = EndOfTurn(turn, endpointing_ms=None)
+    assert not vad_decides.decide(5000, None) and not vad_decides.decide(5000, "Hello.")
+
+
+def test_turn_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="quick_end_ms"):
+        TurnSettings(quick_end_ms=0)
+    with pytest.raises(ValueError, match="hold_wait"):
+        TurnSettings(hold_wait=-1)
+
+
+def test_caller_level_is_a_median_of_recent_turns() -> None:
+    level = CallerLevel()
+    assert level.db is None
+    for db in (-20.0, -22.0, -60.0, -21.0, -float("inf")):
+        level.add(db)
+    assert level.db == -21.0
+
+
+# --- pause and resume in the playout -----------------------------------------------------
+
+
+def _frames(*levels: int) -> bytes:
+    """One 20 ms frame at 8 kHz per level (a square wave of that amplitude)."""
+    return b"".join((level.to_bytes(2, "little", signed=True) + (-level).to_bytes(2, "little", signed=True)) * 80
+                    for level in levels)
+
+
+async def test_a_paused_playout_sends_silence_keeps_its_audio_and_resumes_at_the_cut_word() -> None:
+    playout = Playout(rate=8000, max_ahead_ms=2000)
+    playback = playout.open()
+    # word, gap, word (the pause lands in the second word's third frame)
+    await playback.write(_frames(8000, 8000, 8000, 10, 10, 8000, 8000, 8000, 8000, 8000, 8000))
+    played = [playout.next_frame(0.0) for _ in range(8)]
+    assert all(frame is not playout.silence for frame in played)
+    playout.pause()
+    assert [playout.next_frame(0.0) for _ in range(5)] == [playout.silence] * 5
+    assert playback.played_frames == 8 and playout.underruns == 0 and playout.queued_ms == 60
+    replayed = playout.resume(rewind_ms=600)
+    assert replayed == 60, "back to the frame after the gap: the cut word's start"
+    assert playback.played_frames == 5
+    rest = [playout.next_frame(0.0) for _ in range(6)]
+    assert rest == [played[5], played[6], played[7]] + [_frames(8000)] * 3
+    assert playback.played_frames == 11 and not playout.speaking
+
+
+async def test_resume_never_rewinds_into_a_finished_sentence_and_flush_ends_a_pause() -> None:
+    playout = Playout(rate=8000)
+    first = playout.open()
+    await first.write(_frames(8000, 8000))
+    first.close()
+    second = playout.open()
+    await second.write(_frames(9000, 9000))
+    for _ in range(2):
+        playout.next_frame(0.0)
+    playout.pause()
+    assert playout.resume(rewind_ms=600) == 0, "the first sentence was done: nothing to replay"
+    playout.pause()
+    assert playout.flush() == 40 and not playout.paused
+    assert second.interrupted and second.played_frames == 0
+
+
+# --- whole calls, in memory, on a virtual clock -------------------------------------------
+
+
+def speech(ms: int, rate: int = 8000) -> bytes:
+    """The caller 'talking': a loud tone the EnergyVad calls speech."""
+    return asa.tone_pcm(300, ms, rate, amplitude=0.5)
+
+
+class _Observer(RecordingObserver):
+    pass
+
+
+def assistant(llm: ScriptedLLM, stt: ScriptedSTT, *, tts: ToneTTS | None = None, vad_end_ms: float = 200.0,
+              **settings: Any) -> tuple[VoiceAssistant, _Observer, ToneTTS]:
+    observer = _Observer()
+    tts = tts or ToneTTS(ms_per_char=40)
+    settings.setdefault("turn", TurnSettings(echo_cancel=False))
+    agent = VoiceAssistant(
+        stt=stt, llm=llm, tts=tts, vad_factory=lambda: EnergyVad(end_ms=vad_end_ms),
+        settings=AssistantSettings(**{"greeting": None, "reprompt_after": None, **settings}), observer=observer)
+    return agent, observer, tts
+
+
+Dial = Callable[[], AbstractAsyncContextManager[FakeAsterisk]]
+
+
+@asynccontextmanager
+async def in_memory(agent: VoiceAssistant) -> AsyncIterator[Dial]:
+    """The agent behind a server reached over in-memory streams."""
+    server = Server(lambda: as_agent_function(agent), ServerConfig(host="127.0.0.1", port=0))
+    async with trio.open_nursery() as nursery:
+
+        @asynccontextmanager
+        async def dial() -> AsyncIterator[FakeAsterisk]:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(server.handle_connection, theirs)
+            async with FakeAsterisk(ours) as pbx:
+                yield pbx
+
+        yield dial
+        nursery.cancel_scope.cancel()
+
+
+def audible_ms(pbx: FakeAsterisk, since: float = 0.0) -> int:
+    return 20 * sum(1 for item in pbx.received
+                    if isinstance(item.message, Audio) and item.t >= since and any(item.message.pcm))
+
+
+def agent_talking(pbx: FakeAsterisk) -> bool:
+    """The last frame received carried the agent's voice."""
+    last = pbx.received[-1].message if pbx.received else None
+    return isinstance(last, Audio) and any(last.pcm)
+
+
+async def talk_until(pbx: FakeAsterisk, until: Callable[[], bool], limit: float = 60.0) -> None:
+    """Keep the line open with silence (as a phone does) until ``until()`` or a hangup."""
+    with trio.fail_after(limit):
+        while not until() and not (pbx.server_hung_up or pbx.server_closed):
+            try:
+                await pbx.send_silence(100)
+            except trio.BrokenResourceError:
+                return  # hung up while we sent
+
+
+ANSWER = "This answer is rather long. It keeps going for several seconds. Nobody wants to lose any of it."
+
+
+@pytest.mark.parametrize(("overlap", "verdict", "amplitude"), [
+    ("uh-huh", "backchannel", 0.5), ("", "noise", 0.5),
+    ("keeps going for several", "echo", 0.2),  # the agent's own words, 8 dB below the caller's voice
+])
+async def test_a_backchannel_a_noise_or_an_echo_over_the_answer_pauses_it_and_it_resumes_whole(
+        autojump_clock: trio.abc.Clock, tmp_path: Path, overlap: str, verdict: str, amplitude: float) -> None:
+    llm = ScriptedLLM([[ANSWER]])
+    agent, observer, tts = assistant(llm, ScriptedSTT(["tell me a story", overlap]), transcript_dir=tmp_path)
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1200)
+        sound_at = trio.current_time()
+        await pbx.send_audio(asa.tone_pcm(300, 300, 8000, amplitude=amplitude))
+        await talk_until(pbx, lambda: bool(observer.resumes))
+        await talk_until(pbx, lambda: len(observer.turns) == 1 and not agent_talking(pbx))
+        await pbx.send_silence(500)
+    assert [v for _, v in observer.resumes] == [verdict] and not observer.barge_ins
+    assert len(llm.histories) == 1, "nothing but the question was answered"
+    resumed_at = observer.resumes[0][0]
+    assert resumed_at - (sound_at + 0.3) < 0.6, "the answer went on within 600 ms of the sound's end"
+    full_ms = tts.duration_ms("This answer is rather long.") + tts.duration_ms("It keeps going for several seconds.") \
+        + tts.duration_ms("Nobody wants to lose any of it.")
+    assert audible_ms(pbx) >= full_ms - 40, "every word of the answer was heard"
+    lines = [json.loads(x) for x in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    agent_lines = [x for x in lines if x["who"] == "agent"]
+    assert [(x["text"], x["interrupted"]) for x in agent_lines] == [(ANSWER, False)]
+    backchannels = [x["text"] for x in lines if x.get("backchannel")]
+    assert backchannels == (["uh-huh"] if verdict == "backchannel" else [])
+
+
+async def test_words_with_content_over_the_answer_interrupt_it(autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([[ANSWER], ["Sure."]])
+    agent, observer, _ = assistant(llm, ScriptedSTT(["tell me a story", "stop, what about Sunday"]))
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        onset = trio.current_time()
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: len(llm.histories) == 2)
+        silent_from = _silent_from(pbx, onset)
+    assert observer.barge_ins and not observer.resumes
+    assert silent_from - onset <= 0.4, "silent within 400 ms of the speech onset"
+    cut = llm.histories[1][2]
+    assert cut.role == "assistant" and cut.interrupted and ANSWER.startswith(cut.content) and cut.content
+    assert llm.histories[1][3].content == "stop, what about Sunday"
+
+
+async def test_speech_that_goes_on_interrupts_before_its_words_are_in(autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([[ANSWER], ["Sure."]])
+    stt = ScriptedSTT(["tell me a story", "I said I want to talk about my bill right now please"])
+    agent, observer, _ = assistant(llm, stt, turn=TurnSettings(interrupt_after_ms=900, echo_cancel=False))
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        onset = trio.current_time()
+        await pbx.send_audio(speech(2000))
+        await talk_until(pbx, lambda: len(llm.histories) == 2)
+    (at, _), = observer.barge_ins
+    assert 0.9 <= at - onset < 1.1, "interrupted at interrupt_after_ms, while the caller still talked"
+    assert not observer.resumes
+
+
+async def test_turn_resume_off_interrupts_at_the_first_sound(autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([[ANSWER], ["Sure."]])
+    agent, observer, _ = assistant(llm, ScriptedSTT(["tell me a story", "uh-huh"]),
+                                   turn=TurnSettings(resume=False, echo_cancel=False))
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        await pbx.send_audio(speech(300))
+        await talk_until(pbx, lambda: len(llm.histories) == 2)
+    assert observer.barge_ins and not observer.resumes
+
+
+def agent_lines(transcripts: Path) -> list[str]:
+    lines = [json.loads(x) for x in next(transcripts.glob("*.jsonl")).read_text().splitlines()]
+    return [x["text"] for x in lines if x["who"] == "agent"]
+
+
+async def test_a_caller_who_asks_to_hold_gets_time_and_check_ins_not_reprompts(
+        autojump_clock: trio.abc.Clock, tmp_path: Path) -> None:
+    llm = ScriptedLLM([["Thanks, I have it."]])
+    stt = ScriptedSTT(["Hold on, let me find my card.", "Okay, here it is."])
+    turn = TurnSettings(hold_wait=30.0, hold_check_in=12.0, echo_cancel=False)
+    agent, observer, tts = assistant(llm, stt, reprompt_after=4.0, max_reprompts=1, turn=turn,
+                                     transcript_dir=tmp_path)
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(600))
+        asked_at = trio.current_time()
+        await talk_until(pbx, lambda: trio.current_time() - asked_at > 30)
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: len(llm.histories) == 1)
+        await pbx.send_silence(2000)
+        assert not pbx.server_hung_up
+    assert agent_lines(tmp_path) == [turn.hold_ack, turn.hold_check_in_text, turn.hold_check_in_text,
+                                     "Thanks, I have it."], "check-ins during the hold; no re-prompt, no goodbye"
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == [
+        "Hold on, let me find my card.", "Okay, here it is."]
+
+
+async def test_after_the_hold_wait_the_usual_reprompts_come_back(autojump_clock: trio.abc.Clock,
+                                                                 tmp_path: Path) -> None:
+    stt = ScriptedSTT(["one moment please"])
+    turn = TurnSettings(hold_wait=10.0, hold_check_in=30.0, echo_cancel=False)
+    agent, _, tts = assistant(ScriptedLLM([]), stt, reprompt_after=4.0, max_reprompts=1, turn=turn,
+                              transcript_dir=tmp_path)
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: pbx.server_hung_up or pbx.server_closed)
+        asked_at = trio.current_time()
+    assert agent_lines(tmp_path) == [turn.hold_ack, "Are you still there?", AssistantSettings().goodbye_text]
+    assert asked_at > 10.0, "not before the hold wait was over"
+
+
+async def test_a_hesitation_after_an_incomplete_phrase_is_not_the_end_of_the_turn(
+        autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([["Tuesday works."]])
+    stt = ScriptedSTT(["I'd like to book an appointment for", "I'd like to book an appointment for next Tuesday."],
+                      delay=0.05)
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(1200))
+        await pbx.send_silence(700)  # "...for" — a 700 ms hesitation
+        await pbx.send_audio(speech(500))
+        finished = trio.current_time()
+        await talk_until(pbx, lambda: len(observer.turns) == 1)
+        await pbx.send_silence(400)
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == [
+        "I'd like to book an appointment for next Tuesday."]
+    assert audible_ms(pbx) > 0 and min(_audible_times(pbx)) > finished, "no agent speech over the caller"
+
+
+async def test_a_complete_question_ends_the_turn_sooner_than_the_usual_silence(
+        autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([["We open at nine."]])
+    stt = ScriptedSTT(["What time do you open?"], delay=0.05)
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(800))
+        await talk_until(pbx, lambda: len(observer.turns) == 1)
+    timings = observer.turns[0]
+    assert timings.endpoint - timings.speech_end < 0.3, timings.as_ms()
+
+
+def _audible_times(pbx: FakeAsterisk) -> list[float]:
+    return [item.t for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm)]
+
+
+def _silent_from(pbx: FakeAsterisk, since: float) -> float:
+    """When the agent's audio stopped after ``since`` (the first silent frame after it)."""
+    for item in pbx.received:
+        if item.t >= since and isinstance(item.message, Audio) and not any(item.message.pcm):
+            return item.t
+    return float("inf")
+
+
+def quiet_voice(ms: int, amplitude: float = 0.03) -> bytes:
+    """Someone else in the room: a voice ~24 dB below the caller's (a TV, an office)."""
+    return asa.tone_pcm(420, ms, 8000, amplitude=amplitude)
+
+
+def mixed(*parts: bytes) -> bytes:
+    import numpy as np
+
+    size = max(len(p) for p in parts) // 2
+    total = np.zeros(size, dtype=np.int32)
+    for part in parts:
+        samples = np.frombuffer(part, dtype="<i2").astype(np.int32)
+        total[: len(samples)] += samples
+    return np.clip(total, -32768, 32767).astype("<i2").tobytes()
+
+
+async def test_a_voice_far_below_the_callers_neither_pauses_the_agent_nor_takes_a_turn(
+        autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([[ANSWER]])
+    agent, observer, tts = assistant(llm, ScriptedSTT(["tell me a story", "buy now while stocks last"]))
+    async with in_memory(agent) as dial, dial() as pbx:
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        await pbx.send_audio(quiet_voice(800))
+        await talk_until(pbx, lambda: len(observer.turns) == 1 and not agent_talking(pbx))
+        await pbx.send_silence(1000)
+    assert not observer.resumes and not observer.barge_ins, "the agent never paused"
+    assert len(llm.histories) == 1, "the TV was not answered"
+    full_ms = sum(tts.duration_ms(s) for s in ("This answer is rather long.", "It keeps going for several seconds.",
+                                                "Nobody wants to lose any of it."))
+    assert audible_ms(pbx) >= full_ms - 40
+
+
+async def test_a_turn_ends_while_the_room_behind_the_caller_goes_on(autojump_clock: trio.abc.Clock) -> None:
+    """The VAD hears the room as speech for ever; the level gate still ends the turn."""
+    llm = ScriptedLLM([["We open at nine."]])
+    agent, observer, _ = assistant(llm, ScriptedSTT(["What time do you open?"]), vad_end_ms=1400,
+                                   endpointing_ms=400)
+    async with in_memory(agent) as dial, dial() as pbx:
+        room = quiet_voice(6000)
+        await pbx.send_audio(mixed(room[:8000], speech(800)) + room[8000:])
+        assert len(observer.turns) == 1, "answered while the room kept talking"
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == ["What time do you open?"]
