@@ -88,10 +88,8 @@ class CallStats:
 class Call:
     """A live AudioSocket call: implements :class:`~audiosocket_ai.surface.CallSurface`.
 
-    Agents receive the caller's audio with :meth:`audio`, DTMF digits with :meth:`dtmf`,
-    speak with :meth:`play` or :meth:`playback`, cut themselves off with :meth:`flush`
-    and end the call with :meth:`hangup`. Everything else about the socket is handled
-    here: the agent never writes to it directly.
+    Agents hear the caller with :meth:`audio` and :meth:`dtmf`, speak with :meth:`play` or
+    :meth:`playback`, and end the call with :meth:`hangup`; the socket is handled here.
     """
 
     def __init__(
@@ -213,16 +211,13 @@ class Call:
         return self.playout.flush()
 
     @property
-    def paused(self) -> bool:
-        """The agent's audio is held by :meth:`pause`."""
+    def paused(self) -> bool:  # see Playout.pause/resume for these three
         return self.playout.paused
 
     def pause(self) -> None:
-        """Fall silent at the next tick but keep the queued audio (see :meth:`Playout.pause`)."""
         self.playout.pause()
 
     def resume(self, *, rewind_ms: int = 0) -> int:
-        """Play on after :meth:`pause`, first replaying the cut word; returns the ms replayed."""
         return self.playout.resume(rewind_ms=rewind_ms)
 
     async def hangup(self, *, after_playout: bool = True, reason: EndReason = EndReason.AGENT_HUNG_UP) -> None:

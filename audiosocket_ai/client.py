@@ -230,37 +230,50 @@ class CallSummary:
 async def run_call(host: str, port: int, pcm: bytes, *, rate: int = 8000, dtmf: str = "",
                    dtmf_at_ms: int | None = None, tail_ms: int = 3000,
                    uuid: uuid_module.UUID | None = None) -> FakeAsterisk:
-    """Play ``pcm`` into a server as a caller would, then listen for ``tail_ms``.
+    """Connect to a server over TCP and :func:`play_call` ``pcm`` into it.
 
-    While listening the caller keeps sending silence frames, as a phone line does. DTMF
-    digits are sent ``dtmf_at_ms`` after the start (default: after the audio). Returns the
-    finished :class:`FakeAsterisk` with everything the server sent.
+    Returns the finished :class:`FakeAsterisk` with everything the server sent.
     """
     async with FakeAsterisk.connect(host, port, uuid=uuid, rate=rate) as pbx:
+        await play_call(pbx, pcm, dtmf=dtmf, dtmf_at_ms=dtmf_at_ms, tail_ms=tail_ms)
+    return pbx
 
-        async def play() -> None:
-            try:
-                await pbx.send_audio(pcm)
-                if dtmf and dtmf_at_ms is None:
-                    await pbx.send_dtmf(dtmf)
-                await pbx.send_silence(tail_ms)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass  # the server ended the call while we were talking
-            pbx_done.cancel()
 
-        async def keypad() -> None:
-            assert dtmf_at_ms is not None
-            await trio.sleep(dtmf_at_ms / 1000)
-            try:
+async def play_call(pbx: FakeAsterisk, pcm: bytes, *, dtmf: str = "", dtmf_at_ms: int | None = None,
+                    tail_ms: int = 3000) -> FakeAsterisk:
+    """Play ``pcm`` into a connected call as a caller would, then listen for ``tail_ms``.
+
+    While listening the caller keeps sending silence frames, as a phone line does. DTMF
+    digits are sent ``dtmf_at_ms`` after the start (default: after the audio). Returns when
+    the tail is over or the server ended the call; the caller has not hung up yet (leaving
+    the ``FakeAsterisk`` block does that). Works over any stream: TCP
+    (:meth:`FakeAsterisk.connect`, :func:`run_call`) or in memory
+    (:func:`audiosocket_ai.testing.serve_in_memory`).
+    """
+
+    async def play() -> None:
+        try:
+            await pbx.send_audio(pcm)
+            if dtmf and dtmf_at_ms is None:
                 await pbx.send_dtmf(dtmf)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+            await pbx.send_silence(tail_ms)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the server ended the call while we were talking
+        pbx_done.cancel()
 
-        async with trio.open_nursery() as nursery:
-            pbx_done = nursery.cancel_scope
-            nursery.start_soon(play)
-            if dtmf and dtmf_at_ms is not None:
-                nursery.start_soon(keypad)
-            await pbx.wait_for_hangup(timeout=float("inf"))
-            pbx_done.cancel()
+    async def keypad() -> None:
+        assert dtmf_at_ms is not None
+        await trio.sleep(dtmf_at_ms / 1000)
+        try:
+            await pbx.send_dtmf(dtmf)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        pbx_done = nursery.cancel_scope
+        nursery.start_soon(play)
+        if dtmf and dtmf_at_ms is not None:
+            nursery.start_soon(keypad)
+        await pbx.wait_for_hangup(timeout=float("inf"))
+        pbx_done.cancel()
     return pbx

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -112,12 +112,28 @@ class Server:
         self._hangup_all_now = trio.Event()
         self._no_calls = trio.Event()
         self._no_calls.set()
+        self._calls_changed = trio.Event()
         self._connection_ids = 0
         self._busy_prompts = 0
 
     @property
     def active_calls(self) -> int:
         return len(self.calls)
+
+    async def wait_for_calls(self, predicate: Callable[[Mapping[uuid_module.UUID, Call]], bool]) -> None:
+        """Wait until ``predicate(calls)`` holds; it is checked again whenever a call starts or ends.
+
+        A call starts once its UUID arrived and it was admitted, and ends once it is fully
+        booked (stats, metrics, outcome), so ``wait_for_calls(lambda calls: not calls)``
+        waits until every call is over and the counters are final.
+        """
+        await trio.lowlevel.checkpoint()
+        while not predicate(self.calls):
+            await self._calls_changed.wait()
+
+    def _calls_did_change(self) -> None:
+        self._calls_changed.set()
+        self._calls_changed = trio.Event()
 
     @property
     def ready(self) -> bool:
@@ -152,13 +168,18 @@ class Server:
         """Listen and serve until :meth:`drain` (or cancellation); then finish the calls.
 
         ``task_status.started`` receives the listeners, so tests can bind port 0 and read
-        the real port. Pass ``listeners`` from :meth:`listen` to bind before starting.
+        the real port. Pass ``listeners`` from :meth:`listen` to bind before starting, or
+        an empty list to serve only connections handed to :meth:`handle_connection` (the
+        drain still applies to them).
         """
         config = self.config
         if listeners is None:
             listeners = await self.listen()
-        addresses = ", ".join(_format_address(listener.socket.getsockname()) for listener in listeners)
-        log.info("listening on %s (max %d calls)", addresses, config.max_calls)
+        if listeners:
+            addresses = ", ".join(_format_address(listener.socket.getsockname()) for listener in listeners)
+            log.info("listening on %s (max %d calls)", addresses, config.max_calls)
+        else:
+            log.info("serving handed-in connections only (max %d calls)", config.max_calls)
         try:
             async with trio.open_nursery() as calls_nursery:
                 with trio.CancelScope() as accept_scope:
@@ -166,9 +187,10 @@ class Server:
                     if self.draining:
                         accept_scope.cancel()
                     async with trio.open_nursery() as accept_nursery:
-                        await accept_nursery.start(
-                            _serve_listeners, self._handle_connection, listeners, calls_nursery
-                        )
+                        if listeners:
+                            await accept_nursery.start(
+                                _serve_listeners, self._handle_connection, listeners, calls_nursery
+                            )
                         task_status.started(listeners)
                         accept_nursery.start_soon(_wait_then_cancel, self._drain_started, accept_scope)
                 for listener in listeners:
@@ -243,19 +265,22 @@ class Server:
         finally:
             self._busy_prompts -= 1
 
-    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream, *, peer: str | None = None) -> None:
         """Serve one accepted connection to its end (the listener calls this per connection).
 
         Public so that a connection can be handed in from elsewhere — a test's in-memory
-        stream, a connection accepted by another listener. Never raises for anything the
-        peer or the agent does.
+        stream (:func:`audiosocket_ai.testing.serve_in_memory`), a connection accepted by
+        another listener. ``peer`` names the other end in logs when ``stream`` is not a
+        socket (a socket's peer address is used otherwise). A stream that is not a socket
+        has no source address, so an allowlist (``config.allow``) refuses it. Never raises
+        for anything the peer or the agent does.
         """
-        await self._handle_connection(stream)
+        await self._handle_connection(stream, peer=peer)
 
-    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def _handle_connection(self, stream: trio.abc.Stream, *, peer: str | None = None) -> None:
         self._connection_ids += 1
         self.stats.connections += 1
-        peer = _peer_name(stream)
+        peer = _peer_name(stream) if peer is None else peer
         token = current_call.set(f"conn-{self._connection_ids}")
         try:
             await self._serve_connection(stream, peer)
@@ -312,6 +337,7 @@ class Server:
             return
         call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer)
         self.calls[uuid] = call
+        self._calls_did_change()
         self.outcomes.publish(str(uuid), call.outcome)
         if self.metrics is not None:
             self.metrics.call_started(call)
@@ -336,6 +362,7 @@ class Server:
                     self._on_call_end(call)
                 except Exception:
                     log.exception("on_call_end hook failed")
+            self._calls_did_change()
 
 
 async def _discard_audio(call: CallSurface) -> None:
@@ -391,6 +418,7 @@ def _allowed(stream: trio.abc.Stream, allow: tuple[ipaddress.IPv4Network | ipadd
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
+    """The peer's address, or "?" for a stream that is not a socket (or has lost its peer)."""
     try:
         address = stream.socket.getpeername()  # type: ignore[attr-defined]
     except (AttributeError, OSError):

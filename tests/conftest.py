@@ -1,4 +1,8 @@
-"""Shared fixtures: a server on 127.0.0.1 with a free port, and call-tagged log capture."""
+"""Shared fixtures: a server in memory or on 127.0.0.1 (free port), and call-tagged log capture.
+
+Tests that need no real socket use :func:`audiosocket_ai.testing.serve_in_memory` with
+pytest-trio's ``autojump_clock``: their calls run in virtual time.
+"""
 
 from __future__ import annotations
 
@@ -58,15 +62,13 @@ def noise(ms: int, rate: int, seed: int = 1) -> bytes:
 async def settled(server: Server, timeout: float = 3.0) -> None:
     """Wait until the server has finished booking every call (stats are final then)."""
     with trio.fail_after(timeout):
-        while server.active_calls:
-            await trio.sleep(0.01)
+        await server.wait_for_calls(lambda calls: not calls)
 
 
 async def established(server: Server, count: int = 1, timeout: float = 3.0) -> None:
     """Wait until ``count`` calls have passed their handshake."""
     with trio.fail_after(timeout):
-        while server.active_calls < count:
-            await trio.sleep(0.005)
+        await server.wait_for_calls(lambda calls: len(calls) >= count)
 
 
 async def until_echoed(pbx: Any, sent: bytes, timeout: float = 5.0) -> None:

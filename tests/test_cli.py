@@ -90,7 +90,7 @@ def test_call_against_echo_returns_the_same_audio(echo_server: Serving, tmp_path
     write_wav(tmp_path / "in.wav", sent, rate)
     result = subprocess.run(
         [*CLI, "call", str(tmp_path / "in.wav"), "--out", str(tmp_path / "reply.wav"), "--port",
-         str(echo_server.port), "--rate", str(rate), "--dtmf", "42#", "--tail", "1000"],
+         str(echo_server.port), "--rate", str(rate), "--dtmf", "42#", "--tail", "500"],
         capture_output=True, text=True, timeout=30, check=True,
     )
     reply, reply_rate = asa.read_wav(tmp_path / "reply.wav")

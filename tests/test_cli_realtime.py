@@ -11,6 +11,7 @@ import trio
 
 import audiosocket_ai as asa
 from audiosocket_ai.audio import rms_dbfs
+from audiosocket_ai.testing import FakeAsterisk
 
 from .fakes.openai_realtime_server import API_KEY, FakeOpenAIRealtime, Reply
 from .test_cli import free_port
@@ -35,7 +36,7 @@ async def test_serve_realtime_agent_speaks_through_the_cli() -> None:
                     break
                 except OSError:
                     await trio.sleep(0.2)
-        async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
             with trio.fail_after(15):
                 while sum(1 for item in pbx.received if isinstance(item.message, asa.Audio)
                           and rms_dbfs(item.message.pcm) > -45) < 35:

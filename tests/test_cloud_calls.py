@@ -22,9 +22,17 @@ from audiosocket_ai.providers.deepgram import DeepgramSTT
 from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
 from audiosocket_ai.providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from audiosocket_ai.providers.openai_http import INTERRUPTED_MARKER, OpenAIChatLLM, OpenAISTT, OpenAITTS
-from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
+from audiosocket_ai.testing import (
+    EnergyVad,
+    FakeAsterisk,
+    RecordingObserver,
+    ScriptedLLM,
+    ScriptedSTT,
+    ToneTTS,
+    serve_in_memory,
+)
 
-from .conftest import keep_line_open, running_server
+from .conftest import keep_line_open
 from .fakes.deepgram_server import API_KEY as DEEPGRAM_KEY
 from .fakes.deepgram_server import DeepgramFault, FakeDeepgramListen, Segment
 from .fakes.elevenlabs_server import API_KEY as ELEVENLABS_KEY
@@ -53,7 +61,7 @@ def calllog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-async def test_openai_pipeline_with_a_barge_in() -> None:
+async def test_openai_pipeline_with_a_barge_in(autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI().start(nursery)
         heard = iter(["tell me something long", "stop please"])
@@ -72,8 +80,8 @@ async def test_openai_pipeline_with_a_barge_in() -> None:
             vad_factory=EnergyVad, settings=settings(),
             observer=observer,
         )
-        async with running_server(agent) as (server, port):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=15)
                 await pbx.send_audio(speech(400))
@@ -93,7 +101,7 @@ async def test_openai_pipeline_with_a_barge_in() -> None:
 # each strikes before any text: once words were spoken, a failure is not retried (they stay said)
 @pytest.mark.parametrize("fault", [Fault.http(503), Fault.drop(after_chunks=0), Fault.malformed(after_chunks=0),
                                    Fault.hang()])
-async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calllog) -> None:
+async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calllog, autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI().start(nursery)
         fake.faults.extend([fault, fault])  # the first try and the retry both fail
@@ -102,8 +110,8 @@ async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calll
         llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY, read_timeout=1.0)
         agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm, fallback), tts=tts,
                                vad_factory=EnergyVad, settings=settings())
-        async with running_server(agent) as (server, port):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: tts.texts == ["The backup model answers."], timeout=20)
                 assert not pbx.server_closed
@@ -114,7 +122,7 @@ async def test_a_failing_llm_falls_back_and_the_call_goes_on(fault: Fault, calll
     assert OPENAI_KEY not in calllog.text
 
 
-async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_apology() -> None:
+async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_apology(autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI().start(nursery)
         fake.faults.extend([Fault.http(500, path="/v1/audio/speech")] * 2)
@@ -124,8 +132,8 @@ async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_
         llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
         agent = VoiceAssistant(stt=ScriptedSTT(["hello"]), llm=FallbackLLM(llm), tts=tts, vad_factory=EnergyVad,
                                settings=settings())
-        async with running_server(agent) as (server, port):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_audio(speech(400))
                 assert await keep_line_open(pbx, lambda: bool(backup_voice.texts), timeout=15)
                 await keep_line_open(pbx, lambda: False, timeout=1.0)
@@ -136,7 +144,7 @@ async def test_a_failing_tts_falls_back_and_without_any_llm_the_caller_hears_an_
     assert audible(pbx) > 20
 
 
-async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call() -> None:
+async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call(autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
         deepgram = await nursery.start(FakeDeepgramListen(script=[Segment("what are your hours", audio_ms=300)]).serve)
         elevenlabs = await nursery.start(FakeElevenLabs().serve)
@@ -144,8 +152,8 @@ async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call() -> None:
         stt = DeepgramSTT(base_url=deepgram.url, api_key=DEEPGRAM_KEY)
         tts = ElevenLabsTTS(base_url=elevenlabs.url, api_key=ELEVENLABS_KEY, voice_id="voice1")
         agent = VoiceAssistant(stt=stt, llm=llm, tts=tts, vad_factory=EnergyVad, settings=settings())
-        async with running_server(agent) as (server, port):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_audio(speech(600))
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 10, timeout=15)
         nursery.cancel_scope.cancel()
@@ -155,15 +163,15 @@ async def test_deepgram_streaming_stt_and_elevenlabs_tts_in_one_call() -> None:
     assert elevenlabs.sessions, "spoken through ElevenLabs"
 
 
-async def test_a_dropped_deepgram_stream_falls_back_to_another_recognizer(calllog) -> None:
+async def test_a_dropped_deepgram_stream_falls_back_to_another_recognizer(calllog, autojump_clock) -> None:
     async with trio.open_nursery() as nursery:
         deepgram = await nursery.start(FakeDeepgramListen(fault=DeepgramFault("drop", after_ms=100)).serve)
         backup = ScriptedSTT(["heard by the backup"])
         llm = ScriptedLLM([["Got it."]])
         stt = FallbackSTT(DeepgramSTT(base_url=deepgram.url, api_key=DEEPGRAM_KEY), backup)
         agent = VoiceAssistant(stt=stt, llm=llm, tts=ToneTTS(), vad_factory=EnergyVad, settings=settings())
-        async with running_server(agent) as (server, port):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_audio(speech(600))
                 assert await keep_line_open(pbx, lambda: bool(llm.histories), timeout=15)
         nursery.cancel_scope.cancel()

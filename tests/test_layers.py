@@ -24,7 +24,7 @@ PACKAGE = pathlib.Path(audiosocket_ai.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("protocol",),
-    ("audio", "wav", "pacing", "inference", "log"),
+    ("audio", "echo", "wav", "pacing", "inference", "log"),
     ("interfaces",),
     ("providers",),
     ("playout",),
@@ -141,6 +141,17 @@ def test_public_api_is_pinned() -> None:
     ])
     for name in audiosocket_ai.__all__:
         assert getattr(audiosocket_ai, name) is not None, name
+
+
+def test_test_kit_api_is_pinned() -> None:
+    testing = importlib.import_module("audiosocket_ai.testing")
+    assert sorted(testing.__all__) == sorted([
+        "SILENCE_DBFS", "CallSummary", "EnergyVad", "FakeAsterisk", "MemoryConnection", "MemoryLine",
+        "Received", "RecordingObserver", "ScriptedLLM", "ScriptedSTT", "ToneTTS", "play_call", "run_call",
+        "serve_in_memory",
+    ])
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None, name
 
 
 def test_every_exception_derives_from_one_root() -> None:

@@ -13,9 +13,17 @@ from audiosocket_ai.agents.assistant import AssistantSettings, SentenceSplitter,
 from audiosocket_ai.agents.tools import tool
 from audiosocket_ai.interfaces import ToolCall
 from audiosocket_ai.protocol import Audio
-from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
+from audiosocket_ai.testing import (
+    EnergyVad,
+    FakeAsterisk,
+    RecordingObserver,
+    ScriptedLLM,
+    ScriptedSTT,
+    ToneTTS,
+    serve_in_memory,
+)
 
-from .conftest import keep_line_open, running_server, settled
+from .conftest import keep_line_open, settled
 
 
 def speech(ms: int, rate: int = 8000) -> bytes:
@@ -63,14 +71,16 @@ def test_sentence_splitter_streams_sentences_as_they_complete() -> None:
     assert all(len(s) <= 50 for s in runon.push("word " * 40))
 
 
-async def test_reply_streams_sentence_by_sentence_and_history_is_complete(tmp_path: Path) -> None:
+async def test_reply_streams_sentence_by_sentence_and_history_is_complete(tmp_path: Path,
+                                                                          autojump_clock) -> None:
     llm = ScriptedLLM([["First sen", "tence. Second", " sentence!"]], piece_delay=0.05)
     tts = ToneTTS(ms_per_char=20)
     agent, seen = make(llm, ScriptedSTT(["hi there"]), tts, transcript_dir=tmp_path)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
-            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(line.server),
+                                        timeout=10)
             await pbx.send_silence(300)
     assert tts.texts == ["First sentence.", "Second sentence!"]
     assert [m.role for m in llm.histories[0]] == ["system", "user"] and llm.histories[0][1].content == "hi there"
@@ -85,13 +95,13 @@ def agent_busy(server) -> bool:  # type: ignore[no-untyped-def]
     return any(call.playout.speaking for call in server.calls.values())
 
 
-async def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard() -> None:
+async def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard(autojump_clock) -> None:
     long_answer = "This answer is rather long. It keeps going for several seconds. Nobody wants to hear all of it."
     llm = ScriptedLLM([[long_answer], ["Sure."]])
     tts = ToneTTS(ms_per_char=40)
     agent, seen = make(llm, ScriptedSTT(["tell me a story", "stop"]), tts)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)  # ~0.8 s of the answer heard
             await pbx.send_audio(speech(400))
@@ -103,7 +113,7 @@ async def test_barge_in_cancels_the_reply_and_keeps_only_what_was_heard() -> Non
     assert llm.histories[1][3].content == "stop"
 
 
-async def test_user_tools_round_trip_and_transfer_sets_the_outcome() -> None:
+async def test_user_tools_round_trip_and_transfer_sets_the_outcome(autojump_clock) -> None:
     calls: list[str] = []
 
     @tool("Look up an order's status.", {"type": "object", "properties": {"order": {"type": "string"}}})
@@ -117,12 +127,12 @@ async def test_user_tools_round_trip_and_transfer_sets_the_outcome() -> None:
     ])
     agent, _ = make(llm, ScriptedSTT(["where is order 42"]), tools=[order_status])
     outcomes: list[dict] = []
-    async with running_server(agent) as (server, port):
-        server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=10)
-        await settled(server)
+        await settled(line.server)
     assert calls == ["42"]
     second = llm.histories[1]
     assert second[-2].tool_calls[0].name == "order_status"
@@ -133,11 +143,11 @@ async def test_user_tools_round_trip_and_transfer_sets_the_outcome() -> None:
 
 
 @pytest.mark.parametrize("mode", ["off", "dtmf"])
-async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str) -> None:
+async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str, autojump_clock) -> None:
     llm = ScriptedLLM([["A fairly long answer that takes a couple of seconds to say out loud."], ["Next."]])
     agent, seen = make(llm, ScriptedSTT(["question", "talking over", "pressed"]), barge_in=mode)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: audible(pbx) > 20, timeout=10)
             await pbx.send_audio(speech(300))  # over the agent
@@ -147,7 +157,7 @@ async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str)
                 await pbx.send_dtmf("5")
                 assert await keep_line_open(pbx, lambda: bool(seen["barge_ins"]), timeout=5)
             else:
-                assert await keep_line_open(pbx, lambda: not agent_busy(server), timeout=10)
+                assert await keep_line_open(pbx, lambda: not agent_busy(line.server), timeout=10)
                 await pbx.send_audio(speech(300))  # a turn of its own, after the agent finished
             assert await keep_line_open(pbx, lambda: len(llm.histories) >= 2, timeout=10)
     users = [m.content for m in llm.histories[-1] if m.role == "user"]
@@ -155,27 +165,27 @@ async def test_speech_does_not_interrupt_when_barge_in_is_off_or_dtmf(mode: str)
     assert users[-1] == ("[pressed 5]" if mode == "dtmf" else "pressed")
 
 
-async def test_provider_failures_are_survived() -> None:
+async def test_provider_failures_are_survived(autojump_clock) -> None:
     llm = ScriptedLLM([RuntimeError("model down"), ["Back again."]])
     stt = ScriptedSTT(["first", "second"])
     tts = ToneTTS()
     agent, _ = make(llm, stt, tts)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
-            assert await keep_line_open(pbx, lambda: len(tts.texts) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(tts.texts) == 1 and not agent_busy(line.server), timeout=10)
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(tts.texts) == 2, timeout=10)
             assert not pbx.server_closed
     assert tts.texts == [AssistantSettings().apology_text, "Back again."]
 
 
-async def test_greeting_is_interruptible_and_words_during_it_are_kept() -> None:
+async def test_greeting_is_interruptible_and_words_during_it_are_kept(autojump_clock) -> None:
     llm = ScriptedLLM([["Hello Ada."]])
     stt = ScriptedSTT(["my name is Ada"])
     agent, seen = make(llm, stt, ToneTTS(ms_per_char=60), greeting="Welcome to the very long greeting of ours.")
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_silence(300)
             await pbx.send_audio(speech(500))  # talks over the greeting
             assert await keep_line_open(pbx, lambda: len(llm.histories) == 1, timeout=10)
@@ -186,12 +196,12 @@ async def test_greeting_is_interruptible_and_words_during_it_are_kept() -> None:
     assert stt.audio_ms[0] >= 450, "the whole utterance (with pre-roll) reached the recognizer"
 
 
-async def test_silence_timer_reprompts_only_after_the_agent_finished() -> None:
+async def test_silence_timer_reprompts_only_after_the_agent_finished(autojump_clock) -> None:
     tts = ToneTTS(ms_per_char=50)
     agent, _ = make(ScriptedLLM([]), tts=tts, greeting="A greeting of some length.", reprompt_after=0.5,
                     max_reprompts=1)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             with trio.fail_after(15):
                 await pbx.wait_for_hangup(timeout=15)
     settings = AssistantSettings()
@@ -199,12 +209,12 @@ async def test_silence_timer_reprompts_only_after_the_agent_finished() -> None:
     assert pbx.server_hung_up
 
 
-async def test_speculative_transcription_hides_recognition_behind_the_endpointing_silence() -> None:
+async def test_speculative_transcription_hides_recognition_behind_the_endpointing_silence(autojump_clock) -> None:
     stt = ScriptedSTT(["first question", "second question"], delay=0.3)
     agent, seen = make(ScriptedLLM([["One."], ["Two."]]), stt)
     agent.vad_factory = lambda: EnergyVad(end_ms=600)  # 600 ms endpointing, speculation after 160 ms
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1, timeout=10)
             # a 300 ms pause mid-sentence: speculation starts (at 120 ms), then the caller
@@ -217,18 +227,20 @@ async def test_speculative_transcription_hides_recognition_behind_the_endpointin
     assert len(stt.audio_ms) == 3
 
 
-async def test_reply_is_prepared_during_the_endpointing_silence_and_heard_at_the_endpoint(tmp_path: Path) -> None:
+async def test_reply_is_prepared_during_the_endpointing_silence_and_heard_at_the_endpoint(tmp_path: Path,
+                                                                                          autojump_clock) -> None:
     """The LLM is asked (and the first sentence synthesized) from the transcript of the
     caller's pause, before the endpoint; nothing is heard before the endpoint."""
     llm = ScriptedLLM([["Here is the answer."]], first_delay=0.25)
     agent, seen = make(llm, ScriptedSTT(["what time is it"], delay=0.05), ToneTTS(delay=0.1),
                        transcript_dir=tmp_path)
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400))
             spoke_until = trio.current_time()
-            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(line.server),
+                                        timeout=10)
     timings = seen["turns"][0]
     assert timings.preemptive
     assert len(llm.asked_at) == 1 and llm.asked_at[0] < timings.endpoint, "asked during the pause"
@@ -240,17 +252,19 @@ async def test_reply_is_prepared_during_the_endpointing_silence_and_heard_at_the
     assert [(x["who"], x["text"]) for x in lines] == [("caller", "what time is it"), ("agent", "Here is the answer.")]
 
 
-async def test_a_reply_prepared_in_a_pause_is_dropped_unheard_when_the_caller_goes_on(tmp_path: Path) -> None:
+async def test_a_reply_prepared_in_a_pause_is_dropped_unheard_when_the_caller_goes_on(tmp_path: Path,
+                                                                                      autojump_clock) -> None:
     llm = ScriptedLLM([["Answer to half a question."], ["Answer to the whole question."]])
     stt = ScriptedSTT(["book a table", "book a table for two tonight"])
     agent, seen = make(llm, stt, ToneTTS(), transcript_dir=tmp_path)
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             # a 450 ms pause mid-sentence: long enough to prepare a reply, not to end the turn
             await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
             caller_done = trio.current_time()
-            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(line.server),
+                                        timeout=10)
     assert len(llm.histories) == 2, "a reply was prepared during the pause, then another"
     assert [m.content for m in llm.histories[1] if m.role == "user"] == ["book a table for two tonight"]
     heard = [item.t for item in pbx.received if isinstance(item.message, Audio) and any(item.message.pcm)]
@@ -260,7 +274,7 @@ async def test_a_reply_prepared_in_a_pause_is_dropped_unheard_when_the_caller_go
         ("caller", "book a table for two tonight"), ("agent", "Answer to the whole question.")]
 
 
-async def test_no_tool_runs_for_a_reply_the_caller_did_not_finish_asking_for() -> None:
+async def test_no_tool_runs_for_a_reply_the_caller_did_not_finish_asking_for(autojump_clock) -> None:
     ran: list[str] = []
 
     @tool("Cancel the booking.")
@@ -271,24 +285,25 @@ async def test_no_tool_runs_for_a_reply_the_caller_did_not_finish_asking_for() -
     llm = ScriptedLLM([[ToolCall("c1", "cancel_booking", {})], ["Okay, tell me more."]])
     agent, seen = make(llm, ScriptedSTT(["cancel", "cancel nothing, just asking"]), ToneTTS(), tools=[cancel_booking])
     agent.vad_factory = lambda: EnergyVad(end_ms=700)
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
             await pbx.send_audio(speech(400) + bytes(2 * 8000 * 450 // 1000) + speech(400))
-            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(server), timeout=10)
+            assert await keep_line_open(pbx, lambda: len(seen["turns"]) == 1 and not agent_busy(line.server),
+                                        timeout=10)
     assert ran == [] and len(llm.histories) == 2
 
 
-async def test_fixed_lines_are_synthesized_once_for_all_calls() -> None:
+async def test_fixed_lines_are_synthesized_once_for_all_calls(autojump_clock) -> None:
     tts = ToneTTS()
     agent, _ = make(ScriptedLLM([]), tts=tts, greeting="Welcome to the test line.")
-    async with running_server(agent) as (server, port):
+    async with serve_in_memory(agent) as line:
         for _ in range(3):
-            async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: audible(pbx) > 40, timeout=10)
     assert tts.texts == ["Welcome to the test line."], "one synthesis, three greetings heard"
 
 
-async def test_calls_share_syntheses_of_the_same_sentence() -> None:
+async def test_calls_share_syntheses_of_the_same_sentence(autojump_clock) -> None:
     """Two callers asking at once get one synthesis of the shared reply sentence (the second
     waits for the first's), and the greeting pre-synthesized at start-up costs no call
     anything; a sentence only one call says is synthesized for it alone."""
@@ -297,10 +312,10 @@ async def test_calls_share_syntheses_of_the_same_sentence() -> None:
     agent, seen = make(llm, ScriptedSTT(["when do you open", "when do you open"]), tts, greeting="Hello there.")
     await agent.prepare()
     assert tts.texts.count("Hello there.") == 1
-    async with running_server(agent) as (server, port):
-        async with FakeAsterisk.connect("127.0.0.1", port) as one, \
-                FakeAsterisk.connect("127.0.0.1", port) as two:
-            done = lambda: len(seen["turns"]) == 2 and not agent_busy(server)  # noqa: E731
+    async with serve_in_memory(agent) as line:
+        async with line.call() as one, \
+                line.call() as two:
+            done = lambda: len(seen["turns"]) == 2 and not agent_busy(line.server)  # noqa: E731
             outcome: list[bool] = []
 
             async def caller(pbx: FakeAsterisk) -> None:

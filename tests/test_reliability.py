@@ -8,7 +8,12 @@ trio loop with ``trio.from_thread.run``. That keeps what ``.example()`` or a fix
 cases would lose: shrinking to a minimal failing stream, the example database, and the
 ``Falsifying example`` report — at the cost of one thread hop per example.
 
-Everything talks over 127.0.0.1 only.
+Everything talks over 127.0.0.1 only: these tests are about sockets (a reset, a peer whose
+kernel buffers fill up, a listener that closes on drain); only the drain timeout is tested on
+an in-memory line (``serve_in_memory``). All but the CLI test run on
+pytest-trio's ``autojump_clock``: loopback data is readable at the next I/O poll, so virtual
+time only jumps when every task, and the kernel, is done — times asserted are virtual. The
+CLI test drives a subprocess, which lives in real time.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from audiosocket_ai.call import CallSettings
 from audiosocket_ai.protocol import RATE_BY_AUDIO_KIND, Audio, Hangup, Uuid, encode
 from audiosocket_ai.server import Server, ServerConfig
 from audiosocket_ai.surface import as_agent_function
-from audiosocket_ai.testing import FakeAsterisk
+from audiosocket_ai.testing import FakeAsterisk, serve_in_memory
 
 from .conftest import established, keep_line_open, noise, running_server, settled, until_echoed
 
@@ -52,7 +57,7 @@ FRAME = 320  # bytes of one 20 ms slin frame at 8 kHz
 AUDIO_KINDS = sorted(RATE_BY_AUDIO_KIND)
 
 FUZZ_EXAMPLES = int(os.environ.get("AUDIOSOCKET_AI_FUZZ_EXAMPLES", "25"))
-"""Bad connections per run (25 take about 2 s; raise it for a longer hunt)."""
+"""Bad connections per run (25 take well under a second in virtual time; raise it for a longer hunt)."""
 
 END_BOUND = 3.0
 """Seconds a bad connection may take to be finished once it has done its worst (the fuzz
@@ -278,11 +283,11 @@ async def _bad_call(server: Server, port: int, case: Case, records: list[logging
 
 async def settled_except(server: Server, good: uuid_module.UUID) -> None:
     with trio.fail_after(END_BOUND):
-        while set(server.calls) != {good}:
-            await trio.sleep(0.01)
+        await server.wait_for_calls(lambda calls: set(calls) == {good})
 
 
-async def test_fuzzed_connections_never_hurt_the_server_or_a_good_call(calllog: pytest.LogCaptureFixture) -> None:
+async def test_fuzzed_connections_never_hurt_the_server_or_a_good_call(calllog: pytest.LogCaptureFixture,
+                                                                       autojump_clock) -> None:
     records = calllog.records
     examples: list[Case] = []
     async with running_server(asa.echo_agent, handshake_timeout=1.0) as (server, port):
@@ -323,7 +328,8 @@ async def test_fuzzed_connections_never_hurt_the_server_or_a_good_call(calllog: 
 # --- a peer that stops reading ---------------------------------------------------------------
 
 
-async def test_peer_that_stops_reading_is_cut_off_with_bounded_memory(calllog: pytest.LogCaptureFixture) -> None:
+async def test_peer_that_stops_reading_is_cut_off_with_bounded_memory(calllog: pytest.LogCaptureFixture,
+                                                                      autojump_clock) -> None:
     # Small queues so that the 0.5 s the server waits on the blocked socket is enough to fill
     # both: the playout queue (the echo agent is then held back) and the inbound queue
     # behind it (frames are then dropped and counted).
@@ -424,7 +430,7 @@ async def _refused(port: int) -> bool:
     return False
 
 
-async def test_drain_lets_calls_finish_and_refuses_new_connections() -> None:
+async def test_drain_lets_calls_finish_and_refuses_new_connections(autojump_clock) -> None:
     one, two = noise(600, RATE, seed=11), noise(600, RATE, seed=12)
     async with stoppable_server(asa.echo_agent, drain_timeout=2) as (server, port, stopped):
         async with FakeAsterisk.connect(HOST, port) as first, FakeAsterisk.connect(HOST, port) as second:
@@ -450,16 +456,17 @@ async def test_drain_lets_calls_finish_and_refuses_new_connections() -> None:
     assert stopped_after < 2.0, f"server waited {stopped_after:.2f}s after its last call"
 
 
-async def test_call_still_up_at_the_drain_timeout_gets_a_hangup_frame() -> None:
-    async with stoppable_server(asa.echo_agent, drain_timeout=2) as (server, port, stopped):
-        async with FakeAsterisk.connect(HOST, port) as pbx:
+async def test_call_still_up_at_the_drain_timeout_gets_a_hangup_frame(autojump_clock) -> None:
+    async with serve_in_memory(asa.echo_agent, drain_timeout=2) as line:
+        server = line.server
+        async with line.call() as pbx:
             await established(server)
             drained_at = trio.current_time()
             server.drain()
             assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=5)
             hung_up_after = pbx.received[-1].t - drained_at
         with trio.fail_after(2):
-            await stopped.wait()
+            await line.stopped.wait()
         assert server.stats.ended == {"shutdown": 1}
     assert isinstance(pbx.received[-1].message, Hangup)
     assert not pbx.client_hung_up

@@ -104,7 +104,7 @@ def test_implements_protocols() -> None:
     assert isinstance(DeepgramTTS(api_key="k"), TTS)
 
 
-async def test_streams_interim_then_final_results() -> None:
+async def test_streams_interim_then_final_results(autojump_clock) -> None:
     script = [Segment("Hello there.", audio_ms=400), Segment("How are you?", audio_ms=600)]
     async with listen_fake(script=script) as fake:
         results = await transcribe(stt_for(fake), audio(1000))
@@ -135,7 +135,7 @@ async def test_streams_interim_then_final_results() -> None:
     assert session.server_close == (1000, "")
 
 
-async def test_final_segments_of_one_utterance_are_joined() -> None:
+async def test_final_segments_of_one_utterance_are_joined(autojump_clock) -> None:
     # Deepgram finalizes "my card number is" before the speaker has finished: only
     # speech_final ends the utterance, so the final transcript is the concatenation.
     script = [
@@ -152,14 +152,14 @@ async def test_final_segments_of_one_utterance_are_joined() -> None:
     assert any(not t.is_final and t.text == "My card number is 4242." for t in results)
 
 
-async def test_finalize_flushes_the_unfinished_utterance() -> None:
+async def test_finalize_flushes_the_unfinished_utterance(autojump_clock) -> None:
     async with listen_fake(script=[Segment("one two three four", audio_ms=800)]) as fake:
         results = await transcribe(stt_for(fake), audio(400))
     assert finals(results) == ["one two"]
     assert fake.sessions[0].sent[-2]["from_finalize"] is True
 
 
-async def test_utterance_end_closes_an_utterance_without_speech_final() -> None:
+async def test_utterance_end_closes_an_utterance_without_speech_final(autojump_clock) -> None:
     script = [Segment("hold on", audio_ms=300, speech_final=False, utterance_end=True), Segment("okay", 200)]
     async with listen_fake(script=script) as fake:
         results = await transcribe(stt_for(fake, utterance_end_ms=1000), audio(500))
@@ -168,7 +168,7 @@ async def test_utterance_end_closes_an_utterance_without_speech_final() -> None:
     assert any(m["type"] == "UtteranceEnd" for m in fake.sessions[0].sent)
 
 
-async def test_speech_started_and_silence_results_are_harmless() -> None:
+async def test_speech_started_and_silence_results_are_harmless(autojump_clock) -> None:
     async with listen_fake(script=[Segment("yes", 200)]) as fake:
         stt = stt_for(fake, extra_params={"vad_events": "true"})
         results = await transcribe(stt, audio(2400))
@@ -179,6 +179,8 @@ async def test_speech_started_and_silence_results_are_harmless() -> None:
 
 
 async def test_keepalive_is_sent_while_no_audio_flows() -> None:
+    # Real time: on a virtual clock the idle timer and a keepalive in flight on loopback can
+    # land in the same instant, and the fake would close the stream now and then.
     # The fake, like Deepgram, closes with 1011 NET-0001 after idle_timeout without data.
     async with listen_fake(script=[Segment("before", 100), Segment("after", 200)], idle_timeout=0.5) as fake:
         stt = stt_for(fake, keepalive_interval=0.1)
@@ -192,7 +194,7 @@ async def test_keepalive_is_sent_while_no_audio_flows() -> None:
     assert set(timeline[1:-3]) == {"KeepAlive"}
 
 
-async def test_without_keepalive_the_idle_stream_is_closed() -> None:
+async def test_without_keepalive_the_idle_stream_is_closed(autojump_clock) -> None:
     async with listen_fake(idle_timeout=0.3) as fake:
         stt = stt_for(fake, keepalive_interval=30)
         with pytest.raises(ProviderError) as caught:
@@ -202,7 +204,7 @@ async def test_without_keepalive_the_idle_stream_is_closed() -> None:
     assert "1011" in str(err)
 
 
-async def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, autojump_clock) -> None:
     monkeypatch.setenv("DEEPGRAM_API_KEY", API_KEY)
     async with listen_fake(script=[Segment("hi", 100)]) as fake:
         assert finals(await transcribe(DeepgramSTT(base_url=fake.url), audio(100))) == ["hi"]
@@ -214,7 +216,7 @@ async def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 # --- STT: faults ----------------------------------------------------------------------
 
 
-async def test_rejected_key_is_not_retryable_and_never_echoed(caplog: pytest.LogCaptureFixture) -> None:
+async def test_rejected_key_is_not_retryable_and_never_echoed(caplog: pytest.LogCaptureFixture, autojump_clock) -> None:
     caplog.set_level(logging.DEBUG)
     async with listen_fake() as fake:
         with pytest.raises(ProviderError) as caught:
@@ -239,7 +241,7 @@ async def test_handshake_status_decides_retryable(
     assert_secret_free(caught.value, caplog, API_KEY)
 
 
-async def test_bad_query_parameters_are_rejected_as_not_retryable() -> None:
+async def test_bad_query_parameters_are_rejected_as_not_retryable(autojump_clock) -> None:
     async with listen_fake() as fake:
         with pytest.raises(ProviderError) as caught:
             await transcribe(stt_for(fake, extra_params={"encoding": "wav-ish"}), audio(100))
@@ -283,7 +285,7 @@ def tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, ssl.create_default_context(cafile=str(cert))
 
 
-async def test_wss_with_a_trusted_certificate(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+async def test_wss_with_a_trusted_certificate(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext], autojump_clock) -> None:
     server_tls, client_tls = tls_pair
     async with listen_fake(script=[Segment("secure hello", 200)], ssl_context=server_tls) as fake:
         assert fake.url.startswith("wss://")
@@ -291,7 +293,8 @@ async def test_wss_with_a_trusted_certificate(tls_pair: tuple[ssl.SSLContext, ss
     assert finals(results) == ["secure hello"]
 
 
-async def test_wss_with_an_untrusted_certificate_fails_fast(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+async def test_wss_with_an_untrusted_certificate_fails_fast(tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+                                                            autojump_clock) -> None:
     server_tls, _ = tls_pair
     async with listen_fake(ssl_context=server_tls) as fake:
         with pytest.raises(ProviderError, match="CERTIFICATE_VERIFY_FAILED") as caught:
@@ -300,7 +303,7 @@ async def test_wss_with_an_untrusted_certificate_fails_fast(tls_pair: tuple[ssl.
     assert fake.sessions == []
 
 
-async def test_unreachable_server_is_retryable() -> None:
+async def test_unreachable_server_is_retryable(autojump_clock) -> None:
     with trio.socket.socket() as probe:  # a port nobody listens on
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -340,7 +343,7 @@ async def test_mid_stream_faults(
     assert_secret_free(err, caplog, API_KEY)
 
 
-async def test_stalled_server_times_out() -> None:
+async def test_stalled_server_times_out(autojump_clock) -> None:
     async with listen_fake(script=[Segment("one two three", 1000)], fault=DeepgramFault("stall", after_ms=100)) as fake:
         stt = stt_for(fake, response_timeout=0.3)
         start = trio.current_time()
@@ -352,7 +355,7 @@ async def test_stalled_server_times_out() -> None:
     assert caught.value.retryable
 
 
-async def test_server_that_never_finishes_the_close_times_out() -> None:
+async def test_server_that_never_finishes_the_close_times_out(autojump_clock) -> None:
     fault = DeepgramFault("stall", after_ms=400)  # stops answering just as audio ends
     async with listen_fake(script=[Segment("one two", 1000)], fault=fault) as fake:
         stt = stt_for(fake, close_timeout=0.3)
@@ -362,7 +365,7 @@ async def test_server_that_never_finishes_the_close_times_out() -> None:
     assert fake.sessions[0].control_types() == ["Finalize", "CloseStream"]
 
 
-async def test_audio_source_errors_propagate_unchanged() -> None:
+async def test_audio_source_errors_propagate_unchanged(autojump_clock) -> None:
     async def broken() -> AsyncIterator[bytes]:
         yield FRAME
         raise RuntimeError("microphone unplugged")
@@ -377,7 +380,7 @@ async def test_audio_source_errors_propagate_unchanged() -> None:
 # --- STT: cancellation and early exit -----------------------------------------------
 
 
-async def test_cancellation_mid_stream_closes_the_socket_promptly() -> None:
+async def test_cancellation_mid_stream_closes_the_socket_promptly(autojump_clock) -> None:
     async with listen_fake(script=[Segment("a b c d e f g h", 5000)]) as fake:
         stt = stt_for(fake)
         with trio.move_on_after(5) as scope:
@@ -395,7 +398,7 @@ async def test_cancellation_mid_stream_closes_the_socket_promptly() -> None:
         assert "CloseStream" not in session.timeline
 
 
-async def test_consumer_may_stop_after_the_first_final() -> None:
+async def test_consumer_may_stop_after_the_first_final(autojump_clock) -> None:
     async with listen_fake(script=[Segment("stop here", 200), Segment("never read", 5000)]) as fake:
         with trio.fail_after(5):
             async with aclosing(stt_for(fake).transcribe(endless_audio())) as results:
@@ -417,7 +420,7 @@ async def synthesize(tts: DeepgramTTS, text: str) -> list[bytes]:
             return [chunk async for chunk in chunks]
 
 
-async def test_tts_streams_sample_aligned_chunks() -> None:
+async def test_tts_streams_sample_aligned_chunks(autojump_clock) -> None:
     text = "Hello from the fake Aura."
     async with speak_fake(chunk_bytes=1001, chunk_delay=0.005) as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url)
@@ -443,7 +446,7 @@ async def test_tts_streams_sample_aligned_chunks() -> None:
     assert request.body == {"text": text}
 
 
-async def test_tts_yields_audio_before_the_response_ends() -> None:
+async def test_tts_yields_audio_before_the_response_ends(autojump_clock) -> None:
     async with speak_fake(chunk_bytes=4800, chunk_delay=0.02) as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url)
         completed_at_first_chunk: int | None = None
@@ -457,7 +460,7 @@ async def test_tts_yields_audio_before_the_response_ends() -> None:
     assert fake.responses_completed == 1
 
 
-async def test_tts_reuses_one_connection() -> None:
+async def test_tts_reuses_one_connection(autojump_clock) -> None:
     async with speak_fake() as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url, sample_rate=16000)
         await synthesize(tts, "First sentence.")
@@ -468,7 +471,7 @@ async def test_tts_reuses_one_connection() -> None:
     assert fake.requests[1].query["sample_rate"] == "16000"
 
 
-async def test_tts_blank_text_makes_no_request() -> None:
+async def test_tts_blank_text_makes_no_request(autojump_clock) -> None:
     async with speak_fake() as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url)
         assert await synthesize(tts, "   ") == []
@@ -476,7 +479,7 @@ async def test_tts_blank_text_makes_no_request() -> None:
     assert fake.requests == []
 
 
-async def test_tts_rejected_key(caplog: pytest.LogCaptureFixture) -> None:
+async def test_tts_rejected_key(caplog: pytest.LogCaptureFixture, autojump_clock) -> None:
     caplog.set_level(logging.DEBUG)
     async with speak_fake() as fake:
         tts = DeepgramTTS(api_key=WRONG_KEY, base_url=fake.url)
@@ -496,7 +499,8 @@ async def test_tts_rejected_key(caplog: pytest.LogCaptureFixture) -> None:
         (SpeakFault("status", status=503), True, None),
     ],
 )
-async def test_tts_error_statuses(fault: SpeakFault, retryable: bool, retry_after: float | None) -> None:
+async def test_tts_error_statuses(fault: SpeakFault, retryable: bool, retry_after: float | None,
+                                  autojump_clock) -> None:
     async with speak_fake(fault=fault) as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url)
         with pytest.raises(ProviderError) as caught:
@@ -511,7 +515,7 @@ async def test_tts_error_statuses(fault: SpeakFault, retryable: bool, retry_afte
     )
 
 
-async def test_tts_connection_dropped_mid_body(caplog: pytest.LogCaptureFixture) -> None:
+async def test_tts_connection_dropped_mid_body(caplog: pytest.LogCaptureFixture, autojump_clock) -> None:
     caplog.set_level(logging.DEBUG)
     received = bytearray()
     async with speak_fake(fault=SpeakFault("drop", after_bytes=5000)) as fake:
@@ -526,7 +530,7 @@ async def test_tts_connection_dropped_mid_body(caplog: pytest.LogCaptureFixture)
     assert_secret_free(caught.value, caplog, API_KEY)
 
 
-async def test_tts_stall_times_out_and_cancellation_closes_the_connection() -> None:
+async def test_tts_stall_times_out_and_cancellation_closes_the_connection(autojump_clock) -> None:
     async with speak_fake(fault=SpeakFault("stall", after_bytes=2000)) as fake:
         tts = DeepgramTTS(api_key=API_KEY, base_url=fake.url, read_timeout=0.3)
         with pytest.raises(ProviderError, match="timed out") as caught:

@@ -1,8 +1,9 @@
 """The OpenAI Realtime agent on real calls, against a local fake of the Realtime WebSocket API.
 
 Every test runs the production path: FakeAsterisk ⇄ our server ⇄ OpenAIRealtimeAgent ⇄
-FakeOpenAIRealtime, all on 127.0.0.1 and the same trio clock, so times seen by the fake
-and by the caller can be compared directly.
+FakeOpenAIRealtime. The call runs on an in-memory line, the fake serves its WebSocket on
+127.0.0.1, and all of it shares one virtual trio clock (``autojump_clock``), so times seen
+by the fake and by the caller can be compared directly and exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 import pytest
 import trio
 
-import audiosocket_ai as asa
 from audiosocket_ai.agents.tone import ToneAgent
 from audiosocket_ai.agents.tools import tool
 from audiosocket_ai.app.realtime import OpenAIRealtimeAgent
@@ -27,7 +27,8 @@ from audiosocket_ai.audio import rms_dbfs, tone_pcm
 from audiosocket_ai.interfaces import SpeechEnded, SpeechStarted, VadEvent
 from audiosocket_ai.protocol import Audio, Hangup
 from audiosocket_ai.providers.errors import ProviderError
-from tests.conftest import keep_line_open, noise, running_server, settled
+from audiosocket_ai.testing import FakeAsterisk, serve_in_memory
+from tests.conftest import keep_line_open, noise, settled
 from tests.fakes.openai_realtime_server import API_KEY, FakeOpenAIRealtime, RealtimeSession, Reply, ScriptedCall
 
 WRONG_KEY = "sk-wrong-realtime-key-77aa10"
@@ -55,7 +56,7 @@ def agent_for(fake: FakeOpenAIRealtime, **options: Any) -> OpenAIRealtimeAgent:
     return OpenAIRealtimeAgent(base_url=fake.url, **options)
 
 
-def audible(pbx: asa.FakeAsterisk, since: float = 0.0, until: float = float("inf")) -> list[float]:
+def audible(pbx: FakeAsterisk, since: float = 0.0, until: float = float("inf")) -> list[float]:
     """Arrival times of the frames the caller could hear."""
     return [item.t for item in pbx.received if isinstance(item.message, Audio) and since <= item.t < until
             and rms_dbfs(item.message.pcm) > -50]
@@ -74,7 +75,7 @@ def item_creates(session: RealtimeSession) -> list[dict[str, Any]]:
     return [e["item"] for e in session.of_type("conversation.item.create")]
 
 
-def assert_logged(records: Sequence[logging.LogRecord], pbx: asa.FakeAsterisk, *words: str) -> None:
+def assert_logged(records: Sequence[logging.LogRecord], pbx: FakeAsterisk, *words: str) -> None:
     """Some warning or error names the call, the provider and ``words``."""
     lines = [r for r in records if r.levelno >= logging.WARNING and r.name.endswith(REALTIME_LOGGERS)
              and getattr(r, "call", None) == str(pbx.uuid) and "openai-realtime" in r.getMessage()]
@@ -104,12 +105,12 @@ def test_needs_a_key_and_never_shows_it(monkeypatch: pytest.MonkeyPatch) -> None
 # --- the happy paths --------------------------------------------------------------------
 
 
-async def test_session_is_configured_and_caller_audio_streams_at_24k() -> None:
+async def test_session_is_configured_and_caller_audio_streams_at_24k(autojump_clock) -> None:
     async with realtime() as fake:
         agent = agent_for(fake, instructions="Be brief.", voice="cedar")
         sent = tone_pcm(300, 1000, 8000, amplitude=0.003)  # well below the fake's VAD threshold
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(100)
                 await pbx.send_audio(sent)
                 await pbx.send_silence(200)
@@ -144,11 +145,11 @@ async def test_session_is_configured_and_caller_audio_streams_at_24k() -> None:
     assert np.fft.rfftfreq(len(pcm), 1 / 24000)[int(np.argmax(spectrum))] == pytest.approx(300, abs=3)
 
 
-async def test_greeting_is_spoken_in_real_time_and_recorded(tmp_path: Path) -> None:
+async def test_greeting_is_spoken_in_real_time_and_recorded(tmp_path: Path, autojump_clock) -> None:
     async with realtime(replies=[Reply(text="Hi, how can I help you today?", audio_ms=1000)]) as fake:
         agent = agent_for(fake, greeting=GREETING, transcript_dir=tmp_path)
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port, rate=16000) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call(rate=16000) as pbx:
                 await pbx.send_silence(1600)
     (session,) = fake.sessions
     assert session.of_type("response.create")[0]["response"]["instructions"] == GREETING
@@ -163,7 +164,8 @@ async def test_greeting_is_spoken_in_real_time_and_recorded(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("generating", [True, False], ids=["while-generating", "after-response-done"])
-async def test_barge_in_silences_cancels_and_truncates_at_what_was_heard(tmp_path: Path, generating: bool) -> None:
+async def test_barge_in_silences_cancels_and_truncates_at_what_was_heard(tmp_path: Path, generating: bool,
+                                                                         autojump_clock) -> None:
     # The API sends audio faster than real time: at speed 8 the 4 s answer has been fully
     # received (response.done) long before the caller cuts in; at speed 2 it is still coming.
     long_text = " ".join(f"word{i}" for i in range(40))
@@ -171,8 +173,8 @@ async def test_barge_in_silences_cancels_and_truncates_at_what_was_heard(tmp_pat
     speed = 2.0 if generating else 8.0
     async with realtime(replies=replies, caller_transcripts=["Stop, please."], speed=speed) as fake:
         agent = agent_for(fake, greeting=GREETING, transcript_dir=tmp_path)
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(1200)
                 await pbx.send_audio(noise(300, 8000))
                 await pbx.send_silence(1200)
@@ -207,16 +209,16 @@ async def test_barge_in_silences_cancels_and_truncates_at_what_was_heard(tmp_pat
     assert lines[1]["text"] == "Stop, please." and lines[2]["text"] == "Okay, stopping."
 
 
-async def test_transfer_sets_the_outcome_and_hangs_up_after_the_audio() -> None:
+async def test_transfer_sets_the_outcome_and_hangs_up_after_the_audio(autojump_clock) -> None:
     reply = Reply(text="Transferring you to sales.", audio_ms=600,
                   calls=(ScriptedCall("transfer", {"target": "sales"}),))
     outcomes: list[dict[str, Any]] = []
     async with realtime(replies=[reply]) as fake:
-        async with running_server(agent_for(fake, greeting=GREETING)) as (server, port):
-            server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent_for(fake, greeting=GREETING)) as line:
+            line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=5)
-            await settled(server)
+            await settled(line.server)
     assert outcomes[0]["transfer"] == "sales"
     assert isinstance(pbx.received[-1].message, Hangup)
     heard = audible(pbx)
@@ -227,17 +229,17 @@ async def test_transfer_sets_the_outcome_and_hangs_up_after_the_audio() -> None:
     assert not any(i["type"] == "function_call_output" for i in item_creates(session))
 
 
-async def test_hang_up_without_words_asks_for_a_goodbye_first() -> None:
+async def test_hang_up_without_words_asks_for_a_goodbye_first(autojump_clock) -> None:
     replies = [Reply(audio_ms=0, calls=(ScriptedCall("hang_up", {"reason": "caller is done"}),)),
                Reply(text="Goodbye!", audio_ms=400)]
     outcomes: list[dict[str, Any]] = []
     async with realtime(replies=replies) as fake:
         agent = agent_for(fake, greeting=GREETING)
-        async with running_server(agent) as (server, port):
-            server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=5)
-            await settled(server)
+            await settled(line.server)
     (session,) = fake.sessions
     (output,) = [i for i in item_creates(session) if i["type"] == "function_call_output"]
     assert output["output"] == "ok"
@@ -246,7 +248,7 @@ async def test_hang_up_without_words_asks_for_a_goodbye_first() -> None:
     assert 18 <= len(audible(pbx)) <= 22
 
 
-async def test_user_tool_result_goes_back_and_the_model_answers() -> None:
+async def test_user_tool_result_goes_back_and_the_model_answers(autojump_clock) -> None:
     seen: list[str] = []
 
     @tool("Look up an order's status.")
@@ -258,8 +260,8 @@ async def test_user_tool_result_goes_back_and_the_model_answers() -> None:
                Reply(text="Your order has shipped.", audio_ms=500)]
     async with realtime(replies=replies) as fake:
         agent = agent_for(fake, greeting=GREETING, tools=[lookup_order])
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await keep_line_open(pbx, lambda: len(audible(pbx)) >= 25, timeout=4)
                 await pbx.send_silence(200)
     (session,) = fake.sessions
@@ -273,12 +275,12 @@ async def test_user_tool_result_goes_back_and_the_model_answers() -> None:
     assert 24 <= len(audible(pbx)) <= 27
 
 
-async def test_a_key_interrupts_and_becomes_a_text_turn(tmp_path: Path) -> None:
+async def test_a_key_interrupts_and_becomes_a_text_turn(tmp_path: Path, autojump_clock) -> None:
     replies = [Reply(text="A long greeting " * 10, audio_ms=3000), Reply(text="You pressed five.", audio_ms=400)]
     async with realtime(replies=replies, speed=2.0) as fake:  # the greeting is still being generated
         agent = agent_for(fake, greeting=GREETING, transcript_dir=tmp_path)
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(800)
                 pressed_at = trio.current_time()
                 await pbx.send_dtmf("5")
@@ -328,11 +330,11 @@ class _EnergyVad:
         self.speaking = False
 
 
-async def test_our_own_vad_commits_and_asks_for_the_answer() -> None:
+async def test_our_own_vad_commits_and_asks_for_the_answer(autojump_clock) -> None:
     async with realtime(replies=[Reply(text="I heard you.", audio_ms=400)]) as fake:
         agent = agent_for(fake, turn_detection=None, vad_factory=_EnergyVad)
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(100)
                 await pbx.send_audio(noise(300, 8000))
                 await keep_line_open(pbx, lambda: len(audible(pbx)) >= 20, timeout=3)
@@ -345,11 +347,11 @@ async def test_our_own_vad_commits_and_asks_for_the_answer() -> None:
     assert 18 <= len(audible(pbx)) <= 22
 
 
-async def test_the_beta_interface_works_end_to_end() -> None:
+async def test_the_beta_interface_works_end_to_end(autojump_clock) -> None:
     async with realtime(api="beta", replies=[Reply(text="Hello from beta.", audio_ms=400)]) as fake:
         agent = agent_for(fake, api_version="beta", greeting=GREETING, model="gpt-4o-realtime-preview")
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await keep_line_open(pbx, lambda: len(audible(pbx)) >= 20, timeout=3)
                 await pbx.send_silence(100)
     (session,) = fake.sessions
@@ -364,35 +366,37 @@ async def test_the_beta_interface_works_end_to_end() -> None:
 # --- failures ---------------------------------------------------------------------------
 
 
-async def test_bad_key_is_not_retried_and_the_call_is_hung_up(calllog: pytest.LogCaptureFixture) -> None:
+async def test_bad_key_is_not_retried_and_the_call_is_hung_up(calllog: pytest.LogCaptureFixture,
+                                                              autojump_clock) -> None:
     async with realtime() as fake:
-        async with running_server(agent_for(fake, api_key=WRONG_KEY, greeting=GREETING)) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent_for(fake, api_key=WRONG_KEY, greeting=GREETING)) as line:
+            async with line.call() as pbx:
                 assert await pbx.wait_for_hangup(timeout=3)
-            await settled(server)
+            await settled(line.server)
     assert [s.rejected for s in fake.sessions] == [401]
     assert pbx.server_hung_up
     assert_logged(calllog.records, pbx, "401", "Incorrect API key")
     assert_no_key(calllog, WRONG_KEY, API_KEY)
 
 
-async def test_ga_server_refuses_the_beta_header(calllog: pytest.LogCaptureFixture) -> None:
+async def test_ga_server_refuses_the_beta_header(calllog: pytest.LogCaptureFixture, autojump_clock) -> None:
     async with realtime() as fake:
-        async with running_server(agent_for(fake, api_version="beta")) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent_for(fake, api_version="beta")) as line:
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=3)
     assert len(fake.sessions) == 1, "a 4000 close is not retried"
     assert_logged(calllog.records, pbx, "4000", "beta_api_shape_disabled")
 
 
-async def test_dropped_connection_reconnects_and_resumes(calllog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+async def test_dropped_connection_reconnects_and_resumes(calllog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                         autojump_clock) -> None:
     replies = [Reply(text="one two three four five six seven eight", audio_ms=2000, fault="drop",
                      fault_after_ms=500),
                Reply(text="Sorry, the line dropped.", audio_ms=400, frequency=660)]
     async with realtime(replies=replies, caller_transcripts=["Hello?"]) as fake:
         agent = agent_for(fake, greeting=GREETING, transcript_dir=tmp_path)
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(1500)
                 assert not pbx.server_hung_up
     first, second = fake.sessions
@@ -407,14 +411,15 @@ async def test_dropped_connection_reconnects_and_resumes(calllog: pytest.LogCapt
     assert agent_lines[-1]["text"] == "Sorry, the line dropped."
 
 
-async def test_malformed_event_then_failed_reconnect_hangs_up(calllog: pytest.LogCaptureFixture) -> None:
+async def test_malformed_event_then_failed_reconnect_hangs_up(calllog: pytest.LogCaptureFixture,
+                                                              autojump_clock) -> None:
     replies = [Reply(audio_ms=1000, fault="malformed", fault_after_ms=200)]
     async with realtime(replies=replies, reject_status=503, reject_from=1) as fake:
-        async with running_server(agent_for(fake, greeting=GREETING)) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent_for(fake, greeting=GREETING)) as line:
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=4)
-            await settled(server)
-            assert server.stats.ended == {"agent_hung_up": 1}
+            await settled(line.server)
+            assert line.server.stats.ended == {"agent_hung_up": 1}
     assert [s.rejected for s in fake.sessions] == [None, 503]
     assert fake.sessions[0].client_close_code == 1000, "we closed the broken session ourselves"
     assert 9 <= len(audible(pbx)) <= 11, "what had arrived was played, nothing more"
@@ -423,13 +428,14 @@ async def test_malformed_event_then_failed_reconnect_hangs_up(calllog: pytest.Lo
     assert_no_key(calllog, API_KEY)
 
 
-async def test_silent_server_is_detected_and_the_fallback_takes_over(calllog: pytest.LogCaptureFixture) -> None:
+async def test_silent_server_is_detected_and_the_fallback_takes_over(calllog: pytest.LogCaptureFixture,
+                                                                     autojump_clock) -> None:
     replies = [Reply(audio_ms=1000, fault="silent", fault_after_ms=300)]
     async with realtime(replies=replies) as fake:
         agent = agent_for(fake, greeting=GREETING, reconnects=0, event_timeout=0.5,
                           fallback=ToneAgent(frequency=880, duration_ms=400))
-        async with running_server(agent) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=4)
     (session,) = fake.sessions
     assert session.ended.is_set()
@@ -438,11 +444,11 @@ async def test_silent_server_is_detected_and_the_fallback_takes_over(calllog: py
     assert_logged(calllog.records, pbx, "fallback")
 
 
-async def test_error_event_is_logged_and_the_call_goes_on(calllog: pytest.LogCaptureFixture) -> None:
+async def test_error_event_is_logged_and_the_call_goes_on(calllog: pytest.LogCaptureFixture, autojump_clock) -> None:
     replies = [Reply(audio_ms=600, fault="error", fault_after_ms=200)]
     async with realtime(replies=replies) as fake:
-        async with running_server(agent_for(fake, greeting=GREETING)) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent_for(fake, greeting=GREETING)) as line:
+            async with line.call() as pbx:
                 await keep_line_open(pbx, lambda: len(audible(pbx)) >= 30, timeout=3)
                 await pbx.send_silence(100)
                 assert not pbx.server_hung_up
@@ -451,16 +457,16 @@ async def test_error_event_is_logged_and_the_call_goes_on(calllog: pytest.LogCap
     assert 29 <= len(audible(pbx)) <= 31
 
 
-async def test_drain_timeout_says_goodbye_through_the_model() -> None:
+async def test_drain_timeout_says_goodbye_through_the_model(autojump_clock) -> None:
     replies = [Reply(text="Hello!", audio_ms=300), Reply(text="Sorry, I have to go. Goodbye!", audio_ms=500)]
     async with realtime(replies=replies) as fake:
         agent = agent_for(fake, greeting=GREETING)
-        async with running_server(agent, drain_timeout=0.2) as (server, port):
-            async with asa.FakeAsterisk.connect("127.0.0.1", port) as pbx:
+        async with serve_in_memory(agent, drain_timeout=0.2) as line:
+            async with line.call() as pbx:
                 await pbx.send_silence(600)
-                server.drain()
+                line.server.drain()
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=4)
-            await settled(server)
+            await settled(line.server)
     (session,) = fake.sessions
     assert session.of_type("response.create")[-1]["response"]["instructions"] == agent.shutdown_instructions
     assert 39 <= len(audible(pbx)) <= 41, "greeting and goodbye were both heard"
