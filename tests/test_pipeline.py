@@ -333,3 +333,20 @@ async def test_calls_share_syntheses_of_the_same_sentence(autojump_clock) -> Non
     assert tts.texts.count("We open at nine.") == 1
     assert sorted(t for t in tts.texts if t.startswith("Ask")) == ["Ask for Ann.", "Ask for Bob."]
     assert agent.speech_cache.joined >= 1 and agent.speech_cache.hits >= 2
+
+
+async def test_the_greetings_transcript_entry_ends_when_its_audio_ended(tmp_path: Path, autojump_clock) -> None:
+    """An agent entry spans its audio on the wire: from the turn's start to the last frame's end."""
+    tts = ToneTTS(ms_per_char=40)
+    greeting = "Welcome to the test line."  # 25 characters: 1000 ms of tone
+    agent, _ = make(ScriptedLLM([]), tts=tts, greeting=greeting, transcript_dir=tmp_path)
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
+            await pbx.send_silence(3000)
+    heard = [item.t - pbx.connected_at for item in pbx.received
+             if isinstance(item.message, Audio) and any(item.message.pcm)]
+    (entry,) = [json.loads(x) for x in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]
+    assert entry["who"] == "agent" and entry["text"] == greeting and not entry["interrupted"]
+    assert len(heard) == 50, "1000 ms of greeting"
+    assert entry["end"] - entry["start"] >= 1.0
+    assert abs(entry["end"] - (heard[-1] + 0.02)) <= 0.021, "the entry ends with the greeting's last frame"

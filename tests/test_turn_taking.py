@@ -4,14 +4,12 @@ hesitations and quick ends — policy units, then whole calls in memory on a vir
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
 import audiosocket_ai as asa
 from audiosocket_ai.agents.assistant import AssistantSettings, VoiceAssistant
@@ -27,9 +25,15 @@ from audiosocket_ai.agents.assistant.turns import (
 )
 from audiosocket_ai.playout import Playout
 from audiosocket_ai.protocol import Audio
-from audiosocket_ai.server import Server, ServerConfig
-from audiosocket_ai.surface import as_agent_function
-from audiosocket_ai.testing import EnergyVad, FakeAsterisk, RecordingObserver, ScriptedLLM, ScriptedSTT, ToneTTS
+from audiosocket_ai.testing import (
+    EnergyVad,
+    FakeAsterisk,
+    RecordingObserver,
+    ScriptedLLM,
+    ScriptedSTT,
+    ToneTTS,
+    serve_in_memory,
+)
 
 # --- the policy --------------------------------------------------------------------------
 
@@ -174,26 +178,6 @@ def assistant(llm: ScriptedLLM, stt: ScriptedSTT, *, tts: ToneTTS | None = None,
     return agent, observer, tts
 
 
-Dial = Callable[[], AbstractAsyncContextManager[FakeAsterisk]]
-
-
-@asynccontextmanager
-async def in_memory(agent: VoiceAssistant) -> AsyncIterator[Dial]:
-    """The agent behind a server reached over in-memory streams."""
-    server = Server(lambda: as_agent_function(agent), ServerConfig(host="127.0.0.1", port=0))
-    async with trio.open_nursery() as nursery:
-
-        @asynccontextmanager
-        async def dial() -> AsyncIterator[FakeAsterisk]:
-            ours, theirs = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.handle_connection, theirs)
-            async with FakeAsterisk(ours) as pbx:
-                yield pbx
-
-        yield dial
-        nursery.cancel_scope.cancel()
-
-
 def audible_ms(pbx: FakeAsterisk, since: float = 0.0) -> int:
     return 20 * sum(1 for item in pbx.received
                     if isinstance(item.message, Audio) and item.t >= since and any(item.message.pcm))
@@ -226,7 +210,7 @@ async def test_a_backchannel_a_noise_or_an_echo_over_the_answer_pauses_it_and_it
         autojump_clock: trio.abc.Clock, tmp_path: Path, overlap: str, verdict: str, amplitude: float) -> None:
     llm = ScriptedLLM([[ANSWER]])
     agent, observer, tts = assistant(llm, ScriptedSTT(["tell me a story", overlap]), transcript_dir=tmp_path)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(400))
         await talk_until(pbx, lambda: audible_ms(pbx) >= 1200)
         sound_at = trio.current_time()
@@ -251,7 +235,7 @@ async def test_a_backchannel_a_noise_or_an_echo_over_the_answer_pauses_it_and_it
 async def test_words_with_content_over_the_answer_interrupt_it(autojump_clock: trio.abc.Clock) -> None:
     llm = ScriptedLLM([[ANSWER], ["Sure."]])
     agent, observer, _ = assistant(llm, ScriptedSTT(["tell me a story", "stop, what about Sunday"]))
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(400))
         await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
         onset = trio.current_time()
@@ -269,7 +253,7 @@ async def test_speech_that_goes_on_interrupts_before_its_words_are_in(autojump_c
     llm = ScriptedLLM([[ANSWER], ["Sure."]])
     stt = ScriptedSTT(["tell me a story", "I said I want to talk about my bill right now please"])
     agent, observer, _ = assistant(llm, stt, turn=TurnSettings(interrupt_after_ms=900, echo_cancel=False))
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(400))
         await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
         onset = trio.current_time()
@@ -284,7 +268,7 @@ async def test_turn_resume_off_interrupts_at_the_first_sound(autojump_clock: tri
     llm = ScriptedLLM([[ANSWER], ["Sure."]])
     agent, observer, _ = assistant(llm, ScriptedSTT(["tell me a story", "uh-huh"]),
                                    turn=TurnSettings(resume=False, echo_cancel=False))
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(400))
         await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
         await pbx.send_audio(speech(300))
@@ -304,7 +288,7 @@ async def test_a_caller_who_asks_to_hold_gets_time_and_check_ins_not_reprompts(
     turn = TurnSettings(hold_wait=30.0, hold_check_in=12.0, echo_cancel=False)
     agent, observer, tts = assistant(llm, stt, reprompt_after=4.0, max_reprompts=1, turn=turn,
                                      transcript_dir=tmp_path)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(600))
         asked_at = trio.current_time()
         await talk_until(pbx, lambda: trio.current_time() - asked_at > 30)
@@ -324,7 +308,7 @@ async def test_after_the_hold_wait_the_usual_reprompts_come_back(autojump_clock:
     turn = TurnSettings(hold_wait=10.0, hold_check_in=30.0, echo_cancel=False)
     agent, _, tts = assistant(ScriptedLLM([]), stt, reprompt_after=4.0, max_reprompts=1, turn=turn,
                               transcript_dir=tmp_path)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(600))
         await talk_until(pbx, lambda: pbx.server_hung_up or pbx.server_closed)
         asked_at = trio.current_time()
@@ -338,7 +322,7 @@ async def test_a_hesitation_after_an_incomplete_phrase_is_not_the_end_of_the_tur
     stt = ScriptedSTT(["I'd like to book an appointment for", "I'd like to book an appointment for next Tuesday."],
                       delay=0.05)
     agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(1200))
         await pbx.send_silence(700)  # "...for" — a 700 ms hesitation
         await pbx.send_audio(speech(500))
@@ -355,7 +339,7 @@ async def test_a_complete_question_ends_the_turn_sooner_than_the_usual_silence(
     llm = ScriptedLLM([["We open at nine."]])
     stt = ScriptedSTT(["What time do you open?"], delay=0.05)
     agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(800))
         await talk_until(pbx, lambda: len(observer.turns) == 1)
     timings = observer.turns[0]
@@ -394,7 +378,7 @@ async def test_a_voice_far_below_the_callers_neither_pauses_the_agent_nor_takes_
         autojump_clock: trio.abc.Clock) -> None:
     llm = ScriptedLLM([[ANSWER]])
     agent, observer, tts = assistant(llm, ScriptedSTT(["tell me a story", "buy now while stocks last"]))
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         await pbx.send_audio(speech(600))
         await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
         await pbx.send_audio(quiet_voice(800))
@@ -412,7 +396,7 @@ async def test_a_turn_ends_while_the_room_behind_the_caller_goes_on(autojump_clo
     llm = ScriptedLLM([["We open at nine."]])
     agent, observer, _ = assistant(llm, ScriptedSTT(["What time do you open?"]), vad_end_ms=1400,
                                    endpointing_ms=400)
-    async with in_memory(agent) as dial, dial() as pbx:
+    async with serve_in_memory(agent) as line, line.call() as pbx:
         room = quiet_voice(6000)
         await pbx.send_audio(mixed(room[:8000], speech(800)) + room[8000:])
         assert len(observer.turns) == 1, "answered while the room kept talking"
