@@ -22,6 +22,7 @@ WHERE = {
     "PiperTTS": "audiosocket_ai.providers.local.piper_tts",
     "WhisperSTT": "audiosocket_ai.providers.local.whisper_stt",
     "WebRtcVad": "audiosocket_ai.providers.local.webrtc_vad",
+    "EchoCanceller": "audiosocket_ai.echo",
     "RuleBasedLLM": "audiosocket_ai.providers.rules",
     "Server": "audiosocket_ai",
     "ServerConfig": "audiosocket_ai",
