@@ -57,6 +57,11 @@ class EchoPath:
             self._far.clear()
         return self._canceller
 
+    @property
+    def echo_likely(self) -> bool:
+        """The caller's latest frame is probably the agent's own echo (see EchoCanceller)."""
+        return self._canceller is not None and not self.failed and bool(self._canceller.echo_likely)
+
     def _fail(self, exc: Exception) -> None:
         self.failed = True
         log.error("echo cancellation failed (%s); going on without it for this call", exc)

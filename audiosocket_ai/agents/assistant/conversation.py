@@ -70,6 +70,11 @@ class Parts(Protocol):
     observer: AssistantObserver
 
 
+ECHO_TAIL_S = 0.4
+"""Speech that begins this soon after the agent stopped may still be the line's echo of its
+last words (echo paths are up to ~300 ms long): it is judged before it becomes a turn."""
+
+
 @attrs.define(eq=False)
 class _Pause:
     """The agent paused for a sound over its speech; the verdict is pending."""
@@ -164,6 +169,9 @@ class Conversation:
         if onset is not None and self.listener.caller_level.db is not None and self.listener.is_background(onset):
             log.debug("a voice %.0f dB below the caller's over the agent: not pausing",
                       self.listener.caller_level.db - onset)
+            return  # (its words are still judged when they come in)
+        if self.listener.onset_echo:
+            log.debug("sound over the agent that the echo canceller takes for its echo: not pausing")
             return
         if not self.settings.turn.resume or self._nursery is None:
             self.interrupt("caller spoke")
@@ -182,17 +190,34 @@ class Conversation:
     def _judge(self, utterance: Utterance) -> bool:
         """Listener's hook: True if ``utterance`` is not a turn (see module docstring)."""
         pause, turn = self._pause, self.settings.turn
+        if not turn.resume:
+            return False  # every sound over the agent interrupted it; every utterance is a turn
         caller_db = self.listener.caller_level.db
         if pause is None or utterance.end < pause.onset - 0.05:
             level = utterance.level_db
             if utterance.text and level is not None and caller_db is not None and self.listener.is_background(level):
                 log.info("ignored speech %.0f dB below the caller's: %s", caller_db - level, utterance.text)
                 return True
-            return False
+            after_agent = utterance.start - self.listener.busy_until
+            if self.settings.barge_in != "on" or utterance.is_dtmf or after_agent > ECHO_TAIL_S:
+                return False  # a turn of its own, not over the agent (or barge-in rules apply)
+            # speech over the agent that did not pause it (taken for its echo), or that
+            # began as the agent stopped (the line may still be echoing its last words)
+            verdict = judge_interruption(utterance.text, settings=turn, agent_text=self._agent_words(),
+                                         level_db=level, caller_db=caller_db)
+            if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
+                self._learn_level(utterance)
+                if verdict is Verdict.INTERRUPT and self.call.speaking:
+                    self.interrupt("caller spoke")
+                return False
+            if utterance.text:
+                log.info("not a turn (%s over the agent): %s", verdict.value, utterance.text)
+            return True
         verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
                                      level_db=utterance.level_db, caller_db=caller_db)
         pause.decided.set()
         if verdict is Verdict.INTERRUPT:
+            self._learn_level(utterance)
             self.interrupt("caller spoke")
             return False
         self._resume(pause, verdict.value)
@@ -202,6 +227,11 @@ class Conversation:
         if utterance.text:
             log.info("went on talking over %s: %s", verdict.value, utterance.text)
         return True
+
+    def _learn_level(self, utterance: Utterance) -> None:
+        """The caller spoke over the agent: their voice's level is worth knowing too."""
+        if utterance.level_db is not None and not self.listener.is_background(utterance.level_db):
+            self.listener.caller_level.add(utterance.level_db)
 
     def _resume(self, pause: _Pause, why: str) -> None:
         if self._pause is not pause:

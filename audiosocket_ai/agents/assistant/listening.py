@@ -94,6 +94,8 @@ class Listener:
         """The speech level of the last half second of the utterance in progress (dBFS)."""
         self.onset_level_db: float | None = None
         """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
+        self.onset_echo = False
+        """The echo canceller took the latest speech onset for the agent's own echo."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
         self.caller_speaking = False
         self.transcribing = 0
@@ -101,6 +103,10 @@ class Listener:
         """Last time a caller frame arrived while the agent was busy (for barge-in off)."""
         self.tentative: Utterance | None = None
         """The tentative utterance whose reply is being prepared, until released."""
+        self._judged: Speculation | None = None
+        """A speculation over the agent that the judge found was no turn."""
+        self._levels: list[float] = []
+        """The frame levels of the utterance in progress."""
         self._offered: Utterance | None = None
         """The last tentative utterance delivered (its transcript is final if confirmed)."""
         self.quiet_since = trio.current_time()
@@ -208,15 +214,17 @@ class Listener:
                     lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
                         levels, quiet_ms = [], 0.0
+                        self._levels = levels
                         voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
+                        self.onset_echo = self.echo is not None and self.echo.echo_likely
                         self.caller_speaking = True
                         self._changed()
                         self._on_speech()
                         onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
                         capture = UtteranceCapture(
                             self.stt, nursery, ring.since(position, onset_bytes),
-                            on_speculation=self._speculated if settings.preemptive else None)
+                            on_speculation=self._speculated)
                         started = max(call.started_at, now - lag)
                         if capture.streaming:  # it recognizes while the caller talks
                             nursery.start_soon(self._transcribe, capture, started)
@@ -239,11 +247,26 @@ class Listener:
                 capture.cancel()
 
     def _speculated(self, speculation: Speculation) -> None:
-        """A transcript of the caller's pause is in: offer it as a tentative utterance."""
+        """A transcript of the caller's pause is in. Over the agent: let the judge decide
+        now, not at the endpoint (an "uh-huh" resumes the answer sooner). Otherwise: offer
+        it as a tentative utterance, whose reply is prepared during the rest of the pause."""
         text = speculation.text
-        if not text or self._agent_busy() or self.tentative is not None or incomplete_phrase(text):
-            return  # (an unfinished phrase: the caller is probably not done)
         now = trio.current_time()
+        if self._agent_busy():
+            if self._judge is not None and self._judged is not speculation:
+                early = Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
+                                  level_db=_speech_level(self._levels))
+                if self._judge(early):
+                    self._judged = speculation  # if it stands (nothing more said), it was no turn
+            return
+        if (not text or not self.settings.preemptive or self.tentative is not None
+                or incomplete_phrase(text)):
+            return  # (an unfinished phrase: the caller is probably not done)
+        if self._judge is not None and self._judge(
+                Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
+                          level_db=_speech_level(self._levels))):
+            self._judged = speculation  # (the agent's echo trailing after it stopped, a TV...)
+            return
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
                               speculation=speculation)
         if self._deliver(utterance, "a tentative utterance"):
@@ -251,6 +274,9 @@ class Listener:
             log.debug("preparing a reply during the pause to: %s", text)
 
     async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
+        if capture.speculation is not None and capture.speculation is self._judged:
+            log.debug("not a turn (judged at the pause): %s", capture.speculation.text)
+            return
         held = self._offered
         if held is not None and capture.speculation is not None and held.speculation is capture.speculation:
             # its reply is already on its way (held until now): just complete its timings

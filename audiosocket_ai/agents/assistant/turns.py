@@ -23,6 +23,7 @@ import re
 import attrs
 
 __all__ = [
+    "COMMANDS",
     "DEFAULT_BACKCHANNELS",
     "DEFAULT_HOLD_PHRASES",
     "CallerLevel",
@@ -37,12 +38,18 @@ __all__ = [
 ]
 
 DEFAULT_BACKCHANNELS: tuple[str, ...] = (
-    "uh-huh", "uh huh", "mm-hmm", "mm hmm", "mhm", "mm", "hmm", "hm", "okay", "ok", "right", "yeah",
+    "uh-huh", "uh huh", "uh-uh", "mm-hmm", "mm hmm", "mhm", "mm", "hmm", "hm", "okay", "ok", "right", "yeah",
     "yes", "yep", "yup", "sure", "i see", "got it", "alright", "all right", "cool", "great", "fine",
     "ah", "oh", "oh okay", "okay okay", "uh", "um", "good", "nice", "thanks", "thank you", "of course",
     "exactly", "indeed", "true", "really",
 )
-"""Acknowledgements that let the agent go on talking (matched on the whole utterance)."""
+"""Acknowledgements that let the agent go on talking (matched on the whole utterance).
+"uh-uh" is among them because small Whisper models write a phone line's "uh-huh" that way."""
+
+COMMANDS = frozenset("""
+stop wait no nope cancel operator agent human person help hello hey sorry pardon what repeat quiet enough
+""".split())
+"""One word that always interrupts, even if the agent just said it."""
 
 DEFAULT_HOLD_PHRASES: tuple[str, ...] = (
     "hold on", "hang on", "one moment", "one second", "one sec", "just a moment", "just a second",
@@ -207,10 +214,13 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
 
 
 def _echoes(said: list[str], agent: list[str]) -> bool:
-    """The words heard are a stretch of what the agent was saying (its echo): at least two
-    words, found in order in the agent's text with at most one word misheard."""
-    if len(said) < 2 or not agent:
+    """The words heard are a stretch of what the agent was saying (its echo): found in order
+    in the agent's text with at most one word misheard; a single word only if it is not a
+    command ("stop", "no"...)."""
+    if not said or not agent:
         return False
+    if len(said) == 1:
+        return said[0] not in COMMANDS and said[0] in agent
     allowed = 0 if len(said) < 4 else 1
     for start in range(len(agent) - len(said) + 1):
         misses = sum(1 for a, b in zip(said, agent[start : start + len(said)], strict=True) if a != b)
