@@ -43,6 +43,8 @@ from audiosocket_ai.testing import (
     ("I want to pay my bill and", True),
     ("Can I speak to the, um", True),
     ("my card number is four one", True),
+    ("My order number is 3-8", True),
+    ("Table for 2.", False),
     ("Well,", True),
     ("What time do you open?", False),
     ("What time is it", False),
@@ -449,3 +451,24 @@ async def test_a_line_that_echoes_the_agent_does_not_make_it_interrupt_itself(
     assert not observer.barge_ins, "the agent never interrupted itself"
     assert len(llm.histories) == 1, "its echo was never answered"
     assert agent_lines(tmp_path) == [ANSWER]
+
+
+async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump_clock: trio.abc.Clock) -> None:
+    """'Hello.' comes back 200 ms later at -12 dB, before the canceller has converged."""
+    import numpy as np
+
+    llm = ScriptedLLM([["Hi."]])
+    agent, observer, _ = assistant(llm, ScriptedSTT([], default="Hello."), tts=BabbleTTS(ms_per_char=80),
+                                   turn=TurnSettings(), greeting="Hello.", vad_end_ms=1400, endpointing_ms=400)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+
+        def echo_frame() -> bytes:
+            frames = [item.message.pcm for item in pbx.received if isinstance(item.message, Audio)]
+            if len(frames) < 10:
+                return bytes(320)
+            back = np.frombuffer(frames[-10], dtype="<i2").astype(np.float64) * 10 ** (-12 / 20)
+            return back.astype("<i2").tobytes()
+
+        for _ in range(150):
+            await pbx.send_audio(echo_frame())
+    assert not llm.histories and not observer.barge_ins, "the agent never answered or stopped for its own echo"

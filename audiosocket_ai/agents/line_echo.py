@@ -17,7 +17,10 @@ from ..surface import CallSurface
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EchoPath"]
+__all__ = ["SEARCH_GRACE_MS", "EchoPath"]
+
+SEARCH_GRACE_MS = 1500.0
+"""Agent speech the canceller's delay search is given to find an echo path on a call."""
 
 
 class EchoPath:
@@ -35,6 +38,8 @@ class EchoPath:
         self._size = 0
         self._near = bytearray()
         self._far = bytearray()
+        self._zeros = b""
+        self._agent_ms = 0.0  # how much the agent has said on this call
         self.failed = False
 
     @classmethod
@@ -59,8 +64,17 @@ class EchoPath:
 
     @property
     def echo_likely(self) -> bool:
-        """The caller's latest frame is probably the agent's own echo (see EchoCanceller)."""
-        return self._canceller is not None and not self.failed and bool(self._canceller.echo_likely)
+        """The caller's latest frame is probably the agent's own echo (see EchoCanceller).
+
+        Until the canceller has found an echo path, a frame quieter than the agent counts as
+        its echo only during the agent's first :data:`SEARCH_GRACE_MS` of speech (the time
+        the delay search needs); after that, on a line with no echo, never — so a quiet
+        caller talking over the agent still pauses it at once.
+        """
+        canceller = self._canceller
+        if canceller is None or self.failed or not canceller.echo_likely:
+            return False
+        return canceller.delay_ms is not None or self._agent_ms < SEARCH_GRACE_MS
 
     def _fail(self, exc: Exception) -> None:
         self.failed = True
@@ -73,6 +87,10 @@ class EchoPath:
     def on_outbound(self, pcm: bytes, rate: int) -> None:
         if self.failed:
             return
+        if len(pcm) != len(self._zeros):
+            self._zeros = bytes(len(pcm))
+        if pcm != self._zeros:  # (a memcmp)
+            self._agent_ms += len(pcm) * 500 / rate
         try:
             canceller = self._at(rate)
             if len(pcm) == self._size and not self._far:

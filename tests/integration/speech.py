@@ -42,11 +42,17 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-def spoken(text: str, directory: Path, rate: int = 8000) -> bytes:
-    """``text`` spoken by espeak-ng, as mono 16-bit PCM at ``rate`` (what a phone sends)."""
+def spoken(
+    text: str, directory: Path, rate: int = 8000, *, voice: str | None = None, speed: int | None = None
+) -> bytes:
+    """``text`` spoken by espeak-ng, as mono 16-bit PCM at ``rate`` (what a phone sends).
+
+    ``voice`` (``-v``, e.g. ``en-us``) and ``speed`` (``-s``, words per minute; espeak's
+    default is 175) change espeak-ng's defaults where Whisper mishears them at 8 kHz."""
     raw = directory / "espeak.wav"
     converted = directory / "spoken.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True, timeout=30)
+    options = [*(["-v", voice] if voice else []), *(["-s", str(speed)] if speed else [])]
+    subprocess.run(["espeak-ng", *options, "-w", str(raw), text], check=True, capture_output=True, timeout=30)
     subprocess.run(
         ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(converted)],
         check=True,
@@ -140,3 +146,18 @@ def expect_speech(pcm: bytes, rate: int, *, min_ms: float, what: str) -> SpeechR
         problems.insert(0, f"the longest sound lasted {report.duration_ms:.0f} ms, expected ≥ {min_ms:.0f}")
     assert not problems, f"{what}: " + "; ".join(problems) + f" [heard: {report}; {heard_ms:.0f} ms in all]"
     return report
+
+
+def cough(rate: int = 8000, duration_ms: int = 150, level_dbfs: float = -12.0, seed: int = 13) -> bytes:
+    """A cough-like noise burst: low-passed noise (most energy below ~1.5 kHz, like a cough's
+    burst of breath) with a 10 ms attack and an exponential decay, ``level_dbfs`` RMS over
+    the burst. No words: the assistant should take it for noise and go on talking."""
+    count = rate * duration_ms // 1000
+    noise = np.random.default_rng(seed).standard_normal(count + 64)
+    kernel = np.hanning(9)
+    shaped = np.convolve(noise, kernel / kernel.sum(), mode="same")[32 : 32 + count]
+    t = np.arange(count) / rate
+    envelope = np.minimum(1.0, t / 0.010) * np.exp(-np.maximum(0.0, t - 0.010) / 0.060)
+    burst = shaped * envelope
+    burst *= 10 ** (level_dbfs / 20) / max(float(np.sqrt(np.mean(burst**2))), 1e-12)
+    return bytes(np.clip(np.round(burst * 32767), -32768, 32767).astype("<i2").tobytes())

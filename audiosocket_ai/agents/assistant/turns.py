@@ -47,7 +47,7 @@ DEFAULT_BACKCHANNELS: tuple[str, ...] = (
 "uh-uh" is among them because small Whisper models write a phone line's "uh-huh" that way."""
 
 COMMANDS = frozenset("""
-stop wait no nope cancel operator agent human person help hello hey sorry pardon what repeat quiet enough
+stop wait no nope cancel operator agent human person help sorry pardon what repeat quiet enough
 """.split())
 """One word that always interrupts, even if the agent just said it."""
 
@@ -78,6 +78,8 @@ thousand double triple
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
 than the caller's usual voice (when that is known): a caller may repeat the agent's words."""
+
+_DIGIT_GROUPS = re.compile(r"\d+(?:-\d+)+")
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
@@ -126,7 +128,10 @@ def incomplete_phrase(text: str) -> bool:
     last = tail[-1]
     if last in _INCOMPLETE_ENDINGS:
         return True
-    # digits being read one by one: more may come after the pause
+    # digits being read one by one: more may come after the pause ("four one", and
+    # Whisper's way of writing them, "3-8")
+    if _DIGIT_GROUPS.fullmatch(last):
+        return True
     return last in _NUMBER_WORDS and len(tail) >= 2 and tail[-2] in _NUMBER_WORDS
 
 
