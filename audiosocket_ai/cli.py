@@ -56,6 +56,10 @@ def main() -> None:
               help="Realtime API shape.")
 @click.option("--max-calls", default=200, show_default=True, type=click.IntRange(1),
               help="Calls served at once; more get a hangup frame.")
+@click.option("--workers", default="1", show_default=True, metavar="N|auto",
+              help="Server processes sharing the port (SO_REUSEPORT), supervised by this one: a worker that dies "
+                   "is restarted, SIGTERM drains them all, the status port serves the group. auto: one per usable "
+                   "core. --max-calls applies to each worker.")
 @click.option("--gc-tuning/--no-gc-tuning", default=True, show_default=True,
               help="Freeze start-up objects out of the garbage collector and collect less often "
                    "(avoids 12-23 ms pauses of every call's audio under load).")
@@ -83,6 +87,8 @@ def main() -> None:
               help="Base URL of an OpenAI-compatible chat server, e.g. http://127.0.0.1:11434/v1 for Ollama.")
 @click.option("--tts", default="piper", show_default=True,
               help="Voice: piper (local), openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].")
+@click.option("--voice", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="A Piper voice (.onnx, its .onnx.json beside it) instead of the bundled one.")
 @click.option("--vad", default="webrtc", show_default=True, type=click.Choice(["webrtc", "silero"]),
               help="Voice activity detector that finds the caller's turns.")
 @click.option("--faq", "faq_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -117,11 +123,16 @@ def serve(ctx: click.Context, /, config_file: Path | None, **params: object) -> 
         values = config.load(config_file, overrides=overrides)
     except config.ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    configure_logging(values["logging.level"], fmt=values["logging.format"])
+    configure_logging(values["logging.level"], fmt=values["logging.format"], content=values["logging.content"])
+    workers = config.worker_count(values["server.workers"]) or 1
+    if workers > 1:
+        from .app.workers import run_workers
+
+        sys.exit(run_workers(values, workers))
     try:
         application = serving.build(values)
     except serving.StartupError as exc:
-        hint = {"agent.name": "--agent", "agent.faq": "--faq"}.get(exc.setting or "")
+        hint = {"agent.name": "--agent", "agent.faq": "--faq", "providers.voice": "--voice"}.get(exc.setting or "")
         if hint is not None or "provider" in str(exc):
             raise click.BadParameter(str(exc), param_hint=hint) from exc
         raise click.ClickException(str(exc)) from exc
@@ -144,8 +155,11 @@ def config_check(config_file: Path) -> None:
     """Validate FILE (with the current environment); print every error with its key."""
     try:
         values = config.load(config_file)
+        errors = config.check(values)  # names, files and directories
     except config.ConfigError as exc:
-        for error in exc.errors:
+        errors = exc.errors
+    if errors:
+        for error in errors:
             click.echo(f"error: {error}", err=True)
         sys.exit(1)
     changed = {k: v for k, v in values.items() if v != config.BY_NAME[k].default}
@@ -206,3 +220,52 @@ def call(wav_in: Path, wav_out: Path, host: str, port: int, rate: str, dtmf: str
     click.echo(summary.describe())
     if pbx.protocol_error is not None:
         raise click.ClickException(f"server broke the protocol: {pbx.protocol_error}")
+
+
+@main.command()
+@click.argument("campaign", metavar="CAMPAIGN.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--spool", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Asterisk's outgoing spool directory (e.g. /var/spool/asterisk/outgoing).")
+@click.option("--channel", default="Local/{number}@outbound-trunk", show_default=True,
+              help="Channel to dial; {number} is the CSV's number (e.g. PJSIP/{number}@my-trunk).")
+@click.option("--context", default="outbound-amd", show_default=True, help="Dialplan context of the answered call.")
+@click.option("--caller-id", default=None, help='CallerID line, e.g. \'"Acme" <5551234>\'.')
+@click.option("--results", default=Path("dial-results.jsonl"), show_default=True, type=click.Path(path_type=Path),
+              help="Append each attempt's outcome here (JSON lines, or CSV if it ends in .csv).")
+@click.option("--status-url", default=None, help="The server's status endpoint (http://127.0.0.1:9100), to read "
+              "each call's amd/result at /calls/<uuid>.")
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1), help="Calls up at once.")
+@click.option("--per-minute", default=30.0, show_default=True, type=click.FloatRange(0.01),
+              help="Calls started per minute at most.")
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1), help="Attempts per number.")
+@click.option("--retry-delay", default=300.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds before retrying a number that was not answered.")
+@click.option("--retry-on", default="no_answer,failed", show_default=True,
+              help="Outcomes that are retried (comma-separated: no_answer, failed, machine, message_left...).")
+@click.option("--wait-time", default=45, show_default=True, type=click.IntRange(1), help="Seconds to let it ring.")
+@click.option("--no-amd", is_flag=True, default=False, help="Set AMD=off (the dialplan skips detection).")
+def dial(campaign: Path, spool: Path, channel: str, context: str, caller_id: str | None, results: Path,
+         status_url: str | None, max_concurrent: int, per_minute: float, max_attempts: int, retry_delay: float,
+         retry_on: str, wait_time: int, no_amd: bool) -> None:
+    """Call every number of CAMPAIGN.csv through Asterisk call files (docs/outbound.md).
+
+    The CSV needs a 'number' column; every other column becomes a channel variable. Prints
+    the count of final outcomes when every number is done.
+    """
+    from .app import dialer
+
+    configure_logging("info", fmt="human")
+    try:
+        contacts = dialer.read_campaign(campaign)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="CAMPAIGN.csv") from exc
+    settings = dialer.DialSettings(
+        spool=spool, channel=channel, context=context, caller_id=caller_id, results=results, status_url=status_url,
+        max_concurrent=max_concurrent, per_minute=per_minute, max_attempts=max_attempts, retry_delay=retry_delay,
+        retry_on=frozenset(s.strip() for s in retry_on.split(",") if s.strip()), wait_time=wait_time,
+        amd=not no_amd)
+    try:
+        attempts = dialer.Dialer(settings, contacts).run()
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(" ".join(f"{k}={v}" for k, v in sorted(dialer.summarize(attempts).items())) or "no numbers")

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from .agents.assistant.turns import DEFAULT_BACKCHANNELS, DEFAULT_HOLD_PHRASES
+from .agents.tools import target_name_problem
 from .errors import AudiosocketAIError
 
 ENV_PREFIX = "AUDIOSOCKET_AI_"
@@ -64,6 +65,11 @@ SETTINGS: tuple[Setting, ...] = (
        "allowlist (you firewall it yourself).", flag="allow_public"),
     _s("server", "max_calls", int, 200, "Calls served at once; more get a hangup frame and are counted as "
        "rejected.", minimum=1, flag="max_calls"),
+    _s("server", "workers", str, "1", "Server processes on the one AudioSocket port (SO_REUSEPORT: the kernel "
+       "spreads the calls), supervised by a parent that restarts a worker that dies, forwards SIGTERM so all drain "
+       "and serves one status endpoint for the group: a number (a TOML integer is fine too), or \"auto\" for the "
+       "usable cores. max_calls applies to each worker; local models are loaded in each (see docs/operations.md).",
+       flag="workers"),
     _s("server", "estimate_capacity", bool, False, "At start-up, time the local engines and lower max_calls to "
        "what this machine can carry without degrading calls in progress.", flag="estimate_capacity"),
     _s("server", "overload_ms", int, 500, "Also refuse new calls (busy prompt, /readyz 503) while local "
@@ -78,8 +84,9 @@ SETTINGS: tuple[Setting, ...] = (
        flag="handshake_timeout"),
     _s("server", "drain_timeout", float, 0.0, "On SIGTERM, seconds calls in progress may continue before being "
        "hung up.", minimum=0, flag="drain_timeout"),
-    _s("server", "goodbye", str, None, "Said to calls still up when the drain timeout ends (needs a TTS; "
-       "empty: just hang up).", optional=True),
+    _s("server", "goodbye", str, None, "Said to calls still up when the drain timeout ends, before they are hung "
+       "up (the assistant speaks it; the realtime agent is asked to say it). Unset: the agent's own line; empty: "
+       "just hang up.", optional=True),
     _s("server", "gc_tuning", bool, True, "Freeze start-up objects (loaded models) out of the garbage collector "
        "and collect less often: full collections paused every call's pacing for 12-23 ms at 200 calls "
        "(benchmarks/echo_capacity.py: 200 -> 300 echo calls per core).", flag="gc_tuning"),
@@ -97,7 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
        minimum=0.1),
     _s("limits", "inbound_queue_ms", int, 1000, "Caller audio buffered for a slow agent before frames are "
        "dropped (and counted).", minimum=20),
-    _s("agent", "name", str, "assistant", "Agent: assistant, echo, tone, or module:attribute.", flag="agent_spec"),
+    _s("agent", "name", str, "assistant", "Agent: assistant, realtime, echo, tone, or module:attribute.",
+       flag="agent_spec"),
     _s("agent", "greeting", str, None, "What the assistant says when it answers (unset: its default).",
        optional=True, flag="greeting"),
     _s("agent", "system_prompt", str, None, "Instructions for an LLM (unset: a short phone-assistant prompt).",
@@ -130,6 +138,8 @@ SETTINGS: tuple[Setting, ...] = (
        "bits, ~2.2x less CPU but audible noise and about twice the word errors in speech recognition tests, ~14 s "
        "to build. `none`: the voice file as shipped.",
        choices=("none", "exact", "int8")),
+    _s("providers", "voice", str, None, "A Piper voice file (.onnx, with its .onnx.json beside it) for the piper "
+       "TTS and the piper fallback, instead of the bundled en_US-joe-medium.", optional=True, flag="voice"),
     _s("providers", "vad", str, "webrtc", "Voice activity detector.", choices=("webrtc", "silero"), flag="vad"),
     _s("providers", "endpointing_ms", int, 400, "Silence that ends the caller's turn, in ms.", minimum=60),
     _s("turn", "resume", bool, True, "Pause at once when the caller's voice starts over the agent, then decide "
@@ -160,6 +170,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("turn", "hold_check_in_text", str, "No rush, I'm still here whenever you're ready.", "The check-in."),
     _s("turn", "echo_cancel", bool, True, "Remove the agent's own voice echoed back by the line (speakerphones, "
        "analog gateways) before listening, so it never interrupts itself."),
+    _s("transfer", "targets", list, ["operator"], "Names the agent may transfer a call to: the model is offered "
+       "only these (its transfer tool lists them) and a transfer anywhere else is refused and the call goes on. The "
+       "dialplan maps each name to a destination (dialplan/extensions.conf, [transfer-targets]). The first is the "
+       "default (the rules model's transfer, a transfer that names no target). Names: lower-case letters, digits, "
+       "- and _. Empty: no transfers."),
     _s("realtime", "model", str, "gpt-realtime", "OpenAI Realtime model, for `agent.name = \"realtime\"` "
        "(speech to speech; needs OPENAI_API_KEY).", flag="realtime_model"),
     _s("realtime", "voice", str, "marin", "Realtime voice.", flag="realtime_voice"),
@@ -169,14 +184,41 @@ SETTINGS: tuple[Setting, ...] = (
        flag="realtime_api"),
     _s("realtime", "fallback", str, "assistant", "Agent that takes the call if the Realtime service cannot be "
        "reached: assistant (the offline pipeline) or none.", choices=("assistant", "none")),
+    _s("outbound", "amd", bool, False, "Answering-machine detection for outbound calls (docs/outbound.md): each "
+       "call first hears whether a person or a machine answered; a person gets the agent at once, a machine gets "
+       "`outbound.message` after its beep, then a hangup. The verdict is in the outcome (`amd`, `result`)."),
+    _s("outbound", "message", str, "Hello, this is a message from Acme. Please call us back at your convenience. "
+       "Thank you, goodbye.", "What is said to an answering machine (spoken by the TTS)."),
+    _s("outbound", "message_wav", str, None, "A prerecorded message (WAV) instead of `outbound.message`.",
+       optional=True),
+    _s("outbound", "initial_silence_ms", float, 4000.0, "No speech within this long after answer: verdict "
+       "`unknown` (see `on_unknown`).", minimum=500),
+    _s("outbound", "human_max_ms", float, 2200.0, "A greeting longer than this (pauses included) is a machine.",
+       minimum=300),
+    _s("outbound", "human_silence_ms", float, 800.0, "Silence after a shorter greeting that makes it a person: "
+       "the agent answers this long after their \"hello\".", minimum=200),
+    _s("outbound", "beep_wait_ms", float, 2000.0, "With a machine: silence after its greeting before the message "
+       "starts anyway when no beep came.", minimum=200),
+    _s("outbound", "max_greeting_ms", float, 30000.0, "Leave the message after this long even if the machine is "
+       "still talking.", minimum=1000),
+    _s("outbound", "on_unknown", str, "conversation", "Nobody spoke: hand the call to the agent, leave the "
+       "message, or hang up.", choices=("conversation", "message", "hangup")),
+    _s("outbound", "transcribe", bool, True, "Transcribe the greeting at its pauses to catch voicemail and "
+       "call-screening phrases (\"leave a message\", \"state your name\")."),
     _s("recording", "transcript_dir", str, None, "Write each call's transcript to DIR/<uuid>.jsonl.",
        optional=True, flag="transcript_dir"),
     _s("recording", "record_dir", str, None, "Record each call to DIR/<uuid>.wav (caller left, agent right).",
        optional=True, flag="record_dir"),
+    _s("recording", "retention_days", float, 0.0, "Delete transcripts and recordings (<uuid>.jsonl / <uuid>.wav in "
+       "the directories above; no other files) older than this many days, at start-up and every hour. 0 (the "
+       "default): keep them forever — nothing is deleted unless you choose a period.", minimum=0),
     _s("logging", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"),
        flag="log_level"),
     _s("logging", "format", str, "human", "human or json; every line names its call.", choices=("human", "json"),
        flag="log_format"),
+    _s("logging", "content", bool, False, "Show what callers say and the DTMF keys they press in log lines. Off: "
+       "lines say only its shape ('caller said: [7 words]', 'dtmf digit=*'), at every level. For development, "
+       "not production: logs travel further than transcripts."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -276,6 +318,10 @@ def validate(values: Mapping[str, Any]) -> list[str]:
             if not setting.optional:
                 errors.append(f"{setting.name}: must be set")
             continue
+        if setting.name == "server.workers":
+            if worker_count(value) is None:
+                errors.append(f"server.workers: expected a number of at least 1 or \"auto\", got {value!r}")
+            continue
         kind = setting.kind
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -293,11 +339,92 @@ def validate(values: Mapping[str, Any]) -> list[str]:
                     ipaddress.ip_network(str(entry), strict=False)
                 except ValueError:
                     errors.append(f"server.allow: {entry!r} is not an IP address or CIDR network")
+        if setting.name == "transfer.targets" and isinstance(value, list):
+            for entry in value:
+                if (problem := target_name_problem(entry)) is not None:
+                    errors.append(f"transfer.targets: {problem}")
+            if len(set(value)) != len(value):
+                errors.append("transfer.targets: a name is listed twice")
     if not errors:
         problem = public_bind_problem(values["server.host"], values["server.allow"], values["server.allow_public"])
         if problem:
             errors.append(f"server.host: {problem}")
     return errors
+
+
+BUILTIN_AGENTS = ("assistant", "realtime", "echo", "tone")
+
+
+def check(values: Mapping[str, Any]) -> list[str]:
+    """What :func:`validate` cannot see from the values alone, each prefixed by its key:
+    agent and provider names nothing answers to, files that are missing or malformed (the
+    FAQ, the Piper voice), directories the server could not write to.
+
+    ``config check`` lists these with the validation errors; ``serve`` refuses to start on them.
+    """
+    from .providers.registry import name_problem
+
+    errors = []
+    agent = values["agent.name"]
+    module, colon, attribute = agent.partition(":")
+    if agent not in BUILTIN_AGENTS and not (colon and module.strip() and attribute.strip()):
+        errors.append(f"agent.name: unknown agent {agent!r}: use one of {', '.join(BUILTIN_AGENTS)}, "
+                      "or module:attribute")
+    for kind in ("stt", "llm", "tts", "vad"):
+        if (problem := name_problem(kind, values[f"providers.{kind}"])) is not None:
+            errors.append(f"providers.{kind}: {problem}")
+    for kind in ("stt", "llm", "tts"):
+        fallback = values[f"providers.{kind}_fallback"]
+        if fallback and fallback.lower() not in ("none", "off") and (problem := name_problem(kind, fallback)):
+            errors.append(f"providers.{kind}_fallback: {problem}")
+    if values["agent.faq"] is not None:
+        errors += [f"agent.faq: {problem}" for problem in _faq_problems(Path(values["agent.faq"]))]
+    if values["providers.voice"] is not None:
+        if (problem := voice_problem(Path(values["providers.voice"]))) is not None:
+            errors.append(f"providers.voice: {problem}")
+    for key in ("recording.transcript_dir", "recording.record_dir"):
+        if values[key] is not None and (problem := unwritable(Path(values[key]))) is not None:
+            errors.append(f"{key}: {problem}")
+    return errors
+
+
+def _faq_problems(path: Path) -> list[str]:
+    if not path.is_file():
+        return [f"{path}: no such file"]
+    from .providers.rules import load_faq
+
+    try:
+        load_faq(path)
+    except (OSError, ValueError) as exc:
+        return [str(exc)]
+    return []
+
+
+def voice_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable Piper voice (the .onnx and its .onnx.json), or None."""
+    if not path.is_file():
+        return f"{path}: no such file (a Piper voice is a .onnx file with its .onnx.json beside it)"
+    if not Path(f"{path}.json").is_file():
+        return f"{path}.json: no such file (the voice's config must sit beside the .onnx)"
+    return None
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why the server could not write files into ``directory`` (creating it if need be), or None."""
+    if directory.exists():
+        if not directory.is_dir():
+            return f"{directory} is not a directory"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"{directory} is not writable by this user"
+        return None
+    parent = directory.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{directory} cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{directory} does not exist and cannot be created ({parent} is not writable by this user)"
+    return None
 
 
 def public_bind_problem(host: str, allow: list[str], allow_public: bool) -> str | None:
@@ -321,6 +448,18 @@ def _suggest(name: str) -> str:
 
     close = difflib.get_close_matches(name, list(BY_NAME), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def worker_count(value: object) -> int | None:
+    """``server.workers`` as a number of processes ("auto": the cores this process may use), or
+    None if it is neither a number of at least 1 nor "auto"."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 1 else None
 
 
 def reference_markdown() -> str:

@@ -72,6 +72,11 @@ class StatusEndpoint:
             return 200, "text/plain; charset=utf-8", text.encode()
         return 404, "text/plain", b"not found\n"
 
+    async def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """The response to one request: :meth:`route` here; a subclass may ask elsewhere
+        (the parent of ``serve --workers N`` asks its workers)."""
+        return self.route(method, path)
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
@@ -84,7 +89,7 @@ class StatusEndpoint:
                     return
                 while not isinstance(await _next_event(conn, stream), h11.EndOfMessage | None):
                     pass
-                status, ctype, body = self.route(event.method.decode(), event.target.decode("latin-1"))
+                status, ctype, body = await self.respond(event.method.decode(), event.target.decode("latin-1"))
                 headers = [("content-type", ctype), ("content-length", str(len(body)))]
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
                 await stream.send_all(conn.send(h11.Data(data=body if event.method != b"HEAD" else b"")))

@@ -3,6 +3,9 @@
 Both are written incrementally, so a call that drops or a process that dies leaves a
 usable file: every transcript line is flushed as it is written, and the WAV header is
 rewritten with the true length at each flush (once a second) and at the end.
+
+Both are personal data: :func:`enforce_retention` deletes those older than
+``recording.retention_days``, at start-up and every hour, in a worker thread.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import struct
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -21,6 +27,63 @@ from .audio import frame_bytes
 from .surface import CallSurface
 
 log = logging.getLogger(__name__)
+
+RECORD_FILE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(jsonl|wav)")
+"""The files the server writes (``<uuid>.jsonl``, ``<uuid>.wav``): the only ones retention deletes."""
+
+RETENTION_INTERVAL = 3600.0
+"""Seconds between two retention sweeps."""
+
+
+def delete_expired(directories: Sequence[Path], max_age_days: float, *, now: float | None = None) -> list[Path]:
+    """Delete the transcripts and recordings in ``directories`` last modified more than
+    ``max_age_days`` ago; return what was deleted. Blocking: run it in a thread.
+
+    Only names the server writes (:data:`RECORD_FILE`) are touched, never subdirectories
+    or other files; a directory that does not exist (yet) is skipped, and a file that
+    cannot be deleted is logged and skipped.
+    """
+    cutoff = (time.time() if now is None else now) - max_age_days * 86400
+    deleted = []
+    for directory in directories:
+        try:
+            entries = list(directory.iterdir())
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("retention: cannot list %s: %s", directory, exc)
+            continue
+        for path in entries:
+            if not RECORD_FILE.fullmatch(path.name):
+                continue
+            try:
+                if not path.is_file() or path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue  # gone already (another instance's sweep)
+            except OSError as exc:
+                log.warning("retention: cannot delete %s: %s", path, exc)
+                continue
+            deleted.append(path)
+    return deleted
+
+
+async def enforce_retention(directories: Sequence[Path], max_age_days: float, *,
+                            interval: float = RETENTION_INTERVAL) -> None:
+    """Delete expired transcripts and recordings now and every ``interval`` seconds (forever).
+
+    The file system work runs in a worker thread, so the event loop — every call's audio
+    clock — never waits on a slow disk.
+    """
+    log.info("retention: transcripts and recordings older than %g days are deleted (%s)", max_age_days,
+             ", ".join(str(d) for d in directories))
+    while True:
+        deleted = await trio.to_thread.run_sync(delete_expired, directories, max_age_days, abandon_on_cancel=True)
+        if deleted:
+            log.info("retention: deleted %d transcripts/recordings older than %g days", len(deleted), max_age_days)
+            log.debug("retention: deleted %s", ", ".join(path.name for path in deleted))
+        await trio.sleep(interval)
 
 
 class TranscriptWriter:

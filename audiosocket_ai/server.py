@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 
+REFUSAL_STATUS = {"max_calls": "busy", "draining": "draining", "overloaded": "overloaded"}
+"""The outcome ``status`` of a call refused for each reason (``/calls/<uuid>/status``), so
+the dialplan can send it to a person instead. Calls that are served have no ``status``."""
+
 
 @attrs.define(kw_only=True)
 class ServerConfig:
@@ -58,6 +62,9 @@ class ServerConfig:
     """Busy prompts playing at once; beyond this, refused calls just get the hangup frame."""
     goodbye_grace: float = 8.0
     """When the drain timeout ends, seconds agents get to say goodbye before hangup."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT so several processes serve one port (``serve --workers N``):
+    the kernel spreads new connections over their listening sockets."""
     call: CallSettings = attrs.Factory(CallSettings)
 
 
@@ -157,6 +164,8 @@ class Server:
         Raises:
             OSError: the address is in use or cannot be bound.
         """
+        if self.config.reuse_port:
+            return await open_reuse_port_listeners(self.config.port, host=self.config.host or None)
         return await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
 
     async def serve(
@@ -325,6 +334,9 @@ class Server:
         if why is not None:
             log.warning("rejected call from %s: %s (%d active)", peer, why, self.active_calls)
             self.stats.reject(why)
+            if uuid not in self.calls:  # never overwrite a live call's outcome
+                # published before the hangup frame, so the dialplan reads it right after AudioSocket() returns
+                self.outcomes.publish(str(uuid), {"status": REFUSAL_STATUS[why], "end_reason": "refused"})
             if config.busy_audio is not None and self._busy_prompts < config.max_busy_prompts:
                 await self._play_busy(uuid, stream, decoder, pending, peer)
             else:
@@ -363,6 +375,45 @@ class Server:
                 except Exception:
                     log.exception("on_call_end hook failed")
             self._calls_did_change()
+
+
+async def open_reuse_port_listeners(port: int, *, host: str | None) -> list[trio.SocketListener]:
+    """Like :func:`trio.open_tcp_listeners`, with SO_REUSEPORT set before ``bind``.
+
+    Every process that binds the same address this way (same user) gets its own listening
+    socket and accept queue; the kernel hashes each new connection to one of them, and a
+    socket that closes (its process died) simply leaves the group.
+    """
+    addresses = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                              flags=trio.socket.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    seen: set[Any] = set()
+    try:
+        for family, type_, proto, _, sockaddr in addresses:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+LISTEN_BACKLOG = 4096
+"""Accept queue of each SO_REUSEPORT socket (the kernel caps it at net.core.somaxconn)."""
 
 
 async def _discard_audio(call: CallSurface) -> None:

@@ -99,7 +99,8 @@ def test_call_against_echo_returns_the_same_audio(echo_server: Serving, tmp_path
     assert "ended by caller hangup" in result.stdout and f"at {rate} Hz" in result.stdout
     code, log = echo_server.stop()
     assert code == 0
-    assert [line.rsplit("=", 1)[1].strip() for line in log.splitlines() if "dtmf digit=" in line] == ["4", "2", "#"]
+    # every key is logged, but not which (logging.content is off): PINs stay out of the journal
+    assert [line.rsplit("=", 1)[1].strip() for line in log.splitlines() if "dtmf digit=" in line] == ["*", "*", "*"]
 
 
 def test_sigterm_hangs_up_calls_and_exits_zero(tmp_path: Path) -> None:
@@ -225,8 +226,8 @@ def test_json_logs_name_the_call_on_every_line(tmp_path: Path) -> None:
     assert code == 0
     entries = [json.loads(line) for line in log.splitlines() if line.strip()]
     call_lines = [e for e in entries if e["call"] == uuid]
-    assert {"call started from", "dtmf digit=7", "call ended reason="} <= {
-        marker for e in call_lines for marker in ("call started from", "dtmf digit=7", "call ended reason=")
+    assert {"call started from", "dtmf digit=*", "call ended reason="} <= {
+        marker for e in call_lines for marker in ("call started from", "dtmf digit=*", "call ended reason=")
         if marker in e["msg"]}
     assert all({"ts", "level", "logger", "call", "msg"} <= e.keys() for e in entries)
 
@@ -242,11 +243,11 @@ def test_provider_pool_size_and_speech_cache_come_from_the_configuration(monkeyp
                                             "server.max_calls": 75, "providers.speech_cache_mb": 5})
     assistant = serve._assistant(values)
     assert assistant.stt.primary.max_concurrency == 75
-    assert assistant.llm.primary.max_concurrency == 75
+    assert assistant.llm.llm.primary.max_concurrency == 75
     assert assistant.speech_cache.max_bytes == 5 * 1024 * 1024
     values = config.load(env={"AUDIOSOCKET_AI_PROVIDERS_MAX_CONCURRENCY": "9"},
                          overrides={"providers.llm": "openai"})
-    assert serve._assistant(values).llm.primary.max_concurrency == 9
+    assert serve._assistant(values).llm.llm.primary.max_concurrency == 9
 
 
 def test_the_assistant_server_refuses_calls_when_inference_falls_behind_unless_turned_off() -> None:

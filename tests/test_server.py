@@ -186,7 +186,7 @@ async def test_dtmf_reaches_the_agent_in_order(calllog, autojump_clock) -> None:
             assert await pbx.wait_for_hangup(timeout=3)
     assert "".join(digits) == "123*ABCD0#"
     logged = [r for r in calllog.records if "dtmf digit=" in r.getMessage()]
-    assert [r.getMessage()[-1] for r in logged] == list("123*ABCD0#")
+    assert [r.getMessage()[-1] for r in logged] == ["*"] * 10, "every key is logged, masked"
     assert {r.call for r in logged} == {str(pbx.uuid)}
 
 

@@ -472,3 +472,32 @@ async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump
         for _ in range(150):
             await pbx.send_audio(echo_frame())
     assert not llm.histories and not observer.barge_ins, "the agent never answered or stopped for its own echo"
+
+
+def test_the_noise_floor_follows_what_is_always_there_and_masks_only_that() -> None:
+    from audiosocket_ai.agents.assistant.turns import NoiseFloor, ShortTermLevel
+
+    floor, short = NoiseFloor(), ShortTermLevel()
+    for i in range(400):  # a TV at about -40 dBFS, wavering
+        floor.add(short.add(-40.0 + 4.0 * ((i % 7) - 3) / 3))
+    assert floor.db is not None and -46.0 <= floor.db <= -40.0
+    assert floor.masks(-38.0) and not floor.masks(-22.0), "the TV is masked, the caller is not"
+    for i in range(600):  # a monologue: speech with a pause one frame in five
+        floor.add(short.add(-22.0 if i % 5 else -66.0))
+    assert floor.db is not None and floor.db < -30.0, "a long talk does not raise the floor to the talker"
+
+
+async def test_a_turn_over_steady_background_noise_starts_and_ends_on_the_callers_voice(
+        autojump_clock: trio.abc.Clock) -> None:
+    """A room ~20 dB below the caller from the first frame: it never interrupts the greeting
+    (one pause while the line's background is first measured, then resumed), and the
+    caller's question, asked over it, is answered."""
+    llm = ScriptedLLM([["We open at nine."]])
+    stt = ScriptedSTT(["buy now while stocks last", "What time do you open?"])
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400, greeting="Hello, how can I help?")
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        room = quiet_voice(12000, amplitude=0.05)
+        await pbx.send_audio(room[: 8000 * 2 * 4] + mixed(room[8000 * 2 * 4 :], speech(800)))
+    assert not observer.barge_ins
+    assert [v for _, v in observer.resumes] in ([], ["background"])
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == ["What time do you open?"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -66,12 +66,22 @@ from ..interfaces import (
     VadEvent,
     VADFactory,
 )
+from ..log import private
 from ..playout import Playback
 from ..recording import TranscriptWriter
 from ..surface import Agent, AgentFunction, CallSurface, as_agent_function
 from .heard import heard_words
 from .line_echo import EchoPath
-from .tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
+from .tools import (
+    DEFAULT_TRANSFER_TARGETS,
+    HANG_UP,
+    TRANSFER,
+    Tool,
+    TransferTargets,
+    record_ending,
+    run_tool,
+    tool_specs,
+)
 
 __all__ = ["DEFAULT_FAREWELL", "DEFAULT_RESUME", "DEFAULT_SHUTDOWN", "RealtimeAgent"]
 
@@ -118,6 +128,8 @@ class RealtimeAgent:
         echo_cancel: remove the agent's own voice, echoed back by the line, from what the
             engine and the local VAD hear (see agents/line_echo.py), so neither takes it
             for the caller and interrupts the answer.
+        transfer_targets: the names the model may transfer to (the first is the default);
+            a transfer to any other is refused: the model gets an error and the call goes on.
     """
 
     def __init__(
@@ -137,6 +149,7 @@ class RealtimeAgent:
         farewell_timeout: float = 8.0,
         max_tool_rounds: int = 4,
         echo_cancel: bool = True,
+        transfer_targets: Sequence[str] = DEFAULT_TRANSFER_TARGETS,
     ) -> None:
         if not engine.detects_turns and vad_factory is None:
             raise ValueError("an engine without turn detection (turn_detection=None) needs a vad_factory: "
@@ -157,6 +170,7 @@ class RealtimeAgent:
         self.farewell_timeout = farewell_timeout
         self.max_tool_rounds = max_tool_rounds
         self.echo_cancel = echo_cancel
+        self.transfer_targets = TransferTargets(tuple(transfer_targets))
 
     def __repr__(self) -> str:
         return f"RealtimeAgent({self.engine!r})"
@@ -290,7 +304,8 @@ class _RealtimeCall:
 
     async def _connection(self) -> None:
         """One session: greet or resume, then handle its events until it fails."""
-        async with self.engine.connect(tool_specs(list(self.agent.tools.values()))) as session:
+        async with self.engine.connect(tool_specs(list(self.agent.tools.values()),
+                                                  transfer_targets=self.agent.transfer_targets)) as session:
             resumed = self.connections > 0
             self.connections += 1
             self.session = session
@@ -526,7 +541,7 @@ class _RealtimeCall:
         start, end = self.speech.pop(event.item_id, [now, now])
         if not text:
             return
-        log.info("caller said: %s", text)
+        log.info("caller said: %s", private(text))
         self.history.append(("caller", text))
         if self.transcript is not None:
             self.transcript.write("caller", text, start=start, end=end)
@@ -552,13 +567,18 @@ class _RealtimeCall:
                 log.info("%s: ignoring %d tool call(s) of a %s response", self.engine.name, len(calls), event.status)
             return
         if calls and self.nursery is not None and not self.ending:
-            ending = next((c for c in calls if c.name in (HANG_UP, TRANSFER)), None)
+            targets = self.agent.transfer_targets
+            refused = {c.id: why for c in calls if (why := targets.refusal(c)) is not None}
+            ending = next((c for c in calls if c.name in (HANG_UP, TRANSFER) and c.id not in refused), None)
             if ending is not None:
+                if ending.name == TRANSFER:
+                    ending = targets.allowed(ending)
                 self.ending = True
                 self.nursery.start_soon(self._end_call, ending, had_audio)
             else:
                 self.tool_rounds += 1
-                self.nursery.start_soon(self._run_tools, calls, self.tool_rounds <= self.agent.max_tool_rounds)
+                self.nursery.start_soon(self._run_tools, calls, self.tool_rounds <= self.agent.max_tool_rounds,
+                                        refused)
 
     def _lose_in_flight(self, session: RealtimeSession) -> None:
         """The connection is gone: whatever audio arrived plays, nothing more will come."""
@@ -575,9 +595,11 @@ class _RealtimeCall:
 
     # --- tools and the end of the call -------------------------------------------------
 
-    async def _run_tools(self, calls: list[ToolCall], respond: bool) -> None:
+    async def _run_tools(self, calls: list[ToolCall], respond: bool, refused: Mapping[str, str]) -> None:
+        """Run the user tools (a refused transfer's output is its refusal) and report back."""
         for tool_call in calls:
-            output = await run_tool(self.agent.tools, tool_call)
+            refusal = refused.get(tool_call.id)
+            output = refusal if refusal is not None else await run_tool(self.agent.tools, tool_call)
             if (session := self.session) is not None:
                 await session.send_tool_output(tool_call.id, output)
         if not respond:

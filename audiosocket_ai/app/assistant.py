@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from ..agents.assistant import AssistantSettings, VoiceAssistant
-from ..agents.tools import Tool
+from ..agents.tools import Tool, TransferGuard, TransferTargets
 from ..inference import DeadlineLimiter
 from ..interfaces import TTS
 from ..providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
@@ -48,6 +48,9 @@ class PipelineSpec:
     """Options for the fallback TTS (e.g. PiperTTS's ``optimize``), beside its limiter."""
     vad_options: dict[str, Any] = attrs.Factory(dict)
     settings: AssistantSettings = attrs.Factory(AssistantSettings)
+    transfer_targets: TransferTargets = attrs.Factory(TransferTargets)
+    """Where the model may transfer calls (:class:`~audiosocket_ai.agents.tools.TransferGuard`
+    wraps the language model: it offers only these and refuses any other target)."""
 
 
 def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] = (), warm_up: bool = True,
@@ -68,6 +71,7 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     # retry-once-then-fallback wrappers (providers/fallback.py)
     stt = FallbackSTT(stt, _fallback(make_stt, spec.stt, spec.stt_fallback, limiter))
     llm = FallbackLLM(llm, _fallback(make_llm, spec.llm, spec.llm_fallback, limiter))
+    llm = TransferGuard(llm, spec.transfer_targets)  # transfers only to the configured targets
     tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter, spec.tts_fallback_options))
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..agents.realtime import DEFAULT_FAREWELL, DEFAULT_RESUME, DEFAULT_SHUTDOWN, RealtimeAgent
-from ..agents.tools import Tool
+from ..agents.tools import DEFAULT_TRANSFER_TARGETS, Tool
 from ..interfaces import VADFactory
 from ..providers.openai_realtime import (
     DEFAULT_INSTRUCTIONS,
@@ -74,6 +74,7 @@ class OpenAIRealtimeAgent(RealtimeAgent):
         disconnect_timeout: float = 2.0,
         ssl_context: ssl.SSLContext | None = None,
         echo_cancel: bool = True,
+        transfer_targets: Sequence[str] = DEFAULT_TRANSFER_TARGETS,
     ) -> None:
         engine = OpenAIRealtime(
             model=model, voice=voice, instructions=instructions, base_url=base_url, api_key=api_key,
@@ -87,7 +88,7 @@ class OpenAIRealtimeAgent(RealtimeAgent):
             reconnects=reconnects, append_ms=append_ms, vad_factory=vad_factory,
             farewell_instructions=farewell_instructions, resume_instructions=resume_instructions,
             shutdown_instructions=shutdown_instructions, farewell_timeout=farewell_timeout,
-            max_tool_rounds=max_tool_rounds, echo_cancel=echo_cancel,
+            max_tool_rounds=max_tool_rounds, echo_cancel=echo_cancel, transfer_targets=transfer_targets,
         )
 
     def __repr__(self) -> str:

@@ -19,13 +19,16 @@ from typing import Any
 import attrs
 import trio
 
+from .. import config
 from ..agents.assistant import AssistantSettings, TurnTimings, VoiceAssistant
 from ..agents.assistant.speech_cache import SpeechCache
 from ..agents.assistant.turns import TurnSettings
+from ..agents.tools import TransferTargets
 from ..call import CallSettings
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
 from ..metrics import Metrics
+from ..recording import enforce_retention
 from ..server import Server, ServerConfig
 from ..surface import AgentFactory, AgentFunction
 from .agents import load_agent_factory
@@ -60,6 +63,10 @@ class Application:
     agent: object | None = None
     """The shared assistant or realtime agent (closed at shutdown), if one was built."""
     gc_tuning: bool = True
+    retention_dirs: tuple[Path, ...] = ()
+    """Where transcripts and recordings go; files older than ``retention_days`` are deleted."""
+    retention_days: float = 0.0
+    """0: keep them forever."""
 
 
 def build(values: dict[str, Any]) -> Application:
@@ -71,6 +78,9 @@ def build(values: dict[str, Any]) -> Application:
         StartupError: unknown agent or provider, options that do not fit together, a
             provider that cannot start.
     """
+    problems = config.check(values)
+    if problems:
+        raise StartupError("\n".join(problems), setting=problems[0].split(":", 1)[0])
     agent_spec = values["agent.name"]
     shared: AgentFunction | None = None
     if agent_spec == "assistant":
@@ -85,6 +95,10 @@ def build(values: dict[str, Any]) -> Application:
             factory = load_agent_factory(agent_spec)
         except ValueError as exc:
             raise StartupError(str(exc), setting="agent.name") from exc
+    if values.get("outbound.amd"):  # answering-machine detection in front of the agent (docs/outbound.md)
+        from .outbound import wrap_outbound
+
+        factory = wrap_outbound(factory, shared, values)
     server_config = ServerConfig(
         host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
         handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
@@ -101,8 +115,11 @@ def build(values: dict[str, Any]) -> Application:
     metrics_port = values["server.metrics_port"]
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
                 if metrics_port is not None else None)
+    retention_dirs = tuple(Path(values[key]) for key in ("recording.transcript_dir", "recording.record_dir")
+                           if values[key] is not None)
     return Application(server=server, metrics=metrics, endpoint=endpoint, metrics_host=values["server.metrics_host"],
-                       metrics_port=metrics_port or 0, agent=shared, gc_tuning=values["server.gc_tuning"])
+                       metrics_port=metrics_port or 0, agent=shared, gc_tuning=values["server.gc_tuning"],
+                       retention_dirs=retention_dirs, retention_days=values["recording.retention_days"])
 
 
 def run(application: Application) -> None:
@@ -128,6 +145,17 @@ def tune_gc() -> None:
 def _assistant(values: dict[str, Any]) -> VoiceAssistant:
     from ..providers.registry import UnknownProviderError
 
+    spec = pipeline_spec(values)
+    try:
+        return build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
+    except UnknownProviderError as exc:
+        raise StartupError(str(exc)) from exc
+    except Exception as exc:
+        raise StartupError(f"cannot start the assistant: {exc}") from exc
+
+
+def assistant_settings(values: dict[str, Any]) -> AssistantSettings:
+    """The assistant's settings (turns, texts, records) from the configuration."""
     settings = AssistantSettings(
         barge_in=values["agent.barge_in"], reprompt_after=values["agent.reprompt_after"],
         transcript_dir=_path(values["recording.transcript_dir"]), recording_dir=_path(values["recording.record_dir"]),
@@ -137,8 +165,19 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
         settings.greeting = values["agent.greeting"] or None
     if values["agent.system_prompt"] is not None:
         settings.system_prompt = values["agent.system_prompt"]
+    if values["server.goodbye"] is not None:
+        settings.shutdown_goodbye = values["server.goodbye"] or None
+    return settings
+
+
+def pipeline_spec(values: dict[str, Any]) -> PipelineSpec:
+    """Which providers the assistant uses, with their options, from the configuration."""
+    settings = assistant_settings(values)
+    targets = transfer_targets(values)
     llm = values["providers.llm"]
     llm_options: dict[str, object] = {}
+    if llm.split(":", 1)[0] in ("rules", "local") and targets.default is not None:
+        llm_options["transfer_target"] = targets.default
     if values["providers.llm_base_url"]:
         llm_options["base_url"] = values["providers.llm_base_url"]
     if values["agent.faq"] is not None:
@@ -154,9 +193,14 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
 
     def piper(spec: str | None) -> dict[str, object]:  # options only PiperTTS takes
         is_piper = spec is not None and spec.split(":", 1)[0] in ("piper", "local")
-        return {"optimize": values["providers.piper_optimize"]} if is_piper else {}
+        if not is_piper:
+            return {}
+        options: dict[str, object] = {"optimize": values["providers.piper_optimize"]}
+        if values["providers.voice"] is not None:
+            options["model_path"] = Path(values["providers.voice"])
+        return options
 
-    spec = PipelineSpec(
+    return PipelineSpec(
         stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
         stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
         tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
@@ -164,14 +208,16 @@ def _assistant(values: dict[str, Any]) -> VoiceAssistant:
         tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
         tts_fallback_options=piper(values["providers.tts_fallback"]),
         vad_options={"end_ms": float(max(values["providers.endpointing_ms"], settings.turn.hesitation_ms))},
-        settings=settings,
+        settings=settings, transfer_targets=targets,
     )
+
+
+def transfer_targets(values: dict[str, Any]) -> TransferTargets:
+    """The ``[transfer] targets`` setting as :class:`TransferTargets`."""
     try:
-        return build_assistant(spec, speech_cache=SpeechCache(values["providers.speech_cache_mb"] * 1024 * 1024))
-    except UnknownProviderError as exc:
-        raise StartupError(str(exc)) from exc
-    except Exception as exc:
-        raise StartupError(f"cannot start the assistant: {exc}") from exc
+        return TransferTargets(tuple(str(name) for name in values["transfer.targets"]))
+    except ValueError as exc:
+        raise StartupError(str(exc), setting="transfer.targets") from exc
 
 
 def turn_settings(values: dict[str, Any]) -> TurnSettings:
@@ -194,7 +240,12 @@ def _realtime(values: dict[str, Any]) -> AgentFunction:
         "model": values["realtime.model"], "voice": values["realtime.voice"], "base_url": values["realtime.url"],
         "api_version": values["realtime.api"], "transcript_dir": _path(values["recording.transcript_dir"]),
         "fallback": fallback, "echo_cancel": values["turn.echo_cancel"],
+        "transfer_targets": transfer_targets(values).names,
     }
+    if values["server.goodbye"] is not None:
+        goodbye = values["server.goodbye"]
+        options["shutdown_instructions"] = (f"The service has to end this call now. Say exactly this to the caller, "
+                                            f"and nothing else: {goodbye}") if goodbye else None
     if values["agent.greeting"]:
         options["greeting"] = values["agent.greeting"]
     if values["agent.system_prompt"]:
@@ -225,6 +276,28 @@ def _prepare_admission(assistant: VoiceAssistant, server_config: ServerConfig, v
         if estimate.calls < server_config.max_calls:
             log.info("max calls lowered from %d to %d", server_config.max_calls, estimate.calls)
             server_config.max_calls = estimate.calls
+    else:
+        warn_if_oversized(assistant, server_config.max_calls)
+
+
+LOCAL_CALLS_PER_CORE = 10
+"""The most conversations per core measured with a local voice: 10-20 per 2 cores with Piper
+(docs/benchmarks.md, "Many conversations"); local Whisper only adds to that cost."""
+
+
+def warn_if_oversized(assistant: VoiceAssistant, max_calls: int, cores: int | None = None) -> bool:
+    """Warn when ``max_calls`` is above what local speech engines were measured to carry on
+    this many cores (and no start-up estimate was asked for). Returns whether it warned."""
+    import os
+
+    cores = cores or os.cpu_count() or 1
+    local = assistant.tts.capabilities.local or assistant.stt.capabilities.local
+    if not local or max_calls <= LOCAL_CALLS_PER_CORE * cores:
+        return False
+    log.warning("max_calls=%d is more than this machine's %d cores are measured to carry with local speech "
+                "engines (10-20 conversations per 2 cores): set --max-calls, or --estimate-capacity to measure "
+                "at start-up (docs/operations.md, \"Sizing\")", max_calls, cores)
+    return True
 
 
 @attrs.define
@@ -252,6 +325,8 @@ async def _serve_until_signalled(application: Application) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_handle_signals, signals, server)
+            if application.retention_dirs and application.retention_days > 0:
+                nursery.start_soon(enforce_retention, application.retention_dirs, application.retention_days)
             if endpoint is not None:
                 await nursery.start(endpoint.serve, application.metrics_host, application.metrics_port)
             try:

@@ -21,6 +21,23 @@ class UnknownProviderError(AudiosocketAIError, ValueError):
     """A provider name that no registry entry matches."""
 
 
+NAMES: dict[str, tuple[str, ...]] = {
+    "stt": ("whisper", "local", "openai", "deepgram"),
+    "llm": ("rules", "local", "openai", "openai-compatible"),
+    "tts": ("piper", "local", "openai", "deepgram", "elevenlabs"),
+    "vad": ("webrtc", "silero"),
+}
+"""The provider names each ``make_*`` knows (before any ``:ARGUMENT``), for ``config check``."""
+
+
+def name_problem(kind: str, spec: str) -> str | None:
+    """Why ``spec`` names no ``kind`` provider ("stt", "llm", "tts", "vad"), or None."""
+    name, _ = _split(spec)
+    if name in NAMES[kind]:
+        return None
+    return f"unknown {kind.upper()} provider {spec!r}: use one of {', '.join(NAMES[kind])}"
+
+
 def _with(options: dict[str, Any], key: str, value: str | None) -> dict[str, Any]:
     """``options`` plus ``key=value`` when the spec named a value (``openai:gpt-4o`` → model)."""
     return {**options, key: value} if value else options

@@ -30,6 +30,7 @@ WHERE = {
     "incomplete_phrase": "audiosocket_ai.agents.assistant.turns",
     "RuleBasedLLM": "audiosocket_ai.providers.rules",
     "Server": "audiosocket_ai",
+    "echo_agent": "audiosocket_ai.agents.echo",
     "ServerConfig": "audiosocket_ai",
 }
 """Name → the module it is imported from."""

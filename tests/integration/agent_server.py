@@ -53,7 +53,9 @@ class AgentServer:
 
     ``agent=None`` leaves ``--agent`` out (the default agent, as a user who types just
     ``audiosocket-ai serve`` gets); ``extra_args`` are appended to the command line (e.g.
-    ``--metrics-port 0 --greeting Hello.``); ``env`` adds environment variables.
+    ``--metrics-port 0 --greeting Hello.``); ``env`` adds environment variables. The
+    server logs what callers say and press (``logging.content``, off by default): the tests
+    read the words and digits from its log.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class AgentServer:
         self.agent = agent if agent is not None else "(default)"
         self._agent_arg = agent
         self.extra_args = tuple(extra_args)
-        self.env = dict(env or {})
+        self.env = {"AUDIOSOCKET_AI_LOGGING_CONTENT": "true", **(env or {})}
         self.log_path = log_path
         self.port = 0
         self._status_port = 0

@@ -22,3 +22,16 @@ async def transfer_agent(call: asa.Call) -> None:
     call.outcome["transfer"] = TRANSFER_TARGET
     await call.play(asa.tone_pcm(TRANSFER_TONE_HZ, TRANSFER_TONE_MS, call.rate))
     await call.hangup()
+
+
+INJECTED_TARGET = "ai-agent-8k,s"
+"""What a prompt-injected model once named: another context (the server refuses it; this
+agent writes it into the outcome directly, as a compromised server might)."""
+
+
+async def injected_transfer_agent(call: asa.Call) -> None:
+    """Write a transfer target the server would never allow straight into the outcome, to
+    show that the shipped dialplan does not trust what it reads either."""
+    call.outcome["transfer"] = INJECTED_TARGET
+    await call.play(asa.tone_pcm(TRANSFER_TONE_HZ, TRANSFER_TONE_MS, call.rate))
+    await call.hangup()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .agent_server import AgentServer
-from .agents import TRANSFER_TARGET
+from .agents import INJECTED_TARGET, TRANSFER_TARGET
 from .conftest import in_ci
 from .pbx import AsteriskUnavailable, Pbx
 from .phone import Phone, Script
@@ -191,6 +191,25 @@ def test_dialplan_reads_the_transfer_target_with_curl(pbx: Pbx, start_server: St
     wait_call_ended(server, call_id)
     assert re.search(r"Spawn extension \(ai-agent-with-transfer, s, \d+\) exited non-zero", pbx.log_text()) is None
     assert_audiosocket_quiet(pbx)
+
+
+def test_dialplan_filters_a_target_it_reads_and_never_leaves_transfer_targets(
+        pbx: Pbx, start_server: StartServer) -> None:
+    """An outcome that names ``ai-agent-8k,s`` (the server refuses such a target; this agent
+    writes it directly): ``FILTER()`` drops the comma, ``Goto()`` stays in
+    ``transfer-targets`` and the unknown name lands on its ``i`` extension."""
+    server = start_server("tests.integration.agents:injected_transfer_agent", "--metrics-port", "0",
+                          env=custom_agent_env())
+
+    call_id = place_transfer_call(pbx, server, QUIET_CALLER, "caller", timeout=10)
+
+    filtered = INJECTED_TARGET.replace(",", "")
+    assert any(args.endswith(f'"TARGET={filtered}"') for args in executed(pbx, "Set")), executed(pbx, "Set")
+    assert executed(pbx, "Goto")[-1].endswith(f'"transfer-targets,{filtered},1"'), executed(pbx, "Goto")
+    assert f"UNKNOWN-TARGET-{call_id}-{filtered}" in pbx.log_text(), pbx.log_tail()
+    assert "TRANSFERRED-" not in pbx.log_text()
+    assert not re.search(r"Executing \[[^@\]]+@ai-agent-8k:", pbx.log_text()), "the call left transfer-targets"
+    wait_call_ended(server, call_id)
 
 
 def test_dialplan_takes_the_done_branch_without_a_transfer(pbx: Pbx, start_server: StartServer) -> None:

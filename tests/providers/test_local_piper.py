@@ -44,7 +44,7 @@ def test_rate_is_known_without_loading_the_model() -> None:
 
 
 def test_missing_voice_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="config"):
+    with pytest.raises(ModelNotFoundError, match=r"nope\.onnx is missing"):
         PiperTTS(model_path=tmp_path / "nope.onnx")
 
 

@@ -214,7 +214,7 @@ async def test_transfer_sets_the_outcome_and_hangs_up_after_the_audio(autojump_c
                   calls=(ScriptedCall("transfer", {"target": "sales"}),))
     outcomes: list[dict[str, Any]] = []
     async with realtime(replies=[reply]) as fake:
-        async with serve_in_memory(agent_for(fake, greeting=GREETING)) as line:
+        async with serve_in_memory(agent_for(fake, greeting=GREETING, transfer_targets=("operator", "sales"))) as line:
             line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
             async with line.call() as pbx:
                 assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=5)

@@ -11,13 +11,9 @@ Barge-in is a cancellation: the reply runs in a cancel scope that is cancelled r
 the call's audio is flushed. What the caller heard is then read from the playbacks' played
 counters, and only that goes into the history, marked interrupted.
 
-On a real line not every sound over the agent is an interruption. When the caller's voice
-starts while the agent talks, the call is *paused* at once (silent, nothing dropped) and
-the sound is judged (turns.py) when its transcript comes in: words with content interrupt;
-an "uh-huh", a cough, the agent's own echo or a far-away voice resume the answer where it
-paused, replaying the cut word. Speech that goes on past ``turn.interrupt_after_ms``
-interrupts without waiting for its words, and a pause never lasts more than
-``turn.decide_within_ms``: without a verdict by then, the answer goes on.
+On a real line not every sound over the agent is an interruption: the call pauses at the
+caller's first sound and interruptions.py decides, from its words, whether to interrupt or
+to go on.
 
 "Hold on" (and the like) gets a short acknowledgement and time: no re-prompt and no
 hang-up for ``turn.hold_wait`` seconds, with a gentle check-in now and then.
@@ -33,16 +29,18 @@ import attrs
 import trio
 
 from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, VADFactory
+from ...log import private
 from ...recording import StereoRecorder, TranscriptWriter
 from ...surface import CallSurface
 from ..tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
 from .capture import Speculation
+from .interruptions import Interruptions
 from .listening import Listener, wait_for_utterance
 from .sentences import SentenceSplitter
 from .settings import AssistantObserver, AssistantSettings, TurnTimings, Utterance
 from .speaking import Speaker, Spoken, single
 from .speech_cache import SpeechCache
-from .turns import Verdict, is_hold_request, judge_interruption
+from .turns import is_hold_request
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +68,6 @@ class Parts(Protocol):
     observer: AssistantObserver
 
 
-ECHO_TAIL_S = 0.4
-"""Speech that begins this soon after the agent stopped may still be the line's echo of its
-last words (echo paths are up to ~300 ms long): it is judged before it becomes a turn."""
-
-
-@attrs.define(eq=False)
-class _Pause:
-    """The agent paused for a sound over its speech; the verdict is pending."""
-
-    onset: float
-    agent_text: str
-    decided: trio.Event = attrs.Factory(trio.Event)
-
-
 class Conversation:
     """One call's conversation with a :class:`~.assistant.VoiceAssistant` (its ``Parts``)."""
 
@@ -98,13 +82,14 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
-        self.resumes = 0
-        self._pause: _Pause | None = None
-        self._nursery: trio.Nursery | None = None
+        self.interruptions = Interruptions(call, settings, assistant.observer, interrupt=self.interrupt,
+                                           agent_busy=lambda: self.agent_busy, agent_words=self._agent_words,
+                                           on_backchannel=self._log_backchannel)
         self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
-                                 agent_busy=lambda: self.agent_busy, on_speech=self._on_speech, on_key=self._on_key,
-                                 on_stt_error=lambda: assistant.observer.on_provider_error("stt"),
-                                 judge=self._judge)
+                                 agent_busy=lambda: self.agent_busy, on_speech=self.interruptions.on_speech,
+                                 on_key=self._on_key, on_stt_error=lambda: assistant.observer.on_provider_error("stt"),
+                                 judge=self.interruptions.judge)
+        self.interruptions.listener = self.listener
         self.speaker = Speaker(call, tts=assistant.tts, speech_cache=assistant.speech_cache,
                                on_error=lambda: assistant.observer.on_provider_error("tts"))
 
@@ -117,7 +102,7 @@ class Conversation:
                                                call_started=call.started_at)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self.interruptions.nursery = nursery
                 if settings.recording_dir is not None:
                     recorder = StereoRecorder(settings.recording_dir / f"{call.uuid}.wav", call)
                     await nursery.start(_run_recorder, recorder)
@@ -148,7 +133,7 @@ class Conversation:
 
     def interrupt(self, why: str) -> None:
         """Barge-in: silence the agent now and cancel the reply in progress."""
-        self._pause = None
+        self.interruptions.forget()
         if not self.agent_busy:
             return
         dropped = self.call.flush()
@@ -158,113 +143,14 @@ class Conversation:
         log.info("barge-in (%s): cut %d ms of queued speech", why, dropped)
         self.a.observer.on_barge_in(trio.current_time(), dropped)
 
-    def _on_speech(self) -> None:
-        if self.settings.barge_in != "on":
-            if self.agent_busy:
-                log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
-            return
-        if not self.agent_busy:
-            return
-        onset = self.listener.onset_level_db
-        if onset is not None and self.listener.caller_level.db is not None and self.listener.is_background(onset):
-            log.debug("a voice %.0f dB below the caller's over the agent: not pausing",
-                      self.listener.caller_level.db - onset)
-            return  # (its words are still judged when they come in)
-        if self.listener.onset_echo:
-            log.debug("sound over the agent that the echo canceller takes for its echo: not pausing")
-            return
-        if not self.settings.turn.resume or self._nursery is None:
-            self.interrupt("caller spoke")
-            return
-        if self._pause is not None:
-            return  # already paused for this stretch of sound
-        self.call.pause()
-        pause = self._pause = _Pause(trio.current_time(), self._agent_words())
-        log.debug("caller sound over the agent: paused, judging it")
-        self._nursery.start_soon(self._decide_in_time, pause)
-
     def _agent_words(self) -> str:
         """What the agent is saying around now (its echo would repeat it)."""
         return " ".join(spoken.text for spoken in self.spoken[-3:])
 
-    def _judge(self, utterance: Utterance) -> bool:
-        """Listener's hook: True if ``utterance`` is not a turn (see module docstring)."""
-        pause, turn = self._pause, self.settings.turn
-        if not turn.resume:
-            return False  # every sound over the agent interrupted it; every utterance is a turn
-        caller_db = self.listener.caller_level.db
-        if pause is None or utterance.end < pause.onset - 0.05:
-            level = utterance.level_db
-            if utterance.text and level is not None and caller_db is not None and self.listener.is_background(level):
-                log.info("ignored speech %.0f dB below the caller's: %s", caller_db - level, utterance.text)
-                return True
-            after_agent = utterance.start - self.listener.busy_until
-            if self.settings.barge_in != "on" or utterance.is_dtmf or after_agent > ECHO_TAIL_S:
-                return False  # a turn of its own, not over the agent (or barge-in rules apply)
-            # speech over the agent that did not pause it (taken for its echo), or that
-            # began as the agent stopped (the line may still be echoing its last words)
-            verdict = judge_interruption(utterance.text, settings=turn, agent_text=self._agent_words(),
-                                         level_db=level, caller_db=caller_db)
-            if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
-                self._learn_level(utterance)
-                if verdict is Verdict.INTERRUPT and self.call.speaking:
-                    self.interrupt("caller spoke")
-                return False
-            if utterance.text:
-                log.info("not a turn (%s over the agent): %s", verdict.value, utterance.text)
-            return True
-        verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
-                                     level_db=utterance.level_db, caller_db=caller_db)
-        pause.decided.set()
-        if verdict is Verdict.INTERRUPT:
-            self._learn_level(utterance)
-            self.interrupt("caller spoke")
-            return False
-        self._resume(pause, verdict.value)
-        if verdict is Verdict.BACKCHANNEL and self.transcript is not None:
+    def _log_backchannel(self, utterance: Utterance) -> None:
+        if self.transcript is not None:
             end = utterance.timings.speech_end or utterance.end
             self.transcript.write("caller", utterance.text, start=utterance.start, end=end, backchannel=True)
-        if utterance.text:
-            log.info("went on talking over %s: %s", verdict.value, utterance.text)
-        return True
-
-    def _learn_level(self, utterance: Utterance) -> None:
-        """The caller spoke over the agent: their voice's level is worth knowing too."""
-        if utterance.level_db is not None and not self.listener.is_background(utterance.level_db):
-            self.listener.caller_level.add(utterance.level_db)
-
-    def _resume(self, pause: _Pause, why: str) -> None:
-        if self._pause is not pause:
-            return
-        self._pause = None
-        pause.decided.set()
-        replayed = self.call.resume(rewind_ms=self.settings.turn.rewind_ms)
-        self.resumes += 1
-        log.info("resumed after a %s (paused %d ms, replayed %d ms)", why,
-                 (trio.current_time() - pause.onset) * 1000, replayed)
-        self.a.observer.on_resume(trio.current_time(), why)
-
-    async def _decide_in_time(self, pause: _Pause) -> None:
-        """Bound the pause: long speech interrupts; no verdict in time resumes."""
-        turn = self.settings.turn
-        with trio.move_on_at(pause.onset + turn.interrupt_after_ms / 1000):
-            await pause.decided.wait()
-            return
-        if self._pause is not pause:
-            return
-        if self.listener.caller_speaking and not self._quiet_voice():
-            pause.decided.set()
-            self.interrupt("caller kept talking")
-            return
-        with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
-            await pause.decided.wait()
-            return
-        self._resume(pause, "undecided")
-
-    def _quiet_voice(self) -> bool:
-        """The sound going on now is far quieter than the caller's usual voice."""
-        caller_db, now_db = self.listener.caller_level.db, self.listener.current_level_db
-        return caller_db is not None and now_db is not None and now_db < caller_db - self.settings.turn.background_db
 
     def _on_key(self, digit: str) -> None:
         if self.settings.barge_in in ("on", "dtmf"):
@@ -303,7 +189,7 @@ class Conversation:
                 listener.release(held)
                 continue  # the caller went on talking; the whole utterance comes later
             if settings.barge_in != "on" and not utterance.is_dtmf and utterance.start < listener.busy_until:
-                log.info("ignoring speech over the agent (barge-in %s): %s", settings.barge_in, utterance.text)
+                log.info("ignoring speech over the agent (barge-in %s): %s", settings.barge_in, private(utterance.text))
                 continue
             self._settle_spoken()
             if not utterance.is_dtmf and is_hold_request(utterance.text, turn.hold_phrases):

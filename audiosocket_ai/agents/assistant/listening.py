@@ -33,17 +33,18 @@ import trio
 from ...audio import Quality, Resampler, rms_dbfs
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
+from ...log import private
 from ...surface import CallSurface
 from ..line_echo import EchoPath
 from .capture import Speculation, UtteranceCapture, transcript_text
 from .settings import AssistantSettings, TurnTimings, Utterance
-from .turns import CallerLevel, EndOfTurn, incomplete_phrase
+from .turns import BACKGROUND_SPEECH_DB, CallerLevel, EndOfTurn, NoiseFloor, ShortTermLevel, incomplete_phrase
 
 log = logging.getLogger(__name__)
 
 __all__ = ["INBOUND_QUALITY", "Listener"]
 
-LEVEL_GATE_DB = 12.0
+LEVEL_GATE_DB = 10.0
 """Inside an utterance, audio this many dB below its voice counts as a pause for ending
 the turn, whatever the VAD says: the caller stopped and only the room goes on."""
 
@@ -88,6 +89,8 @@ class Listener:
         self._judge = judge
         self.end_of_turn = EndOfTurn(settings.turn, endpointing_ms=settings.endpointing_ms)
         self.caller_level = CallerLevel()
+        self.floor = NoiseFloor()
+        """The line's background level (steady noise, a TV, an office)."""
         """The caller's usual speech level, from their turns (tells a TV in the room apart)."""
         self.echo = EchoPath.create(call) if settings.turn.echo_cancel else None
         self.current_level_db: float | None = None
@@ -123,9 +126,16 @@ class Listener:
         return self.caller_speaking or self.transcribing > 0
 
     def is_background(self, level_db: float | None) -> bool:
-        """Speech at ``level_db`` is far quieter than the caller's usual voice (someone else)."""
+        """Speech at ``level_db`` is the room, not the caller: hardly above the line's
+        background, or far quieter than the caller's usual voice."""
+        if level_db is None or self.floor.masks(level_db, BACKGROUND_SPEECH_DB):
+            return True
         caller = self.caller_level.db
-        return level_db is None or (caller is not None and level_db < caller - self.settings.turn.background_db)
+        return caller is not None and level_db < caller - self.settings.turn.background_db
+
+    def in_background_now(self) -> bool:
+        """The sound going on now is the line's background (see :class:`NoiseFloor`)."""
+        return self.current_level_db is not None and self.floor.masks(self.current_level_db)
 
     def release(self, speculation: Speculation) -> None:
         """The conversation is done with the tentative utterance of ``speculation``."""
@@ -172,6 +182,7 @@ class Listener:
         call_rate = call.rate
         levels: list[float] = []  # the current utterance's frame levels (dBFS)
         quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
+        short_term, floor = ShortTermLevel(), self.floor
         async with trio.open_nursery() as nursery:
             async for frame in call.audio():
                 if frame.rate != call_rate:
@@ -181,13 +192,19 @@ class Listener:
                 pcm = to_stt.process(heard)
                 position += len(pcm)
                 ring.add(pcm)
-                events = list(vad.feed(pcm if to_vad is None else to_vad.process(pcm)))
+                level = short_term.add(rms_dbfs(heard))
+                if capture is None or self._agent_busy():
+                    # the background is what is heard while the caller is not talking — over
+                    # the agent's voice, or between utterances — never the caller's own voice
+                    floor.add(level)
+                # the VAD hears only what stands out of the line's background (steady noise,
+                # a TV or an office behind the caller start no turn and end none)
+                for_vad = pcm if not floor.masks(level) else bytes(len(pcm))
+                events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
                 if capture is not None:
-                    level = rms_dbfs(heard)
                     levels.append(level)
                     self.current_level_db = _speech_level(levels[-25:])
-                    # quiet for the turn's purposes: far below this utterance's voice (a TV
-                    # or an office behind the caller keeps a VAD in "speech" for ever)
+                    # quiet for the turn's purposes: far below this utterance's voice
                     speech_db = _speech_level(levels) if len(levels) >= LEVEL_GATE_MIN_FRAMES else None
                     if speech_db is not None and level < speech_db - LEVEL_GATE_DB:
                         quiet_ms += len(heard) / 2 / call_rate * 1000
@@ -200,7 +217,9 @@ class Listener:
                     vad_silence = vad.trailing_silence_ms
                     silence = None if ended or vad_silence is None else max(vad_silence, quiet_ms)
                     capture.add(pcm, trailing_silence_ms=silence)
-                    if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture)):
+                    pending = capture.speculation is not None and not capture.speculation.finished.is_set()
+                    if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture),
+                                                                          pending=pending):
                         # the transcript says the turn is over (or the hesitation lasted
                         # long enough): end it here, and let the VAD start afresh
                         vad.reset()
@@ -271,18 +290,18 @@ class Listener:
                               speculation=speculation)
         if self._deliver(utterance, "a tentative utterance"):
             self.tentative = self._offered = utterance
-            log.debug("preparing a reply during the pause to: %s", text)
+            log.debug("preparing a reply during the pause to: %s", private(text))
 
     async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
         if capture.speculation is not None and capture.speculation is self._judged:
-            log.debug("not a turn (judged at the pause): %s", capture.speculation.text)
+            log.debug("not a turn (judged at the pause): %s", private(capture.speculation.text))
             return
         held = self._offered
         if held is not None and capture.speculation is not None and held.speculation is capture.speculation:
             # its reply is already on its way (held until now): just complete its timings
             held.timings.speech_end = self._speech_end or trio.current_time()
             held.timings.endpoint = max(held.timings.speech_end, self._endpoint_seen)
-            log.info("caller said: %s", held.text)
+            log.info("caller said: %s", private(held.text))
             return
         timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
         results: list[Transcript] = []
@@ -311,8 +330,8 @@ class Listener:
         if not text:
             log.info("utterance had no words")
             return
-        log.info("caller said: %s", text)
-        self._deliver(utterance, f"utterance {text!r}")
+        log.info("caller said: %s", private(text))
+        self._deliver(utterance, "an utterance")
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -321,7 +340,7 @@ class Listener:
             self._on_key(digit)
             now = trio.current_time()
             timings = TurnTimings(speech_end=now, endpoint=now, transcript=now)
-            self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), f"key {digit}")
+            self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), "a key")
 
 
 def _pause_text(capture: UtteranceCapture) -> str | None:

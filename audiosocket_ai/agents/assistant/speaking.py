@@ -25,6 +25,7 @@ import trio
 from ...audio import LeadTrimmer
 from ...inference import due
 from ...interfaces import TTS
+from ...log import private
 from ...playout import Playback
 from ...surface import CallSurface
 from ..heard import heard_words
@@ -182,7 +183,7 @@ class Speaker:
                 if trimmer is not None:
                     await sentence.put(trimmer.flush())
             except Exception as exc:
-                log.error("speech synthesis failed for %r: %s", sentence.text, exc)
+                log.error("speech synthesis failed for %s: %s", private(repr(sentence.text)), exc)
                 self._on_error()
             finally:
                 sentence.ready.set()

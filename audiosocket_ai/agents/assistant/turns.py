@@ -17,17 +17,23 @@ Pure policy (no I/O, no clock of its own), used by the listener and the conversa
 
 from __future__ import annotations
 
+import collections
 import enum
+import math
 import re
 
 import attrs
 
 __all__ = [
+    "BACKGROUND_SPEECH_DB",
     "COMMANDS",
     "DEFAULT_BACKCHANNELS",
     "DEFAULT_HOLD_PHRASES",
+    "NOISE_GATE_DB",
     "CallerLevel",
     "EndOfTurn",
+    "NoiseFloor",
+    "ShortTermLevel",
     "TurnSettings",
     "Verdict",
     "incomplete_phrase",
@@ -56,6 +62,8 @@ DEFAULT_HOLD_PHRASES: tuple[str, ...] = (
     "give me a moment", "give me a second", "give me a minute", "just a minute", "wait a moment",
     "wait a second", "wait a minute", "let me check", "let me look", "let me find", "let me get",
     "let me see", "bear with me", "hold the line", "a moment please", "moment please",
+    "on a minute", "on a second", "on a sec", "give me a sec", "just a sec", "grab a pen", "get a pen",
+    "find a pen", "let me grab", "i need to grab", "i need to find", "i need to get", "let me just",
 )
 """Phrases asking the agent to wait (matched anywhere in the utterance)."""
 
@@ -65,7 +73,7 @@ to for of with at by from into onto about than as via per
 and or but because if when while although though unless until whereas
 um uh er erm uhm
 i we he she they
-very
+very what which whose
 """.split())
 """Last words after which a phrase is not finished (a pause there is a hesitation)."""
 
@@ -74,6 +82,13 @@ zero oh one two three four five six seven eight nine ten eleven twelve thirteen 
 sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
 thousand double triple
 """.split())
+
+NOISE_GATE_DB = 9.0
+"""Sound less than this many dB above the line's background is not the caller's voice."""
+
+BACKGROUND_SPEECH_DB = 12.0
+"""An utterance whose speech level (its loudest third) is less than this many dB above the
+line's background was the background (babble, a TV): its peaks are not a voice's."""
 
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
@@ -118,8 +133,6 @@ def incomplete_phrase(text: str) -> bool:
     stripped = text.strip()
     if not stripped:
         return False
-    if stripped.endswith("?"):
-        return False
     if stripped.endswith((",", "...", "…", "-", "—", ";", ":")):
         return True
     tail = words(stripped)
@@ -127,7 +140,9 @@ def incomplete_phrase(text: str) -> bool:
         return False
     last = tail[-1]
     if last in _INCOMPLETE_ENDINGS:
-        return True
+        return True  # (even with a "?": recognizers punctuate a rising "what...?")
+    if stripped.endswith("?"):
+        return False
     # digits being read one by one: more may come after the pause ("four one", and
     # Whisper's way of writing them, "3-8")
     if _DIGIT_GROUPS.fullmatch(last):
@@ -248,15 +263,62 @@ class EndOfTurn:
         self.settings = settings
         self.endpointing_ms = endpointing_ms
 
-    def decide(self, silence_ms: float, text: str | None) -> bool:
+    def decide(self, silence_ms: float, text: str | None, *, pending: bool = False) -> bool:
+        """``pending``: a transcript of this pause is on its way — wait for it (up to
+        ``hesitation_ms``) rather than end the turn blind; the reply needs it anyway."""
         usual = self.endpointing_ms
         if silence_ms <= 0 or usual is None:
             return False
+        if text is None and pending:
+            return silence_ms >= max(usual, self.settings.hesitation_ms)
         if text is None or not words(text):
             return silence_ms >= usual
         if incomplete_phrase(text):
             return silence_ms >= self.settings.hesitation_ms
         return silence_ms >= min(usual, self.settings.quick_end_ms)
+
+
+class NoiseFloor:
+    """The line's background level: a low percentile of the last seconds of short-term levels.
+
+    A caller's speech comes and goes; a fan, a street, an office or a TV behind them stays.
+    The floor follows what is always there (minimum statistics), and sound less than
+    :data:`NOISE_GATE_DB` above it is not taken for the caller's voice — so steady noise
+    and distant voices neither start a turn nor keep one from ending.
+    """
+
+    def __init__(self, *, window: int = 750, every: int = 5, percentile: float = 0.1,
+                 warm_up: int = 40) -> None:
+        self._levels: collections.deque[float] = collections.deque(maxlen=window)
+        self._every = every
+        self._percentile = percentile
+        self._warm_up = warm_up
+        self._count = 0
+        self.db: float | None = None
+        """The floor (dBFS), once ``warm_up`` levels were seen."""
+
+    def add(self, level_db: float) -> None:
+        """One frame's short-term level (dBFS; -inf for digital silence)."""
+        self._levels.append(max(level_db, -100.0))
+        self._count += 1
+        if self._count >= self._warm_up and self._count % self._every == 0:
+            ordered = sorted(self._levels)
+            self.db = ordered[int(len(ordered) * self._percentile)]
+
+    def masks(self, level_db: float, margin_db: float = NOISE_GATE_DB) -> bool:
+        """Sound at ``level_db`` is within the background (not the caller's voice)."""
+        return self.db is not None and level_db < self.db + margin_db
+
+
+class ShortTermLevel:
+    """The level of the last ~100 ms (energy mean of the last frames), in dBFS."""
+
+    def __init__(self, frames: int = 5) -> None:
+        self._powers: collections.deque[float] = collections.deque(maxlen=frames)
+
+    def add(self, level_db: float) -> float:
+        self._powers.append(10.0 ** (max(level_db, -100.0) / 10.0))
+        return 10.0 * math.log10(sum(self._powers) / len(self._powers))
 
 
 class CallerLevel:

@@ -99,12 +99,16 @@ class PiperTTS(Provider):
         optimize: Literal["none", "exact", "int8"] = "exact",
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else bundled_piper_voice()
+        if not self.model_path.is_file():
+            raise ModelNotFoundError(f"Piper voice {self.model_path} is missing (a .onnx file, with its .onnx.json "
+                                     "beside it)")
         self.config_path = Path(config_path) if config_path is not None else Path(f"{self.model_path}.json")
         try:
             with open(self.config_path, encoding="utf-8") as fh:
                 self._config_dict: dict[str, Any] = json.load(fh)
         except FileNotFoundError as exc:
-            raise ModelNotFoundError(f"Piper voice config {self.config_path} is missing") from exc
+            raise ModelNotFoundError(f"Piper voice config {self.config_path} is missing (it must sit beside the "
+                                     ".onnx, named like it plus .json)") from exc
         # Read eagerly (a 5 kB JSON) so the pipeline knows the rate before any synthesis.
         self.sample_rate: int = int(self._config_dict["audio"]["sample_rate"])
         self.intra_op_threads = intra_op_threads

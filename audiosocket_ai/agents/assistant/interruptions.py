@@ -1,0 +1,206 @@
+"""Sounds over the agent's speech: pause at once, judge from the evidence, then interrupt or go on.
+
+When the caller's voice starts while the agent talks, the call is *paused* in the same
+frame (silent, nothing dropped) and the sound is judged (turns.py) when its transcript
+comes in — at its first pause, not only at its end: words with content interrupt (flush
+and cancel the reply); an "uh-huh", a cough, the agent's own echo, or a voice from the room
+resume the answer where it paused, replaying the cut word. Speech that goes on past
+``turn.interrupt_after_ms`` interrupts without waiting for its words, and a pause never lasts
+more than ``turn.decide_within_ms``: without a verdict by then, the answer goes on.
+
+Speech over the agent that did not pause it (the echo canceller or the level said "not the
+caller"), and speech that began within :data:`ECHO_TAIL_S` of the agent stopping, is
+judged the same way before it may become a turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ...log import private
+from ...surface import CallSurface
+from .listening import Listener
+from .settings import AssistantObserver, AssistantSettings, Utterance
+from .turns import Verdict, judge_interruption
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ECHO_TAIL_S", "Interruptions"]
+
+ECHO_TAIL_S = 0.4
+"""Speech that begins this soon after the agent stopped may still be the line's echo of its
+last words (echo paths are up to ~300 ms long): it is judged before it becomes a turn."""
+
+
+@attrs.define(eq=False)
+class _Pause:
+    """The agent paused for a sound over its speech; the verdict is pending."""
+
+    onset: float
+    agent_text: str
+    decided: trio.Event = attrs.Factory(trio.Event)
+
+
+class Interruptions:
+    """One call's pause-and-judge state (see the module docstring).
+
+    Args:
+        call: the call whose audio is paused and resumed.
+        settings: barge-in mode and ``turn`` settings.
+        observer: told of every resume.
+        interrupt: the conversation's barge-in (flush the call, cancel the reply).
+        agent_busy: whether the agent is talking or working on a reply.
+        agent_words: what the agent is saying around now.
+        on_backchannel: a backchannel over the agent (for the transcript).
+    """
+
+    def __init__(self, call: CallSurface, settings: AssistantSettings, observer: AssistantObserver, *,
+                 interrupt: Callable[[str], None], agent_busy: Callable[[], bool], agent_words: Callable[[], str],
+                 on_backchannel: Callable[[Utterance], None]) -> None:
+        self.call = call
+        self.settings = settings
+        self.observer = observer
+        self._interrupt = interrupt
+        self._agent_busy = agent_busy
+        self._agent_words = agent_words
+        self._on_backchannel = on_backchannel
+        self._listener: Listener | None = None
+        self.nursery: trio.Nursery | None = None
+        """Where the pause's deadline runs (the conversation's)."""
+        self.resumes = 0
+        self._pause: _Pause | None = None
+
+    @property
+    def listener(self) -> Listener:
+        """The call's listener (set by the conversation once it exists)."""
+        assert self._listener is not None, "Interruptions.listener was never set"
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: Listener) -> None:
+        self._listener = listener
+
+    @property
+    def agent_busy(self) -> bool:
+        return self._agent_busy()
+
+    def interrupt(self, why: str) -> None:
+        self._interrupt(why)
+
+    def forget(self) -> None:
+        """The reply was flushed (a barge-in, a key, shutdown): no pause is pending any more."""
+        self._pause = None
+
+    def on_speech(self) -> None:
+        if self.settings.barge_in != "on":
+            if self.agent_busy:
+                log.debug("caller spoke over the agent; barge-in is %s", self.settings.barge_in)
+            return
+        if not self.agent_busy:
+            return
+        onset = self.listener.onset_level_db
+        if onset is not None and self.listener.is_background(onset):
+            log.debug("a sound at %.0f dBFS over the agent, the room's rather than the caller's: not pausing", onset)
+            return  # (its words are still judged when they come in)
+        if self.listener.onset_echo:
+            log.debug("sound over the agent that the echo canceller takes for its echo: not pausing")
+            return
+        if not self.settings.turn.resume or self.nursery is None:
+            self.interrupt("caller spoke")
+            return
+        if self._pause is not None:
+            return  # already paused for this stretch of sound
+        self.call.pause()
+        pause = self._pause = _Pause(trio.current_time(), self._agent_words())
+        log.debug("caller sound over the agent: paused, judging it")
+        self.nursery.start_soon(self._decide_in_time, pause)
+
+    def judge(self, utterance: Utterance) -> bool:
+        """Listener's hook: True if ``utterance`` is not a turn (see module docstring)."""
+        pause, turn = self._pause, self.settings.turn
+        if not turn.resume:
+            return False  # every sound over the agent interrupted it; every utterance is a turn
+        caller_db = self.listener.caller_level.db
+        if pause is None or utterance.end < pause.onset - 0.05:
+            level = utterance.level_db
+            if utterance.text and level is not None and self.listener.is_background(level):
+                log.info("ignored speech at %.0f dBFS, the room's rather than the caller's: %s", level,
+                         private(utterance.text))
+                return True
+            after_agent = utterance.start - self.listener.busy_until
+            if self.settings.barge_in != "on" or utterance.is_dtmf or after_agent > ECHO_TAIL_S:
+                return False  # a turn of its own, not over the agent (or barge-in rules apply)
+            # speech over the agent that did not pause it (taken for its echo), or that
+            # began as the agent stopped (the line may still be echoing its last words)
+            verdict = judge_interruption(utterance.text, settings=turn, agent_text=self._agent_words(),
+                                         level_db=level, caller_db=caller_db)
+            if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
+                self._learn_level(utterance)
+                if verdict is Verdict.INTERRUPT and self.call.speaking:
+                    self.interrupt("caller spoke")
+                return False
+            if utterance.text:
+                log.info("not a turn (%s over the agent): %s", verdict.value, private(utterance.text))
+            return True
+        if utterance.text and self.listener.is_background(utterance.level_db):
+            verdict = Verdict.BACKGROUND
+        else:
+            verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
+                                         level_db=utterance.level_db, caller_db=caller_db)
+        pause.decided.set()
+        if verdict is Verdict.INTERRUPT:
+            self._learn_level(utterance)
+            self.interrupt("caller spoke")
+            return False
+        self._resume(pause, verdict.value)
+        if verdict is Verdict.BACKCHANNEL:
+            self._on_backchannel(utterance)
+        if utterance.text:
+            log.info("went on talking over %s: %s", verdict.value, private(utterance.text))
+        return True
+
+    def _learn_level(self, utterance: Utterance) -> None:
+        """The caller spoke over the agent: their voice's level is worth knowing too."""
+        if utterance.level_db is not None and not self.listener.is_background(utterance.level_db):
+            self.listener.caller_level.add(utterance.level_db)
+
+    def _resume(self, pause: _Pause, why: str) -> None:
+        if self._pause is not pause:
+            return
+        self._pause = None
+        pause.decided.set()
+        replayed = self.call.resume(rewind_ms=self.settings.turn.rewind_ms)
+        self.resumes += 1
+        log.info("resumed after a %s (paused %d ms, replayed %d ms)", why,
+                 (trio.current_time() - pause.onset) * 1000, replayed)
+        self.observer.on_resume(trio.current_time(), why)
+
+    async def _decide_in_time(self, pause: _Pause) -> None:
+        """Bound the pause: long speech interrupts; no verdict in time resumes."""
+        turn = self.settings.turn
+        with trio.move_on_at(pause.onset + turn.interrupt_after_ms / 1000):
+            await pause.decided.wait()
+            return
+        if self._pause is not pause:
+            return
+        if self.listener.caller_speaking and not self._quiet_voice():
+            pause.decided.set()
+            self.interrupt("caller kept talking")
+            return
+        with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
+            await pause.decided.wait()
+            return
+        self._resume(pause, "undecided")
+
+    def _quiet_voice(self) -> bool:
+        """The sound going on now is the room's: within the line's background, or far
+        quieter than the caller's usual voice."""
+        listener = self.listener
+        caller_db, now_db = listener.caller_level.db, listener.current_level_db
+        if listener.in_background_now():
+            return True
+        return caller_db is not None and now_db is not None and now_db < caller_db - self.settings.turn.background_db
