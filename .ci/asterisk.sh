@@ -46,5 +46,43 @@ if [ ! -x "$binary" ]; then
   echo "error: build finished but $binary is not an executable" >&2
   exit 1
 fi
+# Modules our tests need beyond what build.sh enables, built from the same tarball into
+# the same prefix (pbx_spool: call files in the outgoing spool, for `audiosocket-ai dial`).
+extra_modules=(pbx/pbx_spool)
+need=()
+for module in "${extra_modules[@]}"; do
+  [ -f "$PREFIX/lib/asterisk/modules/$(basename "$module").so" ] || need+=("$module")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  tarball=$(ls "$shared_asterisk"/asterisk-*.tar.xz | tail -n 1)
+  version=$(basename "$tarball" .tar.xz); version=${version#asterisk-}
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  echo "building extra Asterisk modules: ${need[*]}" >&2
+  tar -xJf "$tarball" -C "$work"
+  (
+    cd "$work/asterisk-$version"
+    log=$work/extra.log
+    # the same configure line as build.sh, so the module matches the installed core
+    ./configure --prefix="$PREFIX" --without-pjproject-bundled --without-pjproject \
+      --with-jansson-bundled=no --without-libjwt-bundled >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+    make menuselect.makeopts >>"$log" 2>&1
+    dirs=()
+    for module in "${need[@]}"; do
+      dir=$(dirname "$module")
+      menuselect/menuselect --disable-category "MENUSELECT_$(echo "$dir" | tr a-z A-Z)" menuselect.makeopts >>"$log" 2>&1
+      dirs+=("$dir")
+    done
+    for module in "${need[@]}"; do
+      menuselect/menuselect --enable "$(basename "$module")" menuselect.makeopts >>"$log" 2>&1
+    done
+    # the top-level make builds a module directory with the flags the core was built with
+    make "${dirs[@]}" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }
+    for module in "${need[@]}"; do
+      install -m 755 "$module.so" "$PREFIX/lib/asterisk/modules/$(basename "$module").so"
+    done
+  )
+fi
+
 "$binary" -V >&2
 echo "$binary"
