@@ -376,7 +376,7 @@ def mixed(*parts: bytes) -> bytes:
     return np.clip(total, -32768, 32767).astype("<i2").tobytes()
 
 
-async def test_a_voice_far_below_the_callers_neither_pauses_the_agent_nor_takes_a_turn(
+async def test_a_voice_far_below_the_callers_neither_stops_the_agent_nor_takes_a_turn(
         autojump_clock: trio.abc.Clock) -> None:
     llm = ScriptedLLM([[ANSWER]])
     agent, observer, tts = assistant(llm, ScriptedSTT(["tell me a story", "buy now while stocks last"]))
@@ -386,7 +386,8 @@ async def test_a_voice_far_below_the_callers_neither_pauses_the_agent_nor_takes_
         await pbx.send_audio(quiet_voice(800))
         await talk_until(pbx, lambda: len(observer.turns) == 1 and not agent_talking(pbx))
         await pbx.send_silence(1000)
-    assert not observer.resumes and not observer.barge_ins, "the agent never paused"
+    assert not observer.barge_ins and [v for _, v in observer.resumes] in ([], ["background"]), \
+        "the agent went on (at most a pause, judged the room's)"
     assert len(llm.histories) == 1, "the TV was not answered"
     full_ms = sum(tts.duration_ms(s) for s in ("This answer is rather long.", "It keeps going for several seconds.",
                                                 "Nobody wants to lose any of it."))
@@ -501,3 +502,31 @@ async def test_a_turn_over_steady_background_noise_starts_and_ends_on_the_caller
     assert not observer.barge_ins
     assert [v for _, v in observer.resumes] in ([], ["background"])
     assert [m.content for m in llm.histories[0] if m.role == "user"] == ["What time do you open?"]
+
+
+def test_the_echo_cancellers_evidence_outweighs_misheard_words() -> None:
+    turn = TurnSettings()
+    agent = "Hello! I'm an automated assistant."
+    assert judge_interruption("Hello, I'm not on my knees.", settings=turn, agent_text=agent,
+                              echo_share=0.8) is Verdict.ECHO
+    assert judge_interruption("Hello, I'm not on my knees.", settings=turn, agent_text=agent,
+                              echo_share=0.1) is Verdict.INTERRUPT
+    assert judge_interruption("Stop right there.", settings=turn, echo_share=0.9, level_db=-20.0,
+                              caller_db=-21.0) is Verdict.INTERRUPT, "as loud as the caller: the caller"
+
+
+async def test_an_uh_huh_whose_words_are_slow_to_come_is_not_taken_for_a_long_interruption(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The recognizer is slower than turn.interrupt_after_ms: the short sound has ended, so the
+    deadline does not interrupt; its words then resume the answer."""
+    llm = ScriptedLLM([[ANSWER]])
+    stt = ScriptedSTT(["tell me a story", "uh-huh"], delay=0.9)
+    agent, observer, tts = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        await pbx.send_audio(speech(300))
+        await talk_until(pbx, lambda: len(observer.turns) == 1 and not agent_talking(pbx))
+        await pbx.send_silence(500)
+    assert not observer.barge_ins and [v for _, v in observer.resumes] == ["backchannel"]
+    assert len(llm.histories) == 1

@@ -96,6 +96,8 @@ class UtteranceCapture:
         self.speculations = 0
         self.level_db: float | None = None
         """The utterance's speech level (dBFS), set by the listener when it ends."""
+        self.echo_share = 0.0
+        """The share of its frames the echo canceller took for the agent's own echo."""
         if self.streaming:
             self._forward(pre_roll)
 

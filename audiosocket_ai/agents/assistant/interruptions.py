@@ -25,7 +25,7 @@ from ...log import private
 from ...surface import CallSurface
 from .listening import Listener
 from .settings import AssistantObserver, AssistantSettings, Utterance
-from .turns import Verdict, judge_interruption
+from .turns import BACKGROUND_SPEECH_DB, Verdict, judge_interruption
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,11 @@ __all__ = ["ECHO_TAIL_S", "Interruptions"]
 ECHO_TAIL_S = 0.4
 """Speech that begins this soon after the agent stopped may still be the line's echo of its
 last words (echo paths are up to ~300 ms long): it is judged before it becomes a turn."""
+
+
+VOICE_GAP_S = 0.2
+"""At ``turn.interrupt_after_ms``, the caller counts as still talking if their voice was
+heard this recently (an "uh-huh" that ended, whose transcript is on its way, does not)."""
 
 
 @attrs.define(eq=False)
@@ -103,7 +108,8 @@ class Interruptions:
         if not self.agent_busy:
             return
         onset = self.listener.onset_level_db
-        if onset is not None and self.listener.is_background(onset):
+        if onset is not None and self.listener.floor.masks(onset, BACKGROUND_SPEECH_DB):
+            # (only the line's background: a quiet onset — the "s" of "stop" — is no reason)
             log.debug("a sound at %.0f dBFS over the agent, the room's rather than the caller's: not pausing", onset)
             return  # (its words are still judged when they come in)
         if self.listener.onset_echo:
@@ -137,7 +143,8 @@ class Interruptions:
             # speech over the agent that did not pause it (taken for its echo), or that
             # began as the agent stopped (the line may still be echoing its last words)
             verdict = judge_interruption(utterance.text, settings=turn, agent_text=self._agent_words(),
-                                         level_db=level, caller_db=caller_db)
+                                         level_db=level, caller_db=caller_db,
+                                         echo_share=utterance.echo_share)
             if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
                 self._learn_level(utterance)
                 if verdict is Verdict.INTERRUPT and self.call.speaking:
@@ -150,7 +157,8 @@ class Interruptions:
             verdict = Verdict.BACKGROUND
         else:
             verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
-                                         level_db=utterance.level_db, caller_db=caller_db)
+                                         level_db=utterance.level_db, caller_db=caller_db,
+                                         echo_share=utterance.echo_share)
         pause.decided.set()
         if verdict is Verdict.INTERRUPT:
             self._learn_level(utterance)
@@ -187,7 +195,8 @@ class Interruptions:
             return
         if self._pause is not pause:
             return
-        if self.listener.caller_speaking and not self._quiet_voice():
+        talking = trio.current_time() - self.listener.voiced_at < VOICE_GAP_S
+        if talking and not self._quiet_voice():
             pause.decided.set()
             self.interrupt("caller kept talking")
             return

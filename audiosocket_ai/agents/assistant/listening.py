@@ -98,6 +98,8 @@ class Listener:
         self.onset_level_db: float | None = None
         """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
         self.onset_echo = False
+        self.voiced_at = 0.0
+        """When the caller's voice was last heard (a frame the VAD called speech)."""
         """The echo canceller took the latest speech onset for the agent's own echo."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
         self.caller_speaking = False
@@ -109,6 +111,8 @@ class Listener:
         self._judged: Speculation | None = None
         """A speculation over the agent that the judge found was no turn."""
         self._levels: list[float] = []
+        self._echo_frames = 0
+        """Frames of the utterance in progress the echo canceller took for the agent's echo."""
         """The frame levels of the utterance in progress."""
         self._offered: Utterance | None = None
         """The last tentative utterance delivered (its transcript is final if confirmed)."""
@@ -203,6 +207,8 @@ class Listener:
                 events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
                 if capture is not None:
                     levels.append(level)
+                    if self.echo is not None and self.echo.echo_likely:
+                        self._echo_frames += 1
                     self.current_level_db = _speech_level(levels[-25:])
                     # quiet for the turn's purposes: far below this utterance's voice
                     speech_db = _speech_level(levels) if len(levels) >= LEVEL_GATE_MIN_FRAMES else None
@@ -216,6 +222,8 @@ class Listener:
                     ended = any(isinstance(event, SpeechEnded) for event in events)
                     vad_silence = vad.trailing_silence_ms
                     silence = None if ended or vad_silence is None else max(vad_silence, quiet_ms)
+                    if not silence and not ended:
+                        self.voiced_at = trio.current_time()
                     capture.add(pcm, trailing_silence_ms=silence)
                     pending = capture.speculation is not None and not capture.speculation.finished.is_set()
                     if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture),
@@ -232,7 +240,8 @@ class Listener:
                     # the event happened at_ms into the stream; we are `lag` s past that point
                     lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
-                        levels, quiet_ms = [], 0.0
+                        levels, quiet_ms, self._echo_frames = [], 0.0, 0
+                        self.voiced_at = now
                         self._levels = levels
                         voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
@@ -254,6 +263,7 @@ class Listener:
                         self._endpoint_seen = now
                         capture.end()
                         capture.level_db = _speech_level(levels)
+                        capture.echo_share = self._echo_share()
                         level_db = capture.level_db
                         began_in_quiet = self.busy_until < self._capture_started  # not over the agent
                         if level_db is not None and began_in_quiet and not self.is_background(level_db):
@@ -265,6 +275,10 @@ class Listener:
             if capture is not None:
                 capture.cancel()
 
+    def _echo_share(self) -> float:
+        """The share of the utterance in progress that the echo canceller took for the echo."""
+        return self._echo_frames / len(self._levels) if self._levels else 0.0
+
     def _speculated(self, speculation: Speculation) -> None:
         """A transcript of the caller's pause is in. Over the agent: let the judge decide
         now, not at the endpoint (an "uh-huh" resumes the answer sooner). Otherwise: offer
@@ -274,7 +288,7 @@ class Listener:
         if self._agent_busy():
             if self._judge is not None and self._judged is not speculation:
                 early = Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
-                                  level_db=_speech_level(self._levels))
+                                  level_db=_speech_level(self._levels), echo_share=self._echo_share())
                 if self._judge(early):
                     self._judged = speculation  # if it stands (nothing more said), it was no turn
             return
@@ -283,7 +297,7 @@ class Listener:
             return  # (an unfinished phrase: the caller is probably not done)
         if self._judge is not None and self._judge(
                 Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
-                          level_db=_speech_level(self._levels))):
+                          level_db=_speech_level(self._levels), echo_share=self._echo_share())):
             self._judged = speculation  # (the agent's echo trailing after it stopped, a TV...)
             return
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
@@ -324,7 +338,8 @@ class Listener:
         timings.speech_end = self._speech_end or timings.transcript
         if not timings.endpoint:
             timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
-        utterance = Utterance(text, started, timings.speech_end, timings, level_db=capture.level_db)
+        utterance = Utterance(text, started, timings.speech_end, timings, level_db=capture.level_db,
+                              echo_share=capture.echo_share)
         if self._judge is not None and self._judge(utterance):
             return  # not a turn (the judge logged why)
         if not text:

@@ -102,6 +102,8 @@ class Utterance:
     """Set for a tentative utterance: its reply is held until the speculation is settled."""
     level_db: float | None = None
     """How loud the speech was (dBFS of its loudest third), if measured."""
+    echo_share: float = 0.0
+    """The share of its frames the echo canceller took for the agent's own echo."""
 
 
 class AssistantObserver(Protocol):

@@ -90,6 +90,9 @@ BACKGROUND_SPEECH_DB = 12.0
 """An utterance whose speech level (its loudest third) is less than this many dB above the
 line's background was the background (babble, a TV): its peaks are not a voice's."""
 
+ECHO_SHARE = 0.6
+"""A sound most of whose frames the echo canceller took for the agent's echo is its echo."""
+
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
 than the caller's usual voice (when that is known): a caller may repeat the agent's words."""
@@ -208,7 +211,8 @@ class TurnSettings:
 
 
 def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "",
-                       level_db: float | None = None, caller_db: float | None = None) -> Verdict:
+                       level_db: float | None = None, caller_db: float | None = None,
+                       echo_share: float = 0.0) -> Verdict:
     """Decide what a sound over the agent's speech was, from its transcript ``text``.
 
     Args:
@@ -216,6 +220,8 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         agent_text: what the agent was saying around then (its own echo repeats it).
         level_db: the sound's speech level (dBFS), if measured.
         caller_db: the caller's usual level (dBFS), if known yet.
+        echo_share: the share of the sound's frames the echo canceller took for the agent's
+            echo: the signal's own evidence, which a misheard echo's words may lack.
     """
     said = words(text)
     if not said:
@@ -225,7 +231,7 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
     if level_db is not None and caller_db is not None and level_db < caller_db - settings.background_db:
         return Verdict.BACKGROUND
     louder_than_echo = level_db is not None and caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB
-    if agent_text and not louder_than_echo and _echoes(said, words(agent_text)):
+    if not louder_than_echo and (echo_share >= ECHO_SHARE or (agent_text and _echoes(said, words(agent_text)))):
         return Verdict.ECHO
     content = [w for w in said if _normal(w) not in {_normal(b) for b in settings.backchannels}]
     if len(content) < settings.interrupt_min_words:
