@@ -47,8 +47,9 @@ if [ ! -x "$binary" ]; then
   exit 1
 fi
 # Modules our tests need beyond what build.sh enables, built from the same tarball into
-# the same prefix (pbx_spool: call files in the outgoing spool, for `audiosocket-ai dial`).
-extra_modules=(pbx/pbx_spool)
+# the same prefix (pbx_spool: call files in the outgoing spool, for `audiosocket-ai dial`;
+# func_uri: URIENCODE() for the per-call context recipe).
+extra_modules=(pbx/pbx_spool funcs/func_uri)
 need=()
 for module in "${extra_modules[@]}"; do
   [ -f "$PREFIX/lib/asterisk/modules/$(basename "$module").so" ] || need+=("$module")

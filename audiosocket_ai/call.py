@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import uuid as uuid_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -113,6 +113,12 @@ class Call:
         self.outcome: dict[str, Any] = {}
         """Free-form results the agent wants the dialplan to read (transfer target,
         collected fields, …); published by the server when the call ends."""
+        self.context: Mapping[str, str] = {}
+        """What the dialplan posted for this call before ``AudioSocket()`` (set by the server)."""
+        self.before_hangup: Callable[[], Awaitable[None]] | None = None
+        """Awaited just before the hangup frame goes out (bounded by ``write_timeout``): the
+        server publishes the outcome to a shared store there, so a dialplan that reads it
+        from another instance right after ``AudioSocket()`` returns sees the final one."""
         self.end_reason: EndReason | None = None
         self._stream = stream
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -437,6 +443,12 @@ class Call:
 
     async def _send_final_hangup(self) -> None:
         with trio.CancelScope(shield=True):
+            if self.before_hangup is not None:
+                with trio.move_on_after(self.settings.write_timeout):
+                    try:
+                        await self.before_hangup()
+                    except Exception:
+                        log.exception("before_hangup hook failed")
             try:
                 await self._send(HANGUP_BYTES)
                 log.info("sent hangup")

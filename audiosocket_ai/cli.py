@@ -69,6 +69,8 @@ def main() -> None:
               help="Serve /healthz, /readyz, /metrics and /calls/<uuid> (call outcomes for the dialplan) "
                    "over HTTP on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the status endpoint.")
+@click.option("--state-url", default=None, metavar="redis://HOST:PORT",
+              help="Keep call outcomes and contexts in this Redis/Valkey server, shared by every instance.")
 @click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM/SIGINT, seconds calls in progress may continue before being hung up "
                    "(a second signal hangs up at once).")

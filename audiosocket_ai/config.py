@@ -6,12 +6,16 @@ The schema below is the single source of truth: validation, the ``config check``
 and docs/configuration.md (``audiosocket-ai config reference``) are all generated from it,
 so the reference cannot drift from the code. API keys are deliberately *not* settings:
 they come only from the providers' own environment variables.
+
+This module is over 500 lines because the schema is one table (every setting with its help text), and
+the validation, the ``[agents.NAME]`` personas and the reference generated from it belong beside it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,6 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("agent", "reprompt_after", float, 8.0, "Seconds of caller silence before the assistant asks if they are "
        "still there.", minimum=0.5, optional=True),
     _s("agent", "faq", str, None, "TOML file of FAQ answers for the rules model.", optional=True, flag="faq_file"),
+    _s("agent", "persona_key", str, "agent", "The context key (posted by the dialplan before AudioSocket(), "
+       "docs/operations.md) that names the `[agents.NAME]` persona answering the call."),
+    _s("agent", "default_persona", str, None, "The `[agents.NAME]` persona for calls whose context names none (or "
+       "an unknown one). Unset: the agent configured by [agent] and [providers] itself.", optional=True),
     _s("providers", "stt", str, "whisper", "Speech recognizer: whisper, openai[:MODEL], deepgram[:MODEL].",
        flag="stt"),
     _s("providers", "llm", str, "rules", "Language model: rules, openai[:MODEL].", flag="llm"),
@@ -170,6 +178,17 @@ SETTINGS: tuple[Setting, ...] = (
     _s("turn", "hold_check_in_text", str, "No rush, I'm still here whenever you're ready.", "The check-in."),
     _s("turn", "echo_cancel", bool, True, "Remove the agent's own voice echoed back by the line (speakerphones, "
        "analog gateways) before listening, so it never interrupts itself."),
+    _s("context", "ttl", float, 60.0, "Seconds a context posted for a call (POST /calls/<uuid>/context) waits for "
+       "the call before it is dropped.", minimum=1),
+    _s("context", "max_entries", int, 10_000, "Contexts waiting for their calls at once; more are refused (429).",
+       minimum=1),
+    _s("context", "max_keys", int, 32, "Keys in one context; more are refused (400).", minimum=1),
+    _s("context", "max_value_length", int, 512, "Characters in one context value; longer is refused (400).",
+       minimum=1),
+    _s("state", "url", str, None, "A Redis or Valkey server (redis://[[user]:password@]host[:port][/db]) that "
+       "holds call outcomes and contexts for every instance, so the dialplan may read /calls/<uuid> from, and post "
+       "a context to, any instance behind a load balancer (docs/operations.md, \"Several instances\"). Unset: in "
+       "this process's memory.", optional=True, flag="state_url"),
     _s("transfer", "targets", list, ["operator"], "Names the agent may transfer a call to: the model is offered "
        "only these (its transfer tool lists them) and a transfer anywhere else is refused and the call goes on. The "
        "dialplan maps each name to a destination (dialplan/extensions.conf, [transfer-targets]). The first is the "
@@ -223,6 +242,67 @@ SETTINGS: tuple[Setting, ...] = (
 
 BY_NAME = {s.name: s for s in SETTINGS}
 
+PERSONAS = "agents"
+"""The values key holding the ``[agents.NAME]`` tables: {name: {persona key: value}}."""
+
+PERSONA_KEYS: dict[str, str] = {
+    "agent": "agent.name", "greeting": "agent.greeting", "system_prompt": "agent.system_prompt",
+    "faq": "agent.faq", "barge_in": "agent.barge_in", "reprompt_after": "agent.reprompt_after",
+    "stt": "providers.stt", "llm": "providers.llm", "tts": "providers.tts", "vad": "providers.vad",
+    "llm_base_url": "providers.llm_base_url", "voice": "providers.voice", "endpointing_ms": "providers.endpointing_ms",
+    "transfer_targets": "transfer.targets", "realtime_voice": "realtime.voice", "realtime_model": "realtime.model",
+}
+"""What an ``[agents.NAME]`` table may set, and the setting each key overrides for that persona.
+A ``[agents.NAME.turn]`` table overrides ``[turn]`` settings the same way."""
+
+PERSONA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def persona_values(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The configuration values of persona ``name``: the top-level ones with its table's overrides."""
+    merged = {key: value for key, value in values.items() if key != PERSONAS}
+    for key, value in (values.get(PERSONAS) or {})[name].items():
+        if key == "turn" and isinstance(value, dict):
+            merged.update({f"turn.{turn_key}": turn_value for turn_key, turn_value in value.items()})
+        elif key in PERSONA_KEYS:
+            merged[PERSONA_KEYS[key]] = value
+    return merged
+
+
+def _persona_problems(values: Mapping[str, Any]) -> list[str]:
+    personas = values.get(PERSONAS) or {}
+    errors = []
+    if not isinstance(personas, dict):
+        return [f"{PERSONAS}: expected [{PERSONAS}.NAME] tables"]
+    for name, table in personas.items():
+        where = f"{PERSONAS}.{name}"
+        if not PERSONA_NAME.fullmatch(str(name)):
+            errors.append(f"{where}: a persona name is lower-case letters, digits, - and _ (at most 32)")
+        if not isinstance(table, dict):
+            errors.append(f"{where}: expected a [{where}] table")
+            continue
+        renamed: dict[str, str] = {}
+        for key, value in table.items():
+            if key == "turn" and isinstance(value, dict):
+                for turn_key in value:
+                    if f"turn.{turn_key}" not in BY_NAME:
+                        errors.append(f"{where}.turn.{turn_key}: unknown setting")
+                    renamed[f"turn.{turn_key}"] = f"{where}.turn.{turn_key}"
+            elif key in PERSONA_KEYS:
+                renamed[PERSONA_KEYS[key]] = f"{where}.{key}"
+            else:
+                errors.append(f"{where}.{key}: unknown persona key (one of {', '.join([*PERSONA_KEYS, 'turn'])})")
+        if errors:
+            continue
+        for problem in validate(persona_values(values, name), personas=False):
+            setting = problem.split(":", 1)[0]
+            if setting in renamed:
+                errors.append(renamed[setting] + problem[len(setting):])
+    default = values.get("agent.default_persona")
+    if default is not None and default not in personas:
+        errors.append(f"agent.default_persona: no [{PERSONAS}.{default}] table")
+    return errors
+
 
 class ConfigError(AudiosocketAIError, ValueError):
     """The configuration has errors; ``errors`` lists each as 'key: problem'."""
@@ -265,6 +345,9 @@ def _merge_file(values: dict[str, Any], path: Path) -> list[str]:
         return [f"{path}: not valid TOML: {exc}"]
     errors = []
     for section, table in data.items():
+        if section == PERSONAS and isinstance(table, dict):
+            values[PERSONAS] = table  # checked by validate(): _persona_problems
+            continue
         if not isinstance(table, dict):
             errors.append(f"{section}: expected a [{section}] table")
             continue
@@ -309,9 +392,9 @@ def _parse_env(setting: Setting, raw: str) -> Any:
     return raw
 
 
-def validate(values: Mapping[str, Any]) -> list[str]:
-    """Every problem with ``values``, each prefixed by its key."""
-    errors = []
+def validate(values: Mapping[str, Any], *, personas: bool = True) -> list[str]:
+    """Every problem with ``values``, each prefixed by its key (``[agents.NAME]`` tables too)."""
+    errors = _persona_problems(values) if personas else []
     for setting in SETTINGS:
         value = values.get(setting.name)
         if value is None:
@@ -339,6 +422,8 @@ def validate(values: Mapping[str, Any]) -> list[str]:
                     ipaddress.ip_network(str(entry), strict=False)
                 except ValueError:
                     errors.append(f"server.allow: {entry!r} is not an IP address or CIDR network")
+        if setting.name == "state.url" and not str(value).startswith(("redis://", "valkey://")):
+            errors.append(f"state.url: expected redis://[[user]:password@]host[:port][/db], got {value!r}")
         if setting.name == "transfer.targets" and isinstance(value, list):
             for entry in value:
                 if (problem := target_name_problem(entry)) is not None:
@@ -362,6 +447,19 @@ def check(values: Mapping[str, Any]) -> list[str]:
 
     ``config check`` lists these with the validation errors; ``serve`` refuses to start on them.
     """
+    errors = _check_one(values)
+    for name, table in (values.get(PERSONAS) or {}).items():
+        if not isinstance(table, dict):
+            continue
+        renamed = {PERSONA_KEYS[key]: f"{PERSONAS}.{name}.{key}" for key in table if key in PERSONA_KEYS}
+        for problem in _check_one(persona_values(values, name)):
+            setting = problem.split(":", 1)[0]
+            if setting in renamed:
+                errors.append(renamed[setting] + problem[len(setting):])
+    return errors
+
+
+def _check_one(values: Mapping[str, Any]) -> list[str]:
     from .providers.registry import name_problem
 
     errors = []
@@ -487,4 +585,15 @@ def reference_markdown() -> str:
         lines.append(f"| `{s.key}` | {kind} | {default} | `{s.env}` | {flag} | {s.help} |")
         if s is SETTINGS[-1] or SETTINGS[SETTINGS.index(s) + 1].section != section:
             lines.append("")
+    lines += [
+        f"## [{PERSONAS}.NAME]", "",
+        "Personas: several agents in one server (docs/operations.md, \"Many agents in one server\"). Each "
+        f"`[{PERSONAS}.NAME]` table overrides, for the calls it answers, the settings below; a "
+        f"`[{PERSONAS}.NAME.turn]` table overrides `[turn]` settings. The call's context key `agent.persona_key` "
+        "(default `agent`) picks the persona, else `agent.default_persona`, else the top-level configuration. "
+        "`greeting` and `system_prompt` may use the context: `{caller_name}`, `{account|your account}` "
+        "(a missing key renders as its fallback after `|`, or as nothing).", "",
+        "| key | overrides |", "|---|---|",
+        *[f"| `{key}` | `{name}` |" for key, name in PERSONA_KEYS.items()], "",
+    ]
     return "\n".join(lines)

@@ -8,36 +8,77 @@
 ``GET /calls/<uuid>/<field>``  one field as plain text, empty if unset — made for the
                                dialplan: ``${CURL(http://127.0.0.1:9093/calls/${ID}/transfer)}``.
 
+``POST /calls/<uuid>/context``  the call's context, posted by the dialplan before
+                               ``AudioSocket()`` (form-encoded, or JSON): 204, or a 4xx that
+                               says why (403 source not in ``server.allow``, 400 bad UUID or
+                               key or over a bound, 413 body too large, 415 content type,
+                               429 too many contexts waiting). See :mod:`audiosocket_ai.context`.
+
 h11 does the HTTP/1.1 parsing; each connection is a task with a read deadline, and a
-request line or header block over 16 KiB is refused, so a misbehaving client costs little.
+request line or header block over 16 KiB, or a body over 16 KiB, is refused, so a
+misbehaving client costs little. (Why h11 and not an ASGI stack: docs/architecture.md,
+"The status endpoint".)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import h11
 import trio
 
+from .context import ContextError, ContextStore, parse_context
 from .metrics import Metrics
 from .outcome import OutcomeStore
+from .server import address_allowed
+from .shared import SharedState
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 16 * 1024
+MAX_BODY_BYTES = 16 * 1024
 READ_TIMEOUT = 10.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Response = tuple[int, str, bytes]
+
+
+@attrs.frozen
+class Request:
+    """One request as the endpoint's handlers see it."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    content_type: str = ""
+    peer: str | None = None
+    """The client's IP address (None: not a socket)."""
 
 
 class StatusEndpoint:
-    """Serves the endpoints above from the live server state."""
+    """Serves the endpoints above from the live server state.
 
-    def __init__(self, *, ready: Callable[[], bool], metrics: Metrics | None, outcomes: OutcomeStore | None) -> None:
+    ``contexts`` takes the posted contexts (None: ``POST .../context`` is 404); ``shared``
+    is asked for the calls this instance does not know, and is given every posted context;
+    ``allow`` limits who may post (empty: any source that reaches the port, as for the
+    AudioSocket port).
+    """
+
+    def __init__(self, *, ready: Callable[[], bool], metrics: Metrics | None, outcomes: OutcomeStore | None,
+                 contexts: ContextStore | None = None, shared: SharedState | None = None,
+                 allow: tuple[Network, ...] = ()) -> None:
         self._ready = ready
         self._metrics = metrics
         self._outcomes = outcomes
+        self._contexts = contexts
+        self._shared = shared
+        self.allow = allow
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -64,33 +105,74 @@ class StatusEndpoint:
         if parts[0] == "calls" and len(parts) in (2, 3) and self._outcomes is not None:
             outcome = self._outcomes.get(parts[1])
             if outcome is None:
-                return 404, "application/json", b'{"error": "unknown call"}\n'
-            if len(parts) == 2:
-                return 200, "application/json", json.dumps(outcome, default=str).encode() + b"\n"
-            value: Any = outcome.get(parts[2], "")
-            text = value if isinstance(value, str) else json.dumps(value, default=str)
-            return 200, "text/plain; charset=utf-8", text.encode()
+                return UNKNOWN_CALL
+            return _outcome_response(outcome, parts[2] if len(parts) == 3 else None)
         return 404, "text/plain", b"not found\n"
 
-    async def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
-        """The response to one request: :meth:`route` here; a subclass may ask elsewhere
-        (the parent of ``serve --workers N`` asks its workers)."""
-        return self.route(method, path)
+    async def respond(self, request: Request) -> Response:
+        """The response to one request: :meth:`route` for reads (then the shared store for a
+        call this instance does not know), :meth:`post_context` for contexts. A subclass may
+        ask elsewhere (the parent of ``serve --workers N`` asks its workers)."""
+        if request.method == "POST" and _context_uuid(request.path) is not None:
+            return await self.post_context(request)
+        status, ctype, body = self.route(request.method, request.path)
+        if status == 404 and self._shared is not None and request.method in ("GET", "HEAD"):
+            parts = request.path.split("?", 1)[0].strip("/").split("/")
+            if parts[0] == "calls" and len(parts) in (2, 3):
+                outcome = await self._shared.outcome(parts[1])
+                if outcome is not None:
+                    return _outcome_response(outcome, parts[2] if len(parts) == 3 else None)
+        return status, ctype, body
+
+    def may_post(self, request: Request) -> bool:
+        """Whether ``request`` comes from a source in :attr:`allow` (any source if it is empty)."""
+        return not self.allow or address_allowed(request.peer, self.allow)
+
+    async def post_context(self, request: Request) -> Response:
+        """``POST /calls/<uuid>/context``: keep the call's context until the call arrives."""
+        if not self.may_post(request):
+            log.warning("refused a context from %s: not in the allowlist", request.peer)
+            return _error(403, "source not allowed (server.allow)")
+        uuid = _context_uuid(request.path)
+        if self._contexts is None or uuid is None:
+            return _error(404, "not found")
+        if not uuid:
+            return _error(400, "not a call UUID: use the hyphenated UUID given to AudioSocket()")
+        try:
+            context = parse_context(request.body, request.content_type, self._contexts.limits)
+            self._contexts.put(uuid, context)
+        except ContextError as exc:
+            return _error(exc.status, str(exc))
+        if self._shared is not None and not await self._shared.put_context(uuid, context):
+            return _error(503, "the shared state store is unreachable")
+        log.debug("context for %s: %d keys", uuid, len(context))
+        return 204, "text/plain", b""
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
             while True:
+                received: bytes | None = b""
                 with trio.move_on_after(READ_TIMEOUT) as timer:
                     event = await _next_event(conn, stream)
+                    if isinstance(event, h11.Request):
+                        if conn.they_are_waiting_for_100_continue:  # curl sends Expect: for larger bodies
+                            await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                        received = await _read_body(conn, stream)
                 if timer.cancelled_caught or event is None:
                     return
                 if not isinstance(event, h11.Request):
                     return
-                while not isinstance(await _next_event(conn, stream), h11.EndOfMessage | None):
-                    pass
-                status, ctype, body = await self.respond(event.method.decode(), event.target.decode("latin-1"))
+                if received is None:
+                    status, ctype, body = _error(413, f"body over {MAX_BODY_BYTES} bytes")
+                else:
+                    headers_in = dict(event.headers)
+                    request = Request(event.method.decode(), event.target.decode("latin-1"), received,
+                                      headers_in.get(b"content-type", b"").decode("latin-1"), _peer_address(stream))
+                    status, ctype, body = await self.respond(request)
                 headers = [("content-type", ctype), ("content-length", str(len(body)))]
+                if received is None:
+                    headers.append(("connection", "close"))
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
                 await stream.send_all(conn.send(h11.Data(data=body if event.method != b"HEAD" else b"")))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
@@ -102,6 +184,53 @@ class StatusEndpoint:
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+
+UNKNOWN_CALL: Response = (404, "application/json", b'{"error": "unknown call"}\n')
+
+
+def _outcome_response(outcome: dict[str, Any], field: str | None) -> Response:
+    if field is None:
+        return 200, "application/json", json.dumps(outcome, default=str).encode() + b"\n"
+    value: Any = outcome.get(field, "")
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return 200, "text/plain; charset=utf-8", text.encode()
+
+
+def _error(status: int, message: str) -> Response:
+    return status, "application/json", json.dumps({"error": message}).encode() + b"\n"
+
+
+def _context_uuid(path: str) -> str | None:
+    """For ``/calls/<uuid>/context``: the UUID in canonical form, "" if it is not one; None
+    for any other path."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if len(parts) != 3 or parts[0] != "calls" or parts[2] != "context":
+        return None
+    try:
+        return str(uuid_module.UUID(parts[1])) if len(parts[1]) == 36 else ""
+    except ValueError:
+        return ""
+
+
+def _peer_address(stream: trio.SocketStream) -> str | None:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (AttributeError, OSError, IndexError):
+        return None
+
+
+async def _read_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes | None:
+    """The request's body up to its end; None (and the connection must close) if it is too large."""
+    body = bytearray()
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY_BYTES:
+                return None
+        elif isinstance(event, h11.EndOfMessage) or event is None:
+            return bytes(body)
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:

@@ -7,6 +7,10 @@ trio handler would otherwise cancel every sibling).
 
 Shutdown is a drain: stop accepting, let calls finish for up to ``drain_timeout`` seconds,
 then hang up whatever is left (hangup frame, then close).
+
+This module is over 500 lines because admission (limits, refusals and their outcomes, the
+call's context), the per-call error boundary and the drain all act on one server's set of
+calls; split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import attrs
 import trio
 
 from .call import Call, CallSettings
+from .context import ContextStore
 from .log import current_call
 from .metrics import Metrics
 from .outcome import OutcomeStore
 from .protocol import Decoder, Message, ProtocolError, Uuid
 from .protocol.encoder import HANGUP_BYTES
+from .shared import SharedState
 from .surface import AgentFactory, CallSurface, EndReason
 
 log = logging.getLogger(__name__)
@@ -102,11 +108,17 @@ class Server:
         on_call_end: Callable[[Call], None] | None = None,
         metrics: Metrics | None = None,
         outcomes: OutcomeStore | None = None,
+        contexts: ContextStore | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.agent_factory = agent_factory
         self.config = config or ServerConfig()
         self.metrics = metrics
         self.outcomes = outcomes if outcomes is not None else OutcomeStore()
+        self.contexts = contexts if contexts is not None else ContextStore()
+        """Contexts the dialplan posted for calls not yet arrived (``POST /calls/<uuid>/context``)."""
+        self.shared = shared
+        """Where outcomes and contexts also go when several instances serve one PBX (``[state] url``)."""
         self.stats = ServerStats(metrics=metrics)
         if metrics is not None:
             metrics.ready = lambda: self.ready
@@ -336,7 +348,9 @@ class Server:
             self.stats.reject(why)
             if uuid not in self.calls:  # never overwrite a live call's outcome
                 # published before the hangup frame, so the dialplan reads it right after AudioSocket() returns
-                self.outcomes.publish(str(uuid), {"status": REFUSAL_STATUS[why], "end_reason": "refused"})
+                refused = {"status": REFUSAL_STATUS[why], "end_reason": "refused"}
+                self.outcomes.publish(str(uuid), refused)
+                await self._share_outcome(str(uuid), refused)
             if config.busy_audio is not None and self._busy_prompts < config.max_busy_prompts:
                 await self._play_busy(uuid, stream, decoder, pending, peer)
             else:
@@ -348,6 +362,9 @@ class Server:
             await _try_send(stream, HANGUP_BYTES)
             return
         call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer)
+        call.context = await self._context_of(str(uuid))
+        if self.shared is not None:  # before the hangup frame, so the dialplan never reads a stale one
+            call.before_hangup = lambda: self._share_outcome(str(uuid), call.outcome)
         self.calls[uuid] = call
         self._calls_did_change()
         self.outcomes.publish(str(uuid), call.outcome)
@@ -366,6 +383,9 @@ class Server:
         finally:
             if self.metrics is not None:
                 self.metrics.call_ended(call)
+            if self.shared is not None:
+                with trio.CancelScope(shield=True):
+                    await self._share_outcome(str(uuid), call.outcome)
             del self.calls[uuid]
             if not self.calls:
                 self._no_calls.set()
@@ -375,6 +395,19 @@ class Server:
                 except Exception:
                     log.exception("on_call_end hook failed")
             self._calls_did_change()
+
+    async def _context_of(self, uuid: str) -> dict[str, str]:
+        """The context posted for this call (here, else in the shared store), or an empty one."""
+        context = self.contexts.take(uuid)
+        if context is None and self.shared is not None:
+            context = await self.shared.take_context(uuid)
+        if context:
+            log.info("call context: %d keys (%s)", len(context), ", ".join(sorted(context)))
+        return context or {}
+
+    async def _share_outcome(self, uuid: str, outcome: dict[str, Any]) -> None:
+        if self.shared is not None:
+            await self.shared.publish_outcome(uuid, dict(outcome))
 
 
 async def open_reuse_port_listeners(port: int, *, host: str | None) -> list[trio.SocketListener]:
@@ -460,8 +493,17 @@ async def _wait_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
 
 def _allowed(stream: trio.abc.Stream, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     try:
-        address = ipaddress.ip_address(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
+        peer = str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError):
+        return False
+    return address_allowed(peer, allow)
+
+
+def address_allowed(peer: str | None, allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether the IP address ``peer`` is in one of the ``allow`` networks (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -75,6 +75,10 @@ class CallSurface(Protocol):
     outcome: dict[str, Any]
     """Results for the dialplan (transfer target, collected fields...), readable at
     ``/calls/<uuid>`` while the call runs and after it ends."""
+    context: Mapping[str, str]
+    """What the dialplan posted for this call before ``AudioSocket()`` (caller ID, number
+    dialled, language, ``agent``, any key=value: :mod:`audiosocket_ai.context`); empty
+    when nothing was posted."""
     shutdown_requested: trio.Event
     """Set when the server's drain timeout ends with this call still up."""
     accepts_goodbye: bool

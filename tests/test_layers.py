@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("providers",),
     ("playout",),
     ("surface",),
-    ("call", "recording", "outcome", "client"),
+    ("call", "recording", "outcome", "context", "shared", "client"),
     ("agents",),
     ("metrics",),
     ("server", "http"),

@@ -8,6 +8,7 @@ control, metrics, the status endpoint, signals and the garbage-collector tuning.
 
 from __future__ import annotations
 
+import copy
 import gc
 import ipaddress
 import logging
@@ -25,14 +26,17 @@ from ..agents.assistant.speech_cache import SpeechCache
 from ..agents.assistant.turns import TurnSettings
 from ..agents.tools import TransferTargets
 from ..call import CallSettings
+from ..context import ContextLimits, ContextStore
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
 from ..metrics import Metrics
 from ..recording import enforce_retention
 from ..server import Server, ServerConfig
+from ..shared import SharedState
 from ..surface import AgentFactory, AgentFunction
 from .agents import load_agent_factory
 from .assistant import PipelineSpec, build_assistant, estimate_capacity, render_prompt
+from .personas import Persona, route_personas, same_providers, templated
 
 log = logging.getLogger("audiosocket_ai")
 
@@ -67,6 +71,8 @@ class Application:
     """Where transcripts and recordings go; files older than ``retention_days`` are deleted."""
     retention_days: float = 0.0
     """0: keep them forever."""
+    more_agents: tuple[object, ...] = ()
+    """The ``[agents.NAME]`` personas' own shared agents (closed at shutdown too)."""
 
 
 def build(values: dict[str, Any]) -> Application:
@@ -81,20 +87,15 @@ def build(values: dict[str, Any]) -> Application:
     problems = config.check(values)
     if problems:
         raise StartupError("\n".join(problems), setting=problems[0].split(":", 1)[0])
-    agent_spec = values["agent.name"]
-    shared: AgentFunction | None = None
-    if agent_spec == "assistant":
-        shared = _assistant(values)
-    elif agent_spec == "realtime":
-        shared = _realtime(values)
-    if shared is not None:
-        agent: AgentFunction = shared
-        factory: AgentFactory = lambda: agent  # noqa: E731 - one shared agent for every call
-    else:
-        try:
-            factory = load_agent_factory(agent_spec)
-        except ValueError as exc:
-            raise StartupError(str(exc), setting="agent.name") from exc
+    factory, shared = _agent_for(values)
+    personas: dict[str, Persona] = {}
+    if values.get(config.PERSONAS):
+        default = Persona("default", factory, shared)
+        personas = _personas(values, shared)
+        chosen = values["agent.default_persona"]
+        factory = route_personas(personas[chosen] if chosen else default, personas, values["agent.persona_key"])
+        log.info("agents: %s (default %s; the context's %r picks one)", ", ".join(personas), chosen or "the top-level "
+                 "configuration", values["agent.persona_key"])
     if values.get("outbound.amd"):  # answering-machine detection in front of the agent (docs/outbound.md)
         from .outbound import wrap_outbound
 
@@ -102,7 +103,7 @@ def build(values: dict[str, Any]) -> Application:
     server_config = ServerConfig(
         host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
         handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
-        allow=tuple(ipaddress.ip_network(entry, strict=False) for entry in values["server.allow"]),
+        allow=allow_networks(values),
         call=CallSettings(idle_timeout=values["limits.idle_timeout"], max_duration=values["limits.max_duration"],
                           max_payload=values["limits.max_frame_bytes"], write_timeout=values["limits.write_timeout"],
                           inbound_queue_ms=values["limits.inbound_queue_ms"]),
@@ -111,15 +112,71 @@ def build(values: dict[str, Any]) -> Application:
     if isinstance(shared, VoiceAssistant):
         _prepare_admission(shared, server_config, values)
         shared.observer = _MetricsObserver(metrics)
-    server = Server(factory, server_config, metrics=metrics)
+    contexts = ContextStore(ContextLimits(
+        ttl=values["context.ttl"], max_entries=values["context.max_entries"], max_keys=values["context.max_keys"],
+        max_value_length=values["context.max_value_length"]))
+    state = (SharedState(values["state.url"], context_ttl=values["context.ttl"], timeout=0.5) if values.get("state.url")
+             else None)
+    server = Server(factory, server_config, metrics=metrics, contexts=contexts, shared=state)
     metrics_port = values["server.metrics_port"]
-    endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes)
+    endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes,
+                               contexts=contexts, shared=state, allow=server_config.allow)
                 if metrics_port is not None else None)
     retention_dirs = tuple(Path(values[key]) for key in ("recording.transcript_dir", "recording.record_dir")
                            if values[key] is not None)
     return Application(server=server, metrics=metrics, endpoint=endpoint, metrics_host=values["server.metrics_host"],
                        metrics_port=metrics_port or 0, agent=shared, gc_tuning=values["server.gc_tuning"],
-                       retention_dirs=retention_dirs, retention_days=values["recording.retention_days"])
+                       retention_dirs=retention_dirs, retention_days=values["recording.retention_days"],
+                       more_agents=tuple(p.shared for p in personas.values() if p.shared not in (None, shared)))
+
+
+def allow_networks(values: dict[str, Any]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``server.allow`` as networks (the AudioSocket port's allowlist, also who may post contexts)."""
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in values["server.allow"])
+
+
+def _agent_for(values: dict[str, Any]) -> tuple[AgentFactory, AgentFunction | None]:
+    """The per-call agent factory of a configuration, and the agent its calls share (if one)."""
+    agent_spec = values["agent.name"]
+    shared: AgentFunction | None = None
+    if agent_spec == "assistant":
+        shared = _assistant(values)
+    elif agent_spec == "realtime":
+        shared = _realtime(values)
+    if shared is not None:
+        agent: AgentFunction = templated(shared) if isinstance(shared, VoiceAssistant) else shared
+        return (lambda: agent), shared
+    try:
+        return load_agent_factory(agent_spec), None
+    except ValueError as exc:
+        raise StartupError(str(exc), setting="agent.name") from exc
+
+
+def _always(agent: AgentFunction) -> AgentFactory:
+    return lambda: agent
+
+
+def _personas(values: dict[str, Any], base: AgentFunction | None) -> dict[str, Persona]:
+    """Build every ``[agents.NAME]`` persona; those with the base assistant's providers share them."""
+    personas: dict[str, Persona] = {}
+    for name in values[config.PERSONAS]:
+        persona_values = config.persona_values(values, name)
+        if isinstance(base, VoiceAssistant) and persona_values["agent.name"] == "assistant" \
+                and same_providers(persona_values, values):
+            assistant = copy.copy(base)  # the same providers and speech cache; its own texts and turn-taking
+            settings = assistant_settings(persona_values)
+            if persona_values["agent.greeting"] is None:
+                settings.greeting = base.settings.greeting
+            assistant.settings = settings
+            trio.run(assistant.prepare)
+            personas[name] = Persona(name, _always(templated(assistant)), None)
+            continue
+        log.info("agent %s: building its own providers", name)
+        factory, shared = _agent_for(persona_values)
+        if isinstance(shared, VoiceAssistant):
+            trio.run(shared.prepare)
+        personas[name] = Persona(name, factory, shared)
+    return personas
 
 
 def run(application: Application) -> None:
@@ -332,11 +389,18 @@ async def _serve_until_signalled(application: Application) -> None:
             try:
                 await server.serve(listeners)
             finally:
-                agent = application.agent
-                if isinstance(agent, VoiceAssistant):  # close the providers' connection pools
-                    with trio.CancelScope(shield=True):
-                        await agent.aclose()
+                with trio.CancelScope(shield=True):
+                    await close_agents(application)
             nursery.cancel_scope.cancel()
+
+
+async def close_agents(application: Application) -> None:
+    """Close the providers' connection pools and the shared state's connection."""
+    for agent in (application.agent, *application.more_agents):
+        if isinstance(agent, VoiceAssistant):
+            await agent.aclose()
+    if application.server.shared is not None:
+        await application.server.shared.aclose()
 
 
 async def _handle_signals(signals: AsyncIterator[int], server: Server) -> None:

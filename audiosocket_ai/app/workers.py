@@ -66,8 +66,7 @@ import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..agents.assistant import VoiceAssistant
-from ..http import StatusEndpoint
+from ..http import Request, StatusEndpoint
 from ..log import configure_logging
 from . import serve as serving
 
@@ -285,10 +284,14 @@ class GroupStatusEndpoint(StatusEndpoint):
     """The status endpoint of a group of workers, answered by asking them."""
 
     def __init__(self, group: _Group) -> None:
-        super().__init__(ready=lambda: False, metrics=None, outcomes=None)
+        super().__init__(ready=lambda: False, metrics=None, outcomes=None,
+                         allow=serving.allow_networks(group.values))
         self._group = group
 
-    async def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def respond(self, request: Request) -> tuple[int, str, bytes]:
+        method, path = request.method, request.path
+        if method == "POST" and path.split("?", 1)[0].rstrip("/").endswith("/context"):
+            return await self._post_context(request)
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         path = path.split("?", 1)[0].rstrip("/") or "/"
@@ -320,6 +323,23 @@ class GroupStatusEndpoint(StatusEndpoint):
             return 404, "application/json", b'{"error": "unknown call"}\n'
         return 404, "text/plain", b"not found\n"
 
+    async def _post_context(self, request: Request) -> tuple[int, str, bytes]:
+        """A context goes to the workers: the kernel, not us, picks the worker that gets the
+        call, so without a shared store every worker keeps a copy (the others' copies expire
+        unused); with one, any worker puts it there for all."""
+        if not self.may_post(request):
+            return 403, "application/json", b'{"error": "source not allowed (server.allow)"}\n'
+        running = self._group.running()
+        if not running:
+            return 503, "application/json", b'{"error": "no worker running"}\n'
+        targets = running[:1] if self._group.values.get("state.url") else running
+        answers = await _ask_all(targets, request.path, method="POST", body=request.body,
+                                 content_type=request.content_type)
+        answered = [answer for answer in answers if answer is not None]
+        if not answered:
+            return 503, "application/json", b'{"error": "no worker answered"}\n'
+        return next((answer for answer in answered if answer[0] == 204), answered[0])
+
     def _own_metrics(self, running: int) -> str:
         group = self._group
         return (
@@ -333,11 +353,11 @@ class GroupStatusEndpoint(StatusEndpoint):
         )
 
 
-async def _ask_all(workers: list[_Worker], path: str) -> list[tuple[int, str, bytes] | None]:
+async def _ask_all(workers: list[_Worker], path: str, **request: Any) -> list[tuple[int, str, bytes] | None]:
     answers: list[tuple[int, str, bytes] | None] = [None] * len(workers)
 
     async def one(index: int) -> None:
-        answers[index] = await _ask(workers[index], path)
+        answers[index] = await _ask(workers[index], path, **request)
 
     async with trio.open_nursery() as nursery:
         for index in range(len(workers)):
@@ -345,8 +365,10 @@ async def _ask_all(workers: list[_Worker], path: str) -> list[tuple[int, str, by
     return answers
 
 
-async def _ask(worker: _Worker, path: str) -> tuple[int, str, bytes] | None:
-    """GET ``path`` from a worker's status endpoint: (status, content type, body), or None."""
+async def _ask(worker: _Worker, path: str, *, method: str = "GET", body: bytes = b"",
+               content_type: str = "") -> tuple[int, str, bytes] | None:
+    """``method path`` (GET unless told) at a worker's status endpoint: (status, content type,
+    body), or None."""
     port = worker.status_port
     if port is None:
         return None
@@ -355,12 +377,15 @@ async def _ask(worker: _Worker, path: str) -> tuple[int, str, bytes] | None:
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                lines_out = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                if method == "POST":
+                    lines_out += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                await stream.send_all(lines_out.encode("latin-1") + b"\r\n" + body)
                 while chunk := await stream.receive_some(65536):
                     data += chunk
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return None
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        head, _, answer = bytes(data).partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         try:
             status = int(lines[0].split(" ", 2)[1])
@@ -368,7 +393,7 @@ async def _ask(worker: _Worker, path: str) -> tuple[int, str, bytes] | None:
             return None
         content_type = next((line.split(":", 1)[1].strip() for line in lines[1:]
                              if line.lower().startswith("content-type:")), "text/plain")
-        return status, content_type, body
+        return status, content_type, answer
     return None
 
 
@@ -456,6 +481,8 @@ def worker_main() -> None:
         log.error("cannot start: %s", exc)
         sys.exit(2)
     application.server.config.reuse_port = True
+    if application.endpoint is not None:  # a private loopback port: the parent checked the source
+        application.endpoint.allow = ()
     if application.gc_tuning:
         serving.tune_gc()
     try:
@@ -492,10 +519,8 @@ async def _serve_worker(application: serving.Application, report_fd: int) -> Non
             try:
                 await server.serve(listeners)
             finally:
-                agent = application.agent
-                if isinstance(agent, VoiceAssistant):
-                    with trio.CancelScope(shield=True):
-                        await agent.aclose()
+                with trio.CancelScope(shield=True):
+                    await serving.close_agents(application)
             nursery.cancel_scope.cancel()
 
 

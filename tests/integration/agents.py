@@ -35,3 +35,20 @@ async def injected_transfer_agent(call: asa.Call) -> None:
     call.outcome["transfer"] = INJECTED_TARGET
     await call.play(asa.tone_pcm(TRANSFER_TONE_HZ, TRANSFER_TONE_MS, call.rate))
     await call.hangup()
+
+
+CONTEXT_TONE_HZ = 500.0
+
+
+async def context_agent(call: asa.Call) -> None:
+    """Show what the dialplan posted: the greeting it would say (``greeting`` in the outcome,
+    also logged), and a transfer to the context's ``transfer`` key if it has one; then a
+    short tone and a hangup."""
+    from audiosocket_ai.context import render
+
+    greeting = render("Hello {caller_name|there}, you dialled {exten|nothing}.", call.context)
+    call.outcome["greeting"] = greeting
+    if call.context.get("transfer"):
+        call.outcome["transfer"] = call.context["transfer"]
+    await call.play(asa.tone_pcm(CONTEXT_TONE_HZ, TRANSFER_TONE_MS, call.rate))
+    await call.hangup()

@@ -1,0 +1,101 @@
+"""Per-call context and many agents on the real Asterisk, through the shipped dialplan.
+
+``[ai-agent-with-context]`` and ``[ai-agents-by-number]`` are taken from
+``dialplan/extensions.conf`` with only the ports filled in: the dialplan POSTs the call's
+caller ID, number dialled and persona with ``CURL()`` before ``AudioSocket()``, and
+
+* the agent that answers has them (it renders "Hello {caller_name}, you dialled {exten}."
+  into its outcome, read back from the status endpoint);
+* two numbers of one dialplan reach two different agents of one server (``[agents.sales]``
+  and ``[agents.support]`` in its config file).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .agent_server import AgentServer
+from .pbx import AsteriskUnavailable, Pbx
+from .test_assistant_live import (
+    QUIET_CALLER,
+    SHIPPED_SERVER,
+    SHIPPED_STATUS_URL,
+    custom_agent_env,
+    shipped_context,
+    status,
+    unavailable,
+)
+from .test_asterisk import audiosocket_uuids, wait_call_ended
+
+pytestmark = pytest.mark.integration
+
+StartServer = Callable[..., AgentServer]
+
+MODULES = ("res_curl", "func_curl", "func_uri", "func_callerid")
+
+CALLER = """
+[number-{number}]
+; a phone whose caller ID is set, dialling {number}
+exten => s,1,Set(CALLERID(all)="Ada Lovelace & Co" <5551234>)
+ same => n,Goto(ai-agents-by-number,{number},1)
+"""
+
+
+def context_dialplan(server: AgentServer, *numbers: str) -> str:
+    shipped = shipped_context("ai-agent-with-context") + shipped_context("ai-agents-by-number")
+    assert SHIPPED_SERVER in shipped and SHIPPED_STATUS_URL in shipped, "the recipe changed: update this test"
+    pointed = shipped.replace(SHIPPED_SERVER, f"127.0.0.1:{server.port}").replace(
+        SHIPPED_STATUS_URL, f"http://127.0.0.1:{server.status_port}/")
+    return pointed + "".join(CALLER.format(number=n) for n in numbers) + QUIET_CALLER
+
+
+def place(pbx: Pbx, server: AgentServer, *numbers: str) -> list[str]:
+    """One call to each number, one after the other; the call UUIDs, in order."""
+    try:
+        pbx.load_modules(*MODULES)
+    except AsteriskUnavailable as exc:
+        unavailable(str(exc))
+    pbx.load_dialplan(context_dialplan(server, *numbers))
+    for number in numbers:
+        pbx.originate(f"number-{number}", "caller")
+        pbx.wait_idle(timeout=15)
+    ids = audiosocket_uuids(pbx)
+    assert len(ids) == len(numbers), pbx.log_tail()
+    for call_id in ids:
+        wait_call_ended(server, call_id)
+    return ids
+
+
+def test_a_context_posted_by_the_dialplan_reaches_the_agent(pbx: Pbx, start_server: StartServer) -> None:
+    server = start_server("tests.integration.agents:context_agent", "--metrics-port", "0", env=custom_agent_env())
+
+    (call_id,) = place(pbx, server, "201")
+
+    assert status(server, f"/calls/{call_id}/greeting") == "Hello Ada Lovelace & Co, you dialled 201."
+    server.wait_for(rf"\[{call_id}\].*call context: 6 keys \(account, agent, caller_name, caller_num, exten, "
+                    r"language\)", 5)
+    assert "returned response code" not in pbx.log_text()
+
+
+def test_two_numbers_reach_two_agents_on_one_server(pbx: Pbx, start_server: StartServer, tmp_path: Path) -> None:
+    config = tmp_path / "agents.toml"
+    config.write_text("""
+[agents.sales]
+agent = "tests.integration.agents:context_agent"
+
+[agents.support]
+agent = "tone"
+""")
+    server = start_server("echo", "--metrics-port", "0", "--config", str(config), env=custom_agent_env())
+
+    sales, support = place(pbx, server, "201", "202")
+
+    sold = json.loads(status(server, f"/calls/{sales}"))
+    assert sold["agent"] == "sales" and sold["greeting"] == "Hello Ada Lovelace & Co, you dialled 201.", sold
+    helped = json.loads(status(server, f"/calls/{support}"))
+    assert helped["agent"] == "support" and "greeting" not in helped, helped
+    assert any("agent support answers" in line.text for line in server.lines_about(support))
