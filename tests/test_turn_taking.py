@@ -530,3 +530,17 @@ async def test_an_uh_huh_whose_words_are_slow_to_come_is_not_taken_for_a_long_in
         await pbx.send_silence(500)
     assert not observer.barge_ins and [v for _, v in observer.resumes] == ["backchannel"]
     assert len(llm.histories) == 1
+
+
+async def test_a_caller_who_goes_on_after_a_turn_taken_too_soon_gets_one_answer_to_both_parts(
+        autojump_clock: trio.abc.Clock) -> None:
+    llm = ScriptedLLM([["Our address is on the website."], ["The office is at One Main Street."]])
+    stt = ScriptedSTT(["I need the address.", "of your office please"])
+    agent, observer, _ = assistant(llm, stt, tts=ToneTTS(ms_per_char=40))
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(600))
+        await pbx.send_silence(500)  # the VAD ends the turn at 200 ms; the reply starts
+        await pbx.send_audio(speech(600))  # ... and the caller goes on
+        await talk_until(pbx, lambda: len(llm.histories) == 2 and len(observer.turns) == 2)
+    assert [m.content for m in llm.histories[1] if m.role in ("user", "assistant")] == [
+        "I need the address. of your office please"], "one turn, the cut reply forgotten"

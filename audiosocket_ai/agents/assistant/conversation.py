@@ -44,6 +44,9 @@ from .turns import is_hold_request
 
 log = logging.getLogger(__name__)
 
+CONTINUATION_S = 1.2
+"""A caller who speaks again this soon after their turn, cutting its reply short, was not done."""
+
 __all__ = ["Conversation"]
 
 
@@ -82,6 +85,8 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
+        self._last_turn: tuple[int, float] | None = None
+        """The latest caller turn: its index in the history and when its speech ended."""
         self.interruptions = Interruptions(call, settings, assistant.observer, interrupt=self.interrupt,
                                            agent_busy=lambda: self.agent_busy, agent_words=self._agent_words,
                                            on_backchannel=self._log_backchannel)
@@ -207,8 +212,9 @@ class Conversation:
             mark = len(self.history)
             if utterance.is_dtmf:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
-            else:
+            elif held is not None or not self._continues_last_turn(utterance):
                 self.history.append(Message("user", utterance.text))
+            self._last_turn = (len(self.history) - 1, utterance.timings.speech_end or utterance.end)
             if held is None:
                 self._log_caller(utterance)
             ending = await self._respond(utterance.timings, held=held)
@@ -220,6 +226,26 @@ class Conversation:
                 self._log_caller(utterance)
             if ending:
                 return
+
+    def _continues_last_turn(self, utterance: Utterance) -> bool:
+        """A caller who goes on right after their turn was taken as over — the reply cut
+        after a word or two — finishes that turn: both parts become one user message and the
+        cut reply is forgotten ("Can you tell me where?" … "you are located")."""
+        last = self._last_turn
+        if last is None or utterance.start - last[1] > CONTINUATION_S:
+            return False
+        index = last[0]
+        after = self.history[index + 1 :]
+        if index >= len(self.history) or self.history[index].role != "user" or len(after) != 1:
+            return False
+        reply = after[0]
+        if reply.role != "assistant" or not reply.interrupted or reply.tool_calls or len(reply.content) > 15:
+            return False  # (more than a word or two heard: the caller interrupted a real answer)
+        del self.history[index + 1 :]
+        first = self.history[index]
+        self.history[index] = attrs.evolve(first, content=f"{first.content} {utterance.text}")
+        log.info("the caller went on after a pause: one turn of both parts")
+        return True
 
     def _log_caller(self, utterance: Utterance) -> None:
         if self.transcript is not None:

@@ -69,11 +69,11 @@ DEFAULT_HOLD_PHRASES: tuple[str, ...] = (
 
 _INCOMPLETE_ENDINGS = frozenset("""
 a an the my your his her its our their
-to for of with at by from into onto about than as via per
+to for of with at by from into onto about than as via per on in
 and or but because if when while although though unless until whereas
 um uh er erm uhm
 i we he she they
-very what which whose
+very what which whose where when who how why
 """.split())
 """Last words after which a phrase is not finished (a pause there is a hesitation)."""
 
