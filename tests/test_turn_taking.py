@@ -58,9 +58,9 @@ def test_incomplete_phrases_are_those_that_stop_mid_phrase(text: str, expected: 
 
 
 def test_backchannels_and_hold_requests_are_recognised_whole() -> None:
-    for text in ("Uh-huh.", "mm-hmm", "Okay.", "Okay, okay.", "Yeah right", "I see.", "Sure!"):
+    for text in ("Uh-huh.", "mm-hmm", "Okay.", "Okay, okay.", "Yeah right", "I see.", "Sure!", "time time", "10, 10."):
         assert is_backchannel(text), text
-    for text in ("Okay, but what about Sunday?", "yes I want to cancel", "", "stop"):
+    for text in ("Okay, but what about Sunday?", "yes I want to cancel", "", "stop", "stop stop", "no no"):
         assert not is_backchannel(text), text
     for text in ("Hold on, let me find my card.", "One moment please", "Let me check.", "hang on a sec"):
         assert is_hold_request(text), text

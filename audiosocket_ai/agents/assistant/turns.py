@@ -119,8 +119,10 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNE
     known = {_normal(b) for b in backchannels}
     if phrase in known:
         return True
-    # a short run of acknowledgements ("okay okay", "yeah right")
     parts = phrase.split()
+    if 2 <= len(parts) <= 3 and len(set(parts)) == 1 and parts[0] not in COMMANDS:
+        return True  # one short word said twice: how recognizers write "mm-hmm" ("time time", "10, 10")
+    # a short run of acknowledgements ("okay okay", "yeah right")
     return len(parts) <= 4 and all(part in known for part in parts)
 
 
