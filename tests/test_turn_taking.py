@@ -424,10 +424,21 @@ class BabbleTTS(ToneTTS):
             yield pcm[offset : offset + step]
 
 
+def line_echo(pbx: FakeAsterisk, *, frames_back: int, gain_db: float) -> bytes:
+    """What an echoing line sends back now: the agent's frame from ``frames_back`` frames ago,
+    attenuated (silence until there is one)."""
+    import numpy as np
+
+    frames = [item.message.pcm for item in pbx.received if isinstance(item.message, Audio)]
+    if len(frames) < frames_back:
+        return bytes(320)
+    back = np.frombuffer(frames[-frames_back], dtype="<i2").astype(np.float64) * 10 ** (gain_db / 20)
+    return back.astype("<i2").tobytes()
+
+
 async def test_a_line_that_echoes_the_agent_does_not_make_it_interrupt_itself(
         autojump_clock: trio.abc.Clock, tmp_path: Path) -> None:
     """The caller's side returns the agent's voice 120 ms later at -10 dB (a speakerphone)."""
-    import numpy as np
 
     llm = ScriptedLLM([[ANSWER]])
     stt = ScriptedSTT(["tell me a story"], default="keeps going for several seconds")
@@ -437,12 +448,7 @@ async def test_a_line_that_echoes_the_agent_does_not_make_it_interrupt_itself(
         await pbx.send_audio(speech(600))
 
         def echo_frame() -> bytes:
-            """What the line sends back now: the agent's frame from 120 ms ago, -10 dB."""
-            frames = [item.message.pcm for item in pbx.received if isinstance(item.message, Audio)]
-            if len(frames) < 6:
-                return bytes(320)
-            back = np.frombuffer(frames[-6], dtype="<i2").astype(np.float64) * 10 ** (-10 / 20)
-            return back.astype("<i2").tobytes()
+            return line_echo(pbx, frames_back=6, gain_db=-10)  # 120 ms, -10 dB
 
         with trio.fail_after(60):
             while not (len(observer.turns) == 1 and not agent_talking(pbx) and audible_ms(pbx) > 0):
@@ -456,7 +462,6 @@ async def test_a_line_that_echoes_the_agent_does_not_make_it_interrupt_itself(
 
 async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump_clock: trio.abc.Clock) -> None:
     """'Hello.' comes back 200 ms later at -12 dB, before the canceller has converged."""
-    import numpy as np
 
     llm = ScriptedLLM([["Hi."]])
     agent, observer, _ = assistant(llm, ScriptedSTT([], default="Hello."), tts=BabbleTTS(ms_per_char=80),
@@ -464,11 +469,7 @@ async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump
     async with serve_in_memory(agent) as line, line.call() as pbx:
 
         def echo_frame() -> bytes:
-            frames = [item.message.pcm for item in pbx.received if isinstance(item.message, Audio)]
-            if len(frames) < 10:
-                return bytes(320)
-            back = np.frombuffer(frames[-10], dtype="<i2").astype(np.float64) * 10 ** (-12 / 20)
-            return back.astype("<i2").tobytes()
+            return line_echo(pbx, frames_back=10, gain_db=-12)  # 200 ms, -12 dB
 
         for _ in range(150):
             await pbx.send_audio(echo_frame())
