@@ -43,7 +43,9 @@ sdist=$dist/audiosocket_ai-$version.tar.gz
 import sys, tarfile, zipfile
 wheel, sdist = sys.argv[1:]
 names = set(zipfile.ZipFile(wheel).namelist())
-for needed in ("audiosocket_ai/py.typed", "audiosocket_ai/cli.py", "audiosocket_ai/protocol/kinds.py"):
+for needed in ("audiosocket_ai/py.typed", "audiosocket_ai/cli.py", "audiosocket_ai/protocol/kinds.py",
+               "audiosocket_ai/console/index.html", "audiosocket_ai/console/console.js",
+               "audiosocket_ai/console/console.css"):
     assert needed in names, f"{wheel} lacks {needed}"
 entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
 assert "audiosocket-ai = audiosocket_ai.cli:main" in entry, entry

@@ -27,6 +27,16 @@ if ! command -v haproxy >/dev/null 2>&1; then
     echo "warning: haproxy missing and not root; tests/test_scaleout.py will skip (or fail in CI)" >&2
   fi
 fi
+# Debian's Chromium (and its driver) for the live console's browser test (tests/test_console_browser.py
+# drives it headless over the DevTools protocol).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium missing and not root; tests/test_console_browser.py will skip (or fail in CI)" >&2
+  fi
+fi
 # redis-server for the shared call state test (tests/test_shared_state.py starts its own).
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then

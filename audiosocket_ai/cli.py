@@ -69,6 +69,9 @@ def main() -> None:
               help="Serve /healthz, /readyz, /metrics and /calls/<uuid> (call outcomes for the dialplan) "
                    "over HTTP on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the status endpoint.")
+@click.option("--console", is_flag=True, default=False,
+              help="Serve the live console at /console/ on the status endpoint (needs --metrics-port; beyond "
+                   "loopback also an access token, AUDIOSOCKET_AI_SERVER_CONSOLE_TOKEN).")
 @click.option("--state-url", default=None, metavar="redis://HOST:PORT",
               help="Keep call outcomes and contexts in this Redis/Valkey server, shared by every instance.")
 @click.option("--drain-timeout", default=0.0, show_default=True, type=click.FloatRange(0),

@@ -97,6 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("server", "metrics_port", int, None, "Port of the HTTP status endpoint (/healthz, /readyz, /metrics, "
        "/calls/<uuid>); unset: no endpoint.", minimum=0, optional=True, flag="metrics_port"),
     _s("server", "metrics_host", str, "127.0.0.1", "Address of the status endpoint.", flag="metrics_host"),
+    _s("server", "console", bool, False, "Serve the live console (calls in progress, live transcripts, each "
+       "reply's timings; read-only) at /console/ on the status endpoint; needs server.metrics_port. Transcripts are "
+       "personal data: off unless enabled (docs/operations.md, \"Live console\").", flag="console"),
+    _s("server", "console_token", str, None, "Access token the live console requires (open "
+       "/console/#token=TOKEN); required when server.metrics_host is not a loopback address. Prefer the "
+       "environment variable to the file.", optional=True),
     _s("limits", "idle_timeout", float, None, "Hang up after this many seconds without any inbound message "
        "(unset: never; a caller on hold sends nothing).", minimum=0.1, optional=True, flag="idle_timeout"),
     _s("limits", "max_duration", float, None, "Hang up calls longer than this many seconds.", minimum=1,
@@ -430,6 +436,8 @@ def validate(values: Mapping[str, Any], *, personas: bool = True) -> list[str]:
                     errors.append(f"transfer.targets: {problem}")
             if len(set(value)) != len(value):
                 errors.append("transfer.targets: a name is listed twice")
+    if not errors and values.get("server.console"):
+        errors += console_problems(values)
     if not errors:
         problem = public_bind_problem(values["server.host"], values["server.allow"], values["server.allow_public"])
         if problem:
@@ -523,6 +531,30 @@ def unwritable(directory: Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"{directory} does not exist and cannot be created ({parent} is not writable by this user)"
     return None
+
+
+def console_problems(values: Mapping[str, Any]) -> list[str]:
+    """Why the live console cannot be served as configured (empty: it can)."""
+    problems = []
+    if values["server.metrics_port"] is None:
+        problems.append("server.console: the console is served by the status endpoint: set server.metrics_port "
+                        "(--metrics-port) too")
+    host = str(values["server.metrics_host"])
+    loopback = host == "localhost" or _is_loopback_address(host)
+    if not loopback and not values.get("server.console_token"):
+        problems.append(f"server.console_token: the status endpoint binds {host}, beyond loopback, and the console "
+                        f"shows call transcripts: set an access token (AUDIOSOCKET_AI_SERVER_CONSOLE_TOKEN), or bind "
+                        f"server.metrics_host to 127.0.0.1")
+    if worker_count(values["server.workers"]) not in (None, 1):
+        problems.append("server.console: not yet available with server.workers > 1 (each worker has its own calls)")
+    return problems
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def public_bind_problem(host: str, allow: list[str], allow_public: bool) -> str | None:

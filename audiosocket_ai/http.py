@@ -14,6 +14,11 @@
                                key or over a bound, 413 body too large, 415 content type,
                                429 too many contexts waiting). See :mod:`audiosocket_ai.context`.
 
+``GET /console/``         the live console's page, and ``GET /console/events`` its server-sent
+                          event stream, when a :class:`~audiosocket_ai.console.Console` is given
+                          (``server.console``; 404 otherwise; 401 without its token). See
+                          :mod:`audiosocket_ai.console`.
+
 h11 does the HTTP/1.1 parsing; each connection is a task with a read deadline, and a
 request line or header block over 16 KiB, or a body over 16 KiB, is refused, so a
 misbehaving client costs little. (Why h11 and not an ASGI stack: docs/architecture.md,
@@ -22,9 +27,11 @@ misbehaving client costs little. (Why h11 and not an ASGI stack: docs/architectu
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import urllib.parse
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +40,7 @@ import attrs
 import h11
 import trio
 
+from .console import WRITE_TIMEOUT, Console
 from .context import ContextError, ContextStore, parse_context
 from .metrics import Metrics
 from .outcome import OutcomeStore
@@ -59,6 +67,8 @@ class Request:
     content_type: str = ""
     peer: str | None = None
     """The client's IP address (None: not a socket)."""
+    authorization: str = ""
+    """The ``Authorization`` header, if any."""
 
 
 class StatusEndpoint:
@@ -72,8 +82,9 @@ class StatusEndpoint:
 
     def __init__(self, *, ready: Callable[[], bool], metrics: Metrics | None, outcomes: OutcomeStore | None,
                  contexts: ContextStore | None = None, shared: SharedState | None = None,
-                 allow: tuple[Network, ...] = ()) -> None:
+                 allow: tuple[Network, ...] = (), console: Console | None = None) -> None:
         self._ready = ready
+        self.console = console
         self._metrics = metrics
         self._outcomes = outcomes
         self._contexts = contexts
@@ -87,8 +98,12 @@ class StatusEndpoint:
         bound = listeners[0].socket.getsockname()[1]
         log.info("status endpoint on http://%s:%d (/healthz /readyz /metrics /calls/<uuid>)",
                  host if ":" not in host else f"[{host}]", bound)
+        if self.console is not None:
+            log.info("live console on http://%s:%d/console/%s", host if ":" not in host else f"[{host}]", bound,
+                     " (access token required)" if self.console.token else "")
         task_status.started(bound)
-        await trio.serve_listeners(self._connection, listeners)
+        with self.console.attached() if self.console is not None else contextlib.nullcontext():
+            await trio.serve_listeners(self._connection, listeners)
 
     def route(self, method: str, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request; pure, so it is easy to test."""
@@ -99,6 +114,8 @@ class StatusEndpoint:
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             return (200, "text/plain", b"ready\n") if self._ready() else (503, "text/plain", b"not ready\n")
+        if self.console is not None and (path == "/console" or path.startswith("/console/")):
+            return self.console.static(path)
         if path == "/metrics" and self._metrics is not None:
             return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics.render()
         parts = path.strip("/").split("/")
@@ -168,8 +185,15 @@ class StatusEndpoint:
                 else:
                     headers_in = dict(event.headers)
                     request = Request(event.method.decode(), event.target.decode("latin-1"), received,
-                                      headers_in.get(b"content-type", b"").decode("latin-1"), _peer_address(stream))
-                    status, ctype, body = await self.respond(request)
+                                      headers_in.get(b"content-type", b"").decode("latin-1"), _peer_address(stream),
+                                      headers_in.get(b"authorization", b"").decode("latin-1"))
+                    if self.console is not None and _is_event_stream(request):
+                        status, ctype, body = _console_refusal(self.console, request)
+                        if status == 200:
+                            await self._stream_events(conn, stream, self.console)
+                            return
+                    else:
+                        status, ctype, body = await self.respond(request)
                 headers = [("content-type", ctype), ("content-length", str(len(body)))]
                 if received is None:
                     headers.append(("connection", "close"))
@@ -186,6 +210,21 @@ class StatusEndpoint:
                 await stream.aclose()
 
 
+    async def _stream_events(self, conn: h11.Connection, stream: trio.SocketStream, console: Console) -> None:
+        """``GET /console/events``: a chunked ``text/event-stream`` response until the reader goes."""
+        headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-store"),
+                   ("x-accel-buffering", "no")]
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+
+        async def send(data: bytes) -> None:
+            with trio.move_on_after(WRITE_TIMEOUT) as stalled:
+                await stream.send_all(conn.send(h11.Data(data=data)))
+            if stalled.cancelled_caught:
+                raise trio.BrokenResourceError("the console stopped reading")
+
+        await console.stream(send)
+
+
 UNKNOWN_CALL: Response = (404, "application/json", b'{"error": "unknown call"}\n')
 
 
@@ -199,6 +238,25 @@ def _outcome_response(outcome: dict[str, Any], field: str | None) -> Response:
 
 def _error(status: int, message: str) -> Response:
     return status, "application/json", json.dumps({"error": message}).encode() + b"\n"
+
+
+def _is_event_stream(request: Request) -> bool:
+    return request.method == "GET" and request.path.split("?", 1)[0].rstrip("/") == "/console/events"
+
+
+def _console_refusal(console: Console, request: Request) -> Response:
+    """Why this request may not have the event stream (a 4xx/503), or (200, ...) if it may."""
+    query = urllib.parse.parse_qs(request.path.partition("?")[2])
+    token = query.get("token", [None])[0]
+    scheme, _, credentials = request.authorization.partition(" ")
+    if token is None and scheme.lower() == "bearer":
+        token = credentials.strip()
+    if not console.authorized(token):
+        log.warning("refused a console stream from %s: %s", request.peer, "wrong token" if token else "no token")
+        return _error(401, "the console needs its access token (server.console_token): open /console/#token=...")
+    if console.full:
+        return _error(503, "too many consoles open")
+    return 200, "", b""
 
 
 def _context_uuid(path: str) -> str | None:

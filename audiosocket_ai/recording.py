@@ -24,6 +24,7 @@ from typing import IO, Any
 import trio
 
 from .audio import frame_bytes
+from .events import publish
 from .surface import CallSurface
 
 log = logging.getLogger(__name__)
@@ -87,25 +88,36 @@ async def enforce_retention(directories: Sequence[Path], max_age_days: float, *,
 
 
 class TranscriptWriter:
-    """Appends one JSON object per line: who spoke, what, when, and whether cut off."""
+    """Appends one JSON object per line: who spoke, what, when, and whether cut off.
 
-    def __init__(self, path: Path, *, call_started: float) -> None:
+    Every line is also published on the event bus (``transcript`` events, for the live
+    console); with ``path`` None nothing is written to disk, the lines are only published.
+    """
+
+    def __init__(self, path: Path | None, *, call_started: float, call_id: str | None = None) -> None:
         self.path = path
         self._started = call_started
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8")
+        self._call_id = call_id
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+        self._closed = False
 
     def write(self, who: str, text: str, *, start: float, end: float, interrupted: bool = False,
               **extra: Any) -> None:
         """Record one utterance; ``start``/``end`` are trio clock times."""
-        if self._file is None:
+        if self._closed:
             return
         entry = {"who": who, "text": text, "start": round(start - self._started, 3),
                  "end": round(end - self._started, 3), "interrupted": interrupted, **extra}
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
+        publish("transcript", call=self._call_id, **entry)
+        if self._file is not None:
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -24,7 +24,7 @@ PACKAGE = pathlib.Path(audiosocket_ai.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("protocol",),
-    ("audio", "echo", "wav", "pacing", "inference", "log"),
+    ("audio", "echo", "wav", "pacing", "inference", "log", "events"),
     ("interfaces",),
     ("providers",),
     ("playout",),
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("call", "recording", "outcome", "context", "shared", "client"),
     ("agents",),
     ("metrics",),
-    ("server", "http"),
+    ("server", "http", "console"),
     ("config",),
     ("app",),
     ("cli", "__main__"),

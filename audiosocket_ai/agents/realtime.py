@@ -254,9 +254,10 @@ class _RealtimeCall:
 
     async def run(self) -> None:
         agent, call = self.agent, self.call
-        if agent.transcript_dir is not None:
-            self.transcript = TranscriptWriter(agent.transcript_dir / f"{call.uuid}.jsonl",
-                                               call_started=call.started_at)
+        # always a writer: with no transcript_dir its lines only go to the event bus (the live console)
+        self.transcript = TranscriptWriter(None if agent.transcript_dir is None
+                                           else agent.transcript_dir / f"{call.uuid}.jsonl",
+                                           call_started=call.started_at, call_id=str(call.uuid))
         failure: AudiosocketAIError | None = None
         try:
             async with trio.open_nursery() as nursery:

@@ -20,12 +20,13 @@ from typing import Any
 import attrs
 import trio
 
-from .. import config
+from .. import config, events
 from ..agents.assistant import AssistantSettings, TurnTimings, VoiceAssistant
 from ..agents.assistant.speech_cache import SpeechCache
 from ..agents.assistant.turns import TurnSettings
 from ..agents.tools import TransferTargets
 from ..call import CallSettings
+from ..console import Console
 from ..context import ContextLimits, ContextStore
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
@@ -40,7 +41,7 @@ from .personas import Persona, route_personas, same_providers, templated
 
 log = logging.getLogger("audiosocket_ai")
 
-__all__ = ["GC_THRESHOLDS", "Application", "StartupError", "build", "run"]
+__all__ = ["GC_THRESHOLDS", "Application", "PipelineObserver", "StartupError", "build", "run"]
 
 GC_THRESHOLDS = (50_000, 50, 1_000)
 """Python's defaults (700, 10, 10) ran ~16 collections a second at 200 calls, and a full one
@@ -111,16 +112,24 @@ def build(values: dict[str, Any]) -> Application:
     metrics = Metrics()
     if isinstance(shared, VoiceAssistant):
         _prepare_admission(shared, server_config, values)
-        shared.observer = _MetricsObserver(metrics)
+        shared.observer = PipelineObserver(metrics)
     contexts = ContextStore(ContextLimits(
         ttl=values["context.ttl"], max_entries=values["context.max_entries"], max_keys=values["context.max_keys"],
         max_value_length=values["context.max_value_length"]))
     state = (SharedState(values["state.url"], context_ttl=values["context.ttl"], timeout=0.5) if values.get("state.url")
              else None)
-    server = Server(factory, server_config, metrics=metrics, contexts=contexts, shared=state)
+    console = None
+    if values["server.console"]:
+        console = Console(calls=lambda: server.calls.values(), capacity=lambda: server.config.max_calls,
+                          ready=lambda: server.ready, overloaded=server_config.overloaded,
+                          token=values["server.console_token"], persona_key=values["agent.persona_key"],
+                          agent=values["agent.name"])
+    server = Server(factory, server_config, metrics=metrics, contexts=contexts, shared=state,
+                    on_call_start=console.call_started if console is not None else None,
+                    on_call_end=console.call_ended if console is not None else None)
     metrics_port = values["server.metrics_port"]
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes,
-                               contexts=contexts, shared=state, allow=server_config.allow)
+                               contexts=contexts, shared=state, allow=server_config.allow, console=console)
                 if metrics_port is not None else None)
     retention_dirs = tuple(Path(values[key]) for key in ("recording.transcript_dir", "recording.record_dir")
                            if values[key] is not None)
@@ -358,22 +367,32 @@ def warn_if_oversized(assistant: VoiceAssistant, max_calls: int, cores: int | No
 
 
 @attrs.define
-class _MetricsObserver:
-    """Feeds the assistant's per-turn timings, barge-ins and provider errors into the metrics."""
+class PipelineObserver:
+    """Feeds the assistant's per-turn timings, barge-ins and provider errors into the metrics
+    (if given) and onto the event bus (the live console)."""
 
-    metrics: Metrics
+    metrics: Metrics | None = None
 
     def on_turn(self, timings: TurnTimings) -> None:
-        self.metrics.observe_turn(timings.as_ms())
+        as_ms = timings.as_ms()
+        if self.metrics is not None:
+            self.metrics.observe_turn(as_ms)
+        events.publish("turn", timings=as_ms, preemptive=timings.preemptive)
 
     def on_barge_in(self, at: float, dropped_ms: int) -> None:
-        self.metrics.barge_ins.inc()
+        if self.metrics is not None:
+            self.metrics.barge_ins.inc()
+        events.publish("barge_in", dropped_ms=dropped_ms)
 
     def on_provider_error(self, stage: str) -> None:
-        self.metrics.provider_errors.labels(stage=stage).inc()
+        if self.metrics is not None:
+            self.metrics.provider_errors.labels(stage=stage).inc()
+        events.publish("provider_error", stage=stage)
 
     def on_resume(self, at: float, verdict: str) -> None:
-        self.metrics.resumes.labels(verdict=verdict).inc()
+        if self.metrics is not None:
+            self.metrics.resumes.labels(verdict=verdict).inc()
+        events.publish("resume", verdict=verdict)
 
 
 async def _serve_until_signalled(application: Application) -> None:

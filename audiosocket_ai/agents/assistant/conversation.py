@@ -102,9 +102,10 @@ class Conversation:
 
     async def run(self) -> None:
         call, settings = self.call, self.settings
-        if settings.transcript_dir is not None:
-            self.transcript = TranscriptWriter(settings.transcript_dir / f"{call.uuid}.jsonl",
-                                               call_started=call.started_at)
+        # always a writer: with no transcript_dir its lines only go to the event bus (the live console)
+        self.transcript = TranscriptWriter(None if settings.transcript_dir is None
+                                           else settings.transcript_dir / f"{call.uuid}.jsonl",
+                                           call_started=call.started_at, call_id=str(call.uuid))
         try:
             async with trio.open_nursery() as nursery:
                 self.interruptions.nursery = nursery

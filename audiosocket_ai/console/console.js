@@ -1,0 +1,180 @@
+// audiosocket-ai live console: one server-sent event stream, rendered into the page. No build, no CDN.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const params = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
+  const token = params.get("token");
+  const calls = new Map();   // uuid -> view of a call in progress
+  let recent = [];           // finished calls, oldest first
+  let selected = params.get("call");
+  let dirty = false;
+
+  const short = (uuid) => (uuid || "").slice(0, 8);
+  const who = (view) => [view.persona, view.agent].filter(Boolean).join(" / ") || "–";
+  const seconds = (s) => { s = Math.max(0, Math.round(s)); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; };
+  const ms = (v) => (v === null || v === undefined ? "–" : `${Math.round(v)} ms`);
+  const el = (tag, attrs = {}, ...children) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  };
+
+  function fresh(view) {
+    return Object.assign({ lines: [], turns: [], barge_ins: 0, underruns: 0, state: "listening" }, view);
+  }
+  function find(uuid) { return calls.get(uuid) || recent.find((v) => v.call === uuid); }
+
+  function apply(event) {
+    const view = event.call ? calls.get(event.call) : null;
+    switch (event.type) {
+      case "snapshot":
+        calls.clear();
+        for (const v of event.calls) calls.set(v.call, fresh(v));
+        recent = event.recent.map(fresh);
+        health(event.health);
+        break;
+      case "resync": break;  // a snapshot follows
+      case "health": health(event); break;
+      case "call_started":
+        calls.set(event.call, fresh({ call: event.call, agent: event.agent, persona: event.persona, started: event.t }));
+        if (!selected) selected = event.call;
+        break;
+      case "call_ended":
+        if (view) {
+          calls.delete(event.call);
+          Object.assign(view, { state: "ended", ended: event.t, end_reason: event.end_reason, duration: event.duration });
+          recent.push(view);
+          if (recent.length > 25) recent.shift();
+        }
+        break;
+      case "transcript":
+        if (view) {
+          view.lines.push(event);
+          if (view.lines.length > 100) view.lines.shift();
+          if (event.who === "caller" && !event.backchannel) view.state = "thinking";
+        }
+        break;
+      case "turn":
+        if (view) { view.turns.push(event); if (view.turns.length > 50) view.turns.shift(); view.state = "speaking"; }
+        break;
+      case "barge_in":
+        if (view) { view.barge_ins += 1; view.state = "listening"; }
+        break;
+      default: return;
+    }
+    dirty = true;
+  }
+
+  function health(h) {
+    $("h-calls").textContent = `${h.calls} / ${h.capacity}`;
+    $("h-ready").textContent = h.ready ? "yes" : (h.overloaded ? "no (overloaded)" : "no");
+    $("h-pacing").textContent = ms(h.pacing_p99_ms);
+    $("h-consoles").textContent = String(h.consoles);
+    for (const [uuid, live] of Object.entries(h.per_call || {})) {
+      const view = calls.get(uuid);
+      if (view) { view.underruns = live.underruns; if (live.state) view.state = live.state; }
+    }
+    dirty = true;
+  }
+
+  function callButton(uuid) {
+    const button = el("button", { type: "button", title: uuid, "aria-label": `Follow call ${uuid}`, text: short(uuid) });
+    button.addEventListener("click", () => { selected = uuid; dirty = true; });
+    return button;
+  }
+
+  function renderCalls(now) {
+    const body = $("calls").tBodies[0];
+    body.replaceChildren(...[...calls.values()].map((v) => el("tr", { class: v.call === selected ? "selected" : "", "data-call": v.call },
+      el("td", {}, callButton(v.call)), el("td", { text: who(v) }), el("td", { text: seconds(now - v.started) }),
+      el("td", {}, el("span", { class: `state ${v.state}`, text: v.state })),
+      el("td", { text: String(v.barge_ins) }), el("td", { text: String(v.underruns) }))));
+    $("no-calls").hidden = calls.size > 0;
+  }
+
+  function renderRecent() {
+    const body = $("recent").tBodies[0];
+    body.replaceChildren(...[...recent].reverse().map((v) => el("tr", { class: v.call === selected ? "selected" : "", "data-call": v.call },
+      el("td", {}, callButton(v.call)), el("td", { text: who(v) }),
+      el("td", { text: v.duration === undefined || v.duration === null ? "–" : seconds(v.duration) }),
+      el("td", { text: v.end_reason || "–" }),
+      el("td", { text: v.ended ? new Date(v.ended * 1000).toLocaleTimeString() : "–" }))));
+    $("no-recent").hidden = recent.length > 0;
+  }
+
+  function line(l) {
+    const tags = [];
+    if (l.interrupted) tags.push(el("span", { class: "tag cut", text: "interrupted" }));
+    if (l.backchannel) tags.push(el("span", { class: "tag", text: "backchannel" }));
+    if (l.dtmf) tags.push(el("span", { class: "tag", text: "keys" }));
+    const classes = [l.who, l.interrupted ? "interrupted" : "", l.backchannel ? "backchannel" : ""].join(" ").trim();
+    return el("li", { class: classes }, el("span", { class: "who", text: l.who === "agent" ? "Agent" : "Caller" }),
+      el("span", { class: "text", text: l.text }), ...tags);
+  }
+
+  const STAGES = [["endpointing", "endpointing", "endpoint"], ["stt", "stt", "STT"],
+    ["llm_first_token", "llm", "LLM first token"], ["tts_first_audio", "tts", "TTS first audio"]];
+
+  function timing(turn, index) {
+    const t = turn.timings || {};
+    const total = STAGES.reduce((sum, [key]) => sum + (t[key] || 0), 0) || 1;
+    const bar = el("div", { class: "bar", role: "img",
+      "aria-label": STAGES.map(([key, , label]) => `${label} ${ms(t[key])}`).join(", ") });
+    for (const [key, cls] of STAGES) {
+      if (t[key]) bar.append(el("span", { class: `seg ${cls}`, style: `width:${(100 * t[key] / total).toFixed(1)}%` }));
+    }
+    const numbers = el("div", { class: "numbers", text: `reply ${index + 1}: ` +
+      STAGES.map(([key, , label]) => `${label} ${ms(t[key])}`).join(" · ") +
+      ` · to first audio ${ms(t.end_of_speech_to_first_audio)}${turn.preemptive ? " (pre-emptive)" : ""}` });
+    return el("li", { "data-total": String(t.end_of_speech_to_first_audio ?? "") }, bar, numbers);
+  }
+
+  let shownCall = null, shownLines = 0, shownTurns = 0;
+  function renderCall() {
+    const view = selected ? find(selected) : null;
+    const transcript = $("transcript"), timings = $("timings");
+    if (!view) {
+      $("call-title").textContent = "Call";
+      $("call-info").textContent = selected ? "That call is no longer shown." : "Choose a call to follow it live.";
+      transcript.replaceChildren(); timings.replaceChildren(); shownCall = null;
+      return;
+    }
+    $("call-title").textContent = `Call ${short(view.call)}`;
+    $("call-info").textContent = `${view.call} · ${who(view)} · ${view.state}` +
+      (view.end_reason ? ` · ended: ${view.end_reason}` : "");
+    if (shownCall !== view.call || view.lines.length < shownLines || view.turns.length < shownTurns) {
+      transcript.replaceChildren(); timings.replaceChildren(); shownLines = shownTurns = 0; shownCall = view.call;
+    }
+    // append only what is new, so a screen reader announces just the new lines (aria-live)
+    for (const l of view.lines.slice(shownLines)) transcript.append(line(l));
+    view.turns.slice(shownTurns).forEach((turn, i) => timings.append(timing(turn, shownTurns + i)));
+    shownLines = view.lines.length; shownTurns = view.turns.length;
+    transcript.scrollTop = transcript.scrollHeight;
+  }
+
+  function render() {  // at most 10 times a second, however many events came in
+    if (!dirty) return;
+    dirty = false;
+    const now = Date.now() / 1000;
+    renderCalls(now); renderRecent(); renderCall();
+  }
+
+  function connect() {
+    const url = "/console/events" + (token ? `?token=${encodeURIComponent(token)}` : "");
+    const source = new EventSource(url);
+    source.onopen = () => { $("link").textContent = "live"; $("link").className = "link"; };
+    source.onerror = () => {
+      $("link").className = "link down";
+      $("link").textContent = source.readyState === EventSource.CLOSED
+        ? "refused: open this page as /console/#token=YOUR_TOKEN (server.console_token)" : "disconnected: retrying…";
+    };
+    source.onmessage = (message) => apply(JSON.parse(message.data));
+  }
+
+  setInterval(() => { dirty = true; }, 1000);  // durations tick
+  setInterval(render, 100);
+  connect();
+})();

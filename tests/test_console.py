@@ -1,0 +1,191 @@
+"""The live console: its bounded event bus, its settings and its event stream over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import trio
+
+import audiosocket_ai as asa
+from audiosocket_ai import config
+from audiosocket_ai.console import Console
+from audiosocket_ai.events import RESYNC, EventBus
+from audiosocket_ai.http import StatusEndpoint
+from audiosocket_ai.log import current_call
+from audiosocket_ai.recording import TranscriptWriter
+from audiosocket_ai.testing import FakeAsterisk
+
+from .conftest import keep_line_open
+from .console_kit import EventStream, console_server, get, scripted_assistant
+
+# --- the bus -----------------------------------------------------------------------------------
+
+
+def test_a_subscriber_that_never_reads_costs_a_bounded_queue_and_gets_a_resync() -> None:
+    bus = EventBus(queue_size=8)
+    with bus.subscribe() as slow, bus.subscribe(limit=1000) as fast:
+        started = time.perf_counter()
+        for n in range(20_000):
+            bus.publish("transcript", call="c", n=n)
+        elapsed = time.perf_counter() - started
+        assert slow.pending() <= 8
+        assert len(fast.get_nowait()) <= 1000
+        batch = slow.get_nowait()
+    assert batch[0]["type"] == RESYNC, "what the slow reader missed is replaced by one resync marker"
+    assert [e["n"] for e in batch[1:]] == list(range(20_000 - len(batch) + 1, 20_000)), "then the newest events"
+    assert slow.dropped == 20_000 - (len(batch) - 1)
+    assert elapsed < 1.0, f"publishing never waits for readers ({elapsed:.2f}s for 20,000 events)"
+    assert not bus.active, "a subscription ends with its block"
+
+
+async def test_a_reader_wakes_for_events_and_they_are_tagged_with_the_current_call() -> None:
+    bus = EventBus()
+    bus.publish("lost", call="x")  # nobody listens: nothing kept
+    with bus.subscribe() as subscription:
+        async with trio.open_nursery() as nursery:
+            got: list[list[dict[str, Any]]] = []
+
+            async def read() -> None:
+                got.append(await subscription.get())
+
+            nursery.start_soon(read)
+            await trio.sleep(0.01)
+            token = current_call.set("4f1c2b7e-0000-4000-8000-0000000000aa")
+            try:
+                bus.publish("barge_in", dropped_ms=120)
+            finally:
+                current_call.reset(token)
+    assert [(e["type"], e["call"], e["dropped_ms"]) for e in got[0]] == [
+        ("barge_in", "4f1c2b7e-0000-4000-8000-0000000000aa", 120)]
+
+
+def test_transcript_lines_are_published_even_without_a_transcript_file() -> None:
+    from audiosocket_ai.events import BUS
+
+    with BUS.subscribe() as subscription:
+        writer = TranscriptWriter(None, call_started=10.0, call_id="abc")
+        writer.write("agent", "Hello there", start=11.0, end=12.5, interrupted=True)
+        writer.close()
+        writer.write("agent", "after close", start=13.0, end=14.0)
+    [event] = subscription.get_nowait()
+    assert event["type"] == "transcript" and event["call"] == "abc"
+    assert (event["who"], event["text"], event["start"], event["end"], event["interrupted"]) == (
+        "agent", "Hello there", 1.0, 2.5, True)
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def _values(**overrides: Any) -> dict[str, Any]:
+    values = config.load(None, env={})
+    values.update(overrides)
+    return values
+
+
+def test_the_console_is_off_by_default_and_needs_the_status_endpoint() -> None:
+    assert config.load(None, env={})["server.console"] is False
+    problems = config.validate(_values(**{"server.console": True}))
+    assert any("server.metrics_port" in p for p in problems), problems
+    assert not config.validate(_values(**{"server.console": True, "server.metrics_port": 9093}))
+
+
+def test_beyond_loopback_the_console_refuses_to_start_without_a_token() -> None:
+    public = {"server.console": True, "server.metrics_port": 9093, "server.metrics_host": "0.0.0.0"}
+    problems = config.validate(_values(**public))
+    assert any(p.startswith("server.console_token:") and "beyond loopback" in p for p in problems), problems
+    assert not config.validate(_values(**public, **{"server.console_token": "s3cret"}))
+    env = config.load(None, env={"AUDIOSOCKET_AI_SERVER_CONSOLE_TOKEN": "from-env"})
+    assert env["server.console_token"] == "from-env"
+
+
+def test_serve_refuses_to_start_with_a_public_console_and_no_token() -> None:
+    from audiosocket_ai.app.serve import StartupError, build
+
+    values = _values(**{"agent.name": "echo", "server.console": True, "server.metrics_port": 0,
+                        "server.metrics_host": "0.0.0.0"})
+    with pytest.raises(StartupError, match="console_token"):
+        build(values)
+    values["server.console_token"] = "s3cret"
+    application = build(values)
+    assert application.endpoint is not None and application.endpoint.console is not None
+    assert application.endpoint.console.token == "s3cret"
+
+
+# --- over real HTTP ---------------------------------------------------------------------------------
+
+
+async def test_without_the_console_its_paths_are_404() -> None:
+    endpoint = StatusEndpoint(ready=lambda: True, metrics=None, outcomes=None)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+        for path in ("/console/", "/console/console.js", "/console/events"):
+            status, _, _ = await get(port, path)
+            assert status == 404, path
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_page_is_served_and_the_stream_needs_the_token() -> None:
+    async with console_server(asa.echo_agent, token="s3cret") as (_, _, status_port, _):
+        status, headers, body = await get(status_port, "/console/")
+        assert status == 200 and headers["content-type"].startswith("text/html") and b"Calls now" in body
+        for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
+            status, headers, body = await get(status_port, f"/console/{name}")
+            assert status == 200 and headers["content-type"].startswith(kind) and body
+        assert (await get(status_port, "/console/nothing.js"))[0] == 404
+        assert (await get(status_port, "/console/events"))[0] == 401
+        assert (await get(status_port, "/console/events?token=wrong"))[0] == 401
+        async with EventStream.open(status_port, "/console/events?token=s3cret") as events:
+            assert events.status == 200 and events.headers["content-type"].startswith("text/event-stream")
+            snapshot = await events.until(lambda e: e["type"] == "snapshot")
+            assert snapshot["calls"] == [] and snapshot["health"]["capacity"] == 10
+            health = await events.until(lambda e: e["type"] == "health", timeout=3)
+            assert health["ready"] is True and health["consoles"] == 1
+
+
+async def test_calls_their_transcript_and_reply_timings_stream_live() -> None:
+    agent = scripted_assistant(["what time do you open"], [["We open at nine."]])
+    async with console_server(agent) as (server, port, status_port, console), \
+            EventStream.open(status_port) as events:
+        await events.until(lambda e: e["type"] == "snapshot")
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            uuid = str(pbx.uuid)
+            started = await events.until(lambda e: e["type"] == "call_started")
+            assert started["call"] == uuid and started["agent"] == "assistant"
+            await pbx.send_audio(asa.tone_pcm(300, 400, 8000, amplitude=0.5))
+            line = await events.until(lambda e: e["type"] == "transcript" and e["who"] == "caller")
+            assert line["call"] == uuid and line["text"] == "what time do you open"
+            turn = await events.until(lambda e: e["type"] == "turn")
+            assert turn["call"] == uuid and turn["timings"]["end_of_speech_to_first_audio"] is not None
+            await keep_line_open(pbx, lambda: any(e["type"] == "transcript" and e["who"] == "agent"
+                                                  for e in events.events), timeout=0.1)
+            view = console.views[uuid]
+            assert [x["who"] for x in view["lines"]][:1] == ["caller"] and len(view["turns"]) == 1
+            await pbx.hangup()
+        ended = await events.until(lambda e: e["type"] == "call_ended")
+        assert ended["call"] == uuid and ended["end_reason"] == "caller_hung_up"
+        assert console.recent[-1]["call"] == uuid and console.recent[-1]["end_reason"] == "caller_hung_up"
+        assert server.stats.calls_total == 1
+
+
+async def test_a_console_that_stops_reading_gets_a_resync_and_never_slows_the_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_ai import events as bus_module
+
+    async with console_server(asa.echo_agent, queue_size=16) as (_, _, status_port, console), \
+            EventStream.open(status_port) as events:
+        await events.until(lambda e: e["type"] == "snapshot")
+        text = "x" * 2000
+        worst = 0.0
+        for n in range(20_000):  # ~40 MB the reader does not read: more than the socket buffers hold
+            started = time.perf_counter()
+            bus_module.publish("transcript", call="c", who="agent", text=text, n=n)
+            worst = max(worst, time.perf_counter() - started)
+            if n % 500 == 0:
+                await trio.sleep(0)  # let the console's task run (and block on its full socket)
+        assert worst < 0.05, f"a publish waited {worst * 1000:.1f} ms for a slow console"
+        assert console.dropped > 0
+        resync = await events.until(lambda e: e["type"] == RESYNC, timeout=10)
+        after = events.events[events.events.index(resync) + 1]
+        assert after["type"] == "snapshot", "a resync is followed by a fresh snapshot"
