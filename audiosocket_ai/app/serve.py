@@ -86,6 +86,8 @@ def build(values: dict[str, Any]) -> Application:
             provider that cannot start.
     """
     problems = config.check(values)
+    if values.get("server.console"):  # also validated at load; here for values built by hand
+        problems += config.console_problems(values)
     if problems:
         raise StartupError("\n".join(problems), setting=problems[0].split(":", 1)[0])
     factory, shared = _agent_for(values)
