@@ -83,6 +83,7 @@ class EventStream:
         self.headers: dict[str, str] = {}
         self._buffer = b""
         self.events: list[dict[str, Any]] = []
+        self._cursor = 0
 
     @classmethod
     @asynccontextmanager
@@ -121,14 +122,14 @@ class EventStream:
                 return True
             return False
 
-    async def until(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
-        """Read until an event satisfies ``predicate``; return it."""
-        seen = 0
+    async def until(self, predicate: Any, timeout: float = 5.0, *, anywhere: bool = False) -> dict[str, Any]:
+        """Read on until an event after the last one returned (``anywhere``: any event read)
+        satisfies ``predicate``; return it."""
         with trio.fail_after(timeout):
             while True:
-                for event in self.events[seen:]:
-                    if predicate(event):
-                        return event
-                seen = len(self.events)
+                for index in range(0 if anywhere else self._cursor, len(self.events)):
+                    if predicate(self.events[index]):
+                        self._cursor = max(self._cursor, index + 1)
+                        return self.events[index]
                 if not await self._pump():
                     raise EOFError("the event stream ended")

@@ -137,12 +137,9 @@ class Console:
             return
         if kind == "transcript":
             view["lines"].append({k: v for k, v in event.items() if k not in ("type", "call")})
-            if event.get("who") == "caller" and not event.get("backchannel"):
-                view["state"] = "thinking"
         elif kind == "turn":
             view["turns"].append({"t": event["t"], "timings": event.get("timings"),
                                   "preemptive": event.get("preemptive", False)})
-            view["state"] = "speaking"
         elif kind == "barge_in":
             view["barge_ins"] += 1
             view["state"] = "listening"
@@ -179,10 +176,8 @@ class Console:
             if call.pacer is not None:
                 pacing.merge(call.pacer.lateness)
             view = self.views.get(str(call.uuid))
-            if view is not None and view["state"] == "speaking" and not call.playout.speaking:
-                view["state"] = "listening"
-            elif view is not None and call.playout.speaking:
-                view["state"] = "speaking"
+            if view is not None:  # (a caller's line is written after the reply began: no "thinking" from it)
+                view["state"] = "speaking" if call.playout.speaking else "listening"
             per_call[str(call.uuid)] = {"underruns": call.playout.underruns, "late_ticks": call.late_ticks,
                                         "state": view["state"] if view is not None else None}
         overloaded = self._overloaded is not None and self._overloaded()

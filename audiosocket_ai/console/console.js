@@ -54,11 +54,10 @@
         if (view) {
           view.lines.push(event);
           if (view.lines.length > 100) view.lines.shift();
-          if (event.who === "caller" && !event.backchannel) view.state = "thinking";
         }
         break;
       case "turn":
-        if (view) { view.turns.push(event); if (view.turns.length > 50) view.turns.shift(); view.state = "speaking"; }
+        if (view) { view.turns.push(event); if (view.turns.length > 50) view.turns.shift(); }
         break;
       case "barge_in":
         if (view) { view.barge_ins += 1; view.state = "listening"; }
@@ -143,8 +142,8 @@
       return;
     }
     $("call-title").textContent = `Call ${short(view.call)}`;
-    $("call-info").textContent = `${view.call} · ${who(view)} · ${view.state}` +
-      (view.end_reason ? ` · ended: ${view.end_reason}` : "");
+    $("call-info").textContent = `${view.call} · ${who(view)} · ` +
+      (view.state === "ended" ? `ended: ${view.end_reason || "?"}` : view.state);
     if (shownCall !== view.call || view.lines.length < shownLines || view.turns.length < shownTurns) {
       transcript.replaceChildren(); timings.replaceChildren(); shownLines = shownTurns = 0; shownCall = view.call;
     }

@@ -45,7 +45,10 @@ from .turns import is_hold_request
 log = logging.getLogger(__name__)
 
 CONTINUATION_S = 1.2
-"""A caller who speaks again this soon after their turn, cutting its reply short, was not done."""
+"""A caller who speaks again this soon after their turn, cutting its reply short, was not done..."""
+
+CONTINUATION_HEARD_S = 0.4
+"""... if they had heard no more than this of the reply (later, it is a barge-in)."""
 
 __all__ = ["Conversation"]
 
@@ -85,8 +88,8 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
-        self._last_turn: tuple[int, float] | None = None
-        """The latest caller turn: its index in the history and when its speech ended."""
+        self._last_turn: tuple[int, float, TurnTimings] | None = None
+        """The latest caller turn: its index in the history, when its speech ended, its reply's timings."""
         self.interruptions = Interruptions(call, settings, assistant.observer, interrupt=self.interrupt,
                                            agent_busy=lambda: self.agent_busy, agent_words=self._agent_words,
                                            on_backchannel=self._log_backchannel)
@@ -215,7 +218,7 @@ class Conversation:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
             elif held is not None or not self._continues_last_turn(utterance):
                 self.history.append(Message("user", utterance.text))
-            self._last_turn = (len(self.history) - 1, utterance.timings.speech_end or utterance.end)
+            self._last_turn = (len(self.history) - 1, utterance.timings.speech_end or utterance.end, utterance.timings)
             if held is None:
                 self._log_caller(utterance)
             ending = await self._respond(utterance.timings, held=held)
@@ -235,13 +238,16 @@ class Conversation:
         last = self._last_turn
         if last is None or utterance.start - last[1] > CONTINUATION_S:
             return False
+        first_audio = last[2].first_audio
+        if first_audio is not None and utterance.start - first_audio > CONTINUATION_HEARD_S:
+            return False  # the caller had been hearing the answer: a barge-in, not more of the question
         index = last[0]
         after = self.history[index + 1 :]
         if index >= len(self.history) or self.history[index].role != "user" or len(after) != 1:
             return False
         reply = after[0]
-        if reply.role != "assistant" or not reply.interrupted or reply.tool_calls or len(reply.content) > 15:
-            return False  # (more than a word or two heard: the caller interrupted a real answer)
+        if reply.role != "assistant" or not reply.interrupted or reply.tool_calls:
+            return False
         del self.history[index + 1 :]
         first = self.history[index]
         self.history[index] = attrs.evolve(first, content=f"{first.content} {utterance.text}")
