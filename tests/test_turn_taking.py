@@ -545,3 +545,49 @@ async def test_a_caller_who_goes_on_after_a_turn_taken_too_soon_gets_one_answer_
         await talk_until(pbx, lambda: len(llm.histories) == 2 and len(observer.turns) == 2)
     assert [m.content for m in llm.histories[1] if m.role in ("user", "assistant")] == [
         "I need the address. of your office please"], "one turn, the cut reply forgotten"
+
+
+def test_while_the_echo_path_is_unknown_only_a_frame_far_below_the_agent_is_taken_for_echo() -> None:
+    from audiosocket_ai.agents.line_echo import SEARCH_GRACE_MS, EchoPath
+
+    class Searching:  # a canceller that has not found an echo path yet, and says "quieter"
+        echo_likely = True
+        delay_ms: float | None = None
+
+        def __init__(self, rate: int) -> None:
+            pass
+
+        def far(self, pcm: bytes) -> None:
+            pass
+
+        def near(self, pcm: bytes) -> bytes:
+            return pcm
+
+    path = EchoPath(Searching)
+    agent = asa.tone_pcm(500, 20, 8000, amplitude=0.5)  # about -9 dBFS
+    path.on_outbound(agent, 8000)
+    path.near(asa.tone_pcm(300, 20, 8000, amplitude=0.3), 8000)  # a caller ~4 dB below it
+    assert not path.echo_likely, "a caller talking over the greeting pauses it"
+    path.near(asa.tone_pcm(300, 20, 8000, amplitude=0.05), 8000)  # ~20 dB below: a line echo
+    assert path.echo_likely
+    for _ in range(int(SEARCH_GRACE_MS // 20)):
+        path.on_outbound(agent, 8000)
+    path.near(asa.tone_pcm(300, 20, 8000, amplitude=0.05), 8000)
+    assert not path.echo_likely, "no echo path found in the agent's first 1.5 s: this line does not echo"
+
+
+async def test_a_caller_whose_first_syllable_is_soft_still_pauses_the_greeting(autojump_clock: trio.abc.Clock) -> None:
+    """Over the greeting (the echo path still unknown) a soft onset may pass for the agent's
+    echo; once the voice is louder than any echo, the agent pauses all the same."""
+    llm = ScriptedLLM([["Sure."]])
+    stt = ScriptedSTT(["excuse me where are you located"])
+    agent, observer, _ = assistant(llm, stt, tts=BabbleTTS(ms_per_char=60), turn=TurnSettings(),
+                                   greeting="Hello, thank you for calling, how can I help you today?")
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_silence(600)
+        soft = asa.tone_pcm(300, 120, 8000, amplitude=0.02)  # ~ -37 dBFS: voiced, far below the agent
+        loud_at = trio.current_time() + 0.12
+        await pbx.send_audio(soft + speech(1200))
+        await talk_until(pbx, lambda: len(llm.histories) == 1)
+    assert observer.barge_ins, "the caller interrupted the greeting"
+    assert _silent_from(pbx, loud_at) - loud_at <= 0.3, "paused within 300 ms of the loud voice"

@@ -9,18 +9,23 @@ Used by the voice assistant's listener and the Realtime agent.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..audio import rms_dbfs
 from ..surface import CallSurface
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SEARCH_GRACE_MS", "EchoPath"]
+__all__ = ["SEARCH_GRACE_MS", "SEARCH_MARGIN_DB", "EchoPath"]
 
 SEARCH_GRACE_MS = 1500.0
 """Agent speech the canceller's delay search is given to find an echo path on a call."""
+
+SEARCH_MARGIN_DB = 10.0
+"""While it searches, a frame counts as echo only this far below the agent's loudest recent frame."""
 
 
 class EchoPath:
@@ -40,6 +45,8 @@ class EchoPath:
         self._far = bytearray()
         self._zeros = b""
         self._agent_ms = 0.0  # how much the agent has said on this call
+        self._far_levels: collections.deque[float] = collections.deque(maxlen=25)  # the last 500 ms sent
+        self._near_db = 0.0  # the latest caller frame's level (while the echo path is searched for)
         self.failed = False
 
     @classmethod
@@ -74,7 +81,16 @@ class EchoPath:
         canceller = self._canceller
         if canceller is None or self.failed or not canceller.echo_likely:
             return False
-        return canceller.delay_ms is not None or self._agent_ms < SEARCH_GRACE_MS
+        if canceller.delay_ms is not None:
+            return True
+        # still searching: only a frame far below the agent (a line returns 10 dB or less of
+        # it) — a caller talking over the greeting is seldom that much quieter than it
+        return self._searching and self._near_db <= max(self._far_levels, default=-120.0) - SEARCH_MARGIN_DB
+
+    @property
+    def _searching(self) -> bool:
+        canceller = self._canceller
+        return self._agent_ms < SEARCH_GRACE_MS and canceller is not None and canceller.delay_ms is None
 
     def _fail(self, exc: Exception) -> None:
         self.failed = True
@@ -93,6 +109,8 @@ class EchoPath:
             self._agent_ms += len(pcm) * 500 / rate
         try:
             canceller = self._at(rate)
+            if self._searching:
+                self._far_levels.append(rms_dbfs(pcm))
             if len(pcm) == self._size and not self._far:
                 canceller.far(pcm)
                 return
@@ -109,6 +127,8 @@ class EchoPath:
             return pcm
         try:
             canceller = self._at(rate)
+            if self._searching:
+                self._near_db = rms_dbfs(pcm)
             if len(pcm) == self._size and not self._near:
                 return bytes(canceller.near(pcm))
         except Exception as exc:

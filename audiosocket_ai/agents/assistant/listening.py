@@ -48,6 +48,10 @@ LEVEL_GATE_DB = 10.0
 """Inside an utterance, audio this many dB below its voice counts as a pause for ending
 the turn, whatever the VAD says: the caller stopped and only the room goes on."""
 
+NOT_ECHO_FRAMES = 2
+"""Frames in a row, after an onset taken for the agent's echo, that the echo canceller does
+not take for it, before the sound counts as the caller's (and pauses the agent)."""
+
 LEVEL_GATE_MIN_FRAMES = 15
 """Frames of an utterance (300 ms) before its voice level is trusted for that."""
 
@@ -112,6 +116,7 @@ class Listener:
         """A speculation over the agent that the judge found was no turn."""
         self._levels: list[float] = []
         self._echo_frames = 0
+        self._not_echo_run = 0
         """Frames of the utterance in progress the echo canceller took for the agent's echo."""
         """The frame levels of the utterance in progress."""
         self._offered: Utterance | None = None
@@ -209,6 +214,14 @@ class Listener:
                     levels.append(level)
                     if self.echo is not None and self.echo.echo_likely:
                         self._echo_frames += 1
+                        self._not_echo_run = 0
+                    elif self.onset_echo:
+                        # taken for the agent's echo at its onset (a soft first syllable),
+                        # but it goes on louder than any echo: it is the caller — now pause
+                        self._not_echo_run += 1
+                        if self._not_echo_run >= NOT_ECHO_FRAMES:
+                            self.onset_echo = False
+                            self._on_speech()
                     self.current_level_db = _speech_level(levels[-25:])
                     # quiet for the turn's purposes: far below this utterance's voice
                     speech_db = _speech_level(levels) if len(levels) >= LEVEL_GATE_MIN_FRAMES else None
@@ -240,7 +253,7 @@ class Listener:
                     # the event happened at_ms into the stream; we are `lag` s past that point
                     lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
-                        levels, quiet_ms, self._echo_frames = [], 0.0, 0
+                        levels, quiet_ms, self._echo_frames, self._not_echo_run = [], 0.0, 0, 0
                         self.voiced_at = now
                         self._levels = levels
                         voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
