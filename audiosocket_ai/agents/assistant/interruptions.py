@@ -208,8 +208,5 @@ class Interruptions:
     def _quiet_voice(self) -> bool:
         """The sound going on now is the room's: within the line's background, or far
         quieter than the caller's usual voice."""
-        listener = self.listener
-        caller_db, now_db = listener.caller_level.db, listener.current_level_db
-        if listener.in_background_now():
-            return True
-        return caller_db is not None and now_db is not None and now_db < caller_db - self.settings.turn.background_db
+        listener, now_db = self.listener, self.listener.current_level_db
+        return listener.in_background_now() or (now_db is not None and listener.below_caller(now_db))

@@ -139,6 +139,10 @@ class Listener:
         background, or far quieter than the caller's usual voice."""
         if level_db is None or self.floor.masks(level_db, BACKGROUND_SPEECH_DB):
             return True
+        return self.below_caller(level_db)
+
+    def below_caller(self, level_db: float) -> bool:
+        """Speech at ``level_db`` is far quieter than the caller's usual voice (if known yet)."""
         caller = self.caller_level.db
         return caller is not None and level_db < caller - self.settings.turn.background_db
 
@@ -292,6 +296,11 @@ class Listener:
         """The share of the utterance in progress that the echo canceller took for the echo."""
         return self._echo_frames / len(self._levels) if self._levels else 0.0
 
+    def _so_far(self, text: str, now: float) -> Utterance:
+        """The utterance in progress, as its speculative transcript ``text`` has it, for the judge."""
+        return Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
+                         level_db=_speech_level(self._levels), echo_share=self._echo_share())
+
     def _speculated(self, speculation: Speculation) -> None:
         """A transcript of the caller's pause is in. Over the agent: let the judge decide
         now, not at the endpoint (an "uh-huh" resumes the answer sooner). Otherwise: offer
@@ -300,17 +309,13 @@ class Listener:
         now = trio.current_time()
         if self._agent_busy():
             if self._judge is not None and self._judged is not speculation:
-                early = Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
-                                  level_db=_speech_level(self._levels), echo_share=self._echo_share())
-                if self._judge(early):
+                if self._judge(self._so_far(text, now)):
                     self._judged = speculation  # if it stands (nothing more said), it was no turn
             return
         if (not text or not self.settings.preemptive or self.tentative is not None
                 or incomplete_phrase(text)):
             return  # (an unfinished phrase: the caller is probably not done)
-        if self._judge is not None and self._judge(
-                Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
-                          level_db=_speech_level(self._levels), echo_share=self._echo_share())):
+        if self._judge is not None and self._judge(self._so_far(text, now)):
             self._judged = speculation  # (the agent's echo trailing after it stopped, a TV...)
             return
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
