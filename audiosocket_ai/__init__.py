@@ -62,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "Message": "interfaces",
     "ToolCall": "interfaces",
     "Transcript": "interfaces",
+    "UnderstandingLLM": "interfaces",
     "SpeechStarted": "interfaces",
     "SpeechEnded": "interfaces",
     # serving
@@ -139,6 +140,7 @@ if TYPE_CHECKING:
         SpeechStarted,
         ToolCall,
         Transcript,
+        UnderstandingLLM,
     )
     from .playout import Playback
     from .protocol import Audio, ProtocolError
@@ -177,6 +179,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "Transcript",
+    "UnderstandingLLM",
     "VoiceAssistant",
     "__version__",
     "build_assistant",

@@ -39,6 +39,10 @@ class Capabilities:
     sentence is synthesized."""
     local: bool = False
     """Inference runs on this machine's cores (it counts against the call capacity)."""
+    understands: bool = False
+    """LLM: it can tell, cheaply and without I/O, whether words the caller has said so far
+    get a real answer yet (:class:`UnderstandingLLM`); the pipeline then gives a caller who
+    paused after words it cannot answer longer to go on before ending their turn."""
 
 
 class Provider:
@@ -206,6 +210,16 @@ class TTS(Protocol):
         ...
 
 
+@runtime_checkable
+class UnderstandingLLM(LLM, Protocol):
+    """An LLM that declares ``capabilities.understands``: a semantic end-of-turn signal."""
+
+    def understands(self, history: Sequence[Message], text: str) -> bool:
+        """Whether ``text``, said by the caller after ``history``, gets a real answer (not
+        a "sorry, I did not understand"). Called at each pause: pure, fast, no I/O."""
+        ...
+
+
 VADFactory = Callable[[], VAD]
 """Makes a fresh :class:`VAD` for each call."""
 
@@ -227,6 +241,7 @@ __all__ = [
     "ToolHandler",
     "ToolSpec",
     "Transcript",
+    "UnderstandingLLM",
     "VADFactory",
     "VadEvent",
 ]

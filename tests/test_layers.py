@@ -136,8 +136,8 @@ def test_public_api_is_pinned() -> None:
         "AudiosocketAIError", "Call", "CallSettings", "CallSurface", "Capabilities", "ConfigError",
         "EndReason", "Message", "PipelineSpec", "Playback", "ProtocolError", "Provider", "ProviderError",
         "Server", "ServerConfig", "SpeechEnded", "SpeechStarted", "Tool", "ToolCall", "ToneAgent",
-        "Transcript", "VoiceAssistant", "__version__", "build_assistant", "echo_agent", "read_wav", "run",
-        "tone_pcm", "tool",
+        "Transcript", "UnderstandingLLM", "VoiceAssistant", "__version__", "build_assistant", "echo_agent",
+        "read_wav", "run", "tone_pcm", "tool",
     ])
     for name in audiosocket_ai.__all__:
         assert getattr(audiosocket_ai, name) is not None, name

@@ -99,6 +99,59 @@ def test_end_of_turn_is_quick_after_a_complete_phrase_and_patient_after_an_incom
     assert not vad_decides.decide(5000, None) and not vad_decides.decide(5000, "Hello.")
 
 
+def test_words_the_dialogue_model_cannot_answer_yet_get_longer_to_go_on() -> None:
+    turn = TurnSettings(quick_end_ms=240, unclear_ms=1100, hesitation_ms=1400)
+    asked: list[str] = []
+
+    def understands(text: str) -> bool:
+        asked.append(text)
+        return "open" in text
+
+    eot = EndOfTurn(turn, endpointing_ms=400, understands=understands)
+    # "I wanted to ask." (the recognizer dropped the "um"): complete to the grammar, not to the model
+    assert not eot.decide(240, "I wanted to ask.") and not eot.decide(1000, "I wanted to ask.")
+    assert eot.decide(1100, "I wanted to ask.")
+    assert eot.decide(240, "When do you open?")  # an answerable question ends as soon as before
+    assert asked == ["I wanted to ask.", "When do you open?"]  # asked once per text, not per frame
+    assert not eot.understood("Hmm.") and eot.understood("open")
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("model bug")
+
+    careless = EndOfTurn(turn, endpointing_ms=400, understands=broken)
+    assert careless.decide(240, "I wanted to ask.")  # a failing hint never stalls the turn
+
+
+def test_the_rules_model_says_which_words_it_can_answer() -> None:
+    from audiosocket_ai.interfaces import Message, UnderstandingLLM
+    from audiosocket_ai.providers.rules import RuleBasedLLM
+
+    llm = RuleBasedLLM()
+    assert llm.capabilities.understands and isinstance(llm, UnderstandingLLM)
+    history = [Message("system", "be brief")]
+    assert llm.understands(history, "What time do you open?")
+    assert llm.understands(history, "I'd like to know what you can do.")
+    assert llm.understands(history, "operator") and llm.understands(history, "goodbye")
+    assert not llm.understands(history, "I wanted to ask.")
+    assert not llm.understands(history, "Can you tell me?")
+    assert not llm.understands(history, "")
+    assert history == [Message("system", "be brief")]  # asking changes nothing
+
+
+def test_a_word_or_two_the_recognizer_guessed_over_the_agent_is_a_noise() -> None:
+    turn = TurnSettings()
+    # espeak's "hmm hmm" over a phone line, as Whisper tiny.en writes it
+    assert judge_interruption("symptom", settings=turn, confidence=0.13) is Verdict.NOISE
+    assert judge_interruption("Center.", settings=turn, confidence=0.21) is Verdict.NOISE
+    assert judge_interruption("symptom", settings=turn, confidence=0.6) is Verdict.INTERRUPT
+    assert judge_interruption("symptom", settings=turn) is Verdict.INTERRUPT  # no confidence: words count
+    # commands interrupt however unsure the recognizer is
+    assert judge_interruption("Stop.", settings=turn, confidence=0.2) is Verdict.INTERRUPT
+    assert judge_interruption("No.", settings=turn, confidence=0.2) is Verdict.INTERRUPT
+    # a sentence is words, even an unsure one
+    assert judge_interruption("What about Sunday then?", settings=turn, confidence=0.2) is Verdict.INTERRUPT
+
+
 def test_turn_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="quick_end_ms"):
         TurnSettings(quick_end_ms=0)
@@ -336,6 +389,35 @@ async def test_a_hesitation_after_an_incomplete_phrase_is_not_the_end_of_the_tur
     assert audible_ms(pbx) > 0 and min(_audible_times(pbx)) > finished, "no agent speech over the caller"
 
 
+class _UnderstandingLLM(ScriptedLLM):
+    """A scripted model that declares which words it can answer (those with a question mark)."""
+
+    capabilities = asa.Capabilities(understands=True)
+
+    def understands(self, history: Any, text: str) -> bool:
+        return "?" in text
+
+
+async def test_words_the_model_cannot_answer_yet_do_not_end_the_turn_at_a_pause(
+        autojump_clock: trio.abc.Clock) -> None:
+    # Whisper writes a hesitant "I wanted to ask, um," as the complete "I wanted to ask."
+    llm = _UnderstandingLLM([["We open at nine."]])
+    stt = ScriptedSTT(["I wanted to ask.", "I wanted to ask. What time do you open?"], delay=0.05)
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(1000))
+        await pbx.send_silence(800)  # longer than the quick end, shorter than turn.unclear_ms
+        await pbx.send_audio(speech(600))
+        finished = trio.current_time()
+        await talk_until(pbx, lambda: len(observer.turns) == 1)
+        await pbx.send_silence(400)
+    assert [m.content for m in llm.histories[0] if m.role == "user"] == ["I wanted to ask. What time do you open?"]
+    assert len(llm.histories) == 1, "no reply was prepared for the words it could not answer"
+    assert min(_audible_times(pbx)) > finished, "no agent speech over the caller"
+    timings = observer.turns[0]
+    assert timings.endpoint - timings.speech_end < 0.3, "the answerable whole still ends quickly"
+
+
 async def test_a_complete_question_ends_the_turn_sooner_than_the_usual_silence(
         autojump_clock: trio.abc.Clock) -> None:
     llm = ScriptedLLM([["We open at nine."]])
@@ -487,6 +569,21 @@ def test_the_noise_floor_follows_what_is_always_there_and_masks_only_that() -> N
     for i in range(600):  # a monologue: speech with a pause one frame in five
         floor.add(short.add(-22.0 if i % 5 else -66.0))
     assert floor.db is not None and floor.db < -30.0, "a long talk does not raise the floor to the talker"
+
+
+def test_over_steady_noise_a_caller_10_db_above_it_is_a_voice_over_voices_not() -> None:
+    from audiosocket_ai.agents.assistant.turns import BACKGROUND_SPEECH_DB, NoiseFloor
+
+    fan, room = NoiseFloor(), NoiseFloor()
+    for i in range(750):
+        fan.add(-30.0 + 0.5 * ((i % 5) - 2) / 2)  # a fan: its level hardly moves
+        room.add(-34.0 + 8.0 * ((i % 9) - 4) / 4)  # voices in the room: up and down
+    assert fan.spread_db < 1.0 and room.spread_db > 3.0
+    # a caller at 10 dB SNR (their speech level ~11 dB above the fan's floor) is a voice...
+    assert not fan.masks(-19.5, BACKGROUND_SPEECH_DB) and not fan.masks(-23.0)
+    assert fan.masks(-28.5), "...and the fan's own wobble is not"
+    # over voices, the full margins hold: a peak of the TV is not the caller
+    assert room.db is not None and room.masks(room.db + 10.0, BACKGROUND_SPEECH_DB)
 
 
 async def test_a_turn_over_steady_background_noise_starts_and_ends_on_the_callers_voice(

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ..interfaces import Message, Provider, ToolCall, ToolSpec
+from ..interfaces import Capabilities, Message, Provider, ToolCall, ToolSpec
 
 __all__ = ["DEFAULT_FAQ", "FaqEntry", "RuleBasedLLM", "load_faq", "normalize"]
 
@@ -183,7 +183,8 @@ _IDENTITY = _phrases(
     "who am i speaking to", "who am i speaking with", "who is this", "what are you",
 )  # fmt: skip
 _FAILURE = _phrases("error", "fail", "failed", "unavailable", "busy", "no answer", "not available")
-_CAPABILITIES = _phrases("what can you do", "how can you help", "what are my options", "help", "menu")
+_CAPABILITIES = _phrases("what can you do", "what you can do", "how can you help", "how you can help",
+                         "what are my options", "help", "menu")
 
 _DTMF = re.compile(r"^\s*\[?\s*(?:(?:dtmf|digit|key|keypress|pressed|press)\s*[:=]?\s*)?([0-9*#]+)\s*\]?\s*$", re.I)
 
@@ -200,6 +201,8 @@ _MARK_REASON = normalize("what is your call about")
 _MARK_ANYTHING_ELSE = normalize("anything else I can help with")
 _MARK_OFFER = normalize("connect you with a person?")
 _MARK_FALLBACK = normalize(_FALLBACK_MARK)
+_DIDNT_CATCH = "Sorry, I didn't catch that."
+_MARK_DIDNT_CATCH = normalize(_DIDNT_CATCH)
 
 _NAME_PREFIX = re.compile(
     r"^(?:(?:yes|yeah|sure|okay|ok|hi|hello|um+|uh+|so|well|oh)[\s,.!]+)*"
@@ -361,6 +364,8 @@ class RuleBasedLLM(Provider):
         self.piece_chars = piece_chars
         self._faq_tokens = [[normalize(k) for k in entry.keywords] for entry in self.faq]
 
+    capabilities = Capabilities(understands=True)
+
     def __repr__(self) -> str:
         return f"RuleBasedLLM(faq={len(self.faq)} entries, transfer_target={self.transfer_target!r})"
 
@@ -378,6 +383,16 @@ class RuleBasedLLM(Provider):
         if call is not None:
             yield call
         await trio.lowlevel.checkpoint()
+
+    def understands(self, history: Sequence[Message], text: str) -> bool:
+        """Whether ``text``, said now, gets an answer of substance rather than the fallback
+        ("I may not understand everything"): a caller who paused after words the rules
+        cannot answer yet ("I wanted to ask...") is given longer to go on. Pure and cheap."""
+        answer, call = self.decide([*history, Message("user", text)], ())
+        if call is not None:
+            return True
+        tokens = normalize(answer)
+        return not (_has(tokens, _MARK_FALLBACK) or _has(tokens, _MARK_DIDNT_CATCH))
 
     # --- the rules -------------------------------------------------------------------------
 
@@ -411,7 +426,7 @@ class RuleBasedLLM(Provider):
         utterance = " ".join(m.content for m in turn)
         tokens = normalize(utterance)
         if not tokens:
-            return "Sorry, I didn't catch that. Could you say it again?", None
+            return f"{_DIDNT_CATCH} Could you say it again?", None
 
         wants_human = _any(tokens, _HUMAN) and not _any(tokens, _IDENTITY)
         if wants_human:

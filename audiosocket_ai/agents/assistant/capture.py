@@ -43,6 +43,15 @@ def transcript_text(results: Sequence[Transcript]) -> str:
     return " ".join(finals) or (results[-1].text.strip() if results else "")
 
 
+def transcript_confidence(results: Sequence[Transcript]) -> float | None:
+    """The recognizer's confidence in what :func:`transcript_text` returns: the lowest of
+    the final pieces' (else the last interim one's), None if it gives none."""
+    finals = [r for r in results if r.is_final and r.text.strip()]
+    chosen = finals or list(results[-1:])
+    known = [r.confidence for r in chosen if r.confidence is not None]
+    return min(known) if known else None
+
+
 class Speculation:
     """A transcription of the utterance so far, started at a pause, and its fate."""
 
@@ -63,6 +72,11 @@ class Speculation:
     def text(self) -> str:
         """The transcript, or "" before the results are in."""
         return transcript_text(self.results or [])
+
+    @property
+    def confidence(self) -> float | None:
+        """The recognizer's confidence in :attr:`text`, if it gives one."""
+        return transcript_confidence(self.results or [])
 
     def settle(self, confirmed: bool) -> None:
         if not self.verdict.is_set():

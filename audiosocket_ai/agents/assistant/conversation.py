@@ -22,13 +22,13 @@ hang-up for ``turn.hold_wait`` seconds, with a gentle check-in now and then.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 import attrs
 import trio
 
-from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, VADFactory
+from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, UnderstandingLLM, VADFactory
 from ...log import private
 from ...recording import StereoRecorder, TranscriptWriter
 from ...surface import CallSurface
@@ -96,7 +96,7 @@ class Conversation:
         self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
                                  agent_busy=lambda: self.agent_busy, on_speech=self.interruptions.on_speech,
                                  on_key=self._on_key, on_stt_error=lambda: assistant.observer.on_provider_error("stt"),
-                                 judge=self.interruptions.judge)
+                                 judge=self.interruptions.judge, understands=self._understands())
         self.interruptions.listener = self.listener
         self.speaker = Speaker(call, tts=assistant.tts, speech_cache=assistant.speech_cache,
                                on_error=lambda: assistant.observer.on_provider_error("tts"))
@@ -151,6 +151,13 @@ class Conversation:
         self.barge_ins += 1
         log.info("barge-in (%s): cut %d ms of queued speech", why, dropped)
         self.a.observer.on_barge_in(trio.current_time(), dropped)
+
+    def _understands(self) -> Callable[[str], bool] | None:
+        """The dialogue model's semantic end-of-turn signal, if it declares one."""
+        llm = self.a.llm
+        if not llm.capabilities.understands or not isinstance(llm, UnderstandingLLM):
+            return None
+        return lambda text: llm.understands(self.history, text)
 
     def _agent_words(self) -> str:
         """What the agent is saying around now (its echo would repeat it)."""

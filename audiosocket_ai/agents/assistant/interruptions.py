@@ -125,6 +125,16 @@ class Interruptions:
         log.debug("caller sound over the agent: paused, judging it")
         self.nursery.start_soon(self._decide_in_time, pause)
 
+    def _verdict(self, utterance: Utterance, agent_text: str, caller_db: float | None) -> Verdict:
+        """judge_interruption, with its evidence logged (numbers only: no words in the log)."""
+        verdict = judge_interruption(utterance.text, settings=self.settings.turn, agent_text=agent_text,
+                                     level_db=utterance.level_db, caller_db=caller_db,
+                                     echo_share=utterance.echo_share, confidence=utterance.confidence)
+        log.info("sound over the agent judged %s: %d words, confidence %s, %s dBFS (caller %s), echo share %.2f",
+                 verdict.value, len(utterance.text.split()), _num(utterance.confidence, ".2f"),
+                 _num(utterance.level_db, ".0f"), _num(caller_db, ".0f"), utterance.echo_share)
+        return verdict
+
     def judge(self, utterance: Utterance) -> bool:
         """Listener's hook: True if ``utterance`` is not a turn (see module docstring)."""
         pause, turn = self._pause, self.settings.turn
@@ -142,9 +152,7 @@ class Interruptions:
                 return False  # a turn of its own, not over the agent (or barge-in rules apply)
             # speech over the agent that did not pause it (taken for its echo), or that
             # began as the agent stopped (the line may still be echoing its last words)
-            verdict = judge_interruption(utterance.text, settings=turn, agent_text=self._agent_words(),
-                                         level_db=level, caller_db=caller_db,
-                                         echo_share=utterance.echo_share)
+            verdict = self._verdict(utterance, self._agent_words(), caller_db)
             if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
                 self._learn_level(utterance)
                 if verdict is Verdict.INTERRUPT and self.call.speaking:
@@ -156,9 +164,7 @@ class Interruptions:
         if utterance.text and self.listener.is_background(utterance.level_db):
             verdict = Verdict.BACKGROUND
         else:
-            verdict = judge_interruption(utterance.text, settings=turn, agent_text=pause.agent_text,
-                                         level_db=utterance.level_db, caller_db=caller_db,
-                                         echo_share=utterance.echo_share)
+            verdict = self._verdict(utterance, pause.agent_text, caller_db)
         pause.decided.set()
         if verdict is Verdict.INTERRUPT:
             self._learn_level(utterance)
@@ -210,3 +216,7 @@ class Interruptions:
         quieter than the caller's usual voice."""
         listener, now_db = self.listener, self.listener.current_level_db
         return listener.in_background_now() or (now_db is not None and listener.below_caller(now_db))
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)

@@ -36,7 +36,7 @@ from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactor
 from ...log import private
 from ...surface import CallSurface
 from ..line_echo import EchoPath
-from .capture import Speculation, UtteranceCapture, transcript_text
+from .capture import Speculation, UtteranceCapture, transcript_confidence, transcript_text
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import BACKGROUND_SPEECH_DB, CallerLevel, EndOfTurn, NoiseFloor, ShortTermLevel, incomplete_phrase
 
@@ -76,12 +76,15 @@ class Listener:
         on_stt_error: a transcription failed (for metrics).
         judge: sees every transcript first (``""`` for speech with no words); returns True
             to keep it from becoming a turn.
+        understands: whether the dialogue model has a real answer for the words so far
+            (a semantic end-of-turn signal; None if the model cannot tell).
     """
 
     def __init__(self, call: CallSurface, *, stt: STT, vad_factory: VADFactory, settings: AssistantSettings,
                  agent_busy: Callable[[], bool], on_speech: Callable[[], None], on_key: Callable[[str], None],
                  on_stt_error: Callable[[], None],
-                 judge: Callable[[Utterance], bool] | None = None) -> None:
+                 judge: Callable[[Utterance], bool] | None = None,
+                 understands: Callable[[str], bool] | None = None) -> None:
         self.call = call
         self.stt = stt
         self.vad_factory = vad_factory
@@ -91,7 +94,7 @@ class Listener:
         self._on_key = on_key
         self._on_stt_error = on_stt_error
         self._judge = judge
-        self.end_of_turn = EndOfTurn(settings.turn, endpointing_ms=settings.endpointing_ms)
+        self.end_of_turn = EndOfTurn(settings.turn, endpointing_ms=settings.endpointing_ms, understands=understands)
         self.caller_level = CallerLevel()
         self.floor = NoiseFloor()
         """The line's background level (steady noise, a TV, an office)."""
@@ -296,10 +299,11 @@ class Listener:
         """The share of the utterance in progress that the echo canceller took for the echo."""
         return self._echo_frames / len(self._levels) if self._levels else 0.0
 
-    def _so_far(self, text: str, now: float) -> Utterance:
-        """The utterance in progress, as its speculative transcript ``text`` has it, for the judge."""
-        return Utterance(text, self._capture_started, now, TurnTimings(transcript=now),
-                         level_db=_speech_level(self._levels), echo_share=self._echo_share())
+    def _so_far(self, speculation: Speculation, now: float) -> Utterance:
+        """The utterance in progress, as its speculative transcript has it, for the judge."""
+        return Utterance(speculation.text, self._capture_started, now, TurnTimings(transcript=now),
+                         level_db=_speech_level(self._levels), echo_share=self._echo_share(),
+                         confidence=speculation.confidence)
 
     def _speculated(self, speculation: Speculation) -> None:
         """A transcript of the caller's pause is in. Over the agent: let the judge decide
@@ -309,13 +313,13 @@ class Listener:
         now = trio.current_time()
         if self._agent_busy():
             if self._judge is not None and self._judged is not speculation:
-                if self._judge(self._so_far(text, now)):
+                if self._judge(self._so_far(speculation, now)):
                     self._judged = speculation  # if it stands (nothing more said), it was no turn
             return
         if (not text or not self.settings.preemptive or self.tentative is not None
-                or incomplete_phrase(text)):
-            return  # (an unfinished phrase: the caller is probably not done)
-        if self._judge is not None and self._judge(self._so_far(text, now)):
+                or incomplete_phrase(text) or not self.end_of_turn.understood(text)):
+            return  # (an unfinished phrase, or one with no answer yet: the caller is probably not done)
+        if self._judge is not None and self._judge(self._so_far(speculation, now)):
             self._judged = speculation  # (the agent's echo trailing after it stopped, a TV...)
             return
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
@@ -349,6 +353,7 @@ class Listener:
             log.error("speech recognition failed: %s", exc)
             self._on_stt_error()
             text = "[the caller said something that could not be recognized]"
+            results = []
         finally:
             self.transcribing -= 1
             self._changed()
@@ -357,7 +362,7 @@ class Listener:
         if not timings.endpoint:
             timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
         utterance = Utterance(text, started, timings.speech_end, timings, level_db=capture.level_db,
-                              echo_share=capture.echo_share)
+                              echo_share=capture.echo_share, confidence=transcript_confidence(results))
         if self._judge is not None and self._judge(utterance):
             return  # not a turn (the judge logged why)
         if not text:

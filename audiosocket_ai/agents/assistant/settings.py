@@ -104,6 +104,8 @@ class Utterance:
     """How loud the speech was (dBFS of its loudest third), if measured."""
     echo_share: float = 0.0
     """The share of its frames the echo canceller took for the agent's own echo."""
+    confidence: float | None = None
+    """How sure the recognizer was of ``text`` (0-1), if it says."""
 
 
 class AssistantObserver(Protocol):

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import math
 import re
+from collections.abc import Callable
 
 import attrs
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKGROUND_SPEECH_DB",
@@ -30,6 +34,7 @@ __all__ = [
     "DEFAULT_BACKCHANNELS",
     "DEFAULT_HOLD_PHRASES",
     "NOISE_GATE_DB",
+    "UNSURE_CONFIDENCE",
     "CallerLevel",
     "EndOfTurn",
     "NoiseFloor",
@@ -92,6 +97,10 @@ line's background was the background (babble, a TV): its peaks are not a voice's
 
 ECHO_SHARE = 0.6
 """A sound most of whose frames the echo canceller took for the agent's echo is its echo."""
+
+UNSURE_CONFIDENCE = 0.35
+"""A word or two the recognizer is less sure of than this, over the agent's speech and not a
+command, is a guess at a sound ("hmm hmm" written "symptom"), not words: a noise."""
 
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
@@ -192,6 +201,10 @@ class TurnSettings:
     """Silence after a complete phrase that ends the turn (when the transcript is in)."""
     hesitation_ms: int = 1400
     """Silence after an incomplete phrase ("for...", "and um") before the turn ends anyway."""
+    unclear_ms: int = 1100
+    """Silence after words the dialogue model has no answer for yet ("I wanted to ask.",
+    where the recognizer dropped the "um") before the turn ends anyway (models that can
+    tell: ``Capabilities.understands``, such as the built-in rules)."""
     hold_phrases: tuple[str, ...] = DEFAULT_HOLD_PHRASES
     hold_wait: float = 120.0
     """Seconds the agent waits, without re-prompting or hanging up, after "hold on"."""
@@ -203,7 +216,7 @@ class TurnSettings:
     """Remove the agent's own voice echoed back by the line before listening."""
 
     def __attrs_post_init__(self) -> None:
-        for name in ("interrupt_after_ms", "decide_within_ms", "quick_end_ms", "hesitation_ms"):
+        for name in ("interrupt_after_ms", "decide_within_ms", "quick_end_ms", "hesitation_ms", "unclear_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"turn.{name} must be positive")
         if self.rewind_ms < 0 or self.interrupt_min_words < 1:
@@ -214,7 +227,7 @@ class TurnSettings:
 
 def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "",
                        level_db: float | None = None, caller_db: float | None = None,
-                       echo_share: float = 0.0) -> Verdict:
+                       echo_share: float = 0.0, confidence: float | None = None) -> Verdict:
     """Decide what a sound over the agent's speech was, from its transcript ``text``.
 
     Args:
@@ -224,12 +237,16 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         caller_db: the caller's usual level (dBFS), if known yet.
         echo_share: the share of the sound's frames the echo canceller took for the agent's
             echo: the signal's own evidence, which a misheard echo's words may lack.
+        confidence: the recognizer's confidence in ``text`` (0-1), if it gives one.
     """
     said = words(text)
     if not said:
         return Verdict.NOISE
     if is_backchannel(text, settings.backchannels):
         return Verdict.BACKCHANNEL
+    if (confidence is not None and confidence < UNSURE_CONFIDENCE and len(said) <= 2
+            and not any(word in COMMANDS for word in said)):
+        return Verdict.NOISE
     if level_db is not None and caller_db is not None and level_db < caller_db - settings.background_db:
         return Verdict.BACKGROUND
     louder_than_echo = level_db is not None and caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB
@@ -263,13 +280,18 @@ class EndOfTurn:
     ``decide(silence_ms, text)`` is asked at every frame of a pause: ``text`` is the
     transcript of the speech so far if one is in (None otherwise). After a complete phrase
     the turn ends at ``quick_end_ms``; after an incomplete one the pause may last up to
-    ``hesitation_ms``; without a transcript, at ``endpointing_ms``. With ``endpointing_ms``
-    None the VAD alone decides (its own end of speech always ends the turn).
+    ``hesitation_ms``; after words the dialogue model cannot answer yet (``understands``,
+    if it can tell), up to ``unclear_ms``; without a transcript, at ``endpointing_ms``.
+    With ``endpointing_ms`` None the VAD alone decides (its own end of speech always ends
+    the turn).
     """
 
-    def __init__(self, settings: TurnSettings, *, endpointing_ms: float | None) -> None:
+    def __init__(self, settings: TurnSettings, *, endpointing_ms: float | None,
+                 understands: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
         self.endpointing_ms = endpointing_ms
+        self.understands = understands
+        self._understood: tuple[str, bool] | None = None  # the last text asked about (asked per frame)
 
     def decide(self, silence_ms: float, text: str | None, *, pending: bool = False) -> bool:
         """``pending``: a transcript of this pause is on its way — wait for it (up to
@@ -283,7 +305,30 @@ class EndOfTurn:
             return silence_ms >= usual
         if incomplete_phrase(text):
             return silence_ms >= self.settings.hesitation_ms
-        return silence_ms >= min(usual, self.settings.quick_end_ms)
+        quick = min(usual, self.settings.quick_end_ms)
+        if silence_ms >= quick and not self.understood(text):
+            return silence_ms >= max(quick, self.settings.unclear_ms)
+        return silence_ms >= quick
+
+    def understood(self, text: str) -> bool:
+        """Whether the dialogue model has a real answer for ``text`` (True if it cannot tell)."""
+        return self._judged(text)
+
+    def _judged(self, text: str) -> bool:
+        if self.understands is None:
+            return True
+        if self._understood is None or self._understood[0] != text:
+            try:
+                self._understood = (text, self.understands(text))
+            except Exception:  # a model's judgement is a hint: never let it stall the turn
+                log.exception("the dialogue model could not judge the words so far")
+                self._understood = (text, True)
+        return self._understood[1]
+
+
+STEADY_MARGIN_DB = 5.0
+"""Over a steady background (a fan, a line's hiss: its level hardly moves), sound this many
+dB above it — plus twice the background's own spread — already stands out of it."""
 
 
 class NoiseFloor:
@@ -293,6 +338,11 @@ class NoiseFloor:
     The floor follows what is always there (minimum statistics), and sound less than
     :data:`NOISE_GATE_DB` above it is not taken for the caller's voice — so steady noise
     and distant voices neither start a turn nor keep one from ending.
+
+    How far above the floor a sound must be depends on how much the background itself
+    moves (:attr:`spread_db`, its median above its floor): voices behind the caller (a TV,
+    an office) rise well above their own floor, so the full margin applies; steady noise
+    does not, and a caller 10 dB above it must not be taken for it.
     """
 
     def __init__(self, *, window: int = 750, every: int = 5, percentile: float = 0.1,
@@ -304,6 +354,9 @@ class NoiseFloor:
         self._count = 0
         self.db: float | None = None
         """The floor (dBFS), once ``warm_up`` levels were seen."""
+        self.spread_db = math.inf
+        """How far the background's median is above its floor (dB): ~1 for steady noise,
+        3-5 for voices (inf until known: the full margins apply)."""
 
     def add(self, level_db: float) -> None:
         """One frame's short-term level (dBFS; -inf for digital silence)."""
@@ -312,10 +365,15 @@ class NoiseFloor:
         if self._count >= self._warm_up and self._count % self._every == 0:
             ordered = sorted(self._levels)
             self.db = ordered[int(len(ordered) * self._percentile)]
+            self.spread_db = ordered[len(ordered) // 2] - self.db
+
+    def margin(self, margin_db: float) -> float:
+        """``margin_db`` as it applies to this background (less over steady noise)."""
+        return min(margin_db, STEADY_MARGIN_DB + 2.0 * self.spread_db)
 
     def masks(self, level_db: float, margin_db: float = NOISE_GATE_DB) -> bool:
         """Sound at ``level_db`` is within the background (not the caller's voice)."""
-        return self.db is not None and level_db < self.db + margin_db
+        return self.db is not None and level_db < self.db + self.margin(margin_db)
 
 
 class ShortTermLevel:
