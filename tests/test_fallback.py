@@ -65,3 +65,16 @@ async def test_stt_replays_the_utterance_to_the_fallback() -> None:
     assert await collect(stt.transcribe(utterance())) == [Transcript("heard by fallback")]
     assert primary.audio_ms == [500.0]
     assert fallback.audio_ms == [pytest.approx(500.0)], "the same audio, resampled to 8 kHz"
+
+
+def test_the_fallback_wrapper_passes_on_the_primarys_understanding() -> None:
+    from audiosocket_ai.interfaces import Message
+    from audiosocket_ai.providers.rules import RuleBasedLLM
+
+    wrapped = FallbackLLM(RuleBasedLLM())
+    assert wrapped.capabilities.understands
+    history = [Message("system", "be brief")]
+    assert wrapped.understands(history, "What time do you open?")
+    assert not wrapped.understands(history, "I wanted to ask.")
+    plain = FallbackLLM(ScriptedLLM([]))
+    assert not plain.capabilities.understands and plain.understands(history, "I wanted to ask.")

@@ -138,6 +138,42 @@ def test_the_rules_model_says_which_words_it_can_answer() -> None:
     assert history == [Message("system", "be brief")]  # asking changes nothing
 
 
+def test_a_sound_as_far_below_the_agent_as_its_echo_is_its_echo_until_the_caller_is_known_that_quiet() -> None:
+    turn = TurnSettings()
+    # the greeting's echo, misheard before the canceller converged, 26 dB below the agent
+    assert judge_interruption("on the question.", settings=turn, level_db=-45.0, agent_db=-19.0) is Verdict.ECHO
+    assert judge_interruption("on the question.", settings=turn, level_db=-25.0, agent_db=-19.0) is \
+        Verdict.INTERRUPT, "a caller a little quieter than the agent is a caller"
+    assert judge_interruption("on the question.", settings=turn, level_db=-45.0, agent_db=-19.0,
+                              caller_db=-44.0) is Verdict.INTERRUPT, "a caller known to be that quiet"
+    assert judge_interruption("on the question.", settings=turn, level_db=-45.0) is Verdict.INTERRUPT
+
+
+def test_the_echo_path_knows_how_loud_the_agent_is() -> None:
+    from audiosocket_ai.agents.line_echo import EchoPath
+    from audiosocket_ai.echo import EchoCanceller
+
+    path = EchoPath(EchoCanceller)
+    assert path.agent_db is None
+    path.on_outbound(bytes(320), 8000)
+    assert path.agent_db is None, "silence is not the agent's voice"
+    for _ in range(20):
+        path.on_outbound(asa.tone_pcm(440, 20, 8000, amplitude=0.1), 8000)
+    assert path.agent_db is not None and -24.0 < path.agent_db < -22.0  # a sine at 0.1: -23 dBFS
+
+
+def test_a_transcripts_confidence_is_its_least_sure_final_piece() -> None:
+    from audiosocket_ai.agents.assistant.capture import transcript_confidence
+
+    assert transcript_confidence([asa.Transcript("hello", confidence=0.8),
+                                  asa.Transcript("there", confidence=0.3)]) == 0.3
+    assert transcript_confidence([asa.Transcript("hel", is_final=False, confidence=0.1),
+                                  asa.Transcript("hello", confidence=0.9)]) == 0.9
+    assert transcript_confidence([asa.Transcript("hel", is_final=False, confidence=0.4)]) == 0.4
+    assert transcript_confidence([asa.Transcript("hello")]) is None
+    assert transcript_confidence([]) is None
+
+
 def test_a_word_or_two_the_recognizer_guessed_over_the_agent_is_a_noise() -> None:
     turn = TurnSettings()
     # espeak's "hmm hmm" over a phone line, as Whisper tiny.en writes it

@@ -47,6 +47,7 @@ class EchoPath:
         self._agent_ms = 0.0  # how much the agent has said on this call
         self._far_levels: collections.deque[float] = collections.deque(maxlen=25)  # the last 500 ms sent
         self._near_db = 0.0  # the latest caller frame's level (while the echo path is searched for)
+        self._agent_levels: collections.deque[float] = collections.deque(maxlen=150)  # its last 3 s of voice
         self.failed = False
 
     @classmethod
@@ -88,6 +89,17 @@ class EchoPath:
         return self._searching and self._near_db <= max(self._far_levels, default=-120.0) - SEARCH_MARGIN_DB
 
     @property
+    def agent_db(self) -> float | None:
+        """How loud the agent's voice is on this call (dBFS: the mean of the loudest third of
+        its last 3 s of audio sent), None before it has said anything. A line returns its
+        echo 10 dB or more below this."""
+        loud = sorted((x for x in self._agent_levels if x > -60.0), reverse=True)
+        if not loud:
+            return None
+        top = loud[: max(1, len(loud) // 3)]
+        return sum(top) / len(top)
+
+    @property
     def _searching(self) -> bool:
         canceller = self._canceller
         return self._agent_ms < SEARCH_GRACE_MS and canceller is not None and canceller.delay_ms is None
@@ -107,6 +119,7 @@ class EchoPath:
             self._zeros = bytes(len(pcm))
         if pcm != self._zeros:  # (a memcmp)
             self._agent_ms += len(pcm) * 500 / rate
+            self._agent_levels.append(rms_dbfs(pcm))
         try:
             canceller = self._at(rate)
             if self._searching:

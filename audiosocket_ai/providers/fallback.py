@@ -20,7 +20,18 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..audio import Resampler, resample
-from ..interfaces import LLM, STT, TTS, Capabilities, Message, Provider, ToolCall, ToolSpec, Transcript
+from ..interfaces import (
+    LLM,
+    STT,
+    TTS,
+    Capabilities,
+    Message,
+    Provider,
+    ToolCall,
+    ToolSpec,
+    Transcript,
+    UnderstandingLLM,
+)
 from .errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -93,7 +104,8 @@ class _Fallback(Provider):
     def __init__(self, primary: Any, fallback: Any | None) -> None:
         self._pair: tuple[Any, Any | None] = (primary, fallback)
         self.capabilities = Capabilities(streaming=primary.capabilities.streaming,
-                                         local=primary.capabilities.local)
+                                         local=primary.capabilities.local,
+                                         understands=primary.capabilities.understands)
 
     def load(self) -> None:
         for provider in self._pair:
@@ -118,6 +130,13 @@ class FallbackLLM(_Fallback):
         self.primary = primary
         self.fallback = fallback
         self.greeting = primary.greeting
+
+    def understands(self, history: Sequence[Message], text: str) -> bool:
+        """The primary's judgement (declared only if the primary declares it)."""
+        primary = self.primary
+        if primary.capabilities.understands and isinstance(primary, UnderstandingLLM):
+            return primary.understands(history, text)
+        return True
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
         async for piece in _first_that_works("LLM", self.primary, self.fallback,

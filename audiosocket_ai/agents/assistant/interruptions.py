@@ -25,7 +25,7 @@ from ...log import private
 from ...surface import CallSurface
 from .listening import Listener
 from .settings import AssistantObserver, AssistantSettings, Utterance
-from .turns import BACKGROUND_SPEECH_DB, Verdict, judge_interruption
+from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,15 @@ class Interruptions:
 
     def _verdict(self, utterance: Utterance, agent_text: str, caller_db: float | None) -> Verdict:
         """judge_interruption, with its evidence logged (numbers only: no words in the log)."""
+        agent_db = self._agent_db()
         verdict = judge_interruption(utterance.text, settings=self.settings.turn, agent_text=agent_text,
                                      level_db=utterance.level_db, caller_db=caller_db,
-                                     echo_share=utterance.echo_share, confidence=utterance.confidence)
-        log.info("sound over the agent judged %s: %d words, confidence %s, %s dBFS (caller %s), echo share %.2f",
-                 verdict.value, len(utterance.text.split()), _num(utterance.confidence, ".2f"),
-                 _num(utterance.level_db, ".0f"), _num(caller_db, ".0f"), utterance.echo_share)
+                                     echo_share=utterance.echo_share, confidence=utterance.confidence,
+                                     agent_db=agent_db)
+        log.info("sound over the agent judged %s: %d words, confidence %s, %s dBFS (caller %s, agent %s), "
+                 "echo share %.2f", verdict.value, len(utterance.text.split()), _num(utterance.confidence, ".2f"),
+                 _num(utterance.level_db, ".0f"), _num(caller_db, ".0f"), _num(agent_db, ".0f"),
+                 utterance.echo_share)
         return verdict
 
     def judge(self, utterance: Utterance) -> bool:
@@ -177,10 +180,15 @@ class Interruptions:
             log.info("went on talking over %s: %s", verdict.value, private(utterance.text))
         return True
 
+    def _agent_db(self) -> float | None:
+        echo = self.listener.echo
+        return None if echo is None else echo.agent_db
+
     def _learn_level(self, utterance: Utterance) -> None:
         """The caller spoke over the agent: their voice's level is worth knowing too."""
-        if utterance.level_db is not None and not self.listener.is_background(utterance.level_db):
-            self.listener.caller_level.add(utterance.level_db)
+        level = utterance.level_db
+        if level is not None and not self.listener.is_background(level) and not far_below(level, self._agent_db()):
+            self.listener.caller_level.add(level)  # (not a sound as quiet as the agent's echo: a misjudged echo)
 
     def _resume(self, pause: _Pause, why: str) -> None:
         if self._pause is not pause:

@@ -33,6 +33,7 @@ __all__ = [
     "COMMANDS",
     "DEFAULT_BACKCHANNELS",
     "DEFAULT_HOLD_PHRASES",
+    "ECHO_BELOW_AGENT_DB",
     "NOISE_GATE_DB",
     "UNSURE_CONFIDENCE",
     "CallerLevel",
@@ -41,6 +42,7 @@ __all__ = [
     "ShortTermLevel",
     "TurnSettings",
     "Verdict",
+    "far_below",
     "incomplete_phrase",
     "is_backchannel",
     "is_hold_request",
@@ -101,6 +103,11 @@ ECHO_SHARE = 0.6
 UNSURE_CONFIDENCE = 0.35
 """A word or two the recognizer is less sure of than this, over the agent's speech and not a
 command, is a guess at a sound ("hmm hmm" written "symptom"), not words: a noise."""
+
+ECHO_BELOW_AGENT_DB = 12.0
+"""A sound over the agent this far below the agent's own voice, from a caller whose level is
+not known to be that low, is its echo: lines return 10 dB or less of what they get, and
+callers are seldom that much quieter than the agent (whose level is the line's norm)."""
 
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
@@ -227,7 +234,8 @@ class TurnSettings:
 
 def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "",
                        level_db: float | None = None, caller_db: float | None = None,
-                       echo_share: float = 0.0, confidence: float | None = None) -> Verdict:
+                       echo_share: float = 0.0, confidence: float | None = None,
+                       agent_db: float | None = None) -> Verdict:
     """Decide what a sound over the agent's speech was, from its transcript ``text``.
 
     Args:
@@ -238,6 +246,7 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         echo_share: the share of the sound's frames the echo canceller took for the agent's
             echo: the signal's own evidence, which a misheard echo's words may lack.
         confidence: the recognizer's confidence in ``text`` (0-1), if it gives one.
+        agent_db: how loud the agent's own voice is on the call (dBFS), if known.
     """
     said = words(text)
     if not said:
@@ -250,12 +259,19 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
     if level_db is not None and caller_db is not None and level_db < caller_db - settings.background_db:
         return Verdict.BACKGROUND
     louder_than_echo = level_db is not None and caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB
-    if not louder_than_echo and (echo_share >= ECHO_SHARE or (agent_text and _echoes(said, words(agent_text)))):
+    far_below_agent = far_below(level_db, agent_db)
+    if not louder_than_echo and (echo_share >= ECHO_SHARE or far_below_agent
+                                 or (agent_text and _echoes(said, words(agent_text)))):
         return Verdict.ECHO
     content = [w for w in said if _normal(w) not in {_normal(b) for b in settings.backchannels}]
     if len(content) < settings.interrupt_min_words:
         return Verdict.BACKCHANNEL
     return Verdict.INTERRUPT
+
+
+def far_below(level_db: float | None, agent_db: float | None) -> bool:
+    """A sound at ``level_db`` is as far below the agent's voice as only its echo is."""
+    return level_db is not None and agent_db is not None and level_db <= agent_db - ECHO_BELOW_AGENT_DB
 
 
 def _echoes(said: list[str], agent: list[str]) -> bool:
@@ -327,8 +343,12 @@ class EndOfTurn:
 
 
 STEADY_MARGIN_DB = 5.0
-"""Over a steady background (a fan, a line's hiss: its level hardly moves), sound this many
-dB above it — plus twice the background's own spread — already stands out of it."""
+"""Over a steady background (a fan, a street: its level hardly moves), sound this many dB
+above it — plus twice the background's own spread — already stands out of it."""
+
+AUDIBLE_NOISE_DB = -50.0
+"""A background below this (a clean line's hiss) keeps the full margins: any voice is far
+above them, and the agent's residual echo is better kept out."""
 
 
 class NoiseFloor:
@@ -368,7 +388,9 @@ class NoiseFloor:
             self.spread_db = ordered[len(ordered) // 2] - self.db
 
     def margin(self, margin_db: float) -> float:
-        """``margin_db`` as it applies to this background (less over steady noise)."""
+        """``margin_db`` as it applies to this background (less over loud steady noise)."""
+        if self.db is None or self.db < AUDIBLE_NOISE_DB:
+            return margin_db
         return min(margin_db, STEADY_MARGIN_DB + 2.0 * self.spread_db)
 
     def masks(self, level_db: float, margin_db: float = NOISE_GATE_DB) -> bool:
