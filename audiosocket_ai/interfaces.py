@@ -220,6 +220,14 @@ class UnderstandingLLM(LLM, Protocol):
         ...
 
 
+def llm_understands(llm: LLM, history: Sequence[Message], text: str) -> bool:
+    """``llm``'s judgement of ``text`` if it declares one (``capabilities.understands``),
+    else True; for wrappers that pass a model's judgement on."""
+    if llm.capabilities.understands and isinstance(llm, UnderstandingLLM):
+        return llm.understands(history, text)
+    return True
+
+
 VADFactory = Callable[[], VAD]
 """Makes a fresh :class:`VAD` for each call."""
 
@@ -244,6 +252,7 @@ __all__ = [
     "UnderstandingLLM",
     "VADFactory",
     "VadEvent",
+    "llm_understands",
 ]
 
 

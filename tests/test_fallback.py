@@ -78,3 +78,15 @@ def test_the_fallback_wrapper_passes_on_the_primarys_understanding() -> None:
     assert not wrapped.understands(history, "I wanted to ask.")
     plain = FallbackLLM(ScriptedLLM([]))
     assert not plain.capabilities.understands and plain.understands(history, "I wanted to ask.")
+
+
+def test_the_served_pipeline_passes_the_rules_models_understanding_through_its_wrappers() -> None:
+    from audiosocket_ai.app.assistant import PipelineSpec, build_assistant
+    from audiosocket_ai.interfaces import llm_understands
+
+    assistant = build_assistant(PipelineSpec(stt="whisper", llm="rules", tts="piper"), warm_up=False)
+    llm = assistant.llm  # retry-then-fallback, then the transfer guard, around the rules
+    history = [Message("system", "be brief")]
+    assert llm.capabilities.understands
+    assert llm_understands(llm, history, "What time do you open?")
+    assert not llm_understands(llm, history, "I wanted to ask.")

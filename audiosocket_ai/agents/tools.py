@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ..interfaces import LLM, Message, Provider, ToolCall, ToolSpec
+from ..interfaces import LLM, Message, Provider, ToolCall, ToolSpec, llm_understands
 from ..log import private
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,10 @@ class TransferGuard(Provider):
 
     def __repr__(self) -> str:
         return f"TransferGuard({self.llm!r}, targets={self.targets.names})"
+
+    def understands(self, history: Sequence[Message], text: str) -> bool:
+        """The wrapped model's judgement (declared only if it declares one)."""
+        return llm_understands(self.llm, history, text)
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
         offered = self.targets.offer(tools)

@@ -42,6 +42,8 @@ class PipelineSpec:
     default, so an outage at a cloud vendor does not leave callers in silence. Ignored
     when the primary already is that engine; None for no fallback."""
     stt_options: dict[str, Any] = attrs.Factory(dict)
+    stt_fallback_options: dict[str, Any] = attrs.Factory(dict)
+    """Options for the fallback STT (e.g. WhisperSTT's ``short_window``), beside its limiter."""
     llm_options: dict[str, Any] = attrs.Factory(dict)
     tts_options: dict[str, Any] = attrs.Factory(dict)
     tts_fallback_options: dict[str, Any] = attrs.Factory(dict)
@@ -69,7 +71,7 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     llm = make_llm(spec.llm, spec.llm_options)
     tts = make_tts(spec.tts, _with_defaults(spec.tts_options, {"limiter": limiter} if spec.tts in local else {}))
     # retry-once-then-fallback wrappers (providers/fallback.py)
-    stt = FallbackSTT(stt, _fallback(make_stt, spec.stt, spec.stt_fallback, limiter))
+    stt = FallbackSTT(stt, _fallback(make_stt, spec.stt, spec.stt_fallback, limiter, spec.stt_fallback_options))
     llm = FallbackLLM(llm, _fallback(make_llm, spec.llm, spec.llm_fallback, limiter))
     llm = TransferGuard(llm, spec.transfer_targets)  # transfers only to the configured targets
     tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter, spec.tts_fallback_options))

@@ -30,7 +30,7 @@ from ..interfaces import (
     ToolCall,
     ToolSpec,
     Transcript,
-    UnderstandingLLM,
+    llm_understands,
 )
 from .errors import ProviderError
 
@@ -133,10 +133,7 @@ class FallbackLLM(_Fallback):
 
     def understands(self, history: Sequence[Message], text: str) -> bool:
         """The primary's judgement (declared only if the primary declares it)."""
-        primary = self.primary
-        if primary.capabilities.understands and isinstance(primary, UnderstandingLLM):
-            return primary.understands(history, text)
-        return True
+        return llm_understands(self.primary, history, text)
 
     async def reply(self, history: Sequence[Message], tools: Sequence[ToolSpec]) -> AsyncIterator[str | ToolCall]:
         async for piece in _first_that_works("LLM", self.primary, self.fallback,

@@ -28,7 +28,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, UnderstandingLLM, VADFactory
+from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, VADFactory, llm_understands
 from ...log import private
 from ...recording import StereoRecorder, TranscriptWriter
 from ...surface import CallSurface
@@ -155,9 +155,9 @@ class Conversation:
     def _understands(self) -> Callable[[str], bool] | None:
         """The dialogue model's semantic end-of-turn signal, if it declares one."""
         llm = self.a.llm
-        if not llm.capabilities.understands or not isinstance(llm, UnderstandingLLM):
+        if not llm.capabilities.understands:
             return None
-        return lambda text: llm.understands(self.history, text)
+        return lambda text: llm_understands(llm, self.history, text)
 
     def _agent_words(self) -> str:
         """What the agent is saying around now (its echo would repeat it)."""

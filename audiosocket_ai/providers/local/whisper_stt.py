@@ -23,6 +23,7 @@ import trio
 from ...inference import lower_thread_priority
 from ...interfaces import Capabilities, Provider, Transcript
 from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
+from ._whisper_window import WindowDecoder
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel  # type: ignore[import-untyped,unused-ignore]
@@ -80,6 +81,10 @@ class WhisperSTT(Provider):
         temperature: decoding temperatures; a single 0.0 means no sampling fallback, so
             a bad decode costs one pass, not six (latency over the last word of accuracy).
         initial_prompt: optional text to bias vocabulary (e.g. company or product names).
+        short_window: encode the utterance padded to 15 s instead of Whisper's full 30 s
+            window: ~2.7x faster on phone turns, as accurate on phone speech in the
+            turn-taking corpus, slightly less on clean speech; a decode that looks like a
+            loop is redone on the full window (see ``_whisper_window`` for the numbers).
     """
 
     capabilities = Capabilities(local=True)
@@ -99,6 +104,7 @@ class WhisperSTT(Provider):
         compute_type: str = "int8",
         temperature: float | tuple[float, ...] = 0.0,
         initial_prompt: str | None = None,
+        short_window: bool = True,
     ) -> None:
         # Resolved now, so that a missing model fails at startup rather than mid-call.
         self.model_path = Path(model_path) if model_path is not None else bundled_whisper_model_dir()
@@ -113,6 +119,10 @@ class WhisperSTT(Provider):
         self.compute_type = compute_type
         self.temperature = temperature
         self.initial_prompt = initial_prompt
+        self.short_window = short_window
+        self._window: WindowDecoder | None = None
+        self.full_window_decodes = 0
+        """Decodes the short window handed back to the full one (a loop, a long utterance)."""
         self._model: WhisperModel | None = None
         self._load_lock = threading.Lock()
 
@@ -196,11 +206,33 @@ class WhisperSTT(Provider):
         text, confidence = self._decode(pcm)
         return Transcript(text=text, is_final=True, confidence=confidence)
 
+    def _window_decoder(self, model: WhisperModel) -> WindowDecoder | None:
+        if not self.short_window:
+            return None
+        if self._window is None:
+            with self._load_lock:
+                if self._window is None and self.short_window:
+                    try:
+                        self._window = WindowDecoder(model, language=self.language, beam_size=self.beam_size,
+                                                     initial_prompt=self.initial_prompt)
+                    except Exception as exc:  # faster-whisper's internals moved: the standard path works
+                        logger.warning("short-window decoding unavailable (%s); decoding full windows", exc)
+                        self.short_window = False
+        return self._window
+
     def _decode(self, pcm: bytes) -> tuple[str, float | None]:
         lower_thread_priority()
         model = self.load()
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         began = time.perf_counter()
+        window = self._window_decoder(model)
+        if window is not None:
+            short = window.decode(samples)
+            if short is not None:
+                logger.debug("transcribed %.2f s in %.3f s (short window): %r", len(samples) / 16000,
+                             time.perf_counter() - began, short[0])
+                return short
+            self.full_window_decodes += 1
         options: dict[str, Any] = {
             "language": self.language,
             "beam_size": self.beam_size,
