@@ -578,6 +578,28 @@ async def test_a_line_that_echoes_the_agent_does_not_make_it_interrupt_itself(
     assert agent_lines(tmp_path) == [ANSWER]
 
 
+async def test_a_sound_as_far_below_the_agent_as_its_echo_neither_pauses_nor_interrupts_it(
+        autojump_clock: trio.abc.Clock, tmp_path: Path) -> None:
+    """Residual echo the canceller does not recognise yet (here: uncorrelated with what the
+    agent says, 20 dB below it) and misheard as words: the answer goes on without a pause."""
+    llm = ScriptedLLM([[ANSWER]])
+    stt = ScriptedSTT(["tell me a story"], default="on the question")
+    tts = BabbleTTS(ms_per_char=40)
+    agent, observer, _ = assistant(llm, stt, tts=tts, turn=TurnSettings(), transcript_dir=tmp_path)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        sound_from = trio.current_time()
+        await pbx.send_audio(asa.tone_pcm(300, 600, 8000, amplitude=0.02))  # about -37 dBFS
+        await talk_until(pbx, lambda: len(observer.turns) == 1 and not agent_talking(pbx))
+        await pbx.send_silence(500)
+    assert not observer.barge_ins and not observer.resumes, "neither interrupted nor even paused"
+    assert len(llm.histories) == 1 and agent_lines(tmp_path) == [ANSWER]
+    heard = [t for t in _audible_times(pbx) if t >= sound_from]
+    gaps = [b - a for a, b in zip(heard, heard[1:], strict=False)]
+    assert max(gaps) < 0.3, "no pause in the answer"
+
+
 async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump_clock: trio.abc.Clock) -> None:
     """'Hello.' comes back 200 ms later at -12 dB, before the canceller has converged."""
 

@@ -38,7 +38,16 @@ from ...surface import CallSurface
 from ..line_echo import EchoPath
 from .capture import Speculation, UtteranceCapture, transcript_confidence, transcript_text
 from .settings import AssistantSettings, TurnTimings, Utterance
-from .turns import BACKGROUND_SPEECH_DB, CallerLevel, EndOfTurn, NoiseFloor, ShortTermLevel, incomplete_phrase
+from .turns import (
+    BACKGROUND_SPEECH_DB,
+    ECHO_BELOW_DB,
+    CallerLevel,
+    EndOfTurn,
+    NoiseFloor,
+    ShortTermLevel,
+    far_below,
+    incomplete_phrase,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +231,8 @@ class Listener:
                     if self.echo is not None and self.echo.echo_likely:
                         self._echo_frames += 1
                         self._not_echo_run = 0
+                    elif self.onset_echo and self._as_quiet_as_echo(level):
+                        self._not_echo_run = 0
                     elif self.onset_echo:
                         # taken for the agent's echo at its onset (a soft first syllable),
                         # but it goes on louder than any echo: it is the caller — now pause
@@ -265,7 +276,8 @@ class Listener:
                         self._levels = levels
                         voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
-                        self.onset_echo = self.echo is not None and self.echo.echo_likely
+                        self.onset_echo = self.echo is not None and (
+                            self.echo.echo_likely or self._as_quiet_as_echo(self.onset_level_db))
                         self.caller_speaking = True
                         self._changed()
                         self._on_speech()
@@ -294,6 +306,16 @@ class Listener:
                         self._changed()
             if capture is not None:
                 capture.cancel()
+
+    def _as_quiet_as_echo(self, level_db: float | None) -> bool:
+        """Sound at ``level_db`` over the agent is as far below its voice as only its echo is
+        (and the caller is not known to be that quiet): not reason enough to pause it."""
+        if self.echo is None or level_db is None or not self.call.speaking:
+            return False
+        caller = self.caller_level.db
+        if caller is not None and level_db >= caller - ECHO_BELOW_DB:
+            return False
+        return far_below(level_db, self.echo.agent_db)
 
     def _echo_share(self) -> float:
         """The share of the utterance in progress that the echo canceller took for the echo."""

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_BACKCHANNELS",
     "DEFAULT_HOLD_PHRASES",
     "ECHO_BELOW_AGENT_DB",
+    "ECHO_BELOW_DB",
     "NOISE_GATE_DB",
     "UNSURE_CONFIDENCE",
     "CallerLevel",
