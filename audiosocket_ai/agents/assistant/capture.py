@@ -33,6 +33,10 @@ SPECULATE_AFTER_MS = 120.0
 preemptive reply). Shorter hides more of the recognizer and the LLM behind the endpointing
 silence; each pause this long that is not the end of the turn costs a wasted request."""
 
+SPECULATE_OVER_AGENT_MS = 60.0
+"""The same for a sound over the agent's speech: the agent is paused until it is judged, and
+every millisecond of that is silence the caller hears."""
+
 MAX_UTTERANCE_BYTES = 30 * 16000 * 2 * 3
 """Audio kept per utterance (about 30 s at 48 kHz); anything longer is cut."""
 
@@ -99,8 +103,10 @@ class UtteranceCapture:
     """Collects one utterance's audio (at the recognizer's rate) and transcribes it."""
 
     def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes, *,
-                 on_speculation: Callable[[Speculation], None] | None = None) -> None:
+                 on_speculation: Callable[[Speculation], None] | None = None,
+                 speculate_after_ms: float = SPECULATE_AFTER_MS) -> None:
         self.stt = stt
+        self.speculate_after_ms = speculate_after_ms
         self._on_speculation = on_speculation
         self.streaming = stt.capabilities.streaming
         self._nursery = nursery
@@ -128,7 +134,7 @@ class UtteranceCapture:
             self._speculation.scope.cancel()  # the caller went on talking
             self._speculation.settle(False)
             self._speculation = None
-        elif trailing_silence_ms >= SPECULATE_AFTER_MS and self._speculation is None:
+        elif trailing_silence_ms >= self.speculate_after_ms and self._speculation is None:
             self._speculation = Speculation(self.stt, bytes(self._audio), self._on_speculation)
             self.speculations += 1
             self._nursery.start_soon(self._speculation.run)

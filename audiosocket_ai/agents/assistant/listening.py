@@ -36,7 +36,14 @@ from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactor
 from ...log import private
 from ...surface import CallSurface
 from ..line_echo import EchoPath
-from .capture import Speculation, UtteranceCapture, transcript_confidence, transcript_text
+from .capture import (
+    SPECULATE_AFTER_MS,
+    SPECULATE_OVER_AGENT_MS,
+    Speculation,
+    UtteranceCapture,
+    transcript_confidence,
+    transcript_text,
+)
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
@@ -284,7 +291,8 @@ class Listener:
                         onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
                         capture = UtteranceCapture(
                             self.stt, nursery, ring.since(position, onset_bytes),
-                            on_speculation=self._speculated)
+                            on_speculation=self._speculated,
+                            speculate_after_ms=SPECULATE_OVER_AGENT_MS if self.call.speaking else SPECULATE_AFTER_MS)
                         started = max(call.started_at, now - lag)
                         if capture.streaming:  # it recognizes while the caller talks
                             nursery.start_soon(self._transcribe, capture, started)
