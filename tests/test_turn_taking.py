@@ -3,6 +3,7 @@ hesitations and quick ends — policy units, then whole calls in memory on a vir
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -596,7 +597,7 @@ async def test_a_sound_as_far_below_the_agent_as_its_echo_neither_pauses_nor_int
     assert not observer.barge_ins and not observer.resumes, "neither interrupted nor even paused"
     assert len(llm.histories) == 1 and agent_lines(tmp_path) == [ANSWER]
     heard = [t for t in _audible_times(pbx) if t >= sound_from]
-    gaps = [b - a for a, b in zip(heard, heard[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(heard)]
     assert max(gaps) < 0.3, "no pause in the answer"
 
 
@@ -746,3 +747,43 @@ async def test_a_caller_whose_first_syllable_is_soft_still_pauses_the_greeting(a
         await talk_until(pbx, lambda: len(llm.histories) == 1)
     assert observer.barge_ins, "the caller interrupted the greeting"
     assert _silent_from(pbx, loud_at) - loud_at <= 0.3, "paused within 300 ms of the loud voice"
+
+
+class _KeepingSTT(ScriptedSTT):
+    """Keeps the audio of every utterance it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(["hello"], sample_rate=8000)
+        self.audio: list[bytes] = []
+
+    async def transcribe(self, audio: Any) -> AsyncIterator[asa.Transcript]:
+        chunks = [chunk async for chunk in audio]
+        self.audio.append(b"".join(chunks))
+        yield asa.Transcript("hello")
+
+
+@pytest.mark.parametrize("denoise", [True, False])
+async def test_the_recognizer_hears_the_caller_through_the_noise_suppressor(
+        autojump_clock: trio.abc.Clock, denoise: bool) -> None:
+    import numpy as np
+
+    from audiosocket_ai import denoise as denoising
+
+    if denoise and not denoising.available():
+        pytest.skip("speexdsp-ns is not installed")
+    hiss = (np.random.default_rng(5).standard_normal(8000 * 3) * 300).astype("<i2")
+    voice = np.frombuffer(speech(1000), dtype="<i2").astype(np.int32)
+    line_pcm = hiss.astype(np.int32)
+    line_pcm[8000 : 8000 + len(voice)] += voice
+    stt = _KeepingSTT()
+    agent, observer, _ = assistant(ScriptedLLM([["Hi."]]), stt, turn=TurnSettings(echo_cancel=False, denoise=denoise))
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(np.clip(line_pcm, -32768, 32767).astype("<i2").tobytes())
+        await talk_until(pbx, lambda: len(observer.turns) == 1)
+    heard = np.frombuffer(stt.audio[0], dtype="<i2").astype(np.float64)
+    # the utterance ends in the hiss after the voice (the VAD's end of speech), as the recognizer got it
+    hiss_rms = float(np.sqrt(np.mean(heard[-800:] ** 2)))
+    if denoise:
+        assert hiss_rms < 150, "the steady hiss is suppressed for the recognizer"
+    else:
+        assert hiss_rms > 200, "without the suppressor the recognizer hears the hiss as it is"

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import trio
 
 from ...audio import Quality, Resampler, rms_dbfs
+from ...denoise import Denoiser
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...log import private
@@ -209,6 +210,10 @@ class Listener:
         to_stt = Resampler(call.rate, stt_rate, quality=INBOUND_QUALITY)
         to_vad = None if vad.sample_rate == stt_rate else Resampler(stt_rate, vad.sample_rate, quality="LQ")
         ring = _Ring(settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
+        # the recognizer alone hears the caller through a noise suppressor: the VAD, the levels
+        # and the noise floor keep the raw audio (a suppressor pumps the background down)
+        cleaner = _Cleaner(call.rate, stt_rate, ring.capacity) if settings.turn.denoise else None
+        stt_ring = ring if cleaner is None else cleaner.ring
         position = 0  # bytes of STT-rate audio fed so far
         capture: UtteranceCapture | None = None
         call_rate = call.rate
@@ -220,10 +225,13 @@ class Listener:
                 if frame.rate != call_rate:
                     call_rate = frame.rate
                     to_stt = Resampler(call_rate, stt_rate, quality=INBOUND_QUALITY)
+                    if cleaner is not None:
+                        cleaner.rate_changed(call_rate)
                 heard = frame.pcm if self.echo is None else self.echo.near(frame.pcm, call_rate)
                 pcm = to_stt.process(heard)
                 position += len(pcm)
                 ring.add(pcm)
+                for_stt = pcm if cleaner is None else cleaner.process(heard)
                 level = short_term.add(rms_dbfs(heard))
                 if capture is None or self._agent_busy():
                     # the background is what is heard while the caller is not talking — over
@@ -262,7 +270,7 @@ class Listener:
                     silence = None if ended or vad_silence is None else max(vad_silence, quiet_ms)
                     if not silence and not ended:
                         self.voiced_at = trio.current_time()
-                    capture.add(pcm, trailing_silence_ms=silence)
+                    capture.add(for_stt, trailing_silence_ms=silence)
                     pending = capture.speculation is not None and not capture.speculation.finished.is_set()
                     if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture),
                                                                           pending=pending):
@@ -290,7 +298,7 @@ class Listener:
                         self._on_speech()
                         onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
                         capture = UtteranceCapture(
-                            self.stt, nursery, ring.since(position, onset_bytes),
+                            self.stt, nursery, stt_ring.since(position, onset_bytes),
                             on_speculation=self._speculated,
                             speculate_after_ms=SPECULATE_OVER_AGENT_MS if self.call.speaking else SPECULATE_AFTER_MS)
                         started = max(call.started_at, now - lag)
@@ -426,6 +434,25 @@ def _speech_level(levels: list[float]) -> float | None:
         return None
     top = loud[: max(1, len(loud) // 3)]
     return sum(top) / len(top)
+
+
+class _Cleaner:
+    """The caller's audio as the recognizer gets it: noise-suppressed (denoise.py), at its
+    rate, with its own pre-roll ring (same positions as the raw one: 20 ms in, 20 ms out)."""
+
+    def __init__(self, call_rate: int, stt_rate: int, ring_bytes: int) -> None:
+        self.stt_rate = stt_rate
+        self.ring = _Ring(ring_bytes)
+        self.rate_changed(call_rate)
+
+    def rate_changed(self, call_rate: int) -> None:
+        self.denoiser = Denoiser(call_rate)
+        self.to_stt = Resampler(call_rate, self.stt_rate, quality=INBOUND_QUALITY)
+
+    def process(self, heard: bytes) -> bytes:
+        clean = self.to_stt.process(self.denoiser.process(heard))
+        self.ring.add(clean)
+        return clean
 
 
 class _Ring:

@@ -222,6 +222,8 @@ class TurnSettings:
     hold_check_in_text: str = "No rush, I'm still here whenever you're ready."
     echo_cancel: bool = True
     """Remove the agent's own voice echoed back by the line before listening."""
+    denoise: bool = True
+    """Suppress steady noise in what the recognizer hears (only: the VAD hears the line as is)."""
 
     def __attrs_post_init__(self) -> None:
         for name in ("interrupt_after_ms", "decide_within_ms", "quick_end_ms", "hesitation_ms", "unclear_ms"):
