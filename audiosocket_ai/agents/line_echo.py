@@ -47,7 +47,8 @@ class EchoPath:
         self._agent_ms = 0.0  # how much the agent has said on this call
         self._far_levels: collections.deque[float] = collections.deque(maxlen=25)  # the last 500 ms sent
         self._near_db = 0.0  # the latest caller frame's level (while the echo path is searched for)
-        self._agent_levels: collections.deque[float] = collections.deque(maxlen=150)  # its last 3 s of voice
+        self._agent_levels: collections.deque[float] = collections.deque(maxlen=40)  # its last ~3 s of voice
+        self._voiced = 0
         self.failed = False
 
     @classmethod
@@ -119,7 +120,9 @@ class EchoPath:
             self._zeros = bytes(len(pcm))
         if pcm != self._zeros:  # (a memcmp)
             self._agent_ms += len(pcm) * 500 / rate
-            self._agent_levels.append(rms_dbfs(pcm))
+            self._voiced += 1
+            if self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
+                self._agent_levels.append(rms_dbfs(pcm))
         try:
             canceller = self._at(rate)
             if self._searching:

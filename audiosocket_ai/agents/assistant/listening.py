@@ -218,6 +218,7 @@ class Listener:
         capture: UtteranceCapture | None = None
         call_rate = call.rate
         levels: list[float] = []  # the current utterance's frame levels (dBFS)
+        speech_db: float | None = None  # the current utterance's voice level, once known
         quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
         short_term, floor = ShortTermLevel(), self.floor
         async with trio.open_nursery() as nursery:
@@ -257,7 +258,10 @@ class Listener:
                             self._on_speech()
                     self.current_level_db = _speech_level(levels[-25:])
                     # quiet for the turn's purposes: far below this utterance's voice
-                    speech_db = _speech_level(levels) if len(levels) >= LEVEL_GATE_MIN_FRAMES else None
+                    if len(levels) >= LEVEL_GATE_MIN_FRAMES and len(levels) % 5 == 0:
+                        speech_db = _speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
+                    elif len(levels) < LEVEL_GATE_MIN_FRAMES:
+                        speech_db = None
                     if speech_db is not None and level < speech_db - LEVEL_GATE_DB:
                         quiet_ms += len(heard) / 2 / call_rate * 1000
                     else:

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable
 
 import attrs
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ class NoiseFloor:
     does not, and a caller 10 dB above it must not be taken for it.
     """
 
-    def __init__(self, *, window: int = 750, every: int = 5, percentile: float = 0.1,
+    def __init__(self, *, window: int = 750, every: int = 10, percentile: float = 0.1,
                  warm_up: int = 40) -> None:
         self._levels: collections.deque[float] = collections.deque(maxlen=window)
         self._every = every
@@ -386,9 +387,11 @@ class NoiseFloor:
         self._levels.append(max(level_db, -100.0))
         self._count += 1
         if self._count >= self._warm_up and self._count % self._every == 0:
-            ordered = sorted(self._levels)
-            self.db = ordered[int(len(ordered) * self._percentile)]
-            self.spread_db = ordered[len(ordered) // 2] - self.db
+            levels = np.fromiter(self._levels, dtype=np.float64, count=len(self._levels))
+            low, middle = int(len(levels) * self._percentile), len(levels) // 2
+            levels.partition((low, middle))  # (no full sort: two order statistics)
+            self.db = float(levels[low])
+            self.spread_db = float(levels[middle]) - self.db
 
     def margin(self, margin_db: float) -> float:
         """``margin_db`` as it applies to this background (less over loud steady noise)."""
