@@ -30,8 +30,7 @@ from collections.abc import Callable
 
 import trio
 
-from ...audio import Quality, Resampler, rms_dbfs
-from ...denoise import Denoiser
+from ...audio import Resampler, rms_dbfs
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...log import private
@@ -45,6 +44,7 @@ from .capture import (
     transcript_confidence,
     transcript_text,
 )
+from .feed import INBOUND_QUALITY, Cleaner, Ring
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
@@ -71,13 +71,6 @@ not take for it, before the sound counts as the caller's (and pauses the agent).
 
 LEVEL_GATE_MIN_FRAMES = 15
 """Frames of an utterance (300 ms) before its voice level is trusted for that."""
-
-INBOUND_QUALITY: Quality = "LQ"
-"""soxr quality of the caller's audio on its way to the VAD and recognizer. soxr's HQ/MQ
-streams hold back ~95 ms of output (8 -> 16 kHz), which every turn end, speculation and
-barge-in would wait for; LQ holds ~24 ms, and telephone audio has nothing above 4 kHz for
-the better filter to keep."""
-
 
 class Listener:
     """Turns one call's audio and keys into :class:`Utterance` objects.
@@ -209,10 +202,10 @@ class Listener:
         vad = self.vad_factory()
         to_stt = Resampler(call.rate, stt_rate, quality=INBOUND_QUALITY)
         to_vad = None if vad.sample_rate == stt_rate else Resampler(stt_rate, vad.sample_rate, quality="LQ")
-        ring = _Ring(settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
+        ring = Ring(settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
         # the recognizer alone hears the caller through a noise suppressor: the VAD, the levels
         # and the noise floor keep the raw audio (a suppressor pumps the background down)
-        cleaner = _Cleaner(call.rate, stt_rate, ring.capacity) if settings.turn.denoise else None
+        cleaner = Cleaner(call.rate, stt_rate, ring.capacity) if settings.turn.denoise else None
         stt_ring = ring if cleaner is None else cleaner.ring
         position = 0  # bytes of STT-rate audio fed so far
         capture: UtteranceCapture | None = None
@@ -438,44 +431,6 @@ def _speech_level(levels: list[float]) -> float | None:
         return None
     top = loud[: max(1, len(loud) // 3)]
     return sum(top) / len(top)
-
-
-class _Cleaner:
-    """The caller's audio as the recognizer gets it: noise-suppressed (denoise.py), at its
-    rate, with its own pre-roll ring (same positions as the raw one: 20 ms in, 20 ms out)."""
-
-    def __init__(self, call_rate: int, stt_rate: int, ring_bytes: int) -> None:
-        self.stt_rate = stt_rate
-        self.ring = _Ring(ring_bytes)
-        self.rate_changed(call_rate)
-
-    def rate_changed(self, call_rate: int) -> None:
-        self.denoiser = Denoiser(call_rate)
-        self.to_stt = Resampler(call_rate, self.stt_rate, quality=INBOUND_QUALITY)
-
-    def process(self, heard: bytes) -> bytes:
-        clean = self.to_stt.process(self.denoiser.process(heard))
-        self.ring.add(clean)
-        return clean
-
-
-class _Ring:
-    """The last few hundred ms of audio, to recover speech from before the VAD fired."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data = bytearray()
-
-    def add(self, pcm: bytes) -> None:
-        self._data += pcm
-        if len(self._data) > self.capacity:
-            del self._data[: len(self._data) - self.capacity]
-
-    def since(self, position: int, start: int) -> bytes:
-        """Audio from stream byte offset ``start`` up to ``position`` (what is still held)."""
-        wanted = max(0, position - start)
-        wanted -= wanted % 2
-        return bytes(self._data[-wanted:]) if wanted else b""
 
 
 async def wait_for_utterance(listener: Listener, *, timeout: float | None, quiet_from: float) -> Utterance | None:
