@@ -245,13 +245,15 @@ def call(wav_in: Path, wav_out: Path, host: str, port: int, rate: str, dtmf: str
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1), help="Attempts per number.")
 @click.option("--retry-delay", default=300.0, show_default=True, type=click.FloatRange(0),
               help="Seconds before retrying a number that was not answered.")
-@click.option("--retry-on", default="no_answer,failed", show_default=True,
-              help="Outcomes that are retried (comma-separated: no_answer, failed, machine, message_left...).")
+@click.option("--retry-on", default="busy,no_answer,failed", show_default=True,
+              help="Outcomes that are retried (comma-separated: busy, no_answer, failed, machine, message_left...).")
+@click.option("--retry-delay-for", "retry_delay_for", multiple=True, metavar="OUTCOME=SECONDS",
+              help="A retry delay for one outcome instead of --retry-delay (repeatable), e.g. busy=120.")
 @click.option("--wait-time", default=45, show_default=True, type=click.IntRange(1), help="Seconds to let it ring.")
 @click.option("--no-amd", is_flag=True, default=False, help="Set AMD=off (the dialplan skips detection).")
 def dial(campaign: Path, spool: Path, channel: str, context: str, caller_id: str | None, results: Path,
          status_url: str | None, max_concurrent: int, per_minute: float, max_attempts: int, retry_delay: float,
-         retry_on: str, wait_time: int, no_amd: bool) -> None:
+         retry_on: str, retry_delay_for: tuple[str, ...], wait_time: int, no_amd: bool) -> None:
     """Call every number of CAMPAIGN.csv through Asterisk call files (docs/outbound.md).
 
     The CSV needs a 'number' column; every other column becomes a channel variable. Prints
@@ -264,11 +266,20 @@ def dial(campaign: Path, spool: Path, channel: str, context: str, caller_id: str
         contacts = dialer.read_campaign(campaign)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="CAMPAIGN.csv") from exc
+    delays: dict[str, float] = {}
+    for item in retry_delay_for:
+        outcome, _, seconds = item.partition("=")
+        try:
+            delays[outcome.strip()] = float(seconds)
+            if delays[outcome.strip()] < 0 or not outcome.strip():
+                raise ValueError(item)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected OUTCOME=SECONDS", param_hint="--retry-delay-for") from None
     settings = dialer.DialSettings(
         spool=spool, channel=channel, context=context, caller_id=caller_id, results=results, status_url=status_url,
         max_concurrent=max_concurrent, per_minute=per_minute, max_attempts=max_attempts, retry_delay=retry_delay,
-        retry_on=frozenset(s.strip() for s in retry_on.split(",") if s.strip()), wait_time=wait_time,
-        amd=not no_amd)
+        retry_on=frozenset(s.strip() for s in retry_on.split(",") if s.strip()), retry_delays=delays,
+        wait_time=wait_time, amd=not no_amd)
     try:
         attempts = dialer.Dialer(settings, contacts).run()
     except (ValueError, OSError) as exc:

@@ -16,6 +16,19 @@ from typing import Any
 DEFAULT_CAPACITY = 10_000
 DEFAULT_TTL = 3600.0
 
+ORIGINATE_FAILURES = {0: "failed", 1: "hung_up", 3: "no_answer", 5: "busy", 8: "congestion"}
+"""Asterisk's originate ``${REASON}`` (an ``enum ast_control_frame_type``, set by
+``ast_pbx_outgoing_exten`` in main/pbx.c on the ``failed`` extension a call file's context
+runs when its call is not answered) → the call's ``result``. 0: a failure (unreachable,
+rejected without a busy or congestion cause); 1: the originator hung up; 3: rang, not
+answered before the call file's ``WaitTime``; 5: busy; 8: congestion (circuits busy, a
+rejecting or out-of-order network). Any other number is a ``failed``."""
+
+
+def originate_failure(reason: int) -> dict[str, Any]:
+    """The outcome of a call that was never answered, from Asterisk's originate ``reason``."""
+    return {"result": ORIGINATE_FAILURES.get(reason, "failed"), "dial_reason": reason, "answered": False}
+
 
 class OutcomeStore:
     """A bounded map of call UUID → outcome dict (e.g. ``{"transfer": "sales"}``)."""

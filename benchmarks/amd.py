@@ -12,7 +12,12 @@ Reports: human/machine accuracy; time to decision; a person's wait from the end 
 "hello" to the agent's first audio (target ≤ 1.2 s); the message's start after the beep
 (target ≤ 500 ms); messages started before the beep ended (target 0).
 
-    .venv/bin/python -m benchmarks.amd [--concurrency 6] [--append-docs]
+Two corpora (``--split``): ``tune``, the one the detector's thresholds were chosen on
+(seed 15), and ``held_out`` (seed 16), which shares none of its phrases, names, espeak-ng
+voices, Piper speaking rates or beep pitches. The held-out score is the headline; the
+tuning score is reported beside it.
+
+    .venv/bin/python -m benchmarks.amd [--split both] [--concurrency 6] [--append-docs]
 """
 
 from __future__ import annotations
@@ -63,6 +68,54 @@ SCREENING = [
     "This call is being screened. Please state your name.",
 ]
 VOICES = ["en-us", "en-gb", "en-us+f2", "en-gb-scotland", "en-029", "en-us+m3", "en-gb-x-rp+f4", "en-us+f3"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """What one corpus is made of: its phrases, voices, speeds and beeps.
+
+    ``tune`` is the corpus the detector's thresholds (``AmdSettings``) were chosen on;
+    ``held_out`` shares none of its phrases, names, espeak-ng voices, Piper speaking rates
+    or beep pitches, and is generated from another seed: the honest measure."""
+
+    name: str
+    hellos: tuple[str, ...]
+    names: tuple[str, ...]
+    openers: tuple[str, ...]
+    sentences: tuple[str, ...]
+    screening: tuple[str, ...]
+    voices: tuple[str, ...]
+    seed: int
+    speeds: tuple[int, int] = (145, 195)
+    piper_length_scales: tuple[float | None, ...] = (None,)
+    beep_hz: tuple[float, ...] = (440.0, 850.0, 1000.0, 1400.0)
+
+
+TUNE = Split("tune", tuple(HELLOS), tuple(NAMES), tuple(MACHINE_SENTENCES[:3]), tuple(MACHINE_SENTENCES[3:]),
+             tuple(SCREENING), tuple(VOICES), seed=15)
+
+HELD_OUT = Split(
+    "held_out",
+    hellos=("Hello, yes?", "Hi there.", "Hello? Who is it?", "Yep, hello.", "This is Rita.", "Morning.",
+            "Hello, Jones speaking.", "Uh, hello?", "Who's calling?", "Hi, it's Tom.", "Hello, go ahead.",
+            "Good evening."),
+    names=("Kevin", "the Garcia family", "Nora", "Bright Dental", "Pat and Chris", "Mister Owens"),
+    openers=("You've called {name}.", "Hey, it's {name}.", "Welcome to the voicemail of {name}."),
+    sentences=("Nobody can answer right now.", "I'm away from my desk.", "Please say who you are and how to reach you.",
+               "I will return your call when I can.", "For appointments, call back during office hours.",
+               "Thank you for your patience.", "We are closed for the holiday.", "Your call is important to us.",
+               "Wait for the beep and speak clearly.", "Bye for now.", "You may also send a text message.",
+               "Record your message when you hear the tone."),
+    screening=("Hold on, I'll see if this person is available. Who's calling, please?",
+               "The number you dialled uses call screening. Say your name after the beep.",
+               "Please identify yourself, and I'll connect you if I can.",
+               "Hi, I'm screening calls for this person. What's your name and the purpose of your call?"),
+    voices=("en-us-nyc", "en-gb-x-gbclan", "en-us+m5", "en-gb-x-gbcwmd+f5", "en-us+klatt", "en-gb-x-rp+m7",
+            "en-029+f1", "en-gb-scotland+m2"),
+    seed=16, speeds=(135, 205), piper_length_scales=(0.85, 1.2), beep_hz=(500.0, 750.0, 1100.0, 1650.0),
+)
+
+SPLITS = {split.name: split for split in (TUNE, HELD_OUT)}
 
 
 @dataclass
@@ -132,9 +185,14 @@ def silence(duration_ms: float) -> bytes:
 
 
 class Corpus:
-    def __init__(self, humans: int, machines: int, screening: int, seed: int) -> None:
-        self.counts = (humans, machines, screening, seed)
-        key = hashlib.sha256(json.dumps([self.counts, HELLOS, MACHINE_SENTENCES, SCREENING, VOICES, 4]).encode())
+    def __init__(self, humans: int, machines: int, screening: int, split: Split, seed: int | None = None) -> None:
+        self.split = split
+        self.counts = (humans, machines, screening, split.seed if seed is None else seed)
+        if split == TUNE:  # the key the tuning corpus has always had (its cache stays valid)
+            parts: list[Any] = [self.counts, HELLOS, MACHINE_SENTENCES, SCREENING, VOICES, 4]
+        else:
+            parts = [self.counts, asdict(split), 5]
+        key = hashlib.sha256(json.dumps(parts).encode())
         self.directory = CACHE / key.hexdigest()[:16]
 
     def load(self) -> list[tuple[Item, bytes]]:
@@ -146,13 +204,14 @@ class Corpus:
 
     def _build(self) -> None:
         humans, machines, screening, seed = self.counts
+        split = self.split
         rng = random.Random(seed)
         self.directory.mkdir(parents=True, exist_ok=True)
-        piper = None
+        pipers: list[Any] = []
         try:
             from benchmarks.common.internals import PiperTTS
 
-            piper = PiperTTS()
+            pipers = [PiperTTS(length_scale=scale) for scale in split.piper_length_scales]
         except Exception as exc:  # the corpus still works with espeak-ng alone
             print(f"Piper unavailable ({exc}); espeak-ng voices only", file=sys.stderr)
         entries: list[dict[str, Any]] = []
@@ -160,11 +219,12 @@ class Corpus:
             work = Path(tmp)
 
             def say(text: str, index: int) -> tuple[bytes, str]:
-                if piper is not None and index % 5 == 4:
+                if pipers and index % 5 == 4:
+                    piper = pipers[(index // 5) % len(pipers)]
                     pcm = resample(b"".join(piper.synthesize_sync(text)), piper.sample_rate, RATE)
-                    return trim(pcm), "piper"
-                voice = VOICES[index % len(VOICES)]
-                return espeak(text, voice, rng.randrange(145, 195), work), voice
+                    return trim(pcm), "piper" if piper.length_scale is None else f"piper@{piper.length_scale}"
+                voice = split.voices[index % len(split.voices)]
+                return espeak(text, voice, rng.randrange(*split.speeds), work), voice
 
             def store(name: str, kind: str, voice: str, text: str, pcm: bytes, speech: tuple[float, float],
                       beep: tuple[float, float] | None = None) -> None:
@@ -174,20 +234,20 @@ class Corpus:
                                            beep[0] if beep else None, beep[1] if beep else None, ms(pcm))))
 
             for i in range(humans):
-                text = HELLOS[i % len(HELLOS)]
+                text = split.hellos[i % len(split.hellos)]
                 voice_pcm, voice = say(text, i)
                 lead = silence(rng.uniform(200, 2500))
                 store(f"human-{i:03d}", "human", voice, text, lead + voice_pcm + silence(3000),
                       (ms(lead), ms(lead) + ms(voice_pcm)))
             for i in range(machines + screening):
                 kind = "machine" if i < machines else "screening"
-                name = rng.choice(NAMES)
+                name = rng.choice(split.names)
                 if kind == "machine":
                     target_ms = rng.uniform(3000, 20000)
-                    sentences: list[str] = [rng.choice(MACHINE_SENTENCES[:3]).format(name=name)]
+                    sentences: list[str] = [rng.choice(split.openers).format(name=name)]
                     parts: list[bytes] = []
                     spoken = 0.0
-                    pool = MACHINE_SENTENCES[3:]
+                    pool = split.sentences
                     while True:
                         pcm, voice = say(sentences[-1], i)
                         parts.append(pcm)
@@ -201,7 +261,7 @@ class Corpus:
                     greeting = b"".join(parts)
                     text = " ".join(sentences)
                 else:
-                    text = SCREENING[i % len(SCREENING)]
+                    text = split.screening[i % len(split.screening)]
                     greeting, voice = say(text, i)
                 lead = silence(rng.uniform(200, 1200))
                 audio = lead + greeting
@@ -210,8 +270,7 @@ class Corpus:
                 beep_at: tuple[float, float] | None = None
                 if with_beep:
                     gap = silence(rng.uniform(200, 1000))
-                    tone = tone_pcm(rng.choice([440.0, 850.0, 1000.0, 1400.0]), rng.randrange(300, 1001, 20), RATE,
-                                    amplitude=0.3)
+                    tone = tone_pcm(rng.choice(split.beep_hz), rng.randrange(300, 1001, 20), RATE, amplitude=0.3)
                     beep_at = (ms(audio + gap), ms(audio + gap + tone))
                     audio += gap + tone
                 store(f"{kind}-{i:03d}", kind, voice, text, audio + silence(4000), speech, beep_at)
@@ -327,7 +386,7 @@ def fmt(values: list[float]) -> str:
 
 
 def render(results: list[Result], items: list[Item], info: dict[str, str], load: tuple[str, str], command: str,
-           concurrency: int, note: str = "") -> str:
+           concurrency: int, note: str = "", title: str = "") -> str:
     by_name = {item.name: item for item in items}
     humans = [r for r in results if r.kind == "human"]
     machines = [r for r in results if r.kind != "human"]
@@ -338,7 +397,7 @@ def render(results: list[Result], items: list[Item], info: dict[str, str], load:
     before = sum(r.message_before_beep for r in machines)
     wrong = [r for r in results if not r.correct]
     lines = [
-        f"### Run of {info['date']}", "",
+        f"#### {title}" if title else f"### Run of {info['date']}", "",
         report.measured(info, command) + " " + report.machine(info, shared=True),
         f"Load average before / after: {load[0]} / {load[1]}. {concurrency} calls at once over TCP, in real time.",
         "",
@@ -380,12 +439,20 @@ def _reasons(results: list[Result]) -> dict[str, int]:
     return counts
 
 
+def headline(results: list[Result]) -> str:
+    correct = sum(r.correct for r in results)
+    return f"{correct} of {len(results)} ({100 * correct / len(results):.1f} %)"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = report.argument_parser(__doc__)
     parser.add_argument("--humans", type=int, default=45)
     parser.add_argument("--machines", type=int, default=50)
     parser.add_argument("--screening", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--split", choices=["held_out", "tune", "both"], default="both",
+                        help="held_out: phrases, names, voices, rates and beeps the thresholds were not tuned on "
+                             "(the headline); tune: the corpus they were tuned on.")
+    parser.add_argument("--seed", type=int, default=None, help="Override the split's seed (tune 15, held_out 16).")
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--limit", type=int, default=None, help="Only the first N answers (a quick check).")
     parser.add_argument("--json", type=Path, default=None)
@@ -395,21 +462,33 @@ def main(argv: list[str] | None = None) -> None:
     missing = [tool for tool in ("espeak-ng",) if shutil.which(tool) is None]
     if missing:
         sys.exit(f"needs {missing}")
-    corpus = Corpus(args.humans, args.machines, args.screening, args.seed).load()
-    if args.limit:
-        corpus = corpus[: args.limit // 2] + corpus[-(args.limit - args.limit // 2):]
-    before = loadavg()
-    started = time.monotonic()
-    results = trio.run(run_all, corpus, args.concurrency)
-    print(f"{len(results)} calls in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    splits = [HELD_OUT, TUNE] if args.split == "both" else [SPLITS[args.split]]
     info = report.machine_info()
     command = report.command_line("benchmarks/amd.py", sys.argv[1:] if argv is None else argv,
                                   {"--json": 1, "--append-docs": 0, "--note": 1})
-    body = render(results, [item for item, _ in corpus], info, (before, loadavg()), command, args.concurrency,
-                  args.note)
+    bodies: list[str] = []
+    scores: list[str] = []
+    everything: dict[str, Any] = {}
+    for split in splits:
+        corpus = Corpus(args.humans, args.machines, args.screening, split, args.seed).load()
+        if args.limit:
+            corpus = corpus[: args.limit // 2] + corpus[-(args.limit - args.limit // 2):]
+        before = loadavg()
+        started = time.monotonic()
+        results = trio.run(run_all, corpus, args.concurrency)
+        print(f"{split.name}: {len(results)} calls in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        seed = split.seed if args.seed is None else args.seed
+        what = ("Held-out corpus (the headline)" if split is HELD_OUT else "Tuning corpus (the thresholds were "
+                "chosen on it)")
+        bodies.append(render(results, [item for item, _ in corpus], info, (before, loadavg()), command,
+                             args.concurrency, title=f"{what}: split {split.name}, seed {seed}"))
+        scores.append(f"{split.name} {headline(results)}")
+        everything[split.name] = [asdict(r) for r in results]
+    body = "\n\n".join([f"### Run of {info['date']}: " + "; ".join(scores), *bodies]
+                        + ([args.note] if args.note else []))
     print(body)
     if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1, default=str))
+        args.json.write_text(json.dumps(everything, indent=1, default=str))
     if args.append_docs:
         intro = ("Outbound calls: the outbound agent's verdict (person or machine) on synthetic answers, and "
                  "when the far side hears the agent. Each run is appended.")

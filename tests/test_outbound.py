@@ -339,6 +339,119 @@ def test_results_as_csv_and_outcomes_without_a_server(spool: Path, tmp_path: Pat
     assert dialer.classify("Completed", {"amd": "human", "result": "hung_up"}) == "human"
 
 
+# --- why a call was not answered ----------------------------------------------------------
+
+FORM = "application/x-www-form-urlencoded"
+CALL = "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+
+@pytest.mark.parametrize(("reason", "result", "outcome"), [
+    (5, "busy", "busy"), (3, "no_answer", "no_answer"), (8, "congestion", "failed"), (0, "failed", "failed"),
+    (1, "hung_up", "failed"), (42, "failed", "failed")])
+def test_asterisks_originate_reason_is_the_outcome_of_an_unanswered_call(reason: int, result: str,
+                                                                          outcome: str) -> None:
+    from audiosocket_ai.outcome import originate_failure
+
+    details = originate_failure(reason)
+    assert details == {"result": result, "dial_reason": reason, "answered": False}
+    assert dialer.classify("Expired", details) == outcome
+
+
+def test_an_expired_call_without_a_posted_reason_is_no_answer() -> None:
+    assert dialer.classify("Expired", None) == "no_answer"
+    assert dialer.classify("Expired", {}) == "no_answer"
+
+
+async def test_the_failed_extension_posts_the_reason_and_the_runner_reads_it() -> None:
+    """``CURL(http://.../calls/${CALL_UUID}/failed,reason=${REASON})`` → 204, then
+    ``GET /calls/<uuid>`` has the result; a bad UUID or reason is a 400, a call this server
+    answered a 409, and a source outside ``server.allow`` a 403."""
+    import ipaddress
+
+    from audiosocket_ai.http import Request, StatusEndpoint
+    from audiosocket_ai.outcome import OutcomeStore
+
+    outcomes = OutcomeStore()
+    status = StatusEndpoint(ready=lambda: True, metrics=None, outcomes=outcomes)
+
+    async def post(path: str, body: bytes = b"reason=5", peer: str = "127.0.0.1") -> tuple[int, str, bytes]:
+        return await status.respond(Request("POST", path, body, FORM, peer))
+
+    assert (await post(f"/calls/{CALL.upper()}/failed"))[0] == 204
+    code, _, body = await status.respond(Request("GET", f"/calls/{CALL}"))
+    assert code == 200 and json.loads(body) == {"result": "busy", "dial_reason": 5, "answered": False}
+    assert (await status.respond(Request("GET", f"/calls/{CALL}/result")))[2] == b"busy"
+    assert (await post(f"/calls/{CALL}/failed", b"3"))[0] == 204, "a plain number will do; a repost replaces"
+    assert outcomes.get(CALL) == {"result": "no_answer", "dial_reason": 3, "answered": False}
+    code, _, body = await post("/calls/not-a-uuid/failed")
+    assert code == 400 and "UUID" in json.loads(body)["error"]
+    for bad in (b"reason=", b"reason=busy", b"reason=-1", b"", b"reason=123456"):
+        assert (await post(f"/calls/{CALL}/failed", bad))[0] == 400, bad
+    served = "1f0e0d0c-0b0a-4908-8706-050403020100"
+    outcomes.publish(served, {"amd": "human", "result": "conversation"})
+    assert (await post(f"/calls/{served}/failed"))[0] == 409
+    assert outcomes.get(served) == {"amd": "human", "result": "conversation"}, "an answered call's outcome stays"
+    guarded = StatusEndpoint(ready=lambda: True, metrics=None, outcomes=OutcomeStore(),
+                             allow=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert (await guarded.respond(Request("POST", f"/calls/{CALL}/failed", b"reason=5", FORM, "127.0.0.1")))[0] == 403
+    assert (await guarded.respond(Request("POST", f"/calls/{CALL}/failed", b"reason=5", FORM, "10.0.0.7")))[0] == 204
+
+
+def test_busy_no_answer_and_failed_are_recorded_apart_and_retried_each_by_its_policy(
+        spool: Path, tmp_path: Path) -> None:
+    """Three numbers: one busy (retried after its own 60 s), one that rings out (retried
+    after the general 300 s), one congested (``failed``, not in ``retry_on`` here)."""
+    from audiosocket_ai.outcome import originate_failure
+
+    now = [0.0]
+    results = tmp_path / "results.csv"
+    reasons: dict[str, int] = {"201": 5, "202": 3, "203": 8}
+    posted: dict[str, dict[str, object]] = {}
+    settings = dialer.DialSettings(spool=spool, max_concurrent=3, per_minute=6000, max_attempts=2, retry_delay=300,
+                                   retry_on=frozenset({"busy", "no_answer"}), retry_delays={"busy": 60},
+                                   results=results)
+    contacts = [dialer.Contact(n, row=i) for i, n in enumerate(reasons)]
+    runner = dialer.Dialer(settings, contacts, clock=lambda: now[0], outcome_of=posted.get)
+    asterisk = FakeAsteriskSpool(spool)
+
+    def not_answered() -> None:  # what the failed extension and pbx_spool do, in that order
+        for path in asterisk.calls():
+            text = path.read_text()
+            number = text.split("DIALED_NUMBER=")[1].split("\n")[0]
+            call_uuid = text.split("CALL_UUID=")[1].split("\n")[0]
+            posted[call_uuid] = originate_failure(reasons[number])
+            asterisk.finish(path, "Expired")
+
+    for _ in range(3):
+        runner.step()
+        now[0] += 0.01
+    not_answered()
+    runner.step()
+    assert sorted((a.contact.number, a.outcome) for a in runner.finished) == [
+        ("201", "busy"), ("202", "no_answer"), ("203", "failed")]
+    now[0] += 59
+    runner.step()
+    assert asterisk.calls() == []
+    now[0] += 1
+    runner.step()
+    assert [p.read_text().split("DIALED_NUMBER=")[1].split("\n")[0] for p in asterisk.calls()] == ["201"]
+    reasons["201"] = 3
+    not_answered()
+    now[0] += 240
+    runner.step()
+    assert [p.read_text().split("DIALED_NUMBER=")[1].split("\n")[0] for p in asterisk.calls()] == ["202"]
+    not_answered()
+    runner.step()
+    assert runner.done
+    rows = results.read_text().splitlines()
+    assert rows[0].startswith("number,attempt,uuid,outcome,status,amd,result,dial_reason,")
+    assert [tuple(r.split(",")[i] for i in (0, 1, 3, 4, 6, 7)) for r in rows[1:]] == [
+        ("201", "1", "busy", "Expired", "busy", "5"), ("202", "1", "no_answer", "Expired", "no_answer", "3"),
+        ("203", "1", "failed", "Expired", "congestion", "8"), ("201", "2", "no_answer", "Expired", "no_answer", "3"),
+        ("202", "2", "no_answer", "Expired", "no_answer", "3")]
+    assert dialer.summarize(runner.finished) == {"no_answer": 2, "failed": 1}
+
+
 def test_the_dial_command_runs_a_campaign_to_the_end(spool: Path, tmp_path: Path) -> None:
     import threading
 
@@ -361,8 +474,8 @@ def test_the_dial_command_runs_a_campaign_to_the_end(spool: Path, tmp_path: Path
     thread.start()
     try:
         result = CliRunner().invoke(main, ["dial", str(campaign), "--spool", str(spool), "--max-attempts", "2",
-                                           "--retry-delay", "0", "--per-minute", "6000",
-                                           "--results", str(tmp_path / "out.csv")])
+                                           "--retry-delay", "600", "--retry-delay-for", "no_answer=0",
+                                           "--per-minute", "6000", "--results", str(tmp_path / "out.csv")])
     finally:
         stop.set()
         thread.join()
@@ -370,6 +483,8 @@ def test_the_dial_command_runs_a_campaign_to_the_end(spool: Path, tmp_path: Path
     assert result.output.strip().splitlines()[-1] == "no_answer=1"
     rows = (tmp_path / "out.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("5551001,1,") and rows[2].startswith("5551001,2,")
+    bad = CliRunner().invoke(main, ["dial", str(campaign), "--spool", str(spool), "--retry-delay-for", "busy"])
+    assert bad.exit_code == 2 and "OUTCOME=SECONDS" in bad.output
 
 
 def test_serve_wraps_its_agent_when_outbound_amd_is_on(tmp_path: Path) -> None:

@@ -8,18 +8,26 @@ filesystem, its mtime set to when it is due, then moved into the spool with one
 ``Archive: yes``, so when Asterisk is done with it, it moves the file to
 ``outgoing_done`` with a ``Status:`` line: ``Completed`` once the answered call's dialplan
 has finished (``pbx_spool`` originates with ``AST_OUTGOING_WAIT_COMPLETE``), ``Expired``
-when nobody answered (busy, no answer, congestion: the spool does not say which), or
-``Failed`` for a file it could not use. That is how the runner knows a call ended, and
-frees its slot: at most ``max_concurrent`` calls are up at once, and no more than
-``per_minute`` are started each minute.
+when it was not answered, or ``Failed`` for a file it could not use. That is how the
+runner knows a call ended, and frees its slot: at most ``max_concurrent`` calls are up at
+once, and no more than ``per_minute`` are started each minute.
+
+Why a call was not answered, the spool does not say; Asterisk tells the dialplan. Before
+it archives an unanswered call file, it runs the ``failed`` extension of the file's
+context (if there is one) on a stand-in channel with the file's variables and
+``${REASON}`` (5 busy, 3 rang without an answer, 8 congestion, 0 other failures: main/pbx.c,
+``ast_pbx_outgoing_exten_predial``). The shipped ``[outbound-amd]`` posts it to the
+server (``POST /calls/${CALL_UUID}/failed``), so ``/calls/<uuid>`` has ``result`` busy,
+no_answer, congestion or failed by the time the runner sees ``Expired``.
 
 The call file sets ``CALL_UUID`` (a UUID chosen here) and ``AMD``; the dialplan recipe in
 docs/outbound.md hands the answered channel to ``AudioSocket(${CALL_UUID},...)``, so with
 ``--status-url`` the runner reads what the agent decided at ``/calls/<uuid>`` (``amd``,
-``result``) and records human, machine, message_left, no_answer, failed per attempt (JSONL,
-or CSV when the results file ends in ``.csv``). Attempts whose outcome is in ``retry_on``
-are retried after ``retry_delay`` seconds, up to ``max_attempts`` in all (the runner
-retries, not Asterisk: ``MaxRetries: 0``, so every attempt has its own UUID and outcome).
+``result``) and records human, machine, message_left, busy, no_answer, failed per attempt
+(JSONL, or CSV when the results file ends in ``.csv``). Attempts whose outcome is in
+``retry_on`` are retried after ``retry_delay`` seconds (or that outcome's own delay in
+``retry_delays``), up to ``max_attempts`` in all (the runner retries, not Asterisk:
+``MaxRetries: 0``, so every attempt has its own UUID and outcome).
 """
 
 from __future__ import annotations
@@ -75,7 +83,10 @@ class DialSettings:
     per_minute: float = 30.0
     max_attempts: int = 3
     retry_delay: float = 300.0
-    retry_on: frozenset[str] = frozenset({"no_answer", "failed"})
+    retry_on: frozenset[str] = frozenset({"busy", "no_answer", "failed"})
+    retry_delays: Mapping[str, float] = attrs.field(factory=dict)
+    """Per outcome, a delay other than ``retry_delay`` (e.g. ``{"busy": 120}``: call a busy
+    line back sooner than one nobody answered)."""
     call_timeout: float = 3600.0
     """Give up waiting for Asterisk to archive an attempt after this long (outcome ``lost``)."""
     staging: Path | None = None
@@ -108,13 +119,14 @@ class Attempt:
     status: str = ""
     """The spool's ``Status:`` (Completed, Expired, Failed), or ``lost``."""
     outcome: str = ""
-    """human, machine, message_left, answered, no_answer, failed, lost."""
+    """human, machine, message_left, answered, busy, no_answer, failed, lost."""
     details: dict[str, Any] = attrs.Factory(dict)
 
     def record(self) -> dict[str, Any]:
         return {"number": self.contact.number, "attempt": self.number, "uuid": self.uuid, "outcome": self.outcome,
                 "status": self.status, "amd": self.details.get("amd", ""), "result": self.details.get("result", ""),
-                "started": round(self.started, 3), "ended": round(self.ended or 0.0, 3), **self.contact.variables}
+                "dial_reason": self.details.get("dial_reason", ""), "started": round(self.started, 3),
+                "ended": round(self.ended or 0.0, 3), **self.contact.variables}
 
 
 def read_campaign(path: Path) -> list[Contact]:
@@ -212,10 +224,21 @@ def fetch_outcome(status_url: str, call_uuid: str, timeout: float = 3.0) -> dict
         return None
 
 
+UNANSWERED = {"busy": "busy", "no_answer": "no_answer", "congestion": "failed", "failed": "failed",
+              "hung_up": "failed"}
+"""The server's ``result`` for a call that was never answered (from Asterisk's ``${REASON}``,
+posted by the ``failed`` extension) → the attempt's outcome."""
+
+
 def classify(status: str, details: Mapping[str, Any] | None) -> str:
-    """One attempt's outcome from the spool's status and the server's outcome."""
+    """One attempt's outcome from the spool's status and the server's outcome.
+
+    An ``Expired`` call file is ``busy``, ``no_answer`` or ``failed`` (congestion, other
+    failures) by the reason the dialplan's ``failed`` extension posted; without one (no
+    ``failed`` extension, no ``--status-url``) it is ``no_answer``: the spool alone cannot
+    tell a busy line from one nobody answered."""
     if status == "Expired":
-        return "no_answer"
+        return UNANSWERED.get(str((details or {}).get("result", "")), "no_answer")
     if status != "Completed":
         return "failed" if status == "Failed" else status.lower() or "failed"
     if not details:
@@ -295,17 +318,20 @@ class Dialer:
 
     def _finish(self, attempt: Attempt, status: str, now: float) -> None:
         attempt.ended, attempt.status = now, status
-        details = self.outcome_of(attempt.uuid) if self.outcome_of is not None and status == "Completed" else None
+        details = None
+        if self.outcome_of is not None and status in ("Completed", "Expired"):  # answered, or why not
+            details = self.outcome_of(attempt.uuid)
         attempt.details = dict(details or {})
         attempt.outcome = "lost" if status == "lost" else classify(status, details)
         self.finished.append(attempt)
-        log.info("%s attempt %d: %s", attempt.contact.number, attempt.number, attempt.outcome)
+        log.info("call %s (%s, attempt %d): %s", attempt.uuid, attempt.contact.number, attempt.number, attempt.outcome)
         if self.settings.results is not None:
             append_result(self.settings.results, attempt.record())
         if self.on_attempt is not None:
             self.on_attempt(attempt)
         if attempt.outcome in self.settings.retry_on and attempt.number < self.settings.max_attempts:
-            self.pending.append((now + self.settings.retry_delay, attempt.contact, attempt.number + 1))
+            delay = self.settings.retry_delays.get(attempt.outcome, self.settings.retry_delay)
+            self.pending.append((now + delay, attempt.contact, attempt.number + 1))
 
 
 def append_result(path: Path, record: Mapping[str, Any]) -> None:

@@ -6,6 +6,9 @@ caller ID, number dialled and persona with ``CURL()`` before ``AudioSocket()``, 
 
 * the agent that answers has them (it renders "Hello {caller_name}, you dialled {exten}."
   into its outcome, read back from the status endpoint);
+* the offline assistant, served with ``--greeting "Hello {caller_name}, ..."``, says the
+  caller's name: the caller leg is the test phone, which records what it hears, and Whisper
+  transcribes the recording (slow: loads the speech models);
 * two numbers of one dialplan reach two different agents of one server (``[agents.sales]``
   and ``[agents.support]`` in its config file).
 """
@@ -13,6 +16,7 @@ caller ID, number dialled and persona with ``CURL()`` before ``AudioSocket()``, 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +24,8 @@ import pytest
 
 from .agent_server import AgentServer
 from .pbx import AsteriskUnavailable, Pbx
+from .phone import Phone, Script
+from .speech import expect_speech, missing_tools
 from .test_assistant_live import (
     QUIET_CALLER,
     SHIPPED_SERVER,
@@ -29,7 +35,8 @@ from .test_assistant_live import (
     status,
     unavailable,
 )
-from .test_asterisk import audiosocket_uuids, wait_call_ended
+from .test_asterisk import audiosocket_uuids, phone_context, wait_call_ended
+from .test_outbound_live import transcribe
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +60,16 @@ def context_dialplan(server: AgentServer, *numbers: str) -> str:
     return pointed + "".join(CALLER.format(number=n) for n in numbers) + QUIET_CALLER
 
 
-def place(pbx: Pbx, server: AgentServer, *numbers: str) -> list[str]:
-    """One call to each number, one after the other; the call UUIDs, in order."""
+def load_context_modules(pbx: Pbx) -> None:
     try:
         pbx.load_modules(*MODULES)
     except AsteriskUnavailable as exc:
         unavailable(str(exc))
+
+
+def place(pbx: Pbx, server: AgentServer, *numbers: str) -> list[str]:
+    """One call to each number, one after the other; the call UUIDs, in order."""
+    load_context_modules(pbx)
     pbx.load_dialplan(context_dialplan(server, *numbers))
     for number in numbers:
         pbx.originate(f"number-{number}", "caller")
@@ -79,6 +90,48 @@ def test_a_context_posted_by_the_dialplan_reaches_the_agent(pbx: Pbx, start_serv
     server.wait_for(rf"\[{call_id}\].*call context: 6 keys \(account, agent, caller_name, caller_num, exten, "
                     r"language\)", 5)
     assert "returned response code" not in pbx.log_text()
+
+
+GREETING_TEMPLATE = "Hello {caller_name|there}, thanks for calling."
+
+NAMED_CALLER = """
+[named-caller-201]
+; a phone whose caller ID names someone Whisper tiny.en spells right after Piper at 8 kHz
+; (it writes "Ada Lovelace" as "Ada Loeblace")
+exten => s,1,Set(CALLERID(all)="Grace Hopper & Co" <5551234>)
+ same => n,Goto(ai-agents-by-number,201,1)
+"""
+
+
+@pytest.mark.slow
+def test_a_the_assistants_greeting_says_the_callers_name_in_the_recording(
+        pbx: Pbx, phone: Phone, start_server: StartServer) -> None:
+    """The default assistant with a templated greeting; the shipped dialplan posts the caller
+    ID ("Grace Hopper & Co") with ``CURL()``; the caller leg is the test phone, silent,
+    recording what it hears. The recording holds speech, and Whisper hears the name in it
+    (without the context the greeting would be "Hello there, ...")."""
+    if missing := missing_tools():
+        unavailable(f"{' and '.join(missing)} not installed (bash .ci/asterisk.sh installs them)")
+    server = start_server(None, "--metrics-port", "0", "--greeting", GREETING_TEMPLATE)
+    load_context_modules(pbx)
+    pbx.load_dialplan(context_dialplan(server) + NAMED_CALLER + phone_context(phone))
+    phone.expect(Script(voice=bytes(1600), lead_in_ms=300, tail_ms=9000, hang_up_after_quiet_ms=1500))
+
+    pbx.originate("named-caller-201", "phone")
+    (call,) = phone.wait_calls(1, timeout=30)
+    pbx.wait_idle(timeout=10)
+
+    assert not call.error, f"phone call {call.uuid}: {call.error}"
+    (call_id,) = audiosocket_uuids(pbx)  # the recipe's ${UUID()}, under which it posted the context
+    wait_call_ended(server, call_id, timeout=10)
+    server.wait_for(rf"\[{call_id}\].*call context: 6 keys", 5)
+    recording = call.heard_pcm
+    report = expect_speech(recording, 8000, min_ms=1000, what="the assistant's greeting")
+    heard = transcribe(recording)
+    print(f"greeting heard by the caller: {report}; Whisper: {heard!r}")
+    words = re.findall(r"[a-z]+", heard.lower())
+    assert "grace" in words and "hopper" in words, f"the greeting did not say the caller's name: {heard!r}"
+    assert "there" not in words, heard
 
 
 def test_two_numbers_reach_two_agents_on_one_server(pbx: Pbx, start_server: StartServer, tmp_path: Path) -> None:

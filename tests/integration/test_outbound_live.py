@@ -8,6 +8,11 @@ once answered, runs the shipped ``[outbound-amd]`` context, which joins the call
 ``serve`` with ``[outbound] amd = true`` under the UUID the runner chose. The runner knows
 the call ended from the archived call file (``Status: Completed``) and reads the verdict at
 ``/calls/<uuid>``.
+
+A call nobody answers is archived ``Expired`` whatever the reason; before that, Asterisk
+runs the shipped ``failed`` extension of ``[outbound-amd]`` with ``${REASON}``, which
+posts it to the server: a far side that runs ``Busy()`` is recorded ``busy``, one that
+rings past the call file's ``WaitTime`` ``no_answer``.
 """
 
 from __future__ import annotations
@@ -60,10 +65,11 @@ def dialplan(server: AgentServer, phone: Phone) -> str:
     return outbound + re.sub(r"^    ", "", far_side, flags=re.MULTILINE)
 
 
-def run_campaign(pbx: Pbx, server: AgentServer, tmp_path: Path) -> dialer.Attempt:
+def run_campaign(pbx: Pbx, server: AgentServer, tmp_path: Path, *, channel: str = "Local/s@far-side/n",
+                 wait_time: int = 10) -> dialer.Attempt:
     spool = pbx.root / "spool" / "outgoing"
     spool.mkdir(parents=True, exist_ok=True)
-    settings = dialer.DialSettings(spool=spool, channel="Local/s@far-side/n", max_attempts=1, wait_time=10,
+    settings = dialer.DialSettings(spool=spool, channel=channel, max_attempts=1, wait_time=wait_time,
                                    call_timeout=90, status_url=f"http://127.0.0.1:{server.status_port}",
                                    results=tmp_path / "results.jsonl")
     attempts = dialer.Dialer(settings, [dialer.Contact("5550100", {"CUSTOMER": "Ann"})]).run(poll=0.2)
@@ -139,3 +145,75 @@ def transcribe(pcm: bytes) -> str:
     audio = resample(pcm, 8000, 16000)
     quiet = np.frombuffer(audio, dtype="<i2").size == 0
     return "" if quiet else WhisperSTT().transcribe_sync(audio).text
+
+
+UNANSWERED = """
+[far-busy]
+exten => s,1,Busy(20)
+
+[far-congested]
+exten => s,1,Congestion(20)
+
+[far-ringing]
+exten => s,1,Ringing()
+ same => n,Wait(30)
+ same => n,Hangup()
+"""
+
+
+@pytest.fixture
+def unanswered_pbx(spool_pbx: Pbx, start_server: Callable[..., AgentServer]) -> tuple[Pbx, AgentServer]:
+    """The shipped ``[outbound-amd]`` (its ``failed`` extension posts with ``CURL()``) and
+    far sides that never answer; a light server (the tone agent): no call reaches it."""
+    try:
+        spool_pbx.load_modules("res_curl", "func_curl")
+    except AsteriskUnavailable as exc:
+        if in_ci():
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    server = start_server("tone", "--metrics-port", "0")
+    shipped = shipped_context("outbound-amd")
+    assert "exten => failed,1," in shipped and "/calls/${CALL_UUID}/failed,reason=${REASON}" in shipped
+    spool_pbx.load_dialplan(shipped.replace("9094", str(server.port)).replace("9095", str(server.status_port))
+                            + UNANSWERED)
+    return spool_pbx, server
+
+
+def reason_logged(pbx: Pbx, call_uuid: str) -> str:
+    """What Asterisk itself logged: the spool's reason, and the failed extension's line."""
+    spool = re.findall(r"Call failed to go through, reason \((\d+)\)", pbx.log_text())
+    assert len(spool) == 1, pbx.log_tail()
+    assert re.search(rf"outbound call {call_uuid} to 5550100 not answered: reason {spool[0]}", pbx.log_text()), (
+        pbx.log_tail())
+    return spool[0]
+
+
+def test_a_busy_line_is_recorded_busy(unanswered_pbx: tuple[Pbx, AgentServer], tmp_path: Path) -> None:
+    pbx, server = unanswered_pbx
+    attempt = run_campaign(pbx, server, tmp_path, channel="Local/s@far-busy/n", wait_time=10)
+    assert attempt.status == "Expired" and attempt.outcome == "busy", attempt
+    assert attempt.details == {"result": "busy", "dial_reason": 5, "answered": False}
+    assert reason_logged(pbx, attempt.uuid) == "5"
+    assert any("outbound call not answered: busy (reason 5)" in line.text for line in server.lines_about(attempt.uuid))
+    assert "call started" not in server.text(), "an unanswered call reached the agent"
+    record = (tmp_path / "results.jsonl").read_text()
+    assert '"outcome": "busy"' in record and '"dial_reason": 5' in record, record
+
+
+def test_a_line_that_rings_past_the_wait_time_is_recorded_no_answer(
+        unanswered_pbx: tuple[Pbx, AgentServer], tmp_path: Path) -> None:
+    pbx, server = unanswered_pbx
+    attempt = run_campaign(pbx, server, tmp_path, channel="Local/s@far-ringing/n", wait_time=2)
+    assert attempt.status == "Expired" and attempt.outcome == "no_answer", attempt
+    assert attempt.details == {"result": "no_answer", "dial_reason": 3, "answered": False}
+    assert reason_logged(pbx, attempt.uuid) == "3"
+    assert re.search(r"Local/s@far-ringing-\w+;1 is ringing", pbx.log_text()), "it never rang"
+
+
+def test_a_congested_line_is_recorded_failed_with_its_reason(
+        unanswered_pbx: tuple[Pbx, AgentServer], tmp_path: Path) -> None:
+    pbx, server = unanswered_pbx
+    attempt = run_campaign(pbx, server, tmp_path, channel="Local/s@far-congested/n", wait_time=10)
+    assert attempt.status == "Expired" and attempt.outcome == "failed", attempt
+    assert attempt.details == {"result": "congestion", "dial_reason": 8, "answered": False}
+    assert reason_logged(pbx, attempt.uuid) == "8"
