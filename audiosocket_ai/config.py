@@ -136,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
        "llama.cpp).", optional=True, flag="llm_base_url"),
     _s("providers", "tts", str, "piper", "Voice: piper, openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].",
        flag="tts"),
+    _s("providers", "whisper_short_window", bool, True, "Local Whisper: encode each utterance padded to 15 s "
+       "rather than Whisper's 30 s window (about 2.7x faster on phone turns; as accurate on phone speech, slightly "
+       "less on clean speech; see docs/benchmarks.md)."),
     _s("providers", "stt_fallback", str, "whisper", "Recognizer used when the primary fails after one retry "
        "(\"none\": no fallback).", optional=True),
     _s("providers", "llm_fallback", str, "rules", "Model used when the primary fails after one retry.", optional=True),
@@ -172,6 +175,11 @@ SETTINGS: tuple[Setting, ...] = (
        "caller's turn, sooner than providers.endpointing_ms.", minimum=60),
     _s("turn", "hesitation_ms", int, 1400, "Silence after an incomplete phrase (ending on 'for', 'and', 'the', "
        "'um', a digit being read out...) before the turn ends anyway.", minimum=100),
+    _s("turn", "unclear_ms", int, 1100, "Silence after words the dialogue model has no answer for yet ('I wanted "
+       "to ask.', a recognizer having dropped the 'um') before the turn ends anyway; for models that can tell, "
+       "such as the built-in rules.", minimum=100),
+    _s("turn", "denoise", bool, True, "Suppress steady noise (a fan, a street) in what the recognizer hears, with "
+       "the Speex noise suppressor (the VAD hears the line as it is); no effect where its wheel is missing."),
     _s("turn", "background_db", float, 14.0, "Speech this many dB quieter than the caller's usual level is "
        "someone else (a TV, an office) and is not a turn.", minimum=3),
     _s("turn", "hold_phrases", list, list(DEFAULT_HOLD_PHRASES), "Phrases that ask the agent to wait ('hold on', "
@@ -545,8 +553,6 @@ def console_problems(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"server.console_token: the status endpoint binds {host}, beyond loopback, and the console "
                         f"shows call transcripts: set an access token (AUDIOSOCKET_AI_SERVER_CONSOLE_TOKEN), or bind "
                         f"server.metrics_host to 127.0.0.1")
-    if worker_count(values["server.workers"]) not in (None, 1):
-        problems.append("server.console: not yet available with server.workers > 1 (each worker has its own calls)")
     return problems
 
 

@@ -13,11 +13,19 @@
                                says why (403 source not in ``server.allow``, 400 bad UUID or
                                key or over a bound, 413 body too large, 415 content type,
                                429 too many contexts waiting). See :mod:`audiosocket_ai.context`.
+``POST /calls/<uuid>/failed``   an outbound call that was never answered: the ``failed``
+                               extension of a call file's context posts ``reason=${REASON}``
+                               (Asterisk's originate reason: 5 busy, 3 no answer, 8
+                               congestion, 0 failed); the call's outcome becomes
+                               ``{"result": "busy", "dial_reason": 5, ...}`` for the campaign
+                               runner to read. 204; 403 as for contexts; 400 bad UUID or
+                               reason; 409 for a call this server served.
 
 ``GET /console/``         the live console's page, and ``GET /console/events`` its server-sent
                           event stream, when a :class:`~audiosocket_ai.console.Console` is given
                           (``server.console``; 404 otherwise; 401 without its token). See
                           :mod:`audiosocket_ai.console`.
+``GET /console/recordings/<uuid>.wav``  a call's stereo recording (same token as the stream).
 
 h11 does the HTTP/1.1 parsing; each connection is a task with a read deadline, and a
 request line or header block over 16 KiB, or a body over 16 KiB, is refused, so a
@@ -31,6 +39,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
+import socket
 import urllib.parse
 import uuid as uuid_module
 from collections.abc import Callable
@@ -40,10 +50,10 @@ import attrs
 import h11
 import trio
 
-from .console import WRITE_TIMEOUT, Console
+from .console import EVENT_STREAM_SNDBUF, WRITE_TIMEOUT, Console, recording_uuid
 from .context import ContextError, ContextStore, parse_context
 from .metrics import Metrics
-from .outcome import OutcomeStore
+from .outcome import OutcomeStore, originate_failure
 from .server import address_allowed
 from .shared import SharedState
 
@@ -132,6 +142,8 @@ class StatusEndpoint:
         ask elsewhere (the parent of ``serve --workers N`` asks its workers)."""
         if request.method == "POST" and _context_uuid(request.path) is not None:
             return await self.post_context(request)
+        if request.method == "POST" and _post_uuid(request.path, "failed") is not None:
+            return await self.post_failed(request)
         status, ctype, body = self.route(request.method, request.path)
         if status == 404 and self._shared is not None and request.method in ("GET", "HEAD"):
             parts = request.path.split("?", 1)[0].strip("/").split("/")
@@ -165,6 +177,29 @@ class StatusEndpoint:
         log.debug("context for %s: %d keys", uuid, len(context))
         return 204, "text/plain", b""
 
+    async def post_failed(self, request: Request) -> Response:
+        """``POST /calls/<uuid>/failed``: an originated call that was never answered, and why."""
+        if not self.may_post(request):
+            log.warning("refused an originate failure from %s: not in the allowlist", request.peer)
+            return _error(403, "source not allowed (server.allow)")
+        uuid = _post_uuid(request.path, "failed")
+        if self._outcomes is None or uuid is None:
+            return _error(404, "not found")
+        if not uuid:
+            return _error(400, "not a call UUID: use the hyphenated UUID of the call file's CALL_UUID")
+        reason = _originate_reason(request.body)
+        if reason is None:
+            return _error(400, "expected reason=<Asterisk's ${REASON}, a number>")
+        known = self._outcomes.get(uuid)
+        if known is not None and "dial_reason" not in known:
+            return _error(409, "this call was answered and served here")
+        outcome = originate_failure(reason)
+        self._outcomes.publish(uuid, outcome)
+        if self._shared is not None and not await self._shared.publish_outcome(uuid, outcome):
+            return _error(503, "the shared state store is unreachable")
+        log.info("[%s] outbound call not answered: %s (reason %d)", uuid, outcome["result"], reason)
+        return 204, "text/plain", b""
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
@@ -192,6 +227,16 @@ class StatusEndpoint:
                         if status == 200:
                             await self._stream_events(conn, stream, self.console)
                             return
+                    elif self.console is not None and request.method in ("GET", "HEAD") \
+                            and recording_uuid(request.path) is not None:
+                        status, ctype, body = _console_refusal(self.console, request, stream=False)
+                        if status == 200:
+                            status, ctype, body = await _send_recording(conn, stream, self.console, request)
+                            if status == 200:  # sent
+                                if conn.our_state is h11.MUST_CLOSE:
+                                    return
+                                conn.start_next_cycle()
+                                continue
                     else:
                         status, ctype, body = await self.respond(request)
                 headers = [("content-type", ctype), ("content-length", str(len(body)))]
@@ -214,6 +259,8 @@ class StatusEndpoint:
         """``GET /console/events``: a chunked ``text/event-stream`` response until the reader goes."""
         headers = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-store"),
                    ("x-accel-buffering", "no")]
+        with contextlib.suppress(OSError, AttributeError):  # a small kernel buffer: a reader that stops is seen soon
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EVENT_STREAM_SNDBUF)
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
 
         async def send(data: bytes) -> None:
@@ -244,8 +291,9 @@ def _is_event_stream(request: Request) -> bool:
     return request.method == "GET" and request.path.split("?", 1)[0].rstrip("/") == "/console/events"
 
 
-def _console_refusal(console: Console, request: Request) -> Response:
-    """Why this request may not have the event stream (a 4xx/503), or (200, ...) if it may."""
+def _console_refusal(console: Console, request: Request, *, stream: bool = True) -> Response:
+    """Why this request may not have the event stream (``stream``) or a recording (a 4xx/503),
+    or (200, ...) if it may."""
     query = urllib.parse.parse_qs(request.path.partition("?")[2])
     token = query.get("token", [None])[0]
     scheme, _, credentials = request.authorization.partition(" ")
@@ -254,16 +302,64 @@ def _console_refusal(console: Console, request: Request) -> Response:
     if not console.authorized(token):
         log.warning("refused a console stream from %s: %s", request.peer, "wrong token" if token else "no token")
         return _error(401, "the console needs its access token (server.console_token): open /console/#token=...")
-    if console.full:
+    if stream and console.full:
         return _error(503, "too many consoles open")
     return 200, "", b""
+
+
+FILE_CHUNK = 64 * 1024
+
+
+async def _send_recording(conn: h11.Connection, stream: trio.SocketStream, console: Console,
+                          request: Request) -> Response:
+    """Send a call's recording as the response (200, and it was sent), or say why not (404).
+
+    The file is opened and read in a worker thread, 64 KiB at a time (the event loop paces
+    every call's audio); a file that shrinks while it is sent (retention) closes the connection.
+    """
+    path = console.recording_path(request.path)
+    if path is None:
+        return _error(404, "no recordings (recording.record_dir is not set)")
+    try:
+        file = await trio.to_thread.run_sync(open, path, "rb")
+    except OSError:
+        return _error(404, "no recording of that call")
+    try:
+        size = await trio.to_thread.run_sync(lambda: os.fstat(file.fileno()).st_size)
+        headers = [("content-type", "audio/wav"), ("content-length", str(size)), ("cache-control", "no-store")]
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+        left = size if request.method != "HEAD" else 0
+        while left > 0:
+            chunk = await trio.to_thread.run_sync(file.read, min(FILE_CHUNK, left))
+            if not chunk:
+                raise trio.BrokenResourceError(f"{path.name} shrank while it was sent")
+            left -= len(chunk)
+            await stream.send_all(conn.send(h11.Data(data=chunk)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+    finally:
+        file.close()  # (a read-only file: closing it does not wait on the disk)
+    return 200, "audio/wav", b""
 
 
 def _context_uuid(path: str) -> str | None:
     """For ``/calls/<uuid>/context``: the UUID in canonical form, "" if it is not one; None
     for any other path."""
+    return _post_uuid(path, "context")
+
+
+def _originate_reason(body: bytes) -> int | None:
+    """``reason=5`` (form-encoded, as ``CURL(url,reason=${REASON})`` posts it) or ``5``."""
+    text = body.decode("latin-1").strip()
+    if "=" in text:
+        text = urllib.parse.parse_qs(text).get("reason", [""])[0].strip()
+    return int(text) if text.isdigit() and len(text) <= 4 else None
+
+
+def _post_uuid(path: str, action: str) -> str | None:
+    """For ``/calls/<uuid>/<action>``: the UUID in canonical form, "" if it is not one; None
+    for any other path."""
     parts = path.split("?", 1)[0].strip("/").split("/")
-    if len(parts) != 3 or parts[0] != "calls" or parts[2] != "context":
+    if len(parts) != 3 or parts[0] != "calls" or parts[2] != action:
         return None
     try:
         return str(uuid_module.UUID(parts[1])) if len(parts[1]) == 36 else ""

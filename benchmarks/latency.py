@@ -235,6 +235,9 @@ class Recorder:
     def on_resume(self, at: float, verdict: str) -> None:
         pass
 
+    def on_turn_taken(self, at: float) -> None:
+        pass
+
 
 async def serve(agent: VoiceAssistant, nursery: trio.Nursery) -> tuple[Server, int]:
     server = Server(lambda: agent, ServerConfig(host="127.0.0.1", port=0, max_calls=8))

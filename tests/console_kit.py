@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -21,12 +22,15 @@ from audiosocket_ai.surface import as_agent_function
 from audiosocket_ai.testing import EnergyVad, ScriptedLLM, ScriptedSTT, ToneTTS
 
 
-def scripted_assistant(heard: list[str], replies: list[list[str]]) -> VoiceAssistant:
-    """The assistant of tests/test_turn_taking.py: energy VAD, scripted STT and LLM, tone 'speech'."""
+def scripted_assistant(heard: list[str], replies: list[list[str]], *, preemptive: bool = True,
+                       recordings: Path | None = None) -> VoiceAssistant:
+    """The assistant of tests/test_turn_taking.py: energy VAD, scripted STT and LLM, tone 'speech'
+    (``preemptive``: replies prepared during the caller's pause; ``recordings``: stereo WAVs there)."""
     return VoiceAssistant(
         stt=ScriptedSTT(heard), llm=ScriptedLLM(replies), tts=ToneTTS(ms_per_char=20),
         vad_factory=lambda: EnergyVad(end_ms=200),
-        settings=AssistantSettings(greeting=None, reprompt_after=None, turn=TurnSettings(echo_cancel=False)),
+        settings=AssistantSettings(greeting=None, reprompt_after=None, turn=TurnSettings(echo_cancel=False),
+                                   preemptive=preemptive, recording_dir=recordings),
         observer=PipelineObserver())
 
 
@@ -42,6 +46,8 @@ async def console_server(agent: Any, *, token: str | None = None, max_calls: int
                                                    call=CallSettings()),
                     on_call_start=view.call_started, on_call_end=view.call_ended)
     holder["server"] = server
+    if isinstance(agent, VoiceAssistant) and isinstance(agent.observer, PipelineObserver):
+        agent.observer.outcomes = server.outcomes  # each reply's timings in /calls/<uuid>, as serve does
     endpoint = StatusEndpoint(ready=lambda: server.ready, metrics=None, outcomes=server.outcomes, console=view)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(server.serve)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import wave
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,11 +14,15 @@ import trio
 
 import audiosocket_ai as asa
 from audiosocket_ai import config
-from audiosocket_ai.events import RESYNC, EventBus
+from audiosocket_ai.call import CallSettings
+from audiosocket_ai.console import Console
+from audiosocket_ai.events import BUS, RESYNC, EventBus
 from audiosocket_ai.http import StatusEndpoint
 from audiosocket_ai.log import current_call
 from audiosocket_ai.recording import TranscriptWriter
-from audiosocket_ai.testing import FakeAsterisk
+from audiosocket_ai.server import Server, ServerConfig
+from audiosocket_ai.surface import as_agent_function
+from audiosocket_ai.testing import FakeAsterisk, serve_in_memory
 
 from .conftest import keep_line_open
 from .console_kit import EventStream, console_server, get, scripted_assistant
@@ -143,6 +151,7 @@ async def test_the_page_is_served_and_the_stream_needs_the_token() -> None:
             assert health["ready"] is True and health["consoles"] == 1
 
 
+SHORT = "We open at nine."
 OPENING = "We open at nine in the morning and close at six in the evening, every day except Sunday."
 
 
@@ -199,3 +208,133 @@ async def test_a_console_that_stops_reading_gets_a_resync_and_never_slows_the_se
         after = await events.until(lambda e: True)
         assert after["type"] == "snapshot", "a resync is followed by a fresh snapshot"
         assert console.dropped > 0
+
+
+# --- each call's state, its reply timings at /calls/<uuid>, its recording -------------------------
+
+
+async def _one_turn(events: EventStream, port: int) -> tuple[str, list[dict[str, Any]]]:
+    """One call: the caller speaks once, the agent answers; hang up once it listens again.
+    Returns the call's UUID and its events (oldest first)."""
+    async with FakeAsterisk.connect("127.0.0.1", port) as pbx, trio.open_nursery() as phone:
+        uuid = str(pbx.uuid)
+        await events.until(lambda e: e["type"] == "call_started" and e["call"] == uuid)
+        await pbx.send_audio(asa.tone_pcm(300, 400, 8000, amplitude=0.5))
+        phone.start_soon(keep_line_open, pbx, lambda: False)  # silence, as a phone sends
+        await events.until(lambda e: e["type"] == "state" and e["call"] == uuid and e["state"] == "speaking")
+        await events.until(lambda e: e["type"] == "state" and e["call"] == uuid and e["state"] == "listening")
+        phone.cancel_scope.cancel()
+        await pbx.hangup()
+    await events.until(lambda e: e["type"] == "call_ended" and e["call"] == uuid)
+    return uuid, [e for e in events.events if e.get("call") == uuid]
+
+
+async def _states_of_one_turn(preemptive: bool) -> list[dict[str, Any]]:
+    """One call on an in-memory line (virtual time): the caller speaks once, the agent answers;
+    hang up once it listens again. The call's events, oldest first."""
+    agent = scripted_assistant(["what time do you open"], [[SHORT]], preemptive=preemptive)
+    function = as_agent_function(agent)
+    holder: dict[str, Server] = {}
+    console = Console(calls=lambda: holder["server"].calls.values(), capacity=lambda: 10, ready=lambda: True)
+    server = holder["server"] = Server(lambda: function, ServerConfig(call=CallSettings()),
+                                       on_call_start=console.call_started, on_call_end=console.call_ended)
+    seen: list[dict[str, Any]] = []
+
+    def replied() -> bool:
+        seen.extend(subscription.get_nowait())
+        states = [e["state"] for e in seen if e["type"] == "state"]
+        return "speaking" in states and states[-1] == "listening"
+
+    with BUS.subscribe(limit=10_000) as subscription, console.attached():
+        async with serve_in_memory(server) as line, line.call() as pbx:
+            await pbx.send_audio(asa.tone_pcm(300, 400, 8000, amplitude=0.5))
+            assert await keep_line_open(pbx, replied)
+            await pbx.hangup()
+        await server.wait_for_calls(lambda calls: not calls)
+        seen.extend(subscription.get_nowait())
+    assert not console.live and console.recent[-1]["state"] == "ended", "a finished call leaves no state behind"
+    return seen
+
+
+async def test_the_state_is_thinking_from_the_callers_turn_to_the_first_agent_audio_then_speaking(
+        autojump_clock: trio.abc.Clock) -> None:
+    seen = await _states_of_one_turn(preemptive=False)
+    kinds = [(e["type"], e.get("state") or e.get("who")) for e in seen if e["type"] in ("state", "transcript")]
+    assert kinds[:4] == [("state", "thinking"), ("transcript", "caller"), ("state", "speaking"),
+                         ("state", "listening")], kinds
+    order = [e["type"] for e in seen]
+    assert order.index("state") < order.index("turn"), "thinking and speaking before the reply's timings"
+
+
+async def test_a_reply_prepared_in_the_pause_is_thinking_from_the_confirmed_end_of_the_turn(
+        autojump_clock: trio.abc.Clock) -> None:
+    # the pre-emptive path writes the caller's line after the reply; the end of the turn is
+    # told when the pause is confirmed (the reply may be ready by then: thinking is brief)
+    seen = await _states_of_one_turn(preemptive=True)
+    assert [e["state"] for e in seen if e["type"] == "state"] == ["thinking", "speaking", "listening"]
+    assert sum(e["type"] == "turn_taken" for e in seen) == 1, "the end of the turn, told once"
+    caller = next(e for e in seen if e["type"] == "transcript" and e["who"] == "caller")
+    assert seen.index(caller) > next(i for i, e in enumerate(seen) if e["type"] == "turn")
+
+
+async def test_each_replys_timings_are_in_the_calls_outcome_and_no_recording_without_a_directory() -> None:
+    agent = scripted_assistant(["what time do you open"], [[SHORT]])
+    async with console_server(agent) as (_, port, status_port, console), EventStream.open(status_port) as events:
+        await events.until(lambda e: e["type"] == "snapshot")
+        uuid, seen = await _one_turn(events, port)
+        status, _, body = await get(status_port, f"/calls/{uuid}")
+        assert status == 200
+        outcome = json.loads(body)
+        status, _, field = await get(status_port, f"/calls/{uuid}/timings")
+        recording_status = (await get(status_port, f"/console/recordings/{uuid}.wav"))[0]
+    turn = next(e for e in seen if e["type"] == "turn")
+    assert outcome["timings"] == [turn["timings"]] == [t["timings"] for t in console.recent[-1]["turns"]]
+    assert set(turn["timings"]) == {"endpointing", "stt", "llm_first_token", "tts_first_audio",
+                                    "end_of_speech_to_first_audio"}
+    assert status == 200 and json.loads(field) == outcome["timings"]
+    # no recording directory: none offered, none served
+    assert next(e for e in seen if e["type"] == "call_ended")["recording"] is False
+    assert recording_status == 404
+
+
+async def test_a_finished_calls_recording_is_served_with_the_streams_token(tmp_path: Path) -> None:
+    agent = scripted_assistant(["what time do you open"], [[SHORT]], recordings=tmp_path)
+    async with console_server(agent, token="s3cret", recordings=tmp_path) as (_, port, status_port, _), \
+            EventStream.open(status_port, "/console/events?token=s3cret") as events:
+        await events.until(lambda e: e["type"] == "snapshot")
+        uuid, seen = await _one_turn(events, port)
+        assert next(e for e in seen if e["type"] == "call_ended")["recording"] is True
+        path = f"/console/recordings/{uuid}.wav"
+        assert (await get(status_port, path))[0] == 401
+        assert (await get(status_port, path + "?token=wrong"))[0] == 401
+        status, headers, body = await get(status_port, path + "?token=s3cret")
+        assert status == 200 and headers["content-type"] == "audio/wav"
+        assert body == (tmp_path / f"{uuid}.wav").read_bytes() and int(headers["content-length"]) == len(body)
+        status, _, again = await get(status_port, path, headers=[("authorization", "Bearer s3cret")])
+        assert status == 200 and again == body
+        with wave.open(io.BytesIO(body)) as recording:
+            assert (recording.getnchannels(), recording.getframerate()) == (2, 8000)
+            assert recording.getnframes() > 8000 * 0.4, "at least the 0.4 s the caller spoke"
+        unknown = "/console/recordings/00000000-0000-4000-8000-000000000000.wav?token=s3cret"
+        assert (await get(status_port, unknown))[0] == 404
+        for bad in ("/console/recordings/../../etc/passwd.wav", "/console/recordings/x.wav",
+                    f"/console/recordings/{uuid}.jsonl"):
+            assert (await get(status_port, bad + "?token=s3cret"))[0] == 404, bad
+
+
+
+
+async def test_the_health_shows_the_local_engines_backlog(autojump_clock: trio.abc.Clock) -> None:
+    from audiosocket_ai.inference import NORMAL_SLACK, DeadlineLimiter
+
+    limiter = DeadlineLimiter(1)
+    console = Console(calls=tuple, capacity=lambda: 10, ready=lambda: True, inference=limiter)
+    assert console.health()["inference"] == {"waiting": 0, "overdue_ms": 0.0}
+    assert Console(calls=tuple, capacity=lambda: 10, ready=lambda: True).health()["inference"] is None
+    await limiter.acquire_on_behalf_of("busy")  # the only engine is busy
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.acquire_on_behalf_of, "waiting")
+        await trio.sleep(NORMAL_SLACK + 0.25)  # the waiting job is due NORMAL_SLACK after it asked
+        assert console.health()["inference"] == {"waiting": 1, "overdue_ms": 250.0}
+        limiter.release_on_behalf_of("busy")
+    assert console.health()["inference"] == {"waiting": 0, "overdue_ms": 0.0}

@@ -30,7 +30,9 @@ from ..console import Console
 from ..context import ContextLimits, ContextStore
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
+from ..log import current_call
 from ..metrics import Metrics
+from ..outcome import OutcomeStore
 from ..recording import enforce_retention
 from ..server import Server, ServerConfig
 from ..shared import SharedState
@@ -125,10 +127,13 @@ def build(values: dict[str, Any]) -> Application:
         console = Console(calls=lambda: server.calls.values(), capacity=lambda: server.config.max_calls,
                           ready=lambda: server.ready, overloaded=server_config.overloaded,
                           token=values["server.console_token"], persona_key=values["agent.persona_key"],
-                          agent=values["agent.name"])
+                          agent=values["agent.name"], recordings=_path(values["recording.record_dir"]),
+                          inference=shared.inference_limiter if isinstance(shared, VoiceAssistant) else None)
     server = Server(factory, server_config, metrics=metrics, contexts=contexts, shared=state,
                     on_call_start=console.call_started if console is not None else None,
                     on_call_end=console.call_ended if console is not None else None)
+    if isinstance(shared, VoiceAssistant) and isinstance(shared.observer, PipelineObserver):
+        shared.observer.outcomes = server.outcomes  # each reply's timings in /calls/<uuid>
     metrics_port = values["server.metrics_port"]
     endpoint = (StatusEndpoint(ready=lambda: server.ready, metrics=metrics, outcomes=server.outcomes,
                                contexts=contexts, shared=state, allow=server_config.allow, console=console)
@@ -268,11 +273,17 @@ def pipeline_spec(values: dict[str, Any]) -> PipelineSpec:
             options["model_path"] = Path(values["providers.voice"])
         return options
 
+    def whisper(name: str | None) -> dict[str, object]:
+        if (name or "").split(":")[0] not in ("whisper", "local"):
+            return {}
+        return {"short_window": values["providers.whisper_short_window"]}
+
     return PipelineSpec(
         stt=values["providers.stt"], llm=llm, tts=values["providers.tts"], vad=values["providers.vad"],
         stt_fallback=values["providers.stt_fallback"], llm_fallback=values["providers.llm_fallback"],
         tts_fallback=values["providers.tts_fallback"], llm_options=pooled(llm, llm_options),
-        stt_options=pooled(values["providers.stt"], {}),
+        stt_options=pooled(values["providers.stt"], whisper(values["providers.stt"])),
+        stt_fallback_options=whisper(values["providers.stt_fallback"]),
         tts_options=pooled(values["providers.tts"], piper(values["providers.tts"])),
         tts_fallback_options=piper(values["providers.tts_fallback"]),
         vad_options={"end_ms": float(max(values["providers.endpointing_ms"], settings.turn.hesitation_ms))},
@@ -368,17 +379,29 @@ def warn_if_oversized(assistant: VoiceAssistant, max_calls: int, cores: int | No
     return True
 
 
+TIMINGS_PER_CALL = 50
+"""Reply timings kept in a call's outcome (``/calls/<uuid>``): the last ones."""
+
+
 @attrs.define
 class PipelineObserver:
     """Feeds the assistant's per-turn timings, barge-ins and provider errors into the metrics
-    (if given) and onto the event bus (the live console)."""
+    (if given) and onto the event bus (the live console); with ``outcomes``, each reply's
+    timings also go into its call's outcome, as ``timings`` (what ``/calls/<uuid>`` shows)."""
 
     metrics: Metrics | None = None
+    outcomes: OutcomeStore | None = None
 
     def on_turn(self, timings: TurnTimings) -> None:
         as_ms = timings.as_ms()
         if self.metrics is not None:
             self.metrics.observe_turn(as_ms)
+        if self.outcomes is not None:
+            outcome = self.outcomes.get(current_call.get())
+            if outcome is not None:
+                kept = outcome.setdefault("timings", [])
+                kept.append(as_ms)
+                del kept[:-TIMINGS_PER_CALL]
         events.publish("turn", timings=as_ms, preemptive=timings.preemptive)
 
     def on_barge_in(self, at: float, dropped_ms: int) -> None:
@@ -390,6 +413,9 @@ class PipelineObserver:
         if self.metrics is not None:
             self.metrics.provider_errors.labels(stage=stage).inc()
         events.publish("provider_error", stage=stage)
+
+    def on_turn_taken(self, at: float) -> None:
+        events.publish("turn_taken")
 
     def on_resume(self, at: float, verdict: str) -> None:
         if self.metrics is not None:

@@ -32,7 +32,8 @@ The parent loads nothing and serves no calls. It
   counters and histograms add, ``audiosocket_calls_active`` adds, ``audiosocket_ready``
   is the minimum (ready = every worker ready), plus ``audiosocket_workers``,
   ``audiosocket_workers_running`` and ``audiosocket_worker_restarts_total``.
-  ``/workers`` lists the workers (pid, status port, restarts) as JSON.
+  ``/workers`` lists the workers (pid, status port, restarts) as JSON. With ``--console``
+  the live console's stream relays every worker's (:mod:`audiosocket_ai.console.relay`).
 
 Why aggregate over HTTP rather than Prometheus' multiprocess mode: the live metrics (calls
 in progress, pacing lateness of calls still running, underruns) are computed at scrape
@@ -60,12 +61,14 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..console.relay import RelayConsole
 from ..http import Request, StatusEndpoint
 from ..log import configure_logging
 from . import serve as serving
@@ -165,6 +168,12 @@ class _Group:
         self.any_ready = False
         self.retired: Snapshot = {}
         """Counters and histograms of workers that died, as of their last scrape."""
+        self.changed = trio.Event()
+        """Set when a worker starts or stops serving (then replaced): the console's relay restarts."""
+
+    def did_change(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     @property
     def restarts(self) -> int:
@@ -224,7 +233,9 @@ class _Group:
         finally:
             with trio.CancelScope(shield=True):
                 await report.aclose()
-            worker.status_port = None
+            if worker.status_port is not None:
+                worker.status_port = None
+                self.did_change()
             if worker.metrics is not None:
                 _fold(self.retired, worker.metrics)
                 worker.metrics = None
@@ -245,6 +256,7 @@ class _Group:
             worker.status_port = int(words[1])
             worker.ready_at = trio.current_time()
             self.any_ready = True
+            self.did_change()
             log.info("worker %d (pid %s) is serving; its status endpoint is 127.0.0.1:%d",
                      worker.index, worker.pid, worker.status_port)
 
@@ -284,13 +296,21 @@ class GroupStatusEndpoint(StatusEndpoint):
     """The status endpoint of a group of workers, answered by asking them."""
 
     def __init__(self, group: _Group) -> None:
+        values = group.values
+        console = None
+        if values.get("server.console"):
+            record_dir = values.get("recording.record_dir")
+            console = RelayConsole(sources=lambda: [(w.index, w.status_port) for w in group.running()
+                                                    if w.status_port is not None],
+                                   changed=lambda: group.changed, token=values.get("server.console_token"),
+                                   recordings=None if record_dir is None else Path(record_dir))
         super().__init__(ready=lambda: False, metrics=None, outcomes=None,
-                         allow=serving.allow_networks(group.values))
+                         allow=serving.allow_networks(values), console=console)
         self._group = group
 
     async def respond(self, request: Request) -> tuple[int, str, bytes]:
         method, path = request.method, request.path
-        if method == "POST" and path.split("?", 1)[0].rstrip("/").endswith("/context"):
+        if method == "POST" and path.split("?", 1)[0].rstrip("/").endswith(("/context", "/failed")):
             return await self._post_context(request)
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
@@ -311,6 +331,8 @@ class GroupStatusEndpoint(StatusEndpoint):
             snapshots = [worker.metrics for worker in running if worker.metrics is not None]
             body = merge_metrics(snapshots, group.retired) + self._own_metrics(len(running))
             return 200, "text/plain; version=0.0.4; charset=utf-8", body.encode()
+        if self.console is not None and (path == "/console" or path.startswith("/console/")):
+            return self.console.static(path)
         if path == "/workers":
             listing = [{"index": w.index, "pid": w.pid, "status_port": w.status_port, "restarts": w.restarts,
                         "serving": w.status_port is not None} for w in group.workers]
@@ -481,6 +503,8 @@ def worker_main() -> None:
         log.error("cannot start: %s", exc)
         sys.exit(2)
     application.server.config.reuse_port = True
+    if application.endpoint is not None and application.endpoint.console is not None:
+        application.endpoint.console.worker = args.index  # tags its snapshots for the parent's relay
     if application.endpoint is not None:  # a private loopback port: the parent checked the source
         application.endpoint.allow = ()
     if application.gc_tuning:

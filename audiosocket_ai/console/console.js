@@ -6,6 +6,8 @@
   const token = params.get("token");
   const calls = new Map();   // uuid -> view of a call in progress
   let recent = [];           // finished calls, oldest first
+  const healths = new Map(); // worker (null: a single server) -> its last health event
+  let capacity = null;
   let selected = params.get("call");
   let dirty = false;
 
@@ -30,22 +32,31 @@
   function apply(event) {
     const view = event.call ? calls.get(event.call) : null;
     switch (event.type) {
-      case "snapshot":
-        calls.clear();
-        for (const v of event.calls) calls.set(v.call, fresh(v));
-        recent = event.recent.map(fresh);
+      case "workers":  // serve --workers N: one snapshot per worker follows
+        calls.clear(); recent = []; healths.clear();
+        break;
+      case "snapshot": {
+        const w = event.worker ?? null;  // a worker's snapshot replaces only that worker's calls
+        for (const [uuid, v] of calls) if ((v.worker ?? null) === w) calls.delete(uuid);
+        for (const v of event.calls) calls.set(v.call, fresh(Object.assign(v, { worker: w })));
+        recent = recent.filter((v) => (v.worker ?? null) !== w).concat(event.recent.map((v) => fresh(Object.assign(v, { worker: w }))));
+        recent.sort((a, b) => (a.ended || 0) - (b.ended || 0));
+        if (recent.length > 25) recent = recent.slice(-25);
         health(event.health);
         break;
+      }
       case "resync": break;  // a snapshot follows
       case "health": health(event); break;
       case "call_started":
-        calls.set(event.call, fresh({ call: event.call, agent: event.agent, persona: event.persona, started: event.t }));
+        calls.set(event.call, fresh({ call: event.call, agent: event.agent, persona: event.persona, started: event.t,
+          worker: event.worker ?? null }));
         if (!selected) selected = event.call;
         break;
       case "call_ended":
         if (view) {
           calls.delete(event.call);
-          Object.assign(view, { state: "ended", ended: event.t, end_reason: event.end_reason, duration: event.duration });
+          Object.assign(view, { state: "ended", ended: event.t, end_reason: event.end_reason, duration: event.duration,
+            recording: Boolean(event.recording) });
           recent.push(view);
           if (recent.length > 25) recent.shift();
         }
@@ -62,16 +73,29 @@
       case "barge_in":
         if (view) { view.barge_ins += 1; view.state = "listening"; }
         break;
+      case "state":
+        if (view) view.state = event.state;
+        break;
       default: return;
     }
     dirty = true;
   }
 
   function health(h) {
-    $("h-calls").textContent = `${h.calls} / ${h.capacity}`;
-    $("h-ready").textContent = h.ready ? "yes" : (h.overloaded ? "no (overloaded)" : "no");
-    $("h-pacing").textContent = ms(h.pacing_p99_ms);
-    $("h-consoles").textContent = String(h.consoles);
+    healths.set(h.worker ?? null, h);
+    const all = [...healths.values()];  // with workers: the group's sums, worst pacing, ready when all are
+    const sum = (key) => all.reduce((total, x) => total + (x[key] || 0), 0);
+    const pacing = all.map((x) => x.pacing_p99_ms).filter((v) => v !== null && v !== undefined);
+    capacity = sum("capacity");  // (the calls themselves are counted live, from their events)
+    $("h-ready").textContent = all.every((x) => x.ready) ? "yes" : (all.some((x) => x.overloaded) ? "no (overloaded)" : "no");
+    $("h-pacing").textContent = ms(pacing.length ? Math.max(...pacing) : null);
+    $("h-consoles").textContent = String(Math.max(...all.map((x) => x.consoles || 0)));
+    const engines = all.map((x) => x.inference).filter(Boolean);  // local engines' backlog, if any
+    $("h-inference-box").hidden = engines.length === 0;
+    if (engines.length) {
+      const waiting = engines.reduce((n, x) => n + x.waiting, 0), overdue = Math.max(...engines.map((x) => x.overdue_ms));
+      $("h-inference").textContent = overdue > 0 ? `${waiting} waiting, ${ms(overdue)} late` : `${waiting} waiting`;
+    }
     for (const [uuid, live] of Object.entries(h.per_call || {})) {
       const view = calls.get(uuid);
       if (view) { view.underruns = live.underruns; if (live.state) view.state = live.state; }
@@ -92,6 +116,7 @@
       el("td", {}, el("span", { class: `state ${v.state}`, text: v.state })),
       el("td", { text: String(v.barge_ins) }), el("td", { text: String(v.underruns) }))));
     $("no-calls").hidden = calls.size > 0;
+    if (capacity !== null) $("h-calls").textContent = `${calls.size} / ${capacity}`;
   }
 
   function renderRecent() {
@@ -115,10 +140,15 @@
   }
 
   const STAGES = [["endpointing", "endpointing", "endpoint"], ["stt", "stt", "STT"],
-    ["llm_first_token", "llm", "LLM first token"], ["tts_first_audio", "tts", "TTS first audio"]];
+    ["llm_first_token", "llm", "LLM first token"], ["tts_first_audio", "tts", "TTS first audio"],
+    ["playout", "playout", "playout"]];
 
   function timing(turn, index) {
-    const t = turn.timings || {};
+    // the rest of the time to first audio (queued behind audio, a held reply, the first tick) is "playout"
+    const t = Object.assign({}, turn.timings || {});
+    const staged = STAGES.slice(0, 4).reduce((sum, [key]) => sum + (t[key] || 0), 0);
+    const first = t.end_of_speech_to_first_audio;
+    t.playout = first === null || first === undefined ? null : Math.max(0, first - staged);
     const total = STAGES.reduce((sum, [key]) => sum + (t[key] || 0), 0) || 1;
     const bar = el("div", { class: "bar", role: "img",
       "aria-label": STAGES.map(([key, , label]) => `${label} ${ms(t[key])}`).join(", ") });
@@ -131,10 +161,26 @@
     return el("li", { "data-total": String(t.end_of_speech_to_first_audio ?? "") }, bar, numbers);
   }
 
+  let shownRecording = null;
+  function renderRecording(view) {  // a finished call's stereo recording (caller left, agent right)
+    const want = view && view.state === "ended" && view.recording ? view.call : null;
+    if (want === shownRecording) return;
+    shownRecording = want;
+    const box = $("recording");
+    box.hidden = !want;
+    if (!want) { box.replaceChildren(); return; }
+    const src = `/console/recordings/${want}.wav` + (token ? `?token=${encodeURIComponent(token)}` : "");
+    const audio = el("audio", { controls: "", preload: "metadata", src, "aria-label": `Recording of call ${want}` });
+    const note = el("p", { class: "legend", text: "Caller on the left channel, agent on the right." });
+    audio.addEventListener("error", () => { note.textContent = "No recording of this call (recording.record_dir)."; });
+    box.replaceChildren(el("h3", { text: "Recording" }), audio, note);
+  }
+
   let shownCall = null, shownLines = 0, shownTurns = 0;
   function renderCall() {
     const view = selected ? find(selected) : null;
     const transcript = $("transcript"), timings = $("timings");
+    renderRecording(view);
     if (!view) {
       $("call-title").textContent = "Call";
       $("call-info").textContent = selected ? "That call is no longer shown." : "Choose a call to follow it live.";

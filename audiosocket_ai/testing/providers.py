@@ -131,6 +131,8 @@ class RecordingObserver:
         self.errors: list[str] = []
         self.resumes: list[tuple[float, str]] = []
         """(trio time, what the sound was) per pause the agent went on after."""
+        self.turns_taken: list[float] = []
+        """Trio time of each caller turn taken as over."""
 
     def on_turn(self, timings: TurnTimings) -> None:
         self.turns.append(timings)
@@ -143,3 +145,6 @@ class RecordingObserver:
 
     def on_resume(self, at: float, verdict: str) -> None:
         self.resumes.append((at, verdict))
+
+    def on_turn_taken(self, at: float) -> None:
+        self.turns_taken.append(at)

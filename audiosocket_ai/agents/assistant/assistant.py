@@ -39,6 +39,9 @@ class _NoObserver:
     def on_resume(self, at: float, verdict: str) -> None:
         pass
 
+    def on_turn_taken(self, at: float) -> None:
+        pass
+
 
 class VoiceAssistant:
     """An agent that holds a spoken conversation with STT → LLM → TTS providers.

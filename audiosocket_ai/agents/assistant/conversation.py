@@ -228,6 +228,9 @@ class Conversation:
             self._last_turn = (len(self.history) - 1, utterance.timings.speech_end or utterance.end, utterance.timings)
             if held is None:
                 self._log_caller(utterance)
+                self.a.observer.on_turn_taken(trio.current_time())
+            elif self.interruptions.nursery is not None:
+                self.interruptions.nursery.start_soon(self._taken_when_confirmed, held)
             ending = await self._respond(utterance.timings, held=held)
             if held is not None:
                 listener.release(held)
@@ -237,6 +240,12 @@ class Conversation:
                 self._log_caller(utterance)
             if ending:
                 return
+
+    async def _taken_when_confirmed(self, held: Speculation) -> None:
+        """A reply prepared during the caller's pause: their turn is over once the pause is confirmed."""
+        await held.verdict.wait()
+        if held.confirmed:
+            self.a.observer.on_turn_taken(trio.current_time())
 
     def _continues_last_turn(self, utterance: Utterance) -> bool:
         """A caller who goes on right after their turn was taken as over — the reply cut

@@ -123,3 +123,8 @@ class AssistantObserver(Protocol):
     def on_resume(self, at: float, verdict: str) -> None:
         """The agent paused for a sound over its speech and went on: ``verdict`` says what
         the sound was ("backchannel", "noise", "echo", "background", "undecided")."""
+
+    def on_turn_taken(self, at: float) -> None:
+        """The caller's turn was taken as over at trio time ``at``: the agent works on its
+        reply (the live console's "thinking"; a reply prepared during the caller's pause
+        counts from the moment the pause is confirmed as the end of the turn)."""
