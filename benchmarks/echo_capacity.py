@@ -58,13 +58,15 @@ if not __package__:  # run as a file: import the benchmarks package from the rep
 from benchmarks.common import ROOT, metrics, report
 from benchmarks.common.internals import CLI_MODULE
 from benchmarks.common.procs import (
-    cpu_ticks,
     free_port,
+    http_get,
     loadavg,
+    process_tree,
     rss_mb,
     runq_wait_ns,
     server_command,
     stop_process,
+    tree_cpu_ticks,
 )
 from benchmarks.common.stats import Hist
 
@@ -340,7 +342,8 @@ sys.exit(main())
 
 def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     serve = ["serve", "--agent", "echo", "--host", "127.0.0.1", "--port", str(port), "--max-calls", "5000",
-             "--log-level", "warning", *args.server_arg]
+             "--log-level", "warning", *(["--workers", str(args.workers)] if args.workers != 1 else []),
+             *args.server_arg]
     if args.gc_threshold and not args.gc_trace:
         args.gc_trace = log_path.with_name("gc.json")
     if args.gc_trace:
@@ -349,8 +352,8 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
         cmd = [sys.executable, "-c", GC_TRACE.replace("CLI_MODULE", CLI_MODULE), str(args.gc_trace), *extra, *serve]
     else:
         cmd = [*server_command(), *serve]
-    if args.server_core is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(args.server_core), *cmd]
+    if args.server_cpus and shutil.which("taskset"):
+        cmd = ["taskset", "-c", args.server_cpus, *cmd]
     log_file = open(log_path, "wb")  # kept open for the server's lifetime
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -483,8 +486,9 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     gc0, tg0 = gc_snapshot(gen, pid, args.gc_trace), mono()
     gen.reset_stats()
     closed_before = gen.server_closed
-    ticks0, t0 = cpu_ticks(pid), mono()
-    wait0, own_wait0 = runq_wait_ns(pid), runq_wait_ns("thread-self")
+    pids = process_tree(pid)  # the server, or a --workers parent and its workers
+    ticks0, t0 = tree_cpu_ticks(pids), mono()
+    wait0, own_wait0 = sum(runq_wait_ns(p) for p in pids), runq_wait_ns("thread-self")
     own0 = resource.getrusage(resource.RUSAGE_SELF)
     pacing0 = scrape_pacing(args.metrics_url)
     gen.measuring = True
@@ -493,8 +497,10 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     pacing1 = scrape_pacing(args.metrics_url)
     t1 = mono()
     own1 = resource.getrusage(resource.RUSAGE_SELF)
-    ticks1 = cpu_ticks(pid)
-    wait1, own_wait1 = runq_wait_ns(pid), runq_wait_ns("thread-self")
+    ticks1 = tree_cpu_ticks(pids)
+    wait1, own_wait1 = sum(runq_wait_ns(p) for p in pids), runq_wait_ns("thread-self")
+    spread = calls_per_worker(args.metrics_url) if args.workers != 1 else None
+    restarted = process_tree(pid) != pids
     tg1 = mono()
     gc1 = gc_snapshot(gen, pid, args.gc_trace)
     elapsed = (t1 - t0) / 1e9
@@ -534,8 +540,11 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "server_cpu_pct": round(100.0 * (sum(ticks1) - sum(ticks0)) / hz / elapsed, 1),
         "server_sys_pct": round(100.0 * (ticks1[1] - ticks0[1]) / hz / elapsed, 1),
         "server_runq_wait_pct": round(server_wait_pct, 1),
-        "server_contended": server_wait_pct > SERVER_MAX_RUNQ_WAIT_PCT,
-        "server_rss_mb": round(rss_mb(pid), 1),
+        "server_contended": server_wait_pct > SERVER_MAX_RUNQ_WAIT_PCT and not args.shared_cores,
+        "server_rss_mb": round(sum(rss_mb(p) for p in pids), 1),
+        "server_processes": len(pids),
+        "calls_per_worker": spread,
+        "workers_changed": restarted,
         "server_warnings": warn_total,
         "server_warning_kinds": dict(warn_kinds),
         "gen_cpu_pct": round(100.0 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed, 1),
@@ -547,9 +556,33 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "gen_valid": valid,
         "server_pacing": pacing_delta(pacing0, pacing1),
         "server_gc": gc_delta(gc0, gc1, (tg1 - tg0) / 1e9),
-        "pass": bool(live == n and up == n and missing == 0 and dropped_calls == 0 and p99 < PASS_P99_MS),
+        "pass": bool(live == n and up == n and missing == 0 and dropped_calls == 0 and p99 < PASS_P99_MS
+                     and not restarted),
     }
     return result, log_offset
+
+
+def calls_per_worker(metrics_url: str | None) -> list[int] | None:
+    """Calls in progress on each worker of a ``serve --workers N`` group, from its ``/workers`` listing."""
+    if not metrics_url:
+        return None
+    base = metrics_url.rsplit("/", 1)[0]
+    status, body = http_get(base + "/workers", timeout=2)
+    if status != 200:
+        return None
+    counts = []
+    for worker in json.loads(body):
+        port = worker.get("status_port")
+        if port is None:
+            counts.append(0)
+            continue
+        try:
+            m = metrics.fetch(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        except OSError:
+            counts.append(-1)
+            continue
+        counts.append(int(metrics.total(m, "audiosocket_calls_active")))
+    return counts
 
 
 def fmt_step(r: dict[str, object]) -> str:
@@ -562,7 +595,8 @@ def fmt_step(r: dict[str, object]) -> str:
             f"send-late p99={r['gen_send_late_p99_ms']:.2f} "
             f"blind p99={r['gen_blind_p99_ms']:.2f} ms {'ok' if r['gen_valid'] else 'GENERATOR-LATE'}  "
             f"{'SERVER-CORE-SHARED  ' if r['server_contended'] else ''}"
-            f"{'PASS' if r['pass'] else 'FAIL'}")
+            + (f"per worker={r['calls_per_worker']}  " if r.get("calls_per_worker") else "")
+            + f"{'PASS' if r['pass'] else 'FAIL'}")
 
 
 # --- profiling -------------------------------------------------------------------------
@@ -577,8 +611,8 @@ def profile_server(gen: Generator, pid: int, args: argparse.Namespace) -> dict[s
     out = Path(tempfile.mkdtemp(prefix="echo-capacity-")) / "profile.txt"
     cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(args.profile_seconds), "--rate", "200",
            "--nonblocking", "--format", "raw", "--nolineno", "-o", str(out)]
-    if args.client_core is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(args.client_core), *cmd]
+    if args.client_cpus and shutil.which("taskset"):
+        cmd = ["taskset", "-c", args.client_cpus, *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         gen.run(until_ns=mono() + int((args.profile_seconds + 3) * 1e9), stop=lambda: proc.poll() is not None)
@@ -642,7 +676,8 @@ def _area(frame: str) -> str:
 def _boilerplate(name: str) -> bool:
     """Frames every sample goes through (the command line and trio's runner entry)."""
     return ("click/" in name or name.startswith("<module>") or name.startswith("main (")
-            or name in ("run (trio/_core/_run.py)", "serve (audiosocket_ai/cli.py)"))
+            or name in ("run (trio/_core/_run.py)", "serve (audiosocket_ai/cli.py)",
+                         "worker_main (audiosocket_ai/app/workers.py)"))
 
 
 def _short(frame: str) -> str:
@@ -668,8 +703,7 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
     lines = [
         report.measured(info, report.command_line(SCRIPT, sys.argv[1:])),
         "",
-        report.machine(info) + f" Server pinned to core {args.server_core}, load generator to core "
-        f"{args.client_core}."
+        report.machine(info) + " " + placement(args)
         + (f" **What-if run:** server started with `gc.freeze()` and `gc.set_threshold({args.gc_threshold})`."
            if args.gc_threshold else "")
         + f" Load average (1/5/15 min) before: {load_before}, after: {load_after}.",
@@ -680,7 +714,10 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
         "where the generator fell behind, or where other processes took more than "
         f"{SERVER_MAX_RUNQ_WAIT_PCT:g}% of the server's core (run-queue wait), is marked invalid).",
         "",
-        f"**Largest passing N: {best} calls on one core** (target 500).",
+        (f"**Largest passing N: {best} calls on one core** (target 500)." if args.workers == 1 and
+         len(cpu_list(args.server_cpus)) == 1 else
+         f"**Largest passing N: {best} calls** ({args.workers} worker{'s' if args.workers != 1 else ''} on "
+         f"CPUs {args.server_cpus or 'any'})."),
         "",
         "| calls | missing frames (calls) | frames/call exp → rcvd | dev p50 | dev p99 | dev p99.9 | dev max "
         "| server CPU (of which kernel; runq wait) | server RSS | server warnings "
@@ -694,6 +731,10 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
         verdict = ("pass" if r["gen_valid"] else "pass (generator late)") if r["pass"] else "FAIL"
         if r.get("server_contended"):
             verdict += " (server core shared: invalid)"
+        if r.get("calls_per_worker"):
+            verdict += " (calls per worker " + "/".join(str(c) for c in r["calls_per_worker"]) + ")"  # type: ignore[attr-defined]
+        if r.get("workers_changed"):
+            verdict += " (a worker restarted)"
         warn = str(r["server_warnings"])
         if r["server_warning_kinds"]:
             warn += " (" + ", ".join(f"{k}: {v}" for k, v in r["server_warning_kinds"].items()) + ")"  # type: ignore[union-attr]
@@ -760,6 +801,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop ramping after this many failing steps in a row (0: never)")
     p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to")
     p.add_argument("--client-core", type=int, default=1, help="core this load generator (and py-spy) is pinned to")
+    p.add_argument("--workers", type=int, default=1,
+                   help="run `serve --workers N` (SO_REUSEPORT worker processes); CPU, RSS and run-queue wait are "
+                        "then summed over the parent and its workers")
+    p.add_argument("--server-cpus", default=None,
+                   help="taskset CPU list for the server, e.g. 0,1 (overrides --server-core; '' = not pinned)")
+    p.add_argument("--client-cpus", default=None,
+                   help="CPU list for this load generator, e.g. 0,1 (overrides --client-core; '' = not pinned). "
+                        "When it overlaps the server's, the server's run-queue wait is reported but does not "
+                        "invalidate a step (the cores are shared by design)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for `audiosocket-ai serve` (repeatable), e.g. --server-arg=--metrics-port=9100")
@@ -774,6 +824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what-if: start the server with gc.freeze() after its imports and gc.set_threshold(G0,G1,G2)"
                         " (implies --gc-trace); the server code itself is not changed")
     p.add_argument("--profile", action="store_true", help="profile the server with py-spy at the limit")
+    p.add_argument("--docs-section", default=None,
+                   help="with --write-docs: the `##` heading and marker name to write under, as 'HEADING|NAME' "
+                        "(default: the issue 3 section)")
     p.add_argument("--profile-calls", type=int, default=None,
                    help="calls held while profiling (default: the first failing step, else the largest)")
     p.add_argument("--profile-seconds", type=int, default=15)
@@ -782,6 +835,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-docs", action="store_true",
                    help=f"write the table into {report.DOC.relative_to(ROOT)} (only this benchmark's block)")
     return p.parse_args(argv)
+
+
+def cpu_list(text: str | None) -> set[int]:
+    """A taskset CPU list ("0,1", "0-3", "") as a set; empty means not pinned."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def resolve_placement(args: argparse.Namespace, cores: int) -> None:
+    """Fill ``server_cpus``/``client_cpus`` from the single-core options, and ``shared_cores``."""
+    if cores < 2 and args.server_cpus is None and args.client_cpus is None:
+        args.server_core = args.client_core = None
+    if args.server_cpus is None:
+        args.server_cpus = "" if args.server_core is None else str(args.server_core)
+    if args.client_cpus is None:
+        args.client_cpus = "" if args.client_core is None else str(args.client_core)
+    server, client = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
+    args.shared_cores = not server or not client or bool(server & client)
+
+
+def placement(args: argparse.Namespace) -> str:
+    """The report's sentence on where the server and the generator ran."""
+    who = f"`serve --workers {args.workers}`" if args.workers != 1 else "Server"
+    server = f"pinned to CPU(s) {args.server_cpus}" if args.server_cpus else "not pinned"
+    client = f"pinned to CPU(s) {args.client_cpus}" if args.client_cpus else "not pinned"
+    shared = (" The generator shares the server's cores: its CPU is taken from the server's, and a step is not "
+              "invalidated by run-queue wait." if args.shared_cores else "")
+    return f"{who} {server}, load generator {client}.{shared}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -801,7 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     if cores < 2:
         print("warning: fewer than 2 cores: server and generator share one", file=sys.stderr)
-        args.server_core = args.client_core = None
+    resolve_placement(args, cores)
+    if args.workers != 1 and (args.gc_trace or args.gc_threshold):
+        raise SystemExit("--gc-trace/--gc-threshold wrap a single server process: not with --workers")
     port = args.port or free_port()
     if args.metrics_url is None and not args.no_server_metrics and serve_supports("--metrics-port"):
         metrics_port = free_port()
@@ -810,8 +899,8 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(tempfile.mkdtemp(prefix="echo-capacity-")) / "server.log"
     proc = start_server(args, port, log_path)
     pid = server_pid(proc)
-    if args.client_core is not None:
-        os.sched_setaffinity(0, {args.client_core})
+    if args.client_cpus:
+        os.sched_setaffinity(0, cpu_list(args.client_cpus))
     print(f"server pid {pid} on port {port} (log {log_path}); load average {load_before}", file=sys.stderr)
     gen = Generator(port, args.ramp_rate)
     results: list[dict[str, object]] = []
@@ -842,7 +931,8 @@ def main(argv: list[str] | None = None) -> int:
             gen.run(until_ns=mono() + int((n / args.ramp_rate + 15) * 1e9), stop=gen.all_up)
             gen.run(until_ns=mono() + int(args.warmup * 1e9))
             print(f"profiling the server at {n} calls for {args.profile_seconds} s", file=sys.stderr)
-            profile = profile_server(gen, pid, args)
+            tree = process_tree(pid)
+            profile = profile_server(gen, tree[1] if args.workers != 1 and len(tree) > 1 else pid, args)
             if profile:
                 profile["calls"] = n
                 for name, share in profile["self"][:10]:  # type: ignore[index]
@@ -853,7 +943,11 @@ def main(argv: list[str] | None = None) -> int:
         stop_process(proc, timeout=5)
     load_after = loadavg()
     body = render_markdown(results, info, args, load_before, load_after, profile)
-    report.publish(body, DOCS if args.write_docs else None, args.json,
+    docs = DOCS
+    if args.docs_section:
+        heading, _, name = args.docs_section.partition("|")
+        docs = report.DocsBlock(heading, name or "echo_capacity_custom")
+    report.publish(body, docs if args.write_docs else None, args.json,
                    {"machine": info, "load_before": load_before, "load_after": load_after, "steps": results,
                     "profile": profile})
     return 0

@@ -125,3 +125,36 @@ def machine_busy() -> tuple[float, float]:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + values[4]
     return float(sum(values) - idle), float(sum(values))
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (e.g. a ``serve --workers N`` parent and its workers), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        todo.extend(sorted(children.get(current, ())))
+    return out
+
+
+def tree_cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """(utime, stime) summed over ``pids``; a process that has exited counts 0."""
+    user = system = 0
+    for pid in pids:
+        try:
+            u, s = cpu_ticks(pid)
+        except OSError:
+            continue
+        user += u
+        system += s
+    return user, system

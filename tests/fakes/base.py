@@ -218,8 +218,9 @@ class Exchange:
                 return False
             if self.fake.tail_gate is not None and index == gate_at:
                 await self.fake.tail_gate.wait()
-            if self.fake.chunk_delay and index:
-                await trio.sleep(self.fake.chunk_delay)
+            chunk_delay = self.fake.delays_for(self.request.path)[1]
+            if chunk_delay and index:
+                await trio.sleep(chunk_delay)
             await self.send(h11.Data(data=part))
         if at >= len(parts) and not await self._strike(fault):
             return False
@@ -259,6 +260,12 @@ class HttpFake(FakeServer):
         """Seconds to wait between the parts of streamed bodies."""
         self.tail_gate: trio.Event | None = None
         """If set, streamed bodies send their first half, then wait for this event."""
+        self.path_delays: dict[str, tuple[float, float]] = {}
+        """Per request path: (first byte delay, chunk delay), instead of ``first_byte_delay`` and
+        ``chunk_delay`` (a vendor whose endpoints answer at different speeds, e.g. transcription
+        150 ms, a chat's first token 200 ms then a word every 20 ms, speech 150 ms)."""
+        self.keep_log = True
+        """Record every request in ``requests`` (False: a long benchmark run keeps no history)."""
         self.requests: list[Any] = []
         self.connections = 0
         self.in_flight = 0
@@ -275,6 +282,10 @@ class HttpFake(FakeServer):
     def record(self, request: HttpRequest) -> None:
         """Log a request in ``requests`` (vendors may log it in their own shape)."""
         self.requests.append(request)
+
+    def delays_for(self, path: str) -> tuple[float, float]:
+        """(first byte delay, chunk delay) for a request to ``path``."""
+        return self.path_delays.get(path, (self.first_byte_delay, self.chunk_delay))
 
     async def _listen(self, nursery: trio.Nursery) -> int:
         listeners = await nursery.start(partial(trio.serve_tcp, self._connection, 0, host="127.0.0.1"))
@@ -318,13 +329,15 @@ class HttpFake(FakeServer):
                 return None
 
     async def _exchange(self, exchange: Exchange) -> bool:
-        self.record(exchange.request)
+        if self.keep_log:
+            self.record(exchange.request)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             fault = self.take_fault(exchange.request.path)
-            if self.first_byte_delay:
-                await trio.sleep(self.first_byte_delay)
+            first_byte_delay = self.delays_for(exchange.request.path)[0]
+            if first_byte_delay:
+                await trio.sleep(first_byte_delay)
             return await self.handle(exchange, fault)
         finally:
             self.in_flight -= 1

@@ -564,7 +564,8 @@ class FakeOpenAI(HttpFake):
             wav_sample_width=width,
             wav_frames=frames,
         )
-        self.uploads.append(upload)
+        if self.keep_log:
+            self.uploads.append(upload)
         text = self.transcript(upload) if callable(self.transcript) else self.transcript
         fmt = fields.get("response_format", "json")
         if fmt == "json":
