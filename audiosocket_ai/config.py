@@ -137,8 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("providers", "tts", str, "piper", "Voice: piper, openai[:VOICE], deepgram[:MODEL], elevenlabs[:VOICE_ID].",
        flag="tts"),
     _s("providers", "whisper_short_window", bool, True, "Local Whisper: encode each utterance padded to 15 s "
-       "rather than Whisper's 30 s window (about 2.7x faster on phone turns; as accurate on phone speech, slightly "
-       "less on clean speech; see docs/benchmarks.md)."),
+       "rather than Whisper's 30 s window (2.5-4x faster on phone turns, as accurate or better on phone speech "
+       "and in noise; see docs/benchmarks.md)."),
     _s("providers", "stt_fallback", str, "whisper", "Recognizer used when the primary fails after one retry "
        "(\"none\": no fallback).", optional=True),
     _s("providers", "llm_fallback", str, "rules", "Model used when the primary fails after one retry.", optional=True),

@@ -5,12 +5,13 @@ encoder, whatever ``chunk_length`` says; for a 1-3 s phone turn the encoder then
 ~85 % of the decode on padding (measured: ~500 ms of a ~580 ms decode on this 2-core
 machine for "What time do you open?"). CTranslate2's encoder takes shorter inputs, and
 Whisper transcribes phone turns about as well when they are padded to 15 s
-(:data:`MIN_WINDOW_FRAMES`). Word error rates measured on this machine (2026-12-06,
-docs/benchmarks.md "Whisper's window"), 15 s against 30 s: 196 G.711 espeak-ng utterances
-of the turn-taking corpus 0.274 / 0.289 at 137 / 370 ms per decode; the same mixed with
-noise or voices at 10 and 5 dB SNR, lower with 15 s (the full window hallucinates more);
-36 clean G.711 Piper sentences 0.088 / 0.070 (a word or two in 300 worse: Piper's
-"billing" comes back "building" one time in three). ``WhisperSTT(short_window=False)``
+(:data:`MIN_WINDOW_FRAMES`). Measured by ``benchmarks/whisper_window.py`` on this 2-core
+machine (2026-12-06; docs/benchmarks.md, "Whisper's window"), word error rate and decode
+time, 15 s against 30 s: 60 G.711 espeak-ng utterances of the turn-taking corpus 0.249 /
+0.307 at 80 / 354 ms; the same in pink noise, babble or TV at 10 and 5 dB SNR, equal or
+lower with 15 s (the full window hallucinates more: TV at 10 dB 0.875 / 1.938); 36 G.711
+Piper sentences 0.084 / 0.084 (an earlier, smaller run: 0.088 / 0.070; Piper's "billing"
+comes back "building" now and then). ``WhisperSTT(short_window=False)``
 (``providers.whisper_short_window = false``) keeps the full window.
 
 What a short window does worse is stopping: on noise-like input ("hmm hmm") the decoder

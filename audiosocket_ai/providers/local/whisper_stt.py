@@ -82,8 +82,8 @@ class WhisperSTT(Provider):
             a bad decode costs one pass, not six (latency over the last word of accuracy).
         initial_prompt: optional text to bias vocabulary (e.g. company or product names).
         short_window: encode the utterance padded to 15 s instead of Whisper's full 30 s
-            window: ~2.7x faster on phone turns, as accurate on phone speech in the
-            turn-taking corpus, slightly less on clean speech; a decode that looks like a
+            window: 2.5-4x faster on phone turns, as accurate or better on phone
+            speech and in noise; a decode that looks like a
             loop is redone on the full window (see ``_whisper_window`` for the numbers).
     """
 
