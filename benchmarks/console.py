@@ -75,7 +75,7 @@ async def chatty_echo(call: Any) -> None:
     """The echo agent, plus one exchange of conversation events every ``CONSOLE_BENCH_EXCHANGE``
     seconds (default 4): the caller's line, the reply's timings, the agent's line."""
     from audiosocket_ai import echo_agent, events
-    from audiosocket_ai.recording import TranscriptWriter
+    from benchmarks.common.internals import TranscriptWriter
 
     every = float(os.environ.get("CONSOLE_BENCH_EXCHANGE", "4"))
     writer = TranscriptWriter(None, call_started=call.started_at, call_id=str(call.uuid))

@@ -102,7 +102,7 @@ def corpus_sets(cache: Path, limit: int) -> dict[str, list[tuple[str, bytes]]]:
 
 def piper_set(repeats: int) -> list[tuple[str, bytes]]:
     from audiosocket_ai.audio import resample
-    from audiosocket_ai.providers.local import PiperTTS
+    from benchmarks.common.internals import PiperTTS
 
     tts = PiperTTS()
     clips = []
@@ -114,13 +114,11 @@ def piper_set(repeats: int) -> list[tuple[str, bytes]]:
 
 
 def measure(sets: dict[str, list[tuple[str, bytes]]]) -> dict[str, dict[str, Any]]:
-    import audiosocket_ai.providers.local._whisper_window as window
-    from audiosocket_ai.providers.local import WhisperSTT
+    from benchmarks.common.internals import WhisperSTT
 
     results: dict[str, dict[str, Any]] = {}
     for label, frames in WINDOWS:
-        window.MIN_WINDOW_FRAMES = frames
-        stt = WhisperSTT(short_window=frames < 3000)
+        stt = WhisperSTT(short_window=frames < 3000, window_frames=frames)
         stt.load()
         per_set: dict[str, Any] = {}
         for name, clips in sets.items():

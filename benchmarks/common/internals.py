@@ -32,6 +32,7 @@ WHERE = {
     "Server": "audiosocket_ai",
     "echo_agent": "audiosocket_ai.agents.echo",
     "ServerConfig": "audiosocket_ai",
+    "TranscriptWriter": "audiosocket_ai.recording",
 }
 """Name → the module it is imported from."""
 

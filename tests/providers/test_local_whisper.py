@@ -303,6 +303,7 @@ def _decoder(tokens: list[int], text: str, no_speech_prob: float = 0.01) -> tupl
     model = _FakeWhisper(tokens, no_speech_prob)
     decoder = WindowDecoder.__new__(WindowDecoder)
     decoder.model, decoder.beam_size, decoder.prompt, decoder.suppressed = model, 1, [1, 2, 3], []
+    decoder.min_frames = 1500
     decoder.tokenizer = _Words(text)  # type: ignore[assignment]
     return decoder, model
 

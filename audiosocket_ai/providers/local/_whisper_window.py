@@ -54,12 +54,14 @@ class WindowDecoder:
     Thread-safe: the tokenizer and the suppressed tokens are built once and only read.
     """
 
-    def __init__(self, model: Any, *, language: str, beam_size: int, initial_prompt: str | None) -> None:
+    def __init__(self, model: Any, *, language: str, beam_size: int, initial_prompt: str | None,
+                 min_frames: int = MIN_WINDOW_FRAMES) -> None:
         from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped,unused-ignore]
         from faster_whisper.transcribe import get_suppressed_tokens  # type: ignore[import-untyped,unused-ignore]
 
         self.model = model
         self.beam_size = beam_size
+        self.min_frames = min_frames
         self.tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                                    language=language)
         previous = self.tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
@@ -74,7 +76,7 @@ class WindowDecoder:
         frames = features.shape[-1]
         if frames > 3000 - PAD_FRAMES:
             return None  # a long utterance: the full window is the short one
-        window = max(MIN_WINDOW_FRAMES, frames + PAD_FRAMES)
+        window = max(self.min_frames, frames + PAD_FRAMES)
         padded = np.pad(features, ((0, 0), (0, window - frames)))
         encoded = model.encode(padded)
         seconds = len(samples) / 16000

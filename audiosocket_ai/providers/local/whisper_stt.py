@@ -23,7 +23,7 @@ import trio
 from ...inference import lower_thread_priority
 from ...interfaces import Capabilities, Provider, Transcript
 from ._common import ModelNotFoundError, default_concurrency, make_limiter, package_data_dir
-from ._whisper_window import WindowDecoder
+from ._whisper_window import MIN_WINDOW_FRAMES, WindowDecoder
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel  # type: ignore[import-untyped,unused-ignore]
@@ -85,6 +85,7 @@ class WhisperSTT(Provider):
             window: 2.5-4x faster on phone turns, as accurate or better on phone
             speech and in noise; a decode that looks like a
             loop is redone on the full window (see ``_whisper_window`` for the numbers).
+        window_frames: the short window's least length in feature frames (100 a second).
     """
 
     capabilities = Capabilities(local=True)
@@ -105,6 +106,7 @@ class WhisperSTT(Provider):
         temperature: float | tuple[float, ...] = 0.0,
         initial_prompt: str | None = None,
         short_window: bool = True,
+        window_frames: int = MIN_WINDOW_FRAMES,
     ) -> None:
         # Resolved now, so that a missing model fails at startup rather than mid-call.
         self.model_path = Path(model_path) if model_path is not None else bundled_whisper_model_dir()
@@ -120,6 +122,7 @@ class WhisperSTT(Provider):
         self.temperature = temperature
         self.initial_prompt = initial_prompt
         self.short_window = short_window
+        self.window_frames = window_frames
         self._window: WindowDecoder | None = None
         self.full_window_decodes = 0
         """Decodes the short window handed back to the full one (a loop, a long utterance)."""
@@ -214,7 +217,8 @@ class WhisperSTT(Provider):
                 if self._window is None and self.short_window:
                     try:
                         self._window = WindowDecoder(model, language=self.language, beam_size=self.beam_size,
-                                                     initial_prompt=self.initial_prompt)
+                                                     initial_prompt=self.initial_prompt,
+                                                     min_frames=self.window_frames)
                     except Exception as exc:  # faster-whisper's internals moved: the standard path works
                         logger.warning("short-window decoding unavailable (%s); decoding full windows", exc)
                         self.short_window = False
