@@ -59,7 +59,8 @@ def test_incomplete_phrases_are_those_that_stop_mid_phrase(text: str, expected: 
 
 
 def test_backchannels_and_hold_requests_are_recognised_whole() -> None:
-    for text in ("Uh-huh.", "mm-hmm", "Okay.", "Okay, okay.", "Yeah right", "I see.", "Sure!", "time time", "10, 10."):
+    for text in ("Uh-huh.", "mm-hmm", "Okay.", "Okay, okay.", "Yeah right", "I see.", "Sure!", "time time", "10, 10.",
+                 "10, 10, 10, 10, 10"):
         assert is_backchannel(text), text
     for text in ("Okay, but what about Sunday?", "yes I want to cancel", "", "stop", "stop stop", "no no"):
         assert not is_backchannel(text), text
@@ -787,3 +788,13 @@ async def test_the_recognizer_hears_the_caller_through_the_noise_suppressor(
         assert hiss_rms < 150, "the steady hiss is suppressed for the recognizer"
     else:
         assert hiss_rms > 200, "without the suppressor the recognizer hears the hiss as it is"
+
+
+def test_hold_requests_are_recognised_through_a_misheard_verb() -> None:
+    from audiosocket_ai.agents.assistant.turns import is_hold_request
+
+    for text in ("Can you fall down a minute?", "Let me kick.", "Let me crack.", "Wait a sec", "Just a moment."):
+        assert is_hold_request(text), text
+    for text in ("What time do you open?", "Let me speak to a person please.", "Give me a call.",
+                 "minute", "I will call back in a minute or so"):
+        assert not is_hold_request(text), text

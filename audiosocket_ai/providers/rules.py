@@ -447,13 +447,13 @@ class RuleBasedLLM(Provider):
             )
         if _has(state.last_said, _MARK_OFFER) and _any(tokens[:3], _AFFIRMATIVE):
             return self._transfer(offered, state, call_id)
-        if _any(tokens, _IDENTITY):
+        answers = self._faq_answers(tokens)
+        if _any(tokens, _IDENTITY) and not answers:  # ("what are you opening hours": a question about hours)
             return (
                 "I'm an automated assistant that follows a small set of rules, not a person. "
                 "I can answer a few common questions, or connect you with someone if you say operator.",
                 None,
             )
-        answers = self._faq_answers(tokens)
         if answers:
             return " ".join([*answers, _ANYTHING_ELSE]), None
         if _has(state.last_said, _MARK_ANYTHING_ELSE) and len(tokens) <= 5 and _any(tokens[:2], _NEGATIVE):

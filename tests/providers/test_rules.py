@@ -282,3 +282,12 @@ async def test_caller_may_decline_to_give_a_name() -> None:
     history, calls = await converse(RuleBasedLLM(), "operator", "I'd rather not say.", "It's about my account")
     assert history[3].content == "Thank you. And briefly, what is your call about?"
     assert calls[0].arguments == {"target": "operator", "reason": "my account"}
+
+
+def test_a_question_about_an_faq_topic_is_answered_even_if_misheard_as_what_are_you() -> None:
+    # Whisper on a phone line: "What are your opening hours?" -> "What are you opening hour"
+    llm = RuleBasedLLM()
+    text, _ = llm.decide([Message("system", "x"), Message("user", "What are you opening hour")], [])
+    assert "opening hours" in text
+    text, _ = llm.decide([Message("system", "x"), Message("user", "What are you?")], [])
+    assert "automated assistant" in text, "the identity question alone is still answered as before"

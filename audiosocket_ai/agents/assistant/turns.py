@@ -138,16 +138,29 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNE
     if phrase in known:
         return True
     parts = phrase.split()
-    if 2 <= len(parts) <= 3 and len(set(parts)) == 1 and parts[0] not in COMMANDS:
-        return True  # one short word said twice: how recognizers write "mm-hmm" ("time time", "10, 10")
+    if 2 <= len(parts) <= 6 and len(set(parts)) == 1 and parts[0] not in COMMANDS:
+        return True  # one word said again and again: how recognizers write "mm-hmm" ("time time", "10, 10, 10")
     # a short run of acknowledgements ("okay okay", "yeah right")
     return len(parts) <= 4 and all(part in known for part in parts)
 
 
+_WAIT_NOUNS = frozenset(("minute", "moment", "second", "sec", "mo"))
+
+
 def is_hold_request(text: str, phrases: tuple[str, ...] = DEFAULT_HOLD_PHRASES) -> bool:
-    """The caller asks the agent to wait ("hold on, let me find my card")."""
+    """The caller asks the agent to wait ("hold on, let me find my card").
+
+    Besides the phrases, two shapes that survive a recognizer's mishearing of the verb:
+    an utterance that ends on "a minute" / "a moment" / "a second" ("can you fall down a
+    minute?" for "hold on a minute"), and a bare "let me <word>" ("let me kick." for "let
+    me check")."""
     phrase = f" {_normal(text)} "
-    return any(f" {_normal(p)} " in phrase for p in phrases)
+    if any(f" {_normal(p)} " in phrase for p in phrases):
+        return True
+    said = phrase.split()
+    if len(said) >= 3 and said[-2] == "a" and said[-1] in _WAIT_NOUNS:
+        return True
+    return len(said) == 3 and said[:2] == ["let", "me"]
 
 
 def incomplete_phrase(text: str) -> bool:
