@@ -24,6 +24,7 @@ from benchmarks.common.procs import (
     process_tree,
     rss_mb,
     server_command,
+    start_reporting_port,
     stop_process,
     tree_cpu_ticks,
 )
@@ -38,17 +39,7 @@ def start_fakes(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[b
            "--stt-ms", str(args.stt_ms), "--llm-first-token-ms", str(args.llm_first_token_ms),
            "--llm-token-ms", str(args.llm_token_ms), "--tts-first-audio-ms", str(args.tts_first_audio_ms),
            "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / "fakes.log", "wb"))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text():
-            return proc, int(port_file.read_text())
-        if proc.poll() is not None:
-            raise SystemExit(f"fakes exited; see {tmp / 'fakes.log'}")
-        time.sleep(0.05)
-    stop_process(proc)
-    raise SystemExit("fakes did not start")
+    return start_reporting_port(cmd, port_file, tmp / "fakes.log", "fakes")
 
 
 def start_server(args: argparse.Namespace, workers: int, fakes_port: int, log_path: Path

@@ -28,6 +28,7 @@ from benchmarks.common.procs import (
     rss_mb,
     runq_wait_s,
     server_command,
+    start_reporting_port,
     stop_process,
 )
 
@@ -37,17 +38,7 @@ def start_standin(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen
     cmd = [sys.executable, "-m", "benchmarks.concurrency", "--role", "standin", "--port-file", str(port_file),
            "--stt-delay", str(args.stt_delay), "--llm-first-token", str(args.llm_first_token),
            "--llm-token-ms", str(args.llm_token_ms)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / "standin.log", "wb"))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text():
-            return proc, int(port_file.read_text())
-        if proc.poll() is not None:
-            raise SystemExit(f"stand-in exited; see {tmp / 'standin.log'}")
-        time.sleep(0.05)
-    stop_process(proc)
-    raise SystemExit("stand-in did not start")
+    return start_reporting_port(cmd, port_file, tmp / "standin.log", "stand-in", timeout=20)
 
 
 def start_server(args: argparse.Namespace, standin_port: int, max_calls: int, log_path: Path

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -158,3 +159,21 @@ def tree_cpu_ticks(pids: list[int]) -> tuple[int, int]:
         user += u
         system += s
     return user, system
+
+
+def start_reporting_port(cmd: list[str], port_file: Path, log: Path, what: str, timeout: float = 30.0
+                         ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``cmd`` (a helper process that writes the port it listens on into ``port_file``),
+    its stderr into ``log``; wait for the port. Exits the benchmark with ``what`` named if the
+    process dies or does not report in time."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text():
+            return proc, int(port_file.read_text())
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited; see {log}")
+        time.sleep(0.05)
+    stop_process(proc)
+    raise SystemExit(f"{what} did not start")
