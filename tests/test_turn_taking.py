@@ -149,6 +149,11 @@ def test_a_sound_as_far_below_the_agent_as_its_echo_is_its_echo_until_the_caller
     assert judge_interruption("on the question.", settings=turn, level_db=-45.0, agent_db=-19.0,
                               caller_db=-44.0) is Verdict.INTERRUPT, "a caller known to be that quiet"
     assert judge_interruption("on the question.", settings=turn, level_db=-45.0) is Verdict.INTERRUPT
+    # a caller as loud as the agent is no echo, whatever the canceller said while it searched
+    assert judge_interruption("Excuse", settings=turn, level_db=-14.0, agent_db=-15.0, echo_share=0.63) is \
+        Verdict.INTERRUPT
+    assert judge_interruption("Excuse", settings=turn, level_db=-30.0, agent_db=-15.0, echo_share=0.63) is \
+        Verdict.ECHO
 
 
 def test_the_echo_path_knows_how_loud_the_agent_is() -> None:

@@ -49,6 +49,7 @@ from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
     ECHO_BELOW_DB,
+    ECHO_MIN_LOSS_DB,
     CallerLevel,
     EndOfTurn,
     NoiseFloor,
@@ -237,7 +238,7 @@ class Listener:
                 events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
                 if capture is not None:
                     levels.append(level)
-                    if self.echo is not None and self.echo.echo_likely:
+                    if self.echo is not None and self.echo.echo_likely and not self._louder_than_echo(level):
                         self._echo_frames += 1
                         self._not_echo_run = 0
                     elif self.onset_echo and self._as_quiet_as_echo(level):
@@ -288,8 +289,9 @@ class Listener:
                         self._levels = levels
                         voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
-                        self.onset_echo = self.echo is not None and (
-                            self.echo.echo_likely or self._as_quiet_as_echo(self.onset_level_db))
+                        self.onset_echo = self.echo is not None and not self._louder_than_echo(
+                            self.onset_level_db) and (self.echo.echo_likely
+                                                      or self._as_quiet_as_echo(self.onset_level_db))
                         self.caller_speaking = True
                         self._changed()
                         self._on_speech()
@@ -329,6 +331,11 @@ class Listener:
         if caller is not None and level_db >= caller - ECHO_BELOW_DB:
             return False
         return far_below(level_db, self.echo.agent_db)
+
+    def _louder_than_echo(self, level_db: float | None) -> bool:
+        """Sound at ``level_db`` is louder than any echo of the agent's voice can be."""
+        agent = None if self.echo is None else self.echo.agent_db
+        return level_db is not None and agent is not None and level_db > agent - ECHO_MIN_LOSS_DB
 
     def _echo_share(self) -> float:
         """The share of the utterance in progress that the echo canceller took for the echo."""

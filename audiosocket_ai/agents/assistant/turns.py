@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_HOLD_PHRASES",
     "ECHO_BELOW_AGENT_DB",
     "ECHO_BELOW_DB",
+    "ECHO_MIN_LOSS_DB",
     "NOISE_GATE_DB",
     "UNSURE_CONFIDENCE",
     "CallerLevel",
@@ -110,6 +111,11 @@ ECHO_BELOW_AGENT_DB = 12.0
 """A sound over the agent this far below the agent's own voice, from a caller whose level is
 not known to be that low, is its echo: lines return 10 dB or less of what they get, and
 callers are seldom that much quieter than the agent (whose level is the line's norm)."""
+
+ECHO_MIN_LOSS_DB = 6.0
+"""A line returns the agent's voice at least this much quieter than it was sent (the
+canceller's own double-talk rule): a sound louder than that is not its echo, whatever
+the canceller's evidence while it still searches for the echo path."""
 
 ECHO_BELOW_DB = 4.0
 """Words repeating the agent's are its echo only if they are at least this much quieter
@@ -275,7 +281,9 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         return Verdict.NOISE
     if level_db is not None and caller_db is not None and level_db < caller_db - settings.background_db:
         return Verdict.BACKGROUND
-    louder_than_echo = level_db is not None and caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB
+    louder_than_echo = level_db is not None and (
+        (caller_db is not None and level_db >= caller_db - ECHO_BELOW_DB)
+        or (agent_db is not None and level_db > agent_db - ECHO_MIN_LOSS_DB))
     far_below_agent = far_below(level_db, agent_db)
     if not louder_than_echo and (echo_share >= ECHO_SHARE or far_below_agent
                                  or (agent_text and _echoes(said, words(agent_text)))):
