@@ -803,3 +803,20 @@ def test_hold_requests_are_recognised_through_a_misheard_verb() -> None:
     for text in ("What time do you open?", "Let me speak to a person please.", "Give me a call.",
                  "minute", "I will call back in a minute or so"):
         assert not is_hold_request(text), text
+
+
+async def test_a_quiet_caller_who_starts_as_the_agent_stops_is_heard_not_taken_for_its_echo(
+        autojump_clock: trio.abc.Clock) -> None:
+    """Within the echo tail after the agent stops, only the echo's words (a stretch of the
+    agent's) mark it: a quiet voice with other words, far below the agent, is the caller."""
+    llm = ScriptedLLM([["Short answer."], ["Sunday too."]])
+    stt = ScriptedSTT(["what about sunday"])
+    tts = BabbleTTS(ms_per_char=40)
+    agent, observer, _ = assistant(llm, stt, tts=tts, turn=TurnSettings())
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_dtmf("1")  # a first turn that teaches no voice level
+        await talk_until(pbx, lambda: audible_ms(pbx) > 0)
+        await talk_until(pbx, lambda: not agent_talking(pbx))
+        await pbx.send_audio(asa.tone_pcm(300, 700, 8000, amplitude=0.02))  # about -37 dBFS, at once
+        await talk_until(pbx, lambda: len(llm.histories) == 2)
+    assert [m.content for m in llm.histories[1] if m.role == "user"][-1] == "what about sunday"

@@ -125,9 +125,12 @@ class Interruptions:
         log.debug("caller sound over the agent: paused, judging it")
         self.nursery.start_soon(self._decide_in_time, pause)
 
-    def _verdict(self, utterance: Utterance, agent_text: str, caller_db: float | None) -> Verdict:
-        """judge_interruption, with its evidence logged (numbers only: no words in the log)."""
-        agent_db = self._agent_db()
+    def _verdict(self, utterance: Utterance, agent_text: str, caller_db: float | None, *,
+                 over_agent: bool = True) -> Verdict:
+        """judge_interruption, with its evidence logged (numbers only: no words in the log).
+        ``over_agent`` False: the sound began after the agent stopped (only its echo's tail
+        may still be on the line, and that repeats its words): the agent's level is no evidence."""
+        agent_db = self._agent_db() if over_agent else None
         verdict = judge_interruption(utterance.text, settings=self.settings.turn, agent_text=agent_text,
                                      level_db=utterance.level_db, caller_db=caller_db,
                                      echo_share=utterance.echo_share, confidence=utterance.confidence,
@@ -155,7 +158,7 @@ class Interruptions:
                 return False  # a turn of its own, not over the agent (or barge-in rules apply)
             # speech over the agent that did not pause it (taken for its echo), or that
             # began as the agent stopped (the line may still be echoing its last words)
-            verdict = self._verdict(utterance, self._agent_words(), caller_db)
+            verdict = self._verdict(utterance, self._agent_words(), caller_db, over_agent=after_agent <= 0)
             if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
                 self._learn_level(utterance)
                 if verdict is Verdict.INTERRUPT and self.call.speaking:
