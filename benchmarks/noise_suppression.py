@@ -50,7 +50,6 @@ import importlib.util
 import json
 import multiprocessing
 import os
-import re
 import statistics
 import sys
 import time
@@ -65,8 +64,10 @@ if not __package__:  # run as a file: import the benchmarks package from the rep
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from audiosocket_ai.audio import Resampler, resample, ulaw_decode, ulaw_encode
+from benchmarks._turn_taking.render import to_level
 from benchmarks.common import report
 from benchmarks.common.procs import loadavg
+from benchmarks.common.wer import edits, words
 
 DOCS = report.DocsBlock("## Noise suppression before the recognizer (issue 13)", "noise_suppression")
 SCRIPT = "benchmarks/noise_suppression.py"
@@ -139,21 +140,6 @@ def floor_asset(assets: list[tuple[dict[str, Any], Path]]) -> Path | None:
     return None
 
 
-def level_db(x: np.ndarray) -> float:
-    """Active RMS in dBFS (10 ms windows within 30 dB of the loudest), as the corpus measures it."""
-    win = 80
-    n = len(x) // win
-    p = (x[: n * win].astype(np.float64).reshape(n, win) ** 2).mean(axis=1)
-    db = 10 * np.log10(np.maximum(p, 1e-12) / 32768.0**2)
-    active = p[db > db.max() - 30]
-    return float(10 * np.log10(max(float(active.mean()), 1e-12) / 32768.0**2))
-
-
-def to_level(x: np.ndarray, target_db: float) -> np.ndarray:
-    y: np.ndarray = x.astype(np.float64) * 10 ** ((target_db - level_db(x)) / 20)
-    return y
-
-
 def loop_to(x: np.ndarray, n: int, offset: int) -> np.ndarray:
     y: np.ndarray = np.take(x, np.arange(offset, offset + n) % len(x)).astype(np.float64)
     return y
@@ -174,22 +160,6 @@ def mix(speech: np.ndarray, bed: np.ndarray | None, snr: float | None, floor: np
 
 
 # --- word error rate ---------------------------------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    text = text.lower().replace("-", " ")
-    return re.sub(r"[^a-z0-9' ]+", " ", text).replace(" '", " ").split()
-
-
-def edits(ref: list[str], hyp: list[str]) -> int:
-    """Word-level Levenshtein distance."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
 
 
 # --- the suppressors ---------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import audioop
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import report
+from benchmarks.common.wer import edits, words
 
 SECTION = "## Whisper's window (issue 13)"
 DOCS = report.DocsBlock(SECTION, "whisper_window")
@@ -51,19 +51,10 @@ def _line(pcm8k: bytes) -> bytes:
     return resample(audioop.ulaw2lin(audioop.lin2ulaw(pcm8k, 2), 2), 8000, 16000)
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
 def word_errors(reference: str, heard: str) -> tuple[int, int]:
     """(edit distance in words, words in the reference)."""
-    ref, hyp = _words(reference), _words(heard)
-    row = list(range(len(hyp) + 1))
-    for i in range(1, len(ref) + 1):
-        previous, row[0] = row[:], i
-        for j in range(1, len(hyp) + 1):
-            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ref[i - 1] != hyp[j - 1]))
-    return row[-1], len(ref)
+    ref = words(reference)
+    return edits(ref, words(heard)), len(ref)
 
 
 def _active_rms(x: np.ndarray) -> float:
