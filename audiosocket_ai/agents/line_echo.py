@@ -49,6 +49,7 @@ class EchoPath:
         self._near_db = 0.0  # the latest caller frame's level (while the echo path is searched for)
         self._agent_levels: collections.deque[float] = collections.deque(maxlen=40)  # its last ~3 s of voice
         self._voiced = 0
+        self._agent_db: float | None = None
         self.failed = False
 
     @classmethod
@@ -93,12 +94,9 @@ class EchoPath:
     def agent_db(self) -> float | None:
         """How loud the agent's voice is on this call (dBFS: the mean of the loudest third of
         its last 3 s of audio sent), None before it has said anything. A line returns its
-        echo 10 dB or more below this."""
-        loud = sorted((x for x in self._agent_levels if x > -60.0), reverse=True)
-        if not loud:
-            return None
-        top = loud[: max(1, len(loud) // 3)]
-        return sum(top) / len(top)
+        echo 10 dB or more below this. Kept up to date as the agent's audio is sent, so
+        asking (per frame, while the listener judges an onset) costs nothing."""
+        return self._agent_db
 
     @property
     def _searching(self) -> bool:
@@ -123,6 +121,7 @@ class EchoPath:
             self._voiced += 1
             if self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
                 self._agent_levels.append(rms_dbfs(pcm))
+                self._agent_db = _speech_level(self._agent_levels)
         try:
             canceller = self._at(rate)
             if self._searching:
@@ -161,3 +160,12 @@ class EchoPath:
             out += self._near
             self._near.clear()
         return bytes(out)
+
+
+def _speech_level(levels: collections.deque[float]) -> float | None:
+    """The mean of the loudest third of the voiced (> -60 dBFS) levels, None if there are none."""
+    loud = sorted((x for x in levels if x > -60.0), reverse=True)
+    if not loud:
+        return None
+    top = loud[: max(1, len(loud) // 3)]
+    return sum(top) / len(top)
