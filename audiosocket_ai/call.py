@@ -8,6 +8,12 @@ Data flow (bytes in → frames out), all inside :meth:`Call.run`::
     writer, every 20 ms (Pacer): Playout.next_frame() ─▶ taps (PCM) ─▶ encode ─▶ socket
                                  (the only writer while the call runs; one write per message)
 
+On a socket served by a :class:`~audiosocket_ai.ticker.Ticker` (the server's, normally),
+the reading and the writing above are steps the server-wide tick calls once per 20 ms for
+every call, instead of two wake-ups per call per frame: the reader and writer tasks sleep
+until their step leaves the tick (end of stream, a socket buffer full, hangup due). Other
+streams (in-memory ones in tests) are read and paced by the call's own tasks.
+
 The call (every task in its nursery) ends when the peer closes, the agent hangs up or fails, or on a protocol error.
 
 This module is over 500 lines because the reader, the paced writer and the agent share one call's state
@@ -35,6 +41,7 @@ from .playout import DEFAULT_MAX_AHEAD_MS, Playback, Playout
 from .protocol import Audio, Decoder, Dtmf, Error, Hangup, Message, ProtocolError, Unknown, Uuid
 from .protocol.encoder import HANGUP_BYTES, encode_audio
 from .surface import AgentFunction, AudioTap, EndReason
+from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,7 @@ class Call:
         pending: list[Message] | None = None,
         settings: CallSettings | None = None,
         peer: str = "?",
+        ticker: Ticker | None = None,
     ) -> None:
         self.uuid = uuid
         self.peer = peer
@@ -123,6 +131,13 @@ class Call:
         self._stream = stream
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         """The socket under ``stream``, if it is one: the hot path reads and writes it directly."""
+        self._ticker = ticker if self._socket is not None else None
+        """The server-wide tick that reads and writes this call's socket (None: its own tasks do)."""
+        self._peer_eof = False
+        self._unsent = b""
+        """The part of a message the socket did not take at a tick; sent before anything else."""
+        self._silence_kind = -1
+        self._silence_message = b""
         self._decoder = decoder
         self._pending = list(pending or [])
         self.playout = Playout(rate=self.settings.default_rate, max_ahead_ms=self.settings.max_ahead_ms)
@@ -308,18 +323,22 @@ class Call:
             for message in self._pending:
                 self._dispatch(message)
             self._pending.clear()
-            while True:
+            ticker = self._ticker
+            if ticker is not None and ticker.running:
+                await ticker.follow(self._read_step)
+                if self.end_reason is not None:
+                    return
+                # else the ticker stopped (the server is going away): read on our own
+            while not self._peer_eof:
                 data = await self._receive()
                 if not data:
-                    self._decoder.eof()
-                    log.info("caller closed the connection")
-                    self._finish(EndReason.CALLER_HUNG_UP)
+                    self._peer_eof = True
+                    break
+                if not self._take(data, trio.current_time()):
                     return
-                self._last_inbound = trio.current_time()
-                for message in self._decoder.feed(data):
-                    self._dispatch(message)
-                    if self.end_reason is not None:
-                        return
+            self._decoder.eof()
+            log.info("caller closed the connection")
+            self._finish(EndReason.CALLER_HUNG_UP)
         except ProtocolError as exc:
             log.error("protocol error from %s: %s; hanging up", self.peer, exc)
             self.request_hangup(after_playout=False, reason=EndReason.PROTOCOL_ERROR)
@@ -328,6 +347,31 @@ class Call:
         finally:
             self._audio_send.close()
             self._dtmf_send.close()
+
+    def _take(self, data: bytes, now: float) -> bool:
+        """Decode and dispatch bytes from the peer; False once the call is ending."""
+        self._last_inbound = now
+        for message in self._decoder.feed(data):
+            self._dispatch(message)
+            if self.end_reason is not None:
+                return False
+        return True
+
+    def _read_step(self, now: float, deadline: float) -> bool:
+        """The reader's part of a server tick: whatever the peer sent since the last one.
+
+        A read that finds nothing costs a failed system call, far less than a task waking
+        up to read each frame. Frames wait at most a tick before they are read.
+        """
+        assert self._socket is not None
+        try:
+            data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+        except BlockingIOError:
+            return True
+        if data:
+            return self._take(data, now)
+        self._peer_eof = True
+        return False
 
     async def _receive(self) -> bytes | bytearray:
         """The next bytes from the peer (b"" at its end).
@@ -417,29 +461,67 @@ class Call:
         A hangup request is seen before the next tick, so it waits at most one tick.
         Cancellation: only between ticks (each write is shielded, see :meth:`_send`).
         """
-        playout = self.playout
         pacer = self.pacer = Pacer(trio.current_time())
-        silence_kind, silence_message = -1, b""
+        ticker = self._ticker
         try:
             while not self._writing_done():
-                now = trio.current_time()
-                pacer.tick(now)
-                pcm = playout.next_frame(now)
-                if pcm is playout.silence:
-                    if silence_kind != playout.kind:
-                        silence_kind, silence_message = playout.kind, encode_audio(playout.kind, pcm)
-                    message = silence_message
+                if ticker is not None and ticker.running:
+                    await self._follow_ticks(ticker)
                 else:
-                    message = encode_audio(playout.kind, pcm)
-                for tap in self._taps:
-                    tap.on_outbound(pcm, playout.rate)
-                await self._send(message)
-                await trio.sleep_until(pacer.advance(trio.current_time()))
+                    now = trio.current_time()
+                    pacer.tick(now)
+                    await self._send(self._next_message(now))
+                    await trio.sleep_until(pacer.advance(trio.current_time()))
         except _WriteFailed:
             return
         self.end_reason = self.end_reason or self._hangup_reason
         await self._send_final_hangup()
         self._finish(self._hangup_reason)
+
+    def _next_message(self, now: float) -> bytes:
+        """This tick's outbound message: the next agent frame or silence, encoded (taps see the PCM)."""
+        playout = self.playout
+        pcm = playout.next_frame(now)
+        if pcm is playout.silence:
+            if self._silence_kind != playout.kind:
+                self._silence_kind, self._silence_message = playout.kind, encode_audio(playout.kind, pcm)
+            message = self._silence_message
+        else:
+            message = encode_audio(playout.kind, pcm)
+        for tap in self._taps:
+            tap.on_outbound(pcm, playout.rate)
+        return message
+
+    def _write_step(self, now: float, deadline: float) -> bool:
+        """The writer's part of a server tick: one message, written without waiting.
+
+        Leaves the tick when a hangup is due, or when the socket took only part of the
+        message (its buffer is full: the peer reads slowly); the writer task then sends the
+        rest the guarded way (:meth:`_send`) and rejoins the tick.
+        """
+        if self._writing_done():
+            return False
+        assert self.pacer is not None and self._socket is not None
+        self.pacer.shared_tick(now, deadline)
+        message = self._next_message(now)
+        try:
+            sent = os.write(self._socket.fileno(), message)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(message):
+            return True
+        self._unsent = message[sent:]
+        return False
+
+    async def _follow_ticks(self, ticker: Ticker) -> None:
+        """Write on the server's tick until that needs this task (hangup due, socket full)."""
+        try:
+            await ticker.follow(self._write_step)
+        except OSError as exc:
+            self._connection_ended(exc, "writing")
+            raise _WriteFailed from exc
+        if self._unsent:
+            await self._send(b"")  # the rest of that message, waiting for the socket (bounded)
 
     async def _send_final_hangup(self) -> None:
         with trio.CancelScope(shield=True):
@@ -464,6 +546,8 @@ class Call:
         takes whole: no cancel scope, no trip through the scheduler. Only what it does not
         take (its buffer is full: the peer reads slowly) goes the guarded way below.
         """
+        if self._unsent:  # never start a message before the last one is whole
+            data, self._unsent = self._unsent + data, b""
         sock = self._socket
         if sock is not None:
             try:

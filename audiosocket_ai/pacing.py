@@ -10,6 +10,7 @@ it lost, counts them, and carries on from the next deadline.
 from __future__ import annotations
 
 import bisect
+import math
 
 from .audio import FRAME_MS
 
@@ -51,7 +52,7 @@ class Pacer:
     then sleeps until :meth:`advance` returns the next deadline.
     """
 
-    __slots__ = ("deadline", "frames", "late_ticks", "lateness", "resyncs")
+    __slots__ = ("deadline", "frames", "late_ticks", "lateness", "phase", "resyncs")
 
     def __init__(self, start: float) -> None:
         self.deadline = start
@@ -61,6 +62,9 @@ class Pacer:
         self.resyncs = 0
         self.lateness = PacingHistogram()
         """Lateness of each tick's wake-up against its deadline."""
+        self.phase = math.inf
+        """On the shared tick: the earliest this call's frames have left after a tick's
+        deadline (its place in the pass); its own deadlines are the tick's plus this."""
 
     def tick(self, now: float) -> None:
         """Record the wake-up for the current deadline."""
@@ -77,3 +81,25 @@ class Pacer:
             self.resyncs += 1
             self.deadline += missed * TICK
         return self.deadline
+
+    def shared_tick(self, now: float, deadline: float) -> None:
+        """One frame was sent at a tick of the server's shared clock (:mod:`.ticker`).
+
+        The tick visits calls one after another, so a call's frames leave a steady few
+        milliseconds after each tick's ``deadline``: that offset is its phase, not
+        lateness (the caller hears frames 20 ms apart). What is recorded is how much later
+        than its phase this frame left. Also counts the ticks this call missed since its
+        previous frame (its writer was away waiting for a full socket buffer, or the whole
+        tick fell behind).
+        """
+        offset = now - deadline
+        if offset < self.phase:
+            self.phase = offset
+        self.lateness.observe_ms((offset - self.phase) * 1000.0)
+        if self.frames:
+            gap = round((deadline - self.deadline) / TICK) - 1
+            if gap > 0:
+                self.late_ticks += gap
+                self.resyncs += 1
+        self.frames += 1
+        self.deadline = deadline

@@ -33,6 +33,7 @@ from .protocol import Decoder, Message, ProtocolError, Uuid
 from .protocol.encoder import HANGUP_BYTES
 from .shared import SharedState
 from .surface import AgentFactory, CallSurface, EndReason
+from .ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class ServerConfig:
     reuse_port: bool = False
     """Bind with SO_REUSEPORT so several processes serve one port (``serve --workers N``):
     the kernel spreads new connections over their listening sockets."""
+    shared_tick: bool = True
+    """Read and write every call's socket from one server-wide 20 ms tick
+    (:class:`~audiosocket_ai.ticker.Ticker`) rather than from two tasks per call that each
+    wake 50 times a second: the same pacing for a fraction of the event loop's time.
+    Off: each call keeps its own clock (inbound frames are then read the moment they
+    arrive, rather than up to one tick later)."""
     call: CallSettings = attrs.Factory(CallSettings)
 
 
@@ -134,6 +141,8 @@ class Server:
         self._calls_changed = trio.Event()
         self._connection_ids = 0
         self._busy_prompts = 0
+        self.ticker = Ticker()
+        """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``)."""
 
     @property
     def active_calls(self) -> int:
@@ -202,27 +211,36 @@ class Server:
         else:
             log.info("serving handed-in connections only (max %d calls)", config.max_calls)
         try:
-            async with trio.open_nursery() as calls_nursery:
-                with trio.CancelScope() as accept_scope:
-                    self._accept_scope = accept_scope
-                    if self.draining:
-                        accept_scope.cancel()
-                    async with trio.open_nursery() as accept_nursery:
-                        if listeners:
-                            await accept_nursery.start(
-                                _serve_listeners, self._handle_connection, listeners, calls_nursery
-                            )
-                        task_status.started(listeners)
-                        accept_nursery.start_soon(_wait_then_cancel, self._drain_started, accept_scope)
-                for listener in listeners:
-                    await listener.aclose()
-                log.info("stopped accepting calls; %d in progress", self.active_calls)
-                await self._finish_calls()
+            async with trio.open_nursery() as clock_nursery:
+                if config.shared_tick and not self.ticker.running:
+                    await clock_nursery.start(self.ticker.run)
+                await self._serve_calls(listeners, task_status)
+                clock_nursery.cancel_scope.cancel()  # every call has ended
         finally:
             for listener in listeners:
                 with trio.CancelScope(shield=True):
                     await listener.aclose()
         log.info("server stopped")
+
+    async def _serve_calls(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[list[trio.SocketListener]]
+    ) -> None:
+        async with trio.open_nursery() as calls_nursery:
+            with trio.CancelScope() as accept_scope:
+                self._accept_scope = accept_scope
+                if self.draining:
+                    accept_scope.cancel()
+                async with trio.open_nursery() as accept_nursery:
+                    if listeners:
+                        await accept_nursery.start(
+                            _serve_listeners, self._handle_connection, listeners, calls_nursery
+                        )
+                    task_status.started(listeners)
+                    accept_nursery.start_soon(_wait_then_cancel, self._drain_started, accept_scope)
+            for listener in listeners:
+                await listener.aclose()
+            log.info("stopped accepting calls; %d in progress", self.active_calls)
+            await self._finish_calls()
 
     def drain(self, *, timeout: float | None = None) -> None:
         """Stop accepting; calls in progress get ``timeout`` (default config) to finish."""
@@ -274,7 +292,7 @@ class Server:
         self._busy_prompts += 1
         try:
             call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=self.config.call,
-                        peer=peer)
+                        peer=peer, ticker=self.ticker)
 
             async def busy(call: CallSurface) -> None:
                 async with trio.open_nursery() as nursery:
@@ -361,7 +379,8 @@ class Server:
             self.stats.reject("duplicate_uuid")
             await _try_send(stream, HANGUP_BYTES)
             return
-        call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer)
+        call = Call(uuid=uuid, stream=stream, decoder=decoder, pending=pending, settings=config.call, peer=peer,
+                    ticker=self.ticker)
         call.context = await self._context_of(str(uuid))
         if self.shared is not None:  # before the hangup frame, so the dialplan never reads a stale one
             call.before_hangup = lambda: self._share_outcome(str(uuid), call.outcome)

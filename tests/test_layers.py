@@ -24,7 +24,7 @@ PACKAGE = pathlib.Path(audiosocket_ai.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("protocol",),
-    ("audio", "echo", "denoise", "wav", "pacing", "inference", "log", "events"),
+    ("audio", "echo", "denoise", "wav", "pacing", "ticker", "inference", "log", "events"),
     ("interfaces",),
     ("providers",),
     ("playout",),

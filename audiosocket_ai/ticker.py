@@ -1,0 +1,134 @@
+"""One 20 ms clock for a whole server: a single task wakes per tick and does every call's I/O.
+
+With a task per call that sleeps until its own deadline, every call costs the event loop a
+timer, a wake-up and a trip through the scheduler 50 times a second for writing, and as
+many again for reading — most of a call's cost on the hot path. The :class:`Ticker`
+replaces them: calls hand it a *step*, a plain function, and one task calls every step in
+turn once per tick. A call's reader and writer tasks sleep (parked, costing nothing) until
+their step asks to leave the tick: to do something that must wait (a socket whose buffer
+is full), or because it is done.
+
+Guarantees, the same as each call keeping its own clock:
+
+* Absolute deadlines (``start + n × 20 ms``): time spent in a pass never accumulates.
+* No bursts: a pass that starts more than a tick late skips the ticks it lost (counted in
+  :attr:`Ticker.late_ticks`) instead of catching up.
+* Every call is visited at the same place in each pass while the set of calls is unchanged,
+  so its own frames stay 20 ms apart even when a pass takes several milliseconds.
+* One call's failure stays its own: whatever a step raises is handed back to the task that
+  registered it (and logged there, naming its call); the tick goes on for the others.
+* A step runs in the context (:mod:`contextvars`) of the task that registered it, so its
+  log lines name its call.
+* With nothing registered the task sleeps on an event; it does not tick idly.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+
+import trio
+
+from .pacing import TICK
+
+__all__ = ["Step", "Ticker"]
+
+Step = Callable[[float, float], bool]
+"""``step(now, deadline)``: one tick's work for one call; return False to leave the tick.
+
+``deadline`` is the tick's own time; ``now`` is when this step started (later, by the time
+the steps before it in the pass took)."""
+
+
+class _Entry:
+    __slots__ = ("context", "done", "error", "step")
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.context = contextvars.copy_context()
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class Ticker:
+    """The server-wide tick. Start :meth:`run` in a nursery, then :meth:`follow` from calls."""
+
+    def __init__(self) -> None:
+        self._entries: dict[_Entry, None] = {}
+        self._order: tuple[_Entry, ...] = ()
+        self._changed = False
+        self._wake: trio.Event | None = None
+        self.running = False
+        """True while :meth:`run` is running; :meth:`follow` works only then."""
+        self.passes = 0
+        """Ticks served (passes over the registered steps)."""
+        self.late_ticks = 0
+        """Ticks skipped because a pass began more than a tick after its deadline."""
+
+    @property
+    def steps(self) -> int:
+        """Steps registered now (a call's reader and writer are one each)."""
+        return len(self._entries)
+
+    async def follow(self, step: Step) -> None:
+        """Call ``step`` once per tick, from the next tick on, until it returns False.
+
+        Returns then; raises whatever ``step`` raised (it is not called again). Cancelling
+        the caller takes the step out of the tick before the next pass.
+        """
+        if not self.running:
+            raise RuntimeError("the ticker is not running")
+        entry = _Entry(step)
+        self._entries[entry] = None
+        self._changed = True
+        if self._wake is not None:
+            self._wake.set()
+        try:
+            await entry.done.wait()
+        finally:
+            if self._entries.pop(entry, False) is None:
+                self._changed = True
+        if entry.error is not None:
+            error, entry.error = entry.error, None
+            raise error
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The tick itself: runs until cancelled."""
+        self.running = True
+        task_status.started()
+        try:
+            deadline = trio.current_time()
+            while True:
+                if not self._entries:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    self._wake = None
+                    deadline = trio.current_time()
+                behind = trio.current_time() - deadline
+                if behind > TICK:
+                    lost = int(behind / TICK)
+                    self.late_ticks += lost
+                    deadline += lost * TICK
+                self._pass(deadline)
+                deadline += TICK
+                await trio.sleep_until(deadline)
+        finally:
+            self.running = False
+            for entry in self._entries:
+                entry.done.set()
+
+    def _pass(self, deadline: float) -> None:
+        if self._changed:
+            self._order = tuple(self._entries)
+            self._changed = False
+        self.passes += 1
+        clock = trio.current_time
+        for entry in self._order:
+            if entry.done.is_set():
+                continue
+            try:
+                if entry.context.run(entry.step, clock(), deadline):
+                    continue
+            except Exception as exc:
+                entry.error = exc
+            entry.done.set()
