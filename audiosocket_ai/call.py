@@ -348,7 +348,7 @@ class Call:
             self._audio_send.close()
             self._dtmf_send.close()
 
-    def _take(self, data: bytes, now: float) -> bool:
+    def _take(self, data: bytes | bytearray, now: float) -> bool:
         """Decode and dispatch bytes from the peer; False once the call is ending."""
         self._last_inbound = now
         for message in self._decoder.feed(data):
