@@ -1,0 +1,353 @@
+"""The server-wide tick: one task does every call's socket I/O once per 20 ms.
+
+The ticker alone in virtual time (order, absolute deadlines, skipped ticks, errors handed
+back, contexts, cancellation), then calls on real socket pairs served by it: frames 20 ms
+apart, caller audio read within a tick, end of stream, a protocol error, and a peer that
+stops reading, which must end its own call and leave the others' frames on time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+import audiosocket_ai as asa
+from audiosocket_ai.agents import echo_agent
+from audiosocket_ai.call import Call, CallSettings
+from audiosocket_ai.protocol import Audio, Decoder, Hangup
+from audiosocket_ai.protocol.encoder import encode_audio
+from audiosocket_ai.surface import CallSurface, EndReason
+from audiosocket_ai.testing import FakeAsterisk
+from audiosocket_ai.ticker import Ticker
+
+from .conftest import established, noise, until_echoed
+
+TICK = 0.02
+FRAME = encode_audio(0x10, b"\x01\x00" * 160)
+
+
+async def _running(nursery: trio.Nursery) -> Ticker:
+    ticker = Ticker()
+    await nursery.start(ticker.run)
+    return ticker
+
+
+async def test_steps_run_once_per_tick_on_absolute_deadlines_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[str, float, float]] = []
+
+    def step(name: str, until: int) -> Callable[[float, float], bool]:
+        def run(now: float, deadline: float) -> bool:
+            seen.append((name, now, deadline))
+            return sum(1 for entry in seen if entry[0] == name) < until
+        return run
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            calls.start_soon(ticker.follow, step("a", 5))
+            await trio.lowlevel.checkpoint()
+            calls.start_soon(ticker.follow, step("b", 3))
+        assert ticker.steps == 0
+        nursery.cancel_scope.cancel()
+    deadlines = sorted({deadline for _, _, deadline in seen})
+    assert [b - a for a, b in itertools.pairwise(deadlines)] == pytest.approx([TICK] * 4)
+    for _, now, deadline in seen:
+        assert now == pytest.approx(deadline)
+    assert [name for name, _, _ in seen].count("a") == 5 and [name for name, _, _ in seen].count("b") == 3
+    for deadline in deadlines:  # in each pass, the step registered first runs first
+        names = [name for name, _, at in seen if at == deadline]
+        assert names in (["a"], ["a", "b"]), names
+
+
+async def test_a_late_pass_skips_the_ticks_it_lost_instead_of_bursting(autojump_clock: trio.testing.MockClock) -> None:
+    deadlines: list[float] = []
+
+    def step(now: float, deadline: float) -> bool:
+        deadlines.append(deadline)
+        if len(deadlines) == 3:
+            autojump_clock.jump(0.065)  # this pass took 65 ms: the loop was blocked
+        return len(deadlines) < 6
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        await ticker.follow(step)
+        nursery.cancel_scope.cancel()
+    gaps = [round((b - a) / TICK) for a, b in itertools.pairwise(deadlines)]
+    # the pass after the 65 ms one runs at the latest deadline already past (5 ms late),
+    # not at each of the deadlines it missed
+    assert gaps == [1, 1, 3, 1, 1]
+    assert ticker.late_ticks == 2
+
+
+async def test_a_failing_step_raises_in_its_own_task_and_the_others_keep_ticking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    counts = {"good": 0, "bad": 0}
+
+    def good(now: float, deadline: float) -> bool:
+        counts["good"] += 1
+        return counts["good"] < 10
+
+    def bad(now: float, deadline: float) -> bool:
+        counts["bad"] += 1
+        if counts["bad"] == 2:
+            raise ValueError("broken step")
+        return True
+
+    async def follow_bad(ticker: Ticker) -> None:
+        with pytest.raises(ValueError, match="broken step"):
+            await ticker.follow(bad)
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            calls.start_soon(follow_bad, ticker)
+            calls.start_soon(ticker.follow, good)
+        nursery.cancel_scope.cancel()
+    assert counts == {"good": 10, "bad": 2}  # not called again after it raised
+
+
+async def test_a_step_runs_in_the_context_of_the_task_that_registered_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    which_call: contextvars.ContextVar[str] = contextvars.ContextVar("which_call", default="-")
+    seen: dict[str, str] = {}
+
+    async def call(name: str, ticker: Ticker) -> None:
+        which_call.set(name)
+
+        def step(now: float, deadline: float) -> bool:
+            seen[name] = which_call.get()
+            return False
+
+        await ticker.follow(step)
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call, "one", ticker)
+            calls.start_soon(call, "two", ticker)
+        nursery.cancel_scope.cancel()
+    assert seen == {"one": "one", "two": "two"}
+
+
+async def test_cancelling_a_follower_removes_its_step_and_an_idle_ticker_sleeps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls = 0
+
+    def step(now: float, deadline: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        with trio.move_on_after(0.1):
+            await ticker.follow(step)
+        assert ticker.steps == 0
+        before, passes = calls, ticker.passes
+        await trio.sleep(1.0)
+        assert calls == before, "a cancelled step is not called again"
+        assert ticker.passes == passes, "with nothing to do the ticker does not tick"
+        nursery.cancel_scope.cancel()
+    assert 4 <= before <= 6
+
+
+async def test_follow_needs_a_running_ticker() -> None:
+    with pytest.raises(RuntimeError, match="not running"):
+        await Ticker().follow(lambda now, deadline: False)
+
+
+# --- calls on real sockets, served by the tick ------------------------------------------
+
+
+class Peer:
+    """Asterisk's end of one call, on a real socket: every message and when it arrived."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = Decoder()
+        self.times: list[float] = []
+        self.frames: list[Audio] = []
+        self.hangups = 0
+
+    async def read(self) -> None:
+        try:
+            async for data in self.stream:
+                now = trio.current_time()
+                for message in self.decoder.feed(data):
+                    if isinstance(message, Audio):
+                        self.times.append(now)
+                        self.frames.append(message)
+                    elif isinstance(message, Hangup):
+                        self.hangups += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+def _call(stream: trio.SocketStream, ticker: Ticker | None, *, max_payload: int = 0xFFFF,
+          write_timeout: float = 2.0) -> Call:
+    settings = CallSettings(rate_detect_ms=0, max_payload=max_payload, write_timeout=write_timeout)
+    return Call(uuid=uuid.uuid4(), stream=stream, decoder=Decoder(max_payload=max_payload), settings=settings,
+                ticker=ticker, peer="test")
+
+
+async def test_a_call_on_the_tick_echoes_with_frames_20_ms_apart(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        server_end, pbx_end = _pair()
+        call = _call(server_end, ticker)
+        peer = Peer(pbx_end)
+        nursery.start_soon(peer.read)
+
+        async def caller() -> None:
+            for i in range(50):
+                await pbx_end.send_all(encode_audio(0x10, bytes([i + 1, 0]) * 160))
+                await trio.sleep(TICK)
+            await trio.sleep(0.2)
+            await pbx_end.send_eof()
+
+        nursery.start_soon(caller)
+        reason = await call.run(echo_agent)
+        assert ticker.steps == 0, "an ended call leaves the tick"
+        nursery.cancel_scope.cancel()
+    assert reason is EndReason.CALLER_HUNG_UP
+    gaps = [b - a for a, b in zip(peer.times, peer.times[1:], strict=False)]
+    assert gaps and all(gap == pytest.approx(TICK, abs=1e-6) for gap in gaps)
+    echoed = [frame.pcm[0] for frame in peer.frames if any(frame.pcm)]
+    assert echoed == list(range(1, 51)), "every caller frame came back, in order"
+    assert call.pacer is not None and call.pacer.late_ticks == 0
+    assert call.pacer.lateness.count == len(peer.frames)
+
+
+async def test_caller_audio_is_read_within_one_tick(autojump_clock: trio.testing.MockClock) -> None:
+    arrived: list[float] = []
+
+    async def listener(call: CallSurface) -> None:
+        async for _ in call.audio():
+            arrived.append(trio.current_time())
+
+    sent: list[float] = []
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        server_end, pbx_end = _pair()
+        call = _call(server_end, ticker)
+        nursery.start_soon(Peer(pbx_end).read)
+
+        async def caller() -> None:
+            await trio.sleep(0.013)  # out of phase with the tick
+            for _ in range(10):
+                sent.append(trio.current_time())
+                await pbx_end.send_all(FRAME)
+                await trio.sleep(TICK)
+            await pbx_end.send_eof()
+
+        nursery.start_soon(caller)
+        await call.run(listener)
+        nursery.cancel_scope.cancel()
+    assert len(arrived) == 10
+    assert all(0 <= got - put <= TICK + 1e-9 for put, got in zip(sent, arrived, strict=True))
+
+
+async def test_bad_bytes_on_the_tick_end_only_that_call_with_a_hangup(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        server_end, pbx_end = _pair()
+        call = _call(server_end, ticker, max_payload=640)
+        peer = Peer(pbx_end)
+        nursery.start_soon(peer.read)
+        await pbx_end.send_all(b"\x10\xff\xff")  # announces 65535 bytes: over the limit
+        reason = await call.run(echo_agent)
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert reason is EndReason.PROTOCOL_ERROR
+    assert peer.hangups == 1
+
+
+async def test_a_peer_that_stops_reading_ends_its_call_and_the_others_stay_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The tick never waits for a socket: a full buffer sends that call's writer the slow
+    way (bounded by ``write_timeout``) while every other call keeps its 20 ms frames."""
+
+    async def idle(call: CallSurface) -> None:
+        await trio.sleep_forever()
+
+    reasons: dict[str, EndReason] = {}
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        stuck_server, stuck_pbx = _pair()
+        stuck_server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        stuck_pbx.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        good_server, good_pbx = _pair()
+        good_peer = Peer(good_pbx)
+        nursery.start_soon(good_peer.read)
+        stuck = _call(stuck_server, ticker, write_timeout=0.5)
+        good = _call(good_server, ticker)
+
+        async def run(name: str, call: Call) -> None:
+            reasons[name] = await call.run(idle)
+
+        nursery.start_soon(run, "stuck", stuck)
+        nursery.start_soon(run, "good", good)
+        with trio.fail_after(30):
+            while "stuck" not in reasons:
+                await trio.sleep(0.1)
+        await trio.sleep(1.0)
+        good.request_hangup(after_playout=False)
+        with trio.fail_after(1):
+            while "good" not in reasons:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert reasons == {"stuck": EndReason.PEER_NOT_READING, "good": EndReason.AGENT_HUNG_UP}
+    gaps = [b - a for a, b in zip(good_peer.times, good_peer.times[1:], strict=False)]
+    assert len(gaps) > 50 and all(gap == pytest.approx(TICK, abs=1e-6) for gap in gaps)
+    assert good_peer.hangups == 1
+
+
+async def test_without_a_running_ticker_a_socket_call_keeps_its_own_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server_end, pbx_end = _pair()
+    call = _call(server_end, Ticker())  # never started
+    peer = Peer(pbx_end)
+
+    async def agent(call: CallSurface) -> None:
+        await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.read)
+        await call.run(agent)
+        nursery.cancel_scope.cancel()
+    assert 24 <= len(peer.frames) <= 26
+    assert peer.hangups == 1
+
+
+@pytest.mark.parametrize("shared_tick", [True, False])
+async def test_the_server_serves_tcp_calls_on_its_tick_or_on_their_own_clocks(
+    serve: Callable[..., Any], shared_tick: bool, autojump_clock: trio.testing.MockClock,
+) -> None:
+    sent = noise(600, 8000)
+    async with serve(asa.echo_agent, shared_tick=shared_tick) as (server, port):
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+            assert server.ticker.running is shared_tick
+            assert server.ticker.steps == (2 if shared_tick else 0), "the call's reader and writer are on the tick"
+    assert sent in pbx.received_audio()
