@@ -49,9 +49,10 @@ for needed in ("audiosocket_ai/py.typed", "audiosocket_ai/cli.py", "audiosocket_
     assert needed in names, f"{wheel} lacks {needed}"
 entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
 assert "audiosocket-ai = audiosocket_ai.cli:main" in entry, entry
+assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), f"{wheel} lacks the licence text"
 assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names), "wheel carries non-package files"
 members = {m.split("/", 1)[1] for m in tarfile.open(sdist).getnames() if "/" in m}
-for needed in ("pyproject.toml", "README.md", "audiosocket_ai/py.typed", "dialplan/extensions.conf",
+for needed in ("pyproject.toml", "README.md", "LICENSE", "audiosocket_ai/py.typed", "dialplan/extensions.conf",
                "deploy/kubernetes.yaml", "deploy/audiosocket-ai.service", "Dockerfile", "examples/agent.toml",
                "examples/faq.toml", "docs/operations.md"):
     assert needed in members, f"{sdist} lacks {needed}"
