@@ -61,6 +61,32 @@ def priority(level: int) -> Iterator[None]:
         yield
 
 
+_share = 1
+"""How many processes share this machine's cores for inference (``serve --workers N``)."""
+
+
+def share_cores(processes: int) -> None:
+    """Declare that ``processes`` servers (this one included) run local inference on the
+    cores this process may use, so each sizes its engines for its share of them
+    (:func:`inference_cores`). Called once in every worker of ``serve --workers N``."""
+    global _share
+    _share = max(1, processes)
+
+
+def inference_cores() -> int:
+    """Cores this process's local inference may keep busy: those it may run on (its CPU
+    affinity), divided among the processes that share them (:func:`share_cores`), at least 1.
+
+    Without the division, N workers would each admit one inference per core: N times as
+    many inference threads as cores, every job slower and no deadline order between them.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // _share)
+
+
 class DeadlineLimiter:
     """A capacity limiter for ``trio.to_thread.run_sync`` that serves the earliest deadline.
 
@@ -70,7 +96,7 @@ class DeadlineLimiter:
     """
 
     def __init__(self, total_tokens: int | None = None) -> None:
-        self.total_tokens = total_tokens or max(1, os.cpu_count() or 1)
+        self.total_tokens = total_tokens or inference_cores()
         self._borrowers: set[object] = set()
         self._waiting: list[list[object]] = []  # heap of [deadline, seq, event, borrower, live]
         self._seq = itertools.count()

@@ -318,3 +318,20 @@ async def test_cancellation_at_the_moment_of_a_free_grant_leaks_no_token(
         assert limiter.borrowed_tokens == 0
     await trio.to_thread.run_sync(lambda: ran.append(1), limiter=limiter)
     assert ran == [1] and limiter.borrowed_tokens == 0
+
+
+def test_workers_share_the_cores_for_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``serve --workers N`` each worker sizes its engines for its share of the cores
+    (never fewer than one), so N workers never run N times as many inference threads."""
+    from audiosocket_ai import inference
+    from audiosocket_ai.providers.local._common import default_concurrency
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(inference, "_share", 1)
+    assert inference.inference_cores() == 8
+    inference.share_cores(2)
+    assert inference.inference_cores() == 4
+    assert inference.DeadlineLimiter().total_tokens == 4
+    assert default_concurrency() == 4
+    inference.share_cores(16)
+    assert inference.inference_cores() == 1

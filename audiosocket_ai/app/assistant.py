@@ -17,7 +17,7 @@ import trio
 
 from ..agents.assistant import AssistantSettings, VoiceAssistant
 from ..agents.tools import Tool, TransferGuard, TransferTargets
-from ..inference import DeadlineLimiter
+from ..inference import DeadlineLimiter, inference_cores
 from ..interfaces import TTS
 from ..providers.fallback import FallbackLLM, FallbackSTT, FallbackTTS
 from ..providers.registry import make_llm, make_stt, make_tts, make_vad_factory
@@ -141,11 +141,10 @@ async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks 
     Cloud engines cost no local CPU; their share counts as zero, leaving the per-call
     overhead as the bound.
     """
-    import os
 
     from ..audio import resample
 
-    cores = os.cpu_count() or 1
+    cores = inference_cores()
     tts_rtf = stt_rtf = 0.0
     started = trio.current_time()
     pcm, rate = await render_prompt(assistant.tts, sample)

@@ -30,6 +30,7 @@ from ..console import Console
 from ..context import ContextLimits, ContextStore
 from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
+from ..inference import inference_cores
 from ..log import current_call
 from ..metrics import Metrics
 from ..outcome import OutcomeStore
@@ -367,9 +368,8 @@ LOCAL_CALLS_PER_CORE = 10
 def warn_if_oversized(assistant: VoiceAssistant, max_calls: int, cores: int | None = None) -> bool:
     """Warn when ``max_calls`` is above what local speech engines were measured to carry on
     this many cores (and no start-up estimate was asked for). Returns whether it warned."""
-    import os
 
-    cores = cores or os.cpu_count() or 1
+    cores = cores or inference_cores()
     local = assistant.tts.capabilities.local or assistant.stt.capabilities.local
     if not local or max_calls <= LOCAL_CALLS_PER_CORE * cores:
         return False

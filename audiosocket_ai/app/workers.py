@@ -68,8 +68,10 @@ import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from .. import config
 from ..console.relay import RelayConsole
 from ..http import Request, StatusEndpoint
+from ..inference import share_cores
 from ..log import configure_logging
 from . import serve as serving
 
@@ -496,6 +498,8 @@ def worker_main() -> None:
     configure_logging(values["logging.level"], fmt=values["logging.format"])
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(args.index))
+    workers = config.worker_count(values["server.workers"]) or 1
+    share_cores(workers)  # each worker's local engines get its share of the cores, not all of them
     values.update({"server.workers": "1", "server.metrics_port": 0, "server.metrics_host": "127.0.0.1"})
     try:
         application = serving.build(values)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import trio
 
 from ...errors import AudiosocketAIError
+from ...inference import inference_cores
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,12 @@ class ModelNotFoundError(AudiosocketAIError, FileNotFoundError):
 
 
 def default_concurrency() -> int:
-    """How many inferences may run at once: one per core.
+    """How many inferences may run at once: one per core (this process's share of them).
 
     CPU inference is compute-bound, so admitting more than one job per core only adds
     latency to every job and memory for their buffers.
     """
-    return max(1, os.cpu_count() or 1)
+    return inference_cores()
 
 
 def make_limiter(limiter: trio.CapacityLimiter | None, max_concurrency: int | None) -> trio.CapacityLimiter:
