@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from .call import Call
 from .pacing import PACING_BUCKETS_MS, PacingHistogram
+from .ticker import Ticker
 
 __all__ = ["STAGE_BUCKETS", "Metrics"]
 
@@ -54,6 +55,8 @@ class Metrics:
         """Calls in progress, as the server announced them."""
         self.ready: Callable[[], bool] = lambda: False
         """Readiness probe, given by the server."""
+        self.ticker: Ticker | None = None
+        """The server's shared tick, given by the server (its pass times and skipped ticks)."""
         r.register(_LiveCollector(self))
 
     def call_started(self, call: Call) -> None:
@@ -105,11 +108,22 @@ class _LiveCollector(Collector):
         for call in calls:
             if call.pacer is not None:
                 pacing.merge(call.pacer.lateness)
-        buckets, running = [], 0
-        for bound, count in zip(PACING_BUCKETS_MS, pacing.counts, strict=False):
-            running += count
-            buckets.append((str(bound / 1000), running))
-        buckets.append(("+Inf", pacing.count))
-        yield HistogramMetricFamily("audiosocket_pacing_lateness_seconds",
-                                    "How late each outbound frame left relative to its 20 ms deadline.",
-                                    buckets=buckets, sum_value=pacing.total / 1000)
+        yield _histogram("audiosocket_pacing_lateness_seconds",
+                         "How late each outbound frame left relative to its 20 ms deadline.", pacing)
+        ticker = self.metrics.ticker
+        if ticker is not None:
+            yield _histogram("audiosocket_tick_pass_seconds", "How long each pass of the server-wide 20 ms tick "
+                             "took (every call's socket read and frame written); near 0.02 the server is full.",
+                             ticker.pass_ms)
+            yield CounterMetricFamily("audiosocket_tick_skipped", "Ticks of the server-wide tick skipped because "
+                                      "a pass began more than a tick late.", value=ticker.late_ticks)
+
+
+def _histogram(name: str, documentation: str, histogram: PacingHistogram) -> HistogramMetricFamily:
+    """A Prometheus histogram (in seconds) of a millisecond :class:`PacingHistogram`."""
+    buckets, running = [], 0
+    for bound, count in zip(PACING_BUCKETS_MS, histogram.counts, strict=False):
+        running += count
+        buckets.append((str(bound / 1000), running))
+    buckets.append(("+Inf", histogram.count))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=histogram.total / 1000)

@@ -143,6 +143,8 @@ class Server:
         self._busy_prompts = 0
         self.ticker = Ticker()
         """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``)."""
+        if metrics is not None:
+            metrics.ticker = self.ticker
 
     @property
     def active_calls(self) -> int:

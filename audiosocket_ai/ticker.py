@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import trio
 
-from .pacing import TICK
+from .pacing import TICK, PacingHistogram
 
 __all__ = ["Step", "Ticker"]
 
@@ -64,6 +64,8 @@ class Ticker:
         """Ticks served (passes over the registered steps)."""
         self.late_ticks = 0
         """Ticks skipped because a pass began more than a tick after its deadline."""
+        self.pass_ms = PacingHistogram()
+        """How long each pass took: the server's load. Near 20 ms, the tick cannot keep up."""
 
     @property
     def steps(self) -> int:
@@ -123,6 +125,7 @@ class Ticker:
             self._changed = False
         self.passes += 1
         clock = trio.current_time
+        started = clock()
         for entry in self._order:
             if entry.done.is_set():
                 continue
@@ -132,3 +135,4 @@ class Ticker:
             except Exception as exc:
                 entry.error = exc
             entry.done.set()
+        self.pass_ms.observe_ms((clock() - started) * 1000.0)

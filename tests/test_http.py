@@ -47,6 +47,10 @@ async def test_health_readiness_metrics_and_outcomes() -> None:
             assert 'audiosocket_calls_ended_total{reason="agent_hung_up"} 1.0' in text
             assert "audiosocket_calls_active 0.0" in text
             assert 'audiosocket_pacing_lateness_seconds_bucket{le="+Inf"}' in text
+            passes = next(line for line in text.splitlines()
+                          if line.startswith('audiosocket_tick_pass_seconds_bucket{le="+Inf"}'))
+            assert float(passes.split()[1]) == server.ticker.passes > 0, "the shared tick's passes are counted"
+            assert "audiosocket_tick_skipped_total 0.0" in text
             assert (await web.post("/healthz")).status_code == 405
             server.drain()
             assert (await web.get("/readyz")).status_code == 503, "draining: not ready"
