@@ -75,7 +75,8 @@ class FaqEntry:
 
 DEFAULT_FAQ: tuple[FaqEntry, ...] = (
     FaqEntry(
-        keywords=("hours", "open", "opening", "closing", "close today"),
+        keywords=("hours", "open", "opened", "opening", "closing", "closed", "close today", "what time do you",
+                  "what time you"),
         answer="I'm sorry, I haven't been given our opening hours yet. A person can tell you; just say operator.",
         listed=False,
     ),

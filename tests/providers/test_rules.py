@@ -291,3 +291,11 @@ def test_a_question_about_an_faq_topic_is_answered_even_if_misheard_as_what_are_
     assert "opening hours" in text
     text, _ = llm.decide([Message("system", "x"), Message("user", "What are you?")], [])
     assert "automated assistant" in text, "the identity question alone is still answered as before"
+
+
+@pytest.mark.parametrize("question", ["I wanted to ask, um, what time you opened?", "What time do you close?",
+                                      "Are you closed on Sundays?"])
+def test_the_hours_are_recognised_in_other_tenses_and_phrasings(question: str) -> None:
+    # seen in the turn-taking corpus: Whisper writes "what time you open" as "what time you opened"
+    text, _ = RuleBasedLLM().decide([Message("system", "x"), Message("user", question)], [])
+    assert "opening hours" in text, text
