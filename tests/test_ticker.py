@@ -25,6 +25,7 @@ from audiosocket_ai.agents import echo_agent
 from audiosocket_ai.call import Call, CallSettings
 from audiosocket_ai.protocol import Audio, Decoder, Hangup
 from audiosocket_ai.protocol.encoder import encode_audio
+from audiosocket_ai.protocol.kinds import AUDIO_KIND_BY_RATE
 from audiosocket_ai.surface import CallSurface, EndReason
 from audiosocket_ai.testing import FakeAsterisk
 from audiosocket_ai.ticker import Ticker
@@ -351,3 +352,30 @@ async def test_the_server_serves_tcp_calls_on_its_tick_or_on_their_own_clocks(
             assert server.ticker.running is shared_tick
             assert server.ticker.steps == (2 if shared_tick else 0), "the call's reader and writer are on the tick"
     assert sent in pbx.received_audio()
+
+
+async def test_a_16_khz_call_on_the_tick_is_answered_in_its_own_kind_from_the_first_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The writer waits up to ``rate_detect_ms`` for the caller's first frame, which the tick
+    may read only after that wait is over; but the reader's step runs before the writer's in
+    every pass, so the first frame written already knows the call's rate."""
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        await trio.sleep(0.005)  # the call starts between two ticks
+        server_end, pbx_end = _pair()
+        call = Call(uuid=uuid.uuid4(), stream=server_end, decoder=Decoder(), settings=CallSettings(), ticker=ticker)
+        peer = Peer(pbx_end)
+        nursery.start_soon(peer.read)
+
+        async def caller() -> None:
+            await trio.sleep(0.024)  # the first frame comes 24 ms after the UUID: the next tick is 35 ms after it
+            for _ in range(5):
+                await pbx_end.send_all(encode_audio(AUDIO_KIND_BY_RATE[16000], b"\x01\x00" * 320))
+                await trio.sleep(TICK)
+            await pbx_end.send_eof()
+
+        nursery.start_soon(caller)
+        await call.run(echo_agent)
+        nursery.cancel_scope.cancel()
+    assert peer.frames and {frame.rate for frame in peer.frames} == {16000}
