@@ -46,7 +46,9 @@ def rms_dbfs(pcm: bytes) -> float:
     if len(pcm) < 2:
         return float("-inf")
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
-    power = float(np.mean(samples * samples))
+    # (one dot product, not np.mean of the squares: ~3x cheaper per frame, and the same value —
+    # squares of 16-bit samples add up exactly in float64 whatever the order, below 2**23 samples)
+    power = float(np.dot(samples, samples)) / len(samples)
     if power <= 0.0:
         return float("-inf")
     return float(10.0 * np.log10(power / (32768.0 * 32768.0)))
@@ -177,7 +179,12 @@ class LeadTrimmer:
 def _to_int16(samples: np.ndarray) -> bytes:
     # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
     # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.
-    return bytes(np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes())
+    # (in place, and np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more
+    # than the work on a 20 ms frame; the same values)
+    rounded = np.rint(samples)
+    np.minimum(rounded, 32767, out=rounded)
+    np.maximum(rounded, -32768, out=rounded)
+    return bytes(rounded.astype("<i2").tobytes())
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> bytes:

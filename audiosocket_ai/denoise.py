@@ -95,15 +95,21 @@ class Denoiser:
             out = bytes(self._pending) + bytes(pcm)
             self._pending.clear()
             return out
-        self._pending += pcm
-        ready = len(self._pending) // self.frame_bytes * self.frame_bytes
-        if not ready:
-            return b""
-        frames = bytes(self._pending[:ready])
-        del self._pending[:ready]
+        step = self.frame_bytes
+        if not self._pending and len(pcm) == step:
+            frames, ready = bytes(pcm), step  # one whole frame, nothing waiting: the usual case
+        else:
+            self._pending += pcm
+            ready = len(self._pending) // step * step
+            if not ready:
+                return b""
+            frames = bytes(self._pending[:ready])
+            del self._pending[:ready]
         try:
-            step = self.frame_bytes
-            out = b"".join(self._ns.process(frames[k : k + step]) for k in range(0, ready, step))
+            if ready == step:
+                out = self._ns.process(frames)
+            else:
+                out = b"".join(self._ns.process(frames[k : k + step]) for k in range(0, ready, step))
             if len(out) != ready:
                 raise ValueError(f"{len(out)} bytes out for {ready} in")
         except Exception as exc:

@@ -21,7 +21,8 @@ How it works:
 * **Delay.** GCC-PHAT (phase-transform cross-correlation) between the last second of near
   audio and the far audio up to ``max_delay_ms`` before it, every 200 ms until locked, then
   every 500 ms while it cancels well (on 8 kHz samples, also for 16 kHz calls); a peak at least 8 standard
-  deviations high, seen twice, places the filter.
+  deviations high, seen twice, places the filter. A caller side that was digital silence over
+  that second adds exactly nothing to the correlation: its two transforms are skipped.
 * **Filter.** A frequency-domain block NLMS (MDF: overlap-save, 20 ms partitions, a
   gradient constraint on one partition per frame in turn) of ``tail_ms`` + 20 ms (5
   partitions by default) placed at the delay, so a 300 ms delay costs no more than 20 ms.
@@ -114,8 +115,11 @@ class EchoCanceller:
         # [head : head + ring] is always in order without a copy
         self._xbuf = np.zeros((2 * ring, bins), dtype=np.complex128)
         self._xpow = np.zeros((2 * ring, bins))
+        self._xsum = np.zeros(2 * ring)  # each far spectrum's total power (its _xpow row summed)
         self._head = 0
-        self._prev_far = np.zeros(n)
+        self._silence = np.zeros(n)  # a silent far frame (read only: shared by every silent push)
+        self._prev_far = self._silence
+        self._zeroed = 0  # silent pushes in a row after silence: ring slots known to be all zero
         self._wb = np.zeros((self._taps, bins), dtype=np.complex128)  # background (adapting)
         self._wf = np.zeros_like(self._wb)  # foreground (makes the output)
         self._pb = self._pf = 0.0  # their recent error power
@@ -134,6 +138,7 @@ class EchoCanceller:
         lag_frames = math.ceil(max_delay_ms / FRAME_MS)
         self._far_hist: collections.deque[np.ndarray | None] = collections.deque(maxlen=history + lag_frames)
         self._near_hist: collections.deque[np.ndarray] = collections.deque(maxlen=history)
+        self._near_silent = 0  # the newest near frames in _near_hist that are digital silence
         self._nfft = 1 << math.ceil(math.log2((history + lag_frames) * n // self._decim))
         self._cross: np.ndarray | None = None
         self._search_in = 10
@@ -179,12 +184,15 @@ class EchoCanceller:
             # nothing the agent said can still be on the line
             if self._near_hist:
                 self._near_hist.clear()
+                self._near_silent = 0
             self._echo_likely = False
             self.frames_idle += 1
             return pcm
         self.frames_cancelled += 1
-        d = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        x = np.frombuffer(pcm, dtype="<i2")
+        d = x.astype(np.float64)
         self._near_hist.append(d)
+        self._near_silent = 0 if x.any() else self._near_silent + 1
         self._search_in -= 1
         if self._search_in <= 0:
             self._search_in = 25 if self._lag is not None and self.erle_db > 10.0 else 10
@@ -247,6 +255,7 @@ class EchoCanceller:
     def _shift(self, by: int) -> None:
         """The pairing moved: the echo now sits ``by`` partitions nearer the newest far frame."""
         self._near_hist.clear()  # the far history stays paired: it always ends at _aligned
+        self._near_silent = 0
         self._cross = None
         self._candidate = None
         if self._lag is not None:
@@ -278,15 +287,22 @@ class EchoCanceller:
         h = (self._head - 1) % r
         self._head = h
         if samples is None:
-            samples = np.zeros(self._n)
-            if not prev.any():
-                self._xbuf[h] = self._xbuf[h + r] = 0
-                self._xpow[h] = self._xpow[h + r] = 0
-                self._prev_far = samples
+            samples = self._silence
+            if prev is samples:  # (an active far frame is never all zeros: see far())
+                # silence after silence: a zero spectrum; once the whole ring is zeros (the
+                # agent silent for a while), there is nothing left to write
+                if self._zeroed < r:
+                    self._zeroed += 1
+                    self._xbuf[h] = self._xbuf[h + r] = 0
+                    self._xpow[h] = self._xpow[h + r] = 0
+                    self._xsum[h] = self._xsum[h + r] = 0.0
                 return
+        self._zeroed = 0
         spec = np.fft.rfft(np.concatenate((prev, samples)))
+        power = spec.real**2 + spec.imag**2
         self._xbuf[h] = self._xbuf[h + r] = spec
-        self._xpow[h] = self._xpow[h + r] = spec.real**2 + spec.imag**2
+        self._xpow[h] = self._xpow[h + r] = power
+        self._xsum[h] = self._xsum[h + r] = power.sum()
         self._prev_far = samples
 
     # --- delay search ------------------------------------------------------------------------
@@ -295,17 +311,24 @@ class EchoCanceller:
         """GCC-PHAT between the recent near audio and the far audio before it."""
         if len(self._near_hist) < 10:
             return
-        zero = np.zeros(self._n)
-        frames = [zero] * ((self._far_hist.maxlen or 0) - len(self._far_hist))
-        far = np.concatenate([*frames, *(zero if f is None else f for f in self._far_hist)])
-        near = np.concatenate(self._near_hist)
-        if self._decim > 1:  # 16 kHz: search at 8 kHz (pairwise means), it is precise enough
-            far = far.reshape(-1, self._decim).mean(axis=1)
-            near = near.reshape(-1, self._decim).mean(axis=1)
-        padded = np.zeros(len(far))
-        padded[len(far) - len(near) :] = near  # the near audio, under the far audio it ends with
-        cross = np.fft.rfft(padded, self._nfft) * np.conj(np.fft.rfft(far, self._nfft))
-        self._cross = cross if self._cross is None else 0.6 * self._cross + cross
+        if self._near_silent >= len(self._near_hist):
+            # the caller's side was digital silence: its spectrum, and so what it adds to
+            # the correlation, is exactly zero — the two transforms can be skipped
+            if self._cross is None:
+                return  # (nothing correlated yet: the score is 0)
+            self._cross = 0.6 * self._cross
+        else:
+            zero = self._silence
+            frames = [zero] * ((self._far_hist.maxlen or 0) - len(self._far_hist))
+            far = np.concatenate([*frames, *(zero if f is None else f for f in self._far_hist)])
+            near = np.concatenate(self._near_hist)
+            if self._decim > 1:  # 16 kHz: search at 8 kHz (pairwise means), it is precise enough
+                far = far.reshape(-1, self._decim).mean(axis=1)
+                near = near.reshape(-1, self._decim).mean(axis=1)
+            padded = np.zeros(len(far))
+            padded[len(far) - len(near) :] = near  # the near audio, under the far audio it ends with
+            cross = np.fft.rfft(padded, self._nfft) * np.conj(np.fft.rfft(far, self._nfft))
+            self._cross = cross if self._cross is None else 0.6 * self._cross + cross
         magnitude = np.abs(self._cross)
         phat = self._cross / (magnitude + 1e-9 * float(magnitude.max()) + 1e-30)
         r = np.fft.irfft(phat, self._nfft)[: self._max_lag // self._decim + 1]
@@ -327,8 +350,7 @@ class EchoCanceller:
 
     def _plausible_echo(self, power: float) -> bool:
         """Is a near frame of this power (sum of squares) at least 6 dB below the loudest recent far frame?"""
-        window = self._xpow[self._head : self._head + self._ring]
-        loudest = float(window.sum(axis=1).max()) / (2 * self._n)  # Parseval, over the 2n window
+        loudest = float(self._xsum[self._head : self._head + self._ring].max()) / (2 * self._n)  # Parseval, 2n window
         return power <= 0.25 * loudest
 
     def _cancel(self, d: np.ndarray) -> bytes:

@@ -215,3 +215,47 @@ def test_echo_likely_tells_echo_from_the_caller() -> None:
     after = np.arange(len(flags)) >= 4 * 50
     assert flags[loud_echo & after].mean() >= 0.8
     assert not flags[talking].any()
+
+
+class _NoShortcuts(EchoCanceller):
+    """The canceller with its shortcuts off: the full delay search on a silent caller, and
+    every far spectrum written out (what the shortcuts must reproduce exactly)."""
+
+    def _search(self) -> None:
+        self._near_silent = 0
+        super()._search()
+
+    def _push(self, samples: np.ndarray | None) -> None:
+        self._zeroed = 0
+        super()._push(samples)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_shortcuts_change_nothing(rate: int) -> None:
+    """A caller who is digital silence while the agent talks (the delay search skips its two
+    transforms), the agent silent for seconds (nothing left to write into the far ring), then
+    echo and the caller over the agent: the output, echo_likely, the delay and ERLE are the
+    same, bit for bit, as without the shortcuts."""
+    n = rate // 50
+    far = voice(14.0, seed=21, rate=rate)
+    far[int(4.0 * rate):int(7.0 * rate)] = 0  # the agent silent for 3 s
+    echo = echo_of(far, 120, -12.0, rate=rate)
+    near = echo + np.random.default_rng(22).standard_normal(len(far)) * 3
+    near[: int(3.0 * rate)] = 0  # a line that returns digital silence at first
+    near[int(10.0 * rate):int(11.5 * rate)] += voice(1.5, seed=23, rate=rate, f0=210.0)  # the caller, over the agent
+    near[int(11.8 * rate):int(13.8 * rate)] = 0  # digital silence again, the agent still talking
+    fb, nb = to_bytes(far), to_bytes(near)
+    fast, full = EchoCanceller(rate), _NoShortcuts(rate)
+    for j in range(len(far) // n):
+        frame = slice(j * 2 * n, (j + 1) * 2 * n)
+        fast.far(fb[frame])
+        full.far(fb[frame])
+        assert fast.near(nb[frame]) == full.near(nb[frame]), j
+        assert (fast.echo_likely, fast.delay_ms, fast.erle_db) == (full.echo_likely, full.delay_ms, full.erle_db), j
+        assert np.array_equal(fast._xsum, fast._xpow.sum(axis=1))  # the cached far powers are the sums
+        if fast._cross is None:  # (the full search correlated silence: zeros, which it then adds to)
+            assert full._cross is None or not full._cross.any()
+        else:
+            assert full._cross is not None and np.array_equal(fast._cross, full._cross)
+    assert fast.delay_ms is not None and abs(fast.delay_ms - 120) <= 2.0
+    assert fast.frames_idle > 0 and fast.frames_cancelled > 0

@@ -636,6 +636,28 @@ def test_the_noise_floor_follows_what_is_always_there_and_masks_only_that() -> N
     assert floor.db is not None and floor.db < -30.0, "a long talk does not raise the floor to the talker"
 
 
+def test_the_noise_floor_is_the_order_statistics_of_its_window() -> None:
+    """The floor and spread are exactly the 10th percentile and the median of the last
+    ``window`` levels (the ring it keeps them in changes nothing), -inf counting as -100."""
+    import collections
+
+    import numpy as np
+
+    from audiosocket_ai.agents.assistant.turns import NoiseFloor
+
+    rng = np.random.default_rng(5)
+    floor = NoiseFloor(window=50, every=3, warm_up=7)
+    last: collections.deque[float] = collections.deque(maxlen=50)
+    for count in range(1, 400):
+        level = float(rng.uniform(-110.0, 0.0)) if count % 13 else float("-inf")
+        floor.add(level)
+        last.append(max(level, -100.0))
+        if count >= 7 and count % 3 == 0:
+            ordered = sorted(last)
+            assert floor.db == ordered[int(len(ordered) * 0.1)]
+            assert floor.spread_db == ordered[len(ordered) // 2] - floor.db
+
+
 def test_over_steady_noise_a_caller_10_db_above_it_is_a_voice_over_voices_not() -> None:
     from audiosocket_ai.agents.assistant.turns import BACKGROUND_SPEECH_DB, NoiseFloor
 

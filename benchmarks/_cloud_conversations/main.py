@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speech-dir", type=Path, default=Path(tempfile.gettempdir()) / "cloud-conversations-speech",
                    help="where the callers' questions are rendered once (Piper) and kept")
     p.add_argument("--json", type=Path, default=None, help="also write the summaries (and per-call numbers) here")
-    p.add_argument("--keep-logs", type=Path, default=None, help="copy the server logs into this directory")
+    p.add_argument("--keep-logs", type=Path, default=None,
+                   help="copy the server logs (and py-spy's raw profile) into this directory")
     p.add_argument("--write-docs", action="store_true",
                    help=f"write the tables into {report.DOC.relative_to(ROOT)} (only this benchmark's block)")
     p.add_argument("--role", choices=("main", "fakes"), default="main", help=argparse.SUPPRESS)

@@ -167,6 +167,9 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Po
     if args.keep_logs:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
         (args.keep_logs / log_path.name).write_bytes(log_path.read_bytes())
+        profile_path = tmp / f"profile-{tag}.txt"
+        if profile_path.exists():  # py-spy's raw stacks, for a closer look than the summary
+            (args.keep_logs / profile_path.name).write_bytes(profile_path.read_bytes())
     return run
 
 

@@ -392,7 +392,8 @@ class NoiseFloor:
 
     def __init__(self, *, window: int = 750, every: int = 10, percentile: float = 0.1,
                  warm_up: int = 40) -> None:
-        self._levels: collections.deque[float] = collections.deque(maxlen=window)
+        self._levels = np.empty(window)  # a ring: the last `window` levels, slot count % window
+        self._window = window
         self._every = every
         self._percentile = percentile
         self._warm_up = warm_up
@@ -405,10 +406,11 @@ class NoiseFloor:
 
     def add(self, level_db: float) -> None:
         """One frame's short-term level (dBFS; -inf for digital silence)."""
-        self._levels.append(max(level_db, -100.0))
+        self._levels[self._count % self._window] = max(level_db, -100.0)
         self._count += 1
         if self._count >= self._warm_up and self._count % self._every == 0:
-            levels = np.fromiter(self._levels, dtype=np.float64, count=len(self._levels))
+            # (order statistics do not care where the ring starts: a copy of the filled part)
+            levels = self._levels[: min(self._count, self._window)].copy()
             low, middle = int(len(levels) * self._percentile), len(levels) // 2
             levels.partition((low, middle))  # (no full sort: two order statistics)
             self.db = float(levels[low])

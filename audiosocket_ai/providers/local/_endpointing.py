@@ -124,12 +124,16 @@ class FrameEndpointer(abc.ABC):
         call.
         """
         self._fed_bytes += len(pcm)
-        self._pending += pcm
         size = self._frame_bytes
+        if not self._pending and len(pcm) == size:  # one whole frame, nothing waiting: the usual case
+            events: list[VadEvent] = []
+            self._frame(bytes(pcm), events)
+            return events
+        self._pending += pcm
         count = len(self._pending) // size
         if count == 0:
             return ()
-        events: list[VadEvent] = []
+        events = []
         for i in range(count):
             self._frame(bytes(self._pending[i * size : (i + 1) * size]), events)
         del self._pending[: count * size]
