@@ -9,13 +9,18 @@ How:
 
 * the server is the real command, ``audiosocket-ai serve --agent echo``, started as a
   subprocess pinned to one core (``taskset -c 0``);
-* the load generator is this process, pinned to another core. It is deliberately cheap:
-  one thread, plain non-blocking sockets and one epoll. Every call sends its UUID message,
-  then one 320-byte slin frame (kind 0x10) every 20 ms. Calls are spread over the 20 ms
-  period in 1 ms slots (a low-discrepancy phase per call), as independent phone calls are;
-* every frame the server sends is timestamped on arrival (``time.monotonic_ns``, one
-  stamp per ``recv``, 3-byte headers parsed incrementally) and the deviation of each
-  inter-arrival interval from 20 ms goes into a 10 µs histogram;
+* the load generator is pinned to another core. It is deliberately cheap: one thread,
+  plain non-blocking sockets and one epoll. Every call sends its UUID message, then one
+  320-byte slin frame (kind 0x10) every 20 ms. Calls are spread over the 20 ms period in
+  1 ms slots (a low-discrepancy phase per call), as independent phone calls are. It comes
+  in two builds doing the same thing (``--generator``): ``c``, the default when a C
+  compiler is found (``_echo_capacity/loadgen.c``, compiled on first use and driven by
+  this process over a pipe: ~23 % of a core at 1000 calls, nearly all of it the kernel's
+  TCP work), and ``python``, this process itself (:class:`Generator`: about three times
+  that, half a core at 700-900 calls, enough to make it the limit on a 2-core machine);
+* every frame the server sends is timestamped on arrival (monotonic clock, one stamp per
+  ``recv``, 3-byte headers parsed incrementally) and the deviation of each inter-arrival
+  interval from 20 ms goes into a 10 µs histogram;
 * the number of calls is ramped in steps (default 50 → 800); each step is held
   ``--hold`` seconds once every call has received audio, after a ``--warmup``;
 * per step: frames expected vs received (per call, from the first to the last frame of
@@ -50,11 +55,14 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 if not __package__:  # run as a file: import the benchmarks package from the repository instead
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from benchmarks._echo_capacity import BUCKET_NS, NBUCKETS, CGenerator, Window, compiler
 from benchmarks.common import ROOT, metrics, report
 from benchmarks.common.internals import CLI_MODULE
 from benchmarks.common.procs import (
@@ -73,8 +81,6 @@ from benchmarks.common.stats import Hist
 FRAME_NS = 20_000_000
 SLOT_NS = 1_000_000
 SLOTS = FRAME_NS // SLOT_NS
-BUCKET_NS = 10_000  # histogram resolution: 10 µs
-NBUCKETS = 20_000  # up to 200 ms, then one overflow bucket
 PAYLOAD = bytes((i * 37 + 11) & 0xFF for i in range(320))  # any 20 ms of slin 8 kHz (echo is bit-exact)
 FRAME = b"\x10\x01\x40" + PAYLOAD
 AUDIO_KINDS = frozenset((0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18))
@@ -116,8 +122,30 @@ class CallState:
         self.closed = False
 
 
+class LoadGen(Protocol):
+    """What a step needs from a load generator: :class:`Generator` (Python) or :class:`CGenerator` (C)."""
+
+    kind: str
+    measuring: bool
+
+    @property
+    def server_closed(self) -> int: ...
+
+    def set_target(self, n: int) -> None: ...
+    def run(self, until_ns: int | None = None, stop: Callable[[], bool] | None = None) -> None: ...
+    def all_up(self) -> bool: ...
+    def calls_up(self) -> int: ...
+    def reset_stats(self) -> None: ...
+    def cpu_ns(self) -> tuple[int, int]: ...
+    def runq_wait_ns(self) -> int: ...
+    def window(self) -> Window: ...
+    def close_all(self) -> None: ...
+
+
 class Generator:
     """The load generator: all calls in one thread, one epoll, one 1 ms slot timer."""
+
+    kind = "python"
 
     def __init__(self, port: int, ramp_rate: float) -> None:
         self.port = port
@@ -151,6 +179,21 @@ class Generator:
     def all_up(self) -> bool:
         live = self.live
         return len(live) >= self.target and all(st.rx_total > 0 for st in live)
+
+    def calls_up(self) -> int:
+        return sum(1 for st in self.live if st.rx_total > 0)
+
+    def cpu_ns(self) -> tuple[int, int]:
+        """CPU time of this process (the generator and the benchmark around it): (user + system, system), ns."""
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return int((own.ru_utime + own.ru_stime) * 1e9), int(own.ru_stime * 1e9)
+
+    def runq_wait_ns(self) -> int:
+        return runq_wait_ns("thread-self")
+
+    def window(self) -> Window:
+        return Window(dev=self.dev, send_late=self.send_late, blind=self.blind, send_blocked=self.send_blocked,
+                      calls=[(st.first, st.lastw, st.count) for st in self.live], server_closed=self.server_closed)
 
     # --- call management ---------------------------------------------------------------
 
@@ -200,7 +243,7 @@ class Generator:
 
     # --- the loop ----------------------------------------------------------------------
 
-    def run(self, until_ns: int | None = None, stop=None) -> None:  # type: ignore[no-untyped-def]
+    def run(self, until_ns: int | None = None, stop: Callable[[], bool] | None = None) -> None:
         ep = self.ep
         by_fd = self.by_fd
         on_readable = self._on_readable
@@ -441,7 +484,7 @@ def count_log_lines(path: Path, offset: int) -> tuple[int, collections.Counter[s
 # --- one step --------------------------------------------------------------------------
 
 
-def gc_snapshot(gen: Generator, pid: int, path: Path | None) -> dict[str, list[int]] | None:
+def gc_snapshot(gen: LoadGen, pid: int, path: Path | None) -> dict[str, list[int]] | None:
     """Ask the --gc-trace server for its GC totals (SIGUSR1), keeping the calls going meanwhile."""
     if path is None:
         return None
@@ -475,12 +518,12 @@ def gc_delta(a: dict[str, list[int]] | None, b: dict[str, list[int]] | None,
     return out
 
 
-def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_path: Path,
+def run_step(gen: LoadGen, n: int, args: argparse.Namespace, pid: int, log_path: Path,
              log_offset: int) -> tuple[dict[str, object], int]:
     gen.set_target(n)
     ramp_deadline = mono() + int((n / args.ramp_rate + 15) * 1e9)
     gen.run(until_ns=ramp_deadline, stop=gen.all_up)
-    up = sum(1 for st in gen.live if st.rx_total > 0)
+    up = gen.calls_up()
     gen.run(until_ns=mono() + int(args.warmup * 1e9))
     _, _, log_offset = count_log_lines(log_path, log_offset)  # ignore ramp-up warnings
     gc0, tg0 = gc_snapshot(gen, pid, args.gc_trace), mono()
@@ -488,17 +531,18 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     closed_before = gen.server_closed
     pids = process_tree(pid)  # the server, or a --workers parent and its workers
     ticks0, t0 = tree_cpu_ticks(pids), mono()
-    wait0, own_wait0 = sum(runq_wait_ns(p) for p in pids), runq_wait_ns("thread-self")
-    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    wait0, own_wait0 = sum(runq_wait_ns(p) for p in pids), gen.runq_wait_ns()
+    own0 = gen.cpu_ns()
     pacing0 = scrape_pacing(args.metrics_url)
     gen.measuring = True
     gen.run(until_ns=t0 + int(args.hold * 1e9))
     gen.measuring = False
     pacing1 = scrape_pacing(args.metrics_url)
     t1 = mono()
-    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    own1 = gen.cpu_ns()
     ticks1 = tree_cpu_ticks(pids)
-    wait1, own_wait1 = sum(runq_wait_ns(p) for p in pids), runq_wait_ns("thread-self")
+    wait1, own_wait1 = sum(runq_wait_ns(p) for p in pids), gen.runq_wait_ns()
+    win = gen.window()
     spread = calls_per_worker(args.metrics_url) if args.workers != 1 else None
     restarted = process_tree(pid) != pids
     tg1 = mono()
@@ -506,23 +550,23 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
     elapsed = (t1 - t0) / 1e9
     hz = os.sysconf("SC_CLK_TCK")
     expected = received = missing = calls_missing = 0
-    for st in gen.live:
-        if not st.count:
+    for first, last, count in win.calls:
+        if not count:
             continue
-        exp = round((st.lastw - st.first) / FRAME_NS) + 1
+        exp = round((last - first) / FRAME_NS) + 1
         expected += exp
-        received += st.count
-        if exp > st.count:
-            missing += exp - st.count
+        received += count
+        if exp > count:
+            missing += exp - count
             calls_missing += 1
-    live = len(gen.live)
+    live = len(win.calls)
     warn_total, warn_kinds, log_offset = count_log_lines(log_path, log_offset)
-    send_p99 = pct_ms(gen.send_late, 99)
-    blind_p99 = pct_ms(gen.blind, 99)
-    valid = send_p99 <= GEN_MAX_SEND_P99_MS and blind_p99 <= GEN_MAX_BLIND_P99_MS and gen.send_blocked == 0
+    send_p99 = pct_ms(win.send_late, 99)
+    blind_p99 = pct_ms(win.blind, 99)
+    valid = send_p99 <= GEN_MAX_SEND_P99_MS and blind_p99 <= GEN_MAX_BLIND_P99_MS and win.send_blocked == 0
     server_wait_pct = 100.0 * (wait1 - wait0) / (t1 - t0)
-    p99 = pct_ms(gen.dev, 99)
-    dropped_calls = gen.server_closed - closed_before + max(0, n - live)
+    p99 = pct_ms(win.dev, 99)
+    dropped_calls = win.server_closed - closed_before + max(0, n - live)
     result: dict[str, object] = {
         "calls": n,
         "calls_up": up,
@@ -533,10 +577,10 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "missing": missing,
         "calls_with_missing": calls_missing,
         "calls_dropped": dropped_calls,
-        "dev_p50_ms": pct_ms(gen.dev, 50),
+        "dev_p50_ms": pct_ms(win.dev, 50),
         "dev_p99_ms": p99,
-        "dev_p999_ms": pct_ms(gen.dev, 99.9),
-        "dev_max_ms": round(gen.dev.max / 1e6, 2),
+        "dev_p999_ms": pct_ms(win.dev, 99.9),
+        "dev_max_ms": round(win.dev.max / 1e6, 2),
         "server_cpu_pct": round(100.0 * (sum(ticks1) - sum(ticks0)) / hz / elapsed, 1),
         "server_sys_pct": round(100.0 * (ticks1[1] - ticks0[1]) / hz / elapsed, 1),
         "server_runq_wait_pct": round(server_wait_pct, 1),
@@ -547,12 +591,14 @@ def run_step(gen: Generator, n: int, args: argparse.Namespace, pid: int, log_pat
         "workers_changed": restarted,
         "server_warnings": warn_total,
         "server_warning_kinds": dict(warn_kinds),
-        "gen_cpu_pct": round(100.0 * ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / elapsed, 1),
+        "generator": gen.kind,
+        "gen_cpu_pct": round(100.0 * (own1[0] - own0[0]) / 1e9 / elapsed, 1),
+        "gen_sys_pct": round(100.0 * (own1[1] - own0[1]) / 1e9 / elapsed, 1),
         "gen_runq_wait_pct": round(100.0 * (own_wait1 - own_wait0) / (t1 - t0), 1),
         "gen_send_late_p99_ms": send_p99,
         "gen_blind_p99_ms": blind_p99,
-        "gen_blind_max_ms": round(gen.blind.max / 1e6, 2),
-        "gen_send_blocked": gen.send_blocked,
+        "gen_blind_max_ms": round(win.blind.max / 1e6, 2),
+        "gen_send_blocked": win.send_blocked,
         "gen_valid": valid,
         "server_pacing": pacing_delta(pacing0, pacing1),
         "server_gc": gc_delta(gc0, gc1, (tg1 - tg0) / 1e9),
@@ -591,7 +637,8 @@ def fmt_step(r: dict[str, object]) -> str:
             f"{r['dev_max_ms']:.1f} ms  server cpu={r['server_cpu_pct']}% (sys {r['server_sys_pct']}%) "
             f"runq-wait={r['server_runq_wait_pct']}% "
             f"rss={r['server_rss_mb']} MB "
-            f"warn={r['server_warnings']}  gen cpu={r['gen_cpu_pct']}% runq-wait={r['gen_runq_wait_pct']}% "
+            f"warn={r['server_warnings']}  gen cpu={r['gen_cpu_pct']}% (sys {r.get('gen_sys_pct', '?')}%) "
+            f"runq-wait={r['gen_runq_wait_pct']}% "
             f"send-late p99={r['gen_send_late_p99_ms']:.2f} "
             f"blind p99={r['gen_blind_p99_ms']:.2f} ms {'ok' if r['gen_valid'] else 'GENERATOR-LATE'}  "
             f"{'SERVER-CORE-SHARED  ' if r['server_contended'] else ''}"
@@ -602,7 +649,7 @@ def fmt_step(r: dict[str, object]) -> str:
 # --- profiling -------------------------------------------------------------------------
 
 
-def profile_server(gen: Generator, pid: int, args: argparse.Namespace) -> dict[str, object] | None:
+def profile_server(gen: LoadGen, pid: int, args: argparse.Namespace) -> dict[str, object] | None:
     """Sample the server with py-spy (non-blocking) while the generator keeps the calls going."""
     py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists():
@@ -810,6 +857,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU list for this load generator, e.g. 0,1 (overrides --client-core; '' = not pinned). "
                         "When it overlaps the server's, the server's run-queue wait is reported but does not "
                         "invalidate a step (the cores are shared by design)")
+    p.add_argument("--generator", choices=("c", "python"), default=None,
+                   help="load generator: c (benchmarks/_echo_capacity/loadgen.c, compiled on first use; the default "
+                        "when a C compiler is found) or python (this process: about half a core at 800 calls)")
+    p.add_argument("--generator-rt", action="store_true",
+                   help="run the C load generator under SCHED_FIFO (priority 1, needs CAP_SYS_NICE): on cores shared "
+                        "with the server it then sends and stamps on time, as a generator on another machine would")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for `audiosocket-ai serve` (repeatable), e.g. --server-arg=--metrics-port=9100")
@@ -861,6 +914,12 @@ def resolve_placement(args: argparse.Namespace, cores: int) -> None:
     args.shared_cores = not server or not client or bool(server & client)
 
 
+GENERATORS = {
+    "c": "the C load generator (`benchmarks/_echo_capacity/loadgen.c`: one thread, epoll, a 1 ms timerfd)",
+    "python": "the Python load generator (this process: one thread, epoll)",
+}
+
+
 def placement(args: argparse.Namespace) -> str:
     """The report's sentence on where the server and the generator ran."""
     who = f"`serve --workers {args.workers}`" if args.workers != 1 else "Server"
@@ -868,7 +927,11 @@ def placement(args: argparse.Namespace) -> str:
     client = f"pinned to CPU(s) {args.client_cpus}" if args.client_cpus else "not pinned"
     shared = (" The generator shares the server's cores: its CPU is taken from the server's, and a step is not "
               "invalidated by run-queue wait." if args.shared_cores else "")
-    return f"{who} {server}, load generator {client}.{shared}"
+    kind = getattr(args, "generator", None)
+    which = f" Calls made by {GENERATORS[kind]}." if kind in GENERATORS else ""
+    if kind == "c" and getattr(args, "generator_rt", False):
+        which += " The generator ran under SCHED_FIFO (it preempts the server on a shared core)."
+    return f"{who} {server}, load generator {client}.{which}{shared}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -889,6 +952,10 @@ def main(argv: list[str] | None = None) -> int:
     if cores < 2:
         print("warning: fewer than 2 cores: server and generator share one", file=sys.stderr)
     resolve_placement(args, cores)
+    if args.generator is None:
+        args.generator = "c" if compiler() else "python"
+    if args.generator_rt and args.generator != "c":
+        raise SystemExit("--generator-rt is for the C load generator")
     if args.workers != 1 and (args.gc_trace or args.gc_threshold):
         raise SystemExit("--gc-trace/--gc-threshold wrap a single server process: not with --workers")
     port = args.port or free_port()
@@ -901,8 +968,15 @@ def main(argv: list[str] | None = None) -> int:
     pid = server_pid(proc)
     if args.client_cpus:
         os.sched_setaffinity(0, cpu_list(args.client_cpus))
-    print(f"server pid {pid} on port {port} (log {log_path}); load average {load_before}", file=sys.stderr)
-    gen = Generator(port, args.ramp_rate)
+    print(f"server pid {pid} on port {port} (log {log_path}); load average {load_before}; "
+          f"{args.generator} load generator", file=sys.stderr)
+    gen: LoadGen
+    try:
+        gen = (CGenerator(port, args.ramp_rate, cpu_list(args.client_cpus) or None, realtime=args.generator_rt)
+               if args.generator == "c" else Generator(port, args.ramp_rate))
+    except BaseException:
+        stop_process(proc, timeout=5)
+        raise
     results: list[dict[str, object]] = []
     profile: dict[str, object] | None = None
     gc.disable()
