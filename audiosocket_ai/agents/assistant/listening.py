@@ -226,12 +226,14 @@ class Listener:
                 pcm = to_stt.process(heard)
                 position += len(pcm)
                 ring.add(pcm)
-                for_stt = pcm if cleaner is None else cleaner.process(heard)
+                for_stt = pcm if cleaner is None else cleaner.process(heard, pcm)
                 level = short_term.add(rms_dbfs(heard))
                 if capture is None or self._agent_busy():
                     # the background is what is heard while the caller is not talking — over
                     # the agent's voice, or between utterances — never the caller's own voice
                     floor.add(level)
+                if capture is None and cleaner is not None:
+                    cleaner.follow_floor(floor.db)  # (between utterances only)
                 # the VAD hears only what stands out of the line's background (steady noise,
                 # a TV or an office behind the caller start no turn and end none)
                 for_vad = pcm if not floor.masks(level) else bytes(len(pcm))
