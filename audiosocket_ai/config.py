@@ -185,7 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
        "to ask.', a recognizer having dropped the 'um') before the turn ends anyway; for models that can tell, "
        "such as the built-in rules.", minimum=100),
     _s("turn", "denoise", bool, True, "Suppress steady noise (a fan, a street) in what the recognizer hears, with "
-       "the Speex noise suppressor (the VAD hears the line as it is); no effect where its wheel is missing."),
+       "the Speex noise suppressor (the VAD hears the line as it is); it rests while the line's noise floor is "
+       "below -60 dBFS (a clean line: nothing to take out) and works again above -55; no effect where its wheel is "
+       "missing."),
     _s("turn", "background_db", float, 14.0, "Speech this many dB quieter than the caller's usual level is "
        "someone else (a TV, an office) and is not a turn.", minimum=3),
     _s("turn", "hold_phrases", list, list(DEFAULT_HOLD_PHRASES), "Phrases that ask the agent to wait ('hold on', "
