@@ -77,7 +77,7 @@ class Ticker:
         self.passes = 0
         """Passes made (``slots`` per 20 ms tick)."""
         self.late_ticks = 0
-        """Passes skipped because one began more than a tick (20 ms) after its deadline."""
+        """Passes skipped because one began more than a period (20 ms ÷ slots) after its deadline."""
         self.pass_ms = PacingHistogram()
         """How long each pass took: the server's load. Near the period (20 ms ÷ slots), the
         tick cannot keep up."""
@@ -158,10 +158,8 @@ class Ticker:
                     self._wake = None
                     deadline = trio.current_time()
                 behind = trio.current_time() - deadline
-                if behind > TICK:
-                    # a whole tick (or more) lost: skip it for every slot rather than burst;
-                    # less than that is caught up, pass by pass, as with a single slot
-                    lost = int(behind / TICK) * self.slots
+                if behind > period:
+                    lost = int(behind / period)
                     self.late_ticks += lost
                     deadline += lost * period
                     turn += lost

@@ -416,31 +416,3 @@ async def test_slots_spread_the_calls_over_passes_and_keep_each_call_on_20_ms(
 def test_slots_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Ticker(slots=0)
-
-
-async def test_with_slots_a_pass_late_by_less_than_a_tick_is_caught_up_not_skipped(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    ticker = Ticker(slots=4)
-    seen: dict[int, list[float]] = {0: [], 1: []}
-
-    def step(name: int) -> Callable[[float, float], bool]:
-        def run(now: float, deadline: float) -> bool:
-            seen[name].append(deadline)
-            if name == 0 and len(seen[0]) == 3:
-                autojump_clock.jump(0.012)  # this pass took 12 ms: more than two slots (5 ms each)
-            if name == 0 and len(seen[0]) == 6:
-                autojump_clock.jump(0.047)  # this one more than two whole ticks
-            return len(seen[name]) < 9
-        return run
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ticker.run)
-        async with trio.open_nursery() as calls:
-            calls.start_soon(functools.partial(ticker.follow, step(0), group="a"))
-            calls.start_soon(functools.partial(ticker.follow, step(1), group="b"))
-        nursery.cancel_scope.cancel()
-    for name in (0, 1):
-        gaps = [round((b - a) / TICK) for a, b in itertools.pairwise(seen[name])]
-        assert gaps.count(1) == 7 and gaps.count(3) == 1, (name, gaps)  # one skip of 2 ticks, nothing else
-    assert ticker.late_ticks == 2 * 4, "two whole ticks of four passes each"
