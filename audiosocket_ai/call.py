@@ -325,7 +325,7 @@ class Call:
             self._pending.clear()
             ticker = self._ticker
             if ticker is not None and ticker.running:
-                await ticker.follow(self._read_step, group=self)
+                await ticker.follow(self._read_step)
                 if self.end_reason is not None:
                     return
                 # else the ticker stopped (the server is going away): read on our own
@@ -516,7 +516,7 @@ class Call:
     async def _follow_ticks(self, ticker: Ticker) -> None:
         """Write on the server's tick until that needs this task (hangup due, socket full)."""
         try:
-            await ticker.follow(self._write_step, group=self)
+            await ticker.follow(self._write_step)
         except OSError as exc:
             self._connection_ended(exc, "writing")
             raise _WriteFailed from exc

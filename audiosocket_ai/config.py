@@ -98,8 +98,6 @@ SETTINGS: tuple[Setting, ...] = (
        "instead of two tasks per call: the same pacing for about half the CPU (benchmarks/echo_capacity.py: 400 -> "
        "700+ echo calls per core). Off: each call keeps its own clock and reads caller audio the moment it "
        "arrives (up to 20 ms sooner).", flag="shared_tick"),
-    _s("server", "tick_slots", int, 1, "Passes of the shared tick per 20 ms, the calls spread evenly over them: "
-       "each call still gets a frame every 20 ms, in smaller bursts of work.", minimum=1),
     _s("server", "metrics_port", int, None, "Port of the HTTP status endpoint (/healthz, /readyz, /metrics, "
        "/calls/<uuid>); unset: no endpoint.", minimum=0, optional=True, flag="metrics_port"),
     _s("server", "metrics_host", str, "127.0.0.1", "Address of the status endpoint.", flag="metrics_host"),

@@ -78,9 +78,6 @@ class ServerConfig:
     wake 50 times a second: the same pacing for a fraction of the event loop's time.
     Off: each call keeps its own clock (inbound frames are then read the moment they
     arrive, rather than up to one tick later)."""
-    tick_slots: int = 1
-    """Passes of the shared tick per 20 ms, the calls spread over them (see
-    :class:`~audiosocket_ai.ticker.Ticker`)."""
     call: CallSettings = attrs.Factory(CallSettings)
 
 
@@ -144,7 +141,7 @@ class Server:
         self._calls_changed = trio.Event()
         self._connection_ids = 0
         self._busy_prompts = 0
-        self.ticker = Ticker(slots=self.config.tick_slots)
+        self.ticker = Ticker()
         """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``)."""
         if metrics is not None:
             metrics.ticker = self.ticker

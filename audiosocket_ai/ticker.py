@@ -51,136 +51,82 @@ class _Entry:
 
 
 class Ticker:
-    """The server-wide tick. Start :meth:`run` in a nursery, then :meth:`follow` from calls.
+    """The server-wide tick. Start :meth:`run` in a nursery, then :meth:`follow` from calls."""
 
-    Args:
-        slots: passes per 20 ms. With more than one, the steps are spread over that many
-            passes, each a fraction of the period after the last (a call's steps all in
-            the same one, :meth:`follow`'s ``group``): each step still runs every 20 ms,
-            but the work comes in smaller pieces, so another process that takes the core
-            for a moment delays fewer calls' frames, and other tasks wait less between them.
-    """
-
-    def __init__(self, slots: int = 1) -> None:
-        if slots < 1:
-            raise ValueError(f"slots must be at least 1, not {slots}")
-        self.slots = slots
-        self._entries: list[dict[_Entry, None]] = [{} for _ in range(slots)]
-        self._orders: list[tuple[_Entry, ...]] = [() for _ in range(slots)]
-        self._changed = [False] * slots
-        self._groups: dict[object, list[int]] = {}  # group -> [its slot, steps registered]
-        self._load = [0] * slots  # groups per slot
-        self._count = 0
+    def __init__(self) -> None:
+        self._entries: dict[_Entry, None] = {}
+        self._order: tuple[_Entry, ...] = ()
+        self._changed = False
         self._wake: trio.Event | None = None
         self.running = False
         """True while :meth:`run` is running; :meth:`follow` works only then."""
         self.passes = 0
-        """Passes made (``slots`` per 20 ms tick)."""
+        """Ticks served (passes over the registered steps)."""
         self.late_ticks = 0
-        """Passes skipped because one began more than a period (20 ms ÷ slots) after its deadline."""
+        """Ticks skipped because a pass began more than a tick after its deadline."""
         self.pass_ms = PacingHistogram()
-        """How long each pass took: the server's load. Near the period (20 ms ÷ slots), the
-        tick cannot keep up."""
-
-    @property
-    def period(self) -> float:
-        """Seconds between two passes."""
-        return TICK / self.slots
+        """How long each pass took: the server's load. Near 20 ms, the tick cannot keep up."""
 
     @property
     def steps(self) -> int:
         """Steps registered now (a call's reader and writer are one each)."""
-        return self._count
+        return len(self._entries)
 
-    async def follow(self, step: Step, *, group: object = None) -> None:
+    async def follow(self, step: Step) -> None:
         """Call ``step`` once per tick, from the next tick on, until it returns False.
 
-        Steps of the same ``group`` (a call's reader and writer) run in the same pass, in
-        the order they were registered. Returns when the step returns False; raises
-        whatever it raised (it is not called again). Cancelling the caller takes the step
-        out of the tick before the next pass.
+        Returns then; raises whatever ``step`` raised (it is not called again). Cancelling
+        the caller takes the step out of the tick before the next pass.
         """
         if not self.running:
             raise RuntimeError("the ticker is not running")
-        slot = self._join(group)
         entry = _Entry(step)
-        self._entries[slot][entry] = None
-        self._changed[slot] = True
-        self._count += 1
+        self._entries[entry] = None
+        self._changed = True
         if self._wake is not None:
             self._wake.set()
         try:
             await entry.done.wait()
         finally:
-            del self._entries[slot][entry]
-            self._changed[slot] = True
-            self._count -= 1
-            self._leave(group, slot)
+            if self._entries.pop(entry, False) is None:
+                self._changed = True
         if entry.error is not None:
             error, entry.error = entry.error, None
             raise error
-
-    def _join(self, group: object) -> int:
-        if group is None:
-            slot = self._load.index(min(self._load))
-            self._load[slot] += 1
-            return slot
-        member = self._groups.get(group)
-        if member is None:
-            slot = self._load.index(min(self._load))  # the least busy pass
-            self._load[slot] += 1
-            member = self._groups[group] = [slot, 0]
-        member[1] += 1
-        return member[0]
-
-    def _leave(self, group: object, slot: int) -> None:
-        if group is None:
-            self._load[slot] -= 1
-            return
-        member = self._groups[group]
-        member[1] -= 1
-        if not member[1]:
-            del self._groups[group]
-            self._load[slot] -= 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The tick itself: runs until cancelled."""
         self.running = True
         task_status.started()
-        period = self.period
-        turn = 0  # the pass to make next: slot turn % slots
         try:
             deadline = trio.current_time()
             while True:
-                if not self._count:
+                if not self._entries:
                     self._wake = trio.Event()
                     await self._wake.wait()
                     self._wake = None
                     deadline = trio.current_time()
                 behind = trio.current_time() - deadline
-                if behind > period:
-                    lost = int(behind / period)
+                if behind > TICK:
+                    lost = int(behind / TICK)
                     self.late_ticks += lost
-                    deadline += lost * period
-                    turn += lost
-                self._pass(turn % self.slots, deadline)
-                turn += 1
-                deadline += period
+                    deadline += lost * TICK
+                self._pass(deadline)
+                deadline += TICK
                 await trio.sleep_until(deadline)
         finally:
             self.running = False
-            for entries in self._entries:
-                for entry in entries:
-                    entry.done.set()
+            for entry in self._entries:
+                entry.done.set()
 
-    def _pass(self, slot: int, deadline: float) -> None:
-        if self._changed[slot]:
-            self._orders[slot] = tuple(self._entries[slot])
-            self._changed[slot] = False
+    def _pass(self, deadline: float) -> None:
+        if self._changed:
+            self._order = tuple(self._entries)
+            self._changed = False
         self.passes += 1
         clock = trio.current_time
         started = clock()
-        for entry in self._orders[slot]:
+        for entry in self._order:
             if entry.done.is_set():
                 continue
             try:

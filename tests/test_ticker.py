@@ -9,7 +9,6 @@ stops reading, which must end its own call and leave the others' frames on time.
 from __future__ import annotations
 
 import contextvars
-import functools
 import itertools
 import socket
 import uuid
@@ -380,39 +379,3 @@ async def test_a_16_khz_call_on_the_tick_is_answered_in_its_own_kind_from_the_fi
         await call.run(echo_agent)
         nursery.cancel_scope.cancel()
     assert peer.frames and {frame.rate for frame in peer.frames} == {16000}
-
-
-async def test_slots_spread_the_calls_over_passes_and_keep_each_call_on_20_ms(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    ticker = Ticker(slots=4)
-    seen: dict[str, list[float]] = {}
-
-    def step(name: str, until: int) -> Callable[[float, float], bool]:
-        def run(now: float, deadline: float) -> bool:
-            seen.setdefault(name, []).append(deadline)
-            return len(seen[name]) < until
-        return run
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ticker.run)
-        async with trio.open_nursery() as calls:
-            for i in range(8):
-                call = object()
-                calls.start_soon(functools.partial(ticker.follow, step(f"read{i}", 10), group=call))
-                calls.start_soon(functools.partial(ticker.follow, step(f"write{i}", 10), group=call))
-            await trio.testing.wait_all_tasks_blocked()
-            assert ticker.steps == 16
-            assert sorted(ticker._load) == [2, 2, 2, 2], "two calls in each of the four passes"
-        nursery.cancel_scope.cancel()
-    for times in seen.values():
-        assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [TICK] * 9, "each step every 20 ms"
-    for i in range(8):
-        assert seen[f"read{i}"] == seen[f"write{i}"], "a call's reader and writer in the same pass"
-    phases = sorted({round(times[0] % TICK, 6) for times in seen.values()})
-    assert len(phases) == 4 and all(round(b - a, 6) == TICK / 4 for a, b in itertools.pairwise(phases))
-
-
-def test_slots_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        Ticker(slots=0)

@@ -109,7 +109,7 @@ def build(values: dict[str, Any]) -> Application:
     server_config = ServerConfig(
         host=values["server.host"], port=values["server.port"], max_calls=values["server.max_calls"],
         handshake_timeout=values["server.handshake_timeout"], drain_timeout=values["server.drain_timeout"],
-        allow=allow_networks(values), shared_tick=values["server.shared_tick"], tick_slots=values["server.tick_slots"],
+        allow=allow_networks(values), shared_tick=values["server.shared_tick"],
         call=CallSettings(idle_timeout=values["limits.idle_timeout"], max_duration=values["limits.max_duration"],
                           max_payload=values["limits.max_frame_bytes"], write_timeout=values["limits.write_timeout"],
                           inbound_queue_ms=values["limits.inbound_queue_ms"]),
