@@ -7,6 +7,7 @@ mono ``bytes`` unless a function says otherwise.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Literal
 
 import attrs
@@ -52,6 +53,17 @@ def rms_dbfs(pcm: bytes) -> float:
     if power <= 0.0:
         return float("-inf")
     return float(10.0 * np.log10(power / (32768.0 * 32768.0)))
+
+
+def speech_level_db(levels: Iterable[float], *, above_db: float) -> float | None:
+    """A stretch of speech's level from its frames' levels (dBFS): the mean of the loudest
+    third of those above ``above_db`` (quiet frames between words do not pull it down);
+    None if there are none."""
+    loud = sorted((level for level in levels if level > above_db), reverse=True)
+    if not loud:
+        return None
+    top = loud[: max(1, len(loud) // 3)]
+    return sum(top) / len(top)
 
 
 @attrs.frozen

@@ -325,3 +325,11 @@ def test_the_inbound_resampler_holds_back_little_audio() -> None:
             fed_ms += 20
         held_ms = fed_ms - len(out) / 2 / stt_rate * 1000
         assert held_ms <= 30, (call_rate, held_ms)
+
+
+def test_speech_level_is_the_mean_of_the_loudest_third_above_the_floor() -> None:
+    from audiosocket_ai.audio import speech_level_db
+
+    assert speech_level_db([-20.0, -30.0, -40.0, -50.0, -25.0, -35.0, -100.0], above_db=-60.0) == -22.5
+    assert speech_level_db([-70.0, float("-inf")], above_db=-60.0) is None
+    assert speech_level_db([-70.0], above_db=-90.0) == -70.0

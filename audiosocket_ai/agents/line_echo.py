@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..audio import rms_dbfs
+from ..audio import rms_dbfs, speech_level_db
 from ..surface import CallSurface
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,4 @@ class EchoPath:
 
 def _speech_level(levels: collections.deque[float]) -> float | None:
     """The mean of the loudest third of the voiced (> -60 dBFS) levels, None if there are none."""
-    loud = sorted((x for x in levels if x > -60.0), reverse=True)
-    if not loud:
-        return None
-    top = loud[: max(1, len(loud) // 3)]
-    return sum(top) / len(top)
+    return speech_level_db(levels, above_db=-60.0)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import trio
 
-from ...audio import Resampler, rms_dbfs
+from ...audio import Resampler, rms_dbfs, speech_level_db
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...log import private
@@ -435,11 +435,7 @@ def _pause_text(capture: UtteranceCapture) -> str | None:
 
 def _speech_level(levels: list[float]) -> float | None:
     """An utterance's speech level: the mean of its loudest third of frames (dBFS)."""
-    loud = sorted((x for x in levels if x > -90.0), reverse=True)
-    if not loud:
-        return None
-    top = loud[: max(1, len(loud) // 3)]
-    return sum(top) / len(top)
+    return speech_level_db(levels, above_db=-90.0)
 
 
 async def wait_for_utterance(listener: Listener, *, timeout: float | None, quiet_from: float) -> Utterance | None:
