@@ -26,6 +26,7 @@ import attrs
 from .agents.assistant.turns import DEFAULT_BACKCHANNELS, DEFAULT_HOLD_PHRASES
 from .agents.tools import target_name_problem
 from .errors import AudiosocketAIError
+from .inference import usable_cores
 
 ENV_PREFIX = "AUDIOSOCKET_AI_"
 
@@ -596,7 +597,7 @@ def worker_count(value: object) -> int | None:
     """``server.workers`` as a number of processes ("auto": the cores this process may use), or
     None if it is neither a number of at least 1 nor "auto"."""
     if value == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return usable_cores()
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and value.strip().isdigit():

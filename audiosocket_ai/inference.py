@@ -73,18 +73,21 @@ def share_cores(processes: int) -> None:
     _share = max(1, processes)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)  # pragma: no cover - not Linux
+
+
 def inference_cores() -> int:
-    """Cores this process's local inference may keep busy: those it may run on (its CPU
-    affinity), divided among the processes that share them (:func:`share_cores`), at least 1.
+    """Cores this process's local inference may keep busy: :func:`usable_cores` divided
+    among the processes that share them (:func:`share_cores`), at least 1.
 
     Without the division, N workers would each admit one inference per core: N times as
     many inference threads as cores, every job slower and no deadline order between them.
     """
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // _share)
+    return max(1, usable_cores() // _share)
 
 
 class DeadlineLimiter:

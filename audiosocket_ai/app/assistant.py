@@ -141,7 +141,6 @@ async def estimate_capacity(assistant: VoiceAssistant, *, sample: str = "Thanks 
     Cloud engines cost no local CPU; their share counts as zero, leaving the per-call
     overhead as the bound.
     """
-
     from ..audio import resample
 
     cores = inference_cores()

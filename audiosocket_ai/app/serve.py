@@ -368,7 +368,6 @@ LOCAL_CALLS_PER_CORE = 10
 def warn_if_oversized(assistant: VoiceAssistant, max_calls: int, cores: int | None = None) -> bool:
     """Warn when ``max_calls`` is above what local speech engines were measured to carry on
     this many cores (and no start-up estimate was asked for). Returns whether it warned."""
-
     cores = cores or inference_cores()
     local = assistant.tts.capabilities.local or assistant.stt.capabilities.local
     if not local or max_calls <= LOCAL_CALLS_PER_CORE * cores:

@@ -46,7 +46,6 @@ class Cleaner:
         self.ring = Ring(ring_bytes)
         self.active = True
         """Suppressing now (until the floor is known, it is)."""
-        self.call_rate = call_rate
         self.rate_changed(call_rate)
 
     def rate_changed(self, call_rate: int) -> None:
