@@ -259,3 +259,39 @@ def test_shortcuts_change_nothing(rate: int) -> None:
             assert full._cross is not None and np.array_equal(fast._cross, full._cross)
     assert fast.delay_ms is not None and abs(fast.delay_ms - 120) <= 2.0
     assert fast.frames_idle > 0 and fast.frames_cancelled > 0
+
+
+class _CountingSearches(EchoCanceller):
+    def __init__(self, rate: int) -> None:
+        super().__init__(rate)
+        self.searches: list[int] = []  # the near frame each search ran at
+
+    def _search(self) -> None:
+        self.searches.append(self._near_count)
+        super()._search()
+
+
+def test_search_slows_on_a_line_without_echo_and_still_finds_a_late_one() -> None:
+    """The agent talks for 20 s over a line that returns only noise for 10 s: after 3 s
+    without a hint of an echo the delay search runs once a second, not five times; then
+    the line starts to echo (a speakerphone), and the delay is still found within 3 s."""
+    far = voice(20.0, seed=31)
+    noise = np.random.default_rng(32).standard_normal(len(far)) * 20
+    echo = echo_of(far, 160, -12.0)
+    echo[: 10 * RATE] = 0
+    near = echo + noise
+    fb, nb = to_bytes(far), to_bytes(near)
+    aec = _CountingSearches(RATE)
+    found_at = None
+    for j in range(len(far) // N):
+        aec.far(fb[j * 2 * N:(j + 1) * 2 * N])
+        aec.near(nb[j * 2 * N:(j + 1) * 2 * N])
+        if found_at is None and aec.delay_ms is not None:
+            found_at = j
+    quiet = [k for k in aec.searches if k < 10 * 50]
+    gaps = np.diff(quiet)
+    assert set(gaps[:14]) == {10}  # 200 ms apart at first ...
+    assert set(gaps[16:]) == {50}  # ... then once a second
+    assert len(quiet) <= 15 + 8
+    assert found_at is not None and 10 * 50 <= found_at <= 13 * 50
+    assert aec.delay_ms is not None and abs(aec.delay_ms - 160) <= 2.0
