@@ -23,6 +23,7 @@ WHERE = {
     "WhisperSTT": "audiosocket_ai.providers.local.whisper_stt",
     "WebRtcVad": "audiosocket_ai.providers.local.webrtc_vad",
     "EchoCanceller": "audiosocket_ai.echo",
+    "ClientShards": "audiosocket_ai.providers.openai._pool",
     "SmartTurn": "audiosocket_ai.providers.local.smart_turn",
     "smart_turn": "audiosocket_ai.providers.local",
     "bundled_piper_voice": "audiosocket_ai.providers.local.piper_tts",

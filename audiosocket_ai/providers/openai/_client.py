@@ -1,11 +1,12 @@
 """The HTTP client every OpenAI-style provider shares: configuration, the lazy
-:class:`httpx.AsyncClient`, the concurrency limit, streamed bodies and errors.
+HTTP clients, the concurrency limit, streamed bodies and errors.
 
-Every provider object owns one client, created on first use, so calls reuse warm TLS
-connections; a :class:`trio.CapacityLimiter` bounds how many requests one provider has in
-flight, which keeps a burst of calls from tripping the service's rate limits all at once.
-Failures of any kind surface as :class:`~audiosocket_ai.providers.errors.ProviderError`
-with ``status`` and ``retryable`` set, and with the API key scrubbed from the message.
+Every provider object owns its HTTP clients (a few small pools, see :mod:`._pool`), created
+on first use, so calls reuse warm TLS connections; a :class:`trio.CapacityLimiter` bounds how
+many requests one provider has in flight, which keeps a burst of calls from tripping the
+service's rate limits all at once. Failures of any kind surface as
+:class:`~audiosocket_ai.providers.errors.ProviderError` with ``status`` and ``retryable``
+set, and with the API key scrubbed from the message.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import trio
 
 from ...interfaces import Provider
 from ..errors import ProviderError, redact
+from ._pool import ClientShards
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 """Used when neither ``base_url`` nor the ``OPENAI_BASE_URL`` environment variable is set."""
 
+_KEEPALIVE_SECONDS = 30.0
+"""How long an idle connection is kept for reuse."""
 _FINISH_SECONDS = 1.0
 """Bound on unwinding httpx's body iterators after an early exit (normally instant)."""
 _USER_AGENT = "audiosocket-ai (OpenAI-compatible HTTP)"
@@ -188,8 +192,8 @@ class _OpenAIHTTPProvider(Provider):
         )
         self._trust_env = trust_env
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        self._client: httpx.AsyncClient | None = None
-        self._client_run: object | None = None
+        self._pool: ClientShards | None = None
+        self._pool_run: object | None = None
         host = httpx.URL(self.base_url).host
         self._where = host or self.base_url
 
@@ -199,37 +203,46 @@ class _OpenAIHTTPProvider(Provider):
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def _http(self) -> httpx.AsyncClient:
-        """The shared client, created on first use inside the running trio loop.
+    def _http(self) -> ClientShards:
+        """The shared clients, created on first use inside the running trio loop.
 
         A client's pooled sockets belong to the event loop that opened them, so if this
-        provider is reused from a new ``trio.run`` (tests, CLI tools) the stale client is
-        dropped and a fresh one made.
+        provider is reused from a new ``trio.run`` (tests, CLI tools) the stale clients are
+        dropped and fresh ones made.
         """
         run = trio.lowlevel.current_trio_token()
-        if self._client is None or self._client_run is not run:
-            if self._client is not None:
-                log.debug("%s: discarding an HTTP client from a previous trio run", self.provider_name)
-            self._client = httpx.AsyncClient(
+        if self._pool is None or self._pool_run is not run:
+            if self._pool is not None:
+                log.debug("%s: discarding HTTP clients from a previous trio run", self.provider_name)
+            self._pool = self._new_pool()
+            self._pool_run = run
+        return self._pool
+
+    def _new_pool(self) -> ClientShards:
+        # One TLS context for all the shards: building one (loading the CA bundle) is the
+        # costly part of creating a client. It is what each client would build for itself.
+        verify = httpx.create_ssl_context(trust_env=self._trust_env)
+
+        def client(limit: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=self._headers,
                 timeout=self._timeout,
                 limits=httpx.Limits(
-                    max_connections=2 * self.max_concurrency,
-                    max_keepalive_connections=self.max_concurrency,
-                    keepalive_expiry=30.0,
+                    max_connections=limit, max_keepalive_connections=limit, keepalive_expiry=_KEEPALIVE_SECONDS
                 ),
+                verify=verify,
                 trust_env=self._trust_env,
                 follow_redirects=False,
             )
-            self._client_run = run
-        return self._client
+
+        return ClientShards(client, capacity=self.max_concurrency, idle_expiry=_KEEPALIVE_SECONDS)
 
     async def aclose(self) -> None:
         """Close pooled connections. The provider may be used again afterwards (it reconnects)."""
-        client, self._client, self._client_run = self._client, None, None
-        if client is not None:
-            await client.aclose()
+        pool, self._pool, self._pool_run = self._pool, None, None
+        if pool is not None:
+            await pool.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -288,7 +301,7 @@ class _OpenAIHTTPProvider(Provider):
         turned into :class:`ProviderError`; trio's ``Cancelled`` passes through untouched
         and closes the stream on its way out.
         """
-        client = self._http()
+        pool = self._http()
         # Borrow on behalf of a token, not the task: an abandoned async generator may be
         # finalized from another task, and the slot must still be released.
         token = object()
@@ -296,7 +309,7 @@ class _OpenAIHTTPProvider(Provider):
         body: _Body | None = None
         try:
             try:
-                async with client.stream(method, path, **kwargs) as response:
+                async with pool.stream(method, path, **kwargs) as response:
                     body = _Body(response)
                     if response.status_code >= 400:
                         raise self._status_error(what, response, await body.read())
