@@ -1,16 +1,25 @@
 """Issue 14's benchmarks on hand-made inputs: the cloud-conversation measures and caller script,
-echo_capacity's worker placement, the process-tree readings, and the fakes' per-path delays."""
+the callers' line noise, the fakes' loop-lag monitor and its way to the report, echo_capacity's
+worker placement, the process-tree readings, and the fakes' per-path delays."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import math
 import os
 import random
 import subprocess
 import sys
 from contextlib import aclosing
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
 import trio
+import trio.testing
 
 from audiosocket_ai.interfaces import Message
 from audiosocket_ai.providers.openai_http import OpenAIChatLLM, OpenAITTS
@@ -18,6 +27,12 @@ from benchmarks import echo_capacity as ec
 from benchmarks._cloud_conversations import analysis as an
 from benchmarks._cloud_conversations import callers as cl
 from benchmarks._cloud_conversations import constants as k
+from benchmarks._cloud_conversations import fakes as fk
+from benchmarks._cloud_conversations import main as cm
+from benchmarks._cloud_conversations import markdown as md
+from benchmarks._cloud_conversations import runs as rn
+from benchmarks.common.line_noise import gaussian_noise, rms_dbfs, under
+from benchmarks.common.loop_lag import LoopLag
 from benchmarks.common.procs import process_tree, tree_cpu_ticks
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 
@@ -84,7 +99,7 @@ class _Sock:
 
 
 def test_caller_script_greeting_think_talk_reply_hangup() -> None:
-    args = argparse.Namespace(seed=1, stagger=0.0, reply_quiet=1.0, turns=1)
+    args = argparse.Namespace(seed=1, stagger=0.0, reply_quiet=1.0, turns=1, line_noise_dbfs=None)
     question = {"frames": [b"q0", b"q1", b"q2"], "end_frame": 1, "end_offset_ns": 5 * MS}
     callers = cl.Callers(1, 0, args, [question])
     call = cl.Call(0, question, random.Random(0))
@@ -157,7 +172,7 @@ def test_pacing_p99_in_the_overflow_bucket_is_reported_as_at_least() -> None:
 def test_frames_read_together_are_stamped_together_and_a_hangup_ends_the_call() -> None:
     import socket
 
-    args = argparse.Namespace(seed=1, stagger=0.0, reply_quiet=1.0, turns=1)
+    args = argparse.Namespace(seed=1, stagger=0.0, reply_quiet=1.0, turns=1, line_noise_dbfs=None)
     callers = cl.Callers(1, 0, args, [])
     ours, server = socket.socketpair()
     call = cl.Call(0, {}, random.Random(0))
@@ -169,3 +184,157 @@ def test_frames_read_together_are_stamped_together_and_a_hangup_ends_the_call() 
     assert call.arrivals[0] == call.arrivals[1] == call.last_sound
     assert call.closed and call.error == "server hung up in greeting"
     assert callers.dev.n == 1 and callers.dev.max == 20 * MS  # the second frame came 0 ms after the first
+
+
+# --- the callers' line noise ----------------------------------------------------------------
+
+
+def test_line_noise_frames_are_deterministic_whole_frames_at_the_level() -> None:
+    bank = cl.noise_frames(-70.0, 7)
+    assert bank == cl.noise_frames(-70.0, 7)  # from the seed alone
+    assert bank != cl.noise_frames(-70.0, 8)
+    assert len(bank) == k.LINE_NOISE_FRAMES and len(set(bank)) == len(bank)
+    assert all(len(f) == 3 + k.FRAME_BYTES and f[:3] == k.HEADER for f in bank)  # slin, 320 bytes
+    pcm = b"".join(f[3:] for f in bank)
+    assert abs(rms_dbfs(pcm) - -70.0) < 0.1  # scaled to the level exactly (up to rounding to integers)
+    assert all(abs(rms_dbfs(f[3:]) - -70.0) < 3.0 for f in bank)  # 160 samples a frame: within ~6 sigma
+    assert all(f[3:] != k.ZERO for f in bank)  # never digital silence
+    loud = cl.noise_frames(-40.0, 7, frames=10)
+    assert abs(rms_dbfs(b"".join(f[3:] for f in loud)) - -40.0) < 0.1
+    assert cl.noise_frames(None, 7) == [k.SILENCE]
+
+
+def test_gaussian_noise_is_gaussian_and_under_clips_to_int16() -> None:
+    x = gaussian_noise(8000, -30.0, 1)
+    assert x.dtype == np.dtype("<i2") and len(x) == 8000
+    sigma = 32768 * 10 ** (-30 / 20)
+    assert abs(float(np.mean(np.abs(x))) / sigma - math.sqrt(2 / math.pi)) < 0.03  # Gaussian, not uniform
+    speech = np.array([32767, -32768, 1000, 0], dtype="<i2").tobytes()
+    mixed = np.frombuffer(under(speech, np.array([5, -5, 7, -3], dtype="<i2")), dtype="<i2")
+    assert mixed.tolist() == [32767, -32768, 1007, -3]
+
+
+def test_each_call_cycles_the_bank_from_its_own_offset() -> None:
+    bank = cl.noise_frames(-70.0, 7)
+    starts = []
+    for index in range(5):
+        line = cl.idle_line(bank, index)
+        first = list(itertools.islice(line, len(bank) + 1))
+        assert sorted(first[:-1]) == sorted(bank) and first[-1] == first[0]  # every frame, then round again
+        starts.append(bank.index(first[0]))
+    assert starts[0] == 0 and len(set(starts)) == 5
+    silent = cl.idle_line([k.SILENCE], 3)
+    assert list(itertools.islice(silent, 3)) == [k.SILENCE] * 3
+
+
+def test_idle_callers_send_line_noise_and_it_does_not_count_as_received_sound() -> None:
+    args = argparse.Namespace(seed=1, stagger=0.0, reply_quiet=1.0, turns=1, line_noise_dbfs=-70.0)
+    question = {"frames": [b"q0"], "end_frame": 0, "end_offset_ns": 5 * MS}
+    callers = cl.Callers(1, 2, args, [question])
+    bank = cl.noise_frames(-70.0, 1)
+    for call in callers.calls:
+        call.until = 10_000 * MS
+        sent = [callers.step(call, (100 + 20 * i) * MS) for i in range(len(bank) + 2)]
+        off = bank.index(sent[0] or b"")
+        assert sent == [bank[(off + i) % len(bank)] for i in range(len(bank) + 2)]
+        assert call.phase == "greeting" and not call.sound and call.last_sound == 0  # sending is not hearing
+    assert callers.calls[0].idle is not callers.calls[1].idle
+
+
+def test_questions_sit_on_line_noise_with_the_voice_bounds_of_the_clean_speech(tmp_path: Path) -> None:
+    voice = (np.sin(np.arange(1000) / 3) * 20000).astype("<i2")
+    pcm = np.concatenate([np.zeros(200, "<i2"), voice, np.full(40, 32767, "<i2"), np.zeros(1160, "<i2")])
+    (tmp_path / "q0.raw").write_bytes(pcm.tobytes())
+    (tmp_path / "questions.json").write_text(json.dumps([{"text": "hi", "file": "q0.raw", "onset": 200,
+                                                          "end": 1240}]))
+    clean = cl.load_questions(tmp_path)[0]
+    noisy = cl.load_questions(tmp_path, -70.0, 7)[0]
+    assert noisy == cl.load_questions(tmp_path, -70.0, 7)[0]
+    assert (noisy["end_frame"], noisy["end_offset_ns"]) == (clean["end_frame"], clean["end_offset_ns"]) == (7, 15 * MS)
+    assert len(noisy["frames"]) == len(clean["frames"]) == 15
+    assert all(len(f) == 3 + k.FRAME_BYTES and f[:3] == k.HEADER for f in noisy["frames"])
+    wire = np.frombuffer(b"".join(f[3:] for f in noisy["frames"]), dtype="<i2").astype(np.int32)
+    noise = wire - pcm.astype(np.int32)
+    assert abs(rms_dbfs(noise[:200]) - -70.0) < 3.0 and abs(rms_dbfs(noise[1240:]) - -70.0) < 2.0
+    assert abs(rms_dbfs(noise[200:1200]) - -70.0) < 2.0  # under the voice too
+    assert wire[1200:1240].max() == 32767  # clipped, not wrapped
+    assert clean["frames"][-1] == k.SILENCE and noisy["frames"][-1] != k.SILENCE
+
+
+def test_line_noise_option_and_report_sentence() -> None:
+    assert cm.parse_args([]).line_noise_dbfs == -70.0
+    assert cm.parse_args(["--line-noise-dbfs", "-60"]).line_noise_dbfs == -60.0
+    assert cm.parse_args(["--line-noise-dbfs", "none"]).line_noise_dbfs is None
+    with pytest.raises(SystemExit):
+        cm.parse_args(["--line-noise-dbfs", "3"])
+    assert md.line_noise(-70.0) == "Gaussian line noise at −70 dBFS RMS whenever the caller does not talk, and under " \
+                                   "its questions"
+    assert md.line_noise(None).startswith("digital silence")
+
+
+# --- the fakes' loop lag -------------------------------------------------------------------
+
+
+async def test_loop_lag_records_late_wakes_once_and_resets(autojump_clock: trio.testing.MockClock) -> None:
+    monitor = LoopLag(0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(monitor.run)
+        await trio.sleep(0.105)  # 10 wakes on time (a mock clock: exactly on time)
+        assert monitor.hist.n == 10 and monitor.hist.max == 0
+        autojump_clock.jump(0.0355)  # the loop blocked 35.5 ms: the wake due at 0.11 s comes at 0.1405 s
+        await trio.sleep(0.001)  # (mock time) the late wake runs first
+        snap = monitor.snapshot(reset=True)
+        assert snap["wakes"] == 11 and snap["late_over_period"] == 1
+        assert snap["max_ms"] == pytest.approx(30.5) and snap["p99_ms"] == pytest.approx(30.5)
+        assert snap["p50_ms"] == pytest.approx(0.1)  # the upper edge of the first 0.1 ms bucket
+        assert monitor.hist.n == 0
+        await trio.sleep(0.1)  # the missed 0.12-0.14 s deadlines are skipped, not caught up: 0.15 ... 0.24
+        snap = monitor.snapshot()
+        assert (snap["wakes"], snap["max_ms"], snap["late_over_period"]) == (10, 0.0, 0)
+        nursery.cancel_scope.cancel()
+    assert set(snap) >= {"period_ms", "wall_s", "cpu_s", "cores", "p99_ms"}
+    assert LoopLag().snapshot()["p99_ms"] is None  # no wakes yet: nothing to say, not 0
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self.resets: list[bool] = []
+
+    def snapshot(self, reset: bool = False) -> dict[str, Any]:
+        self.resets.append(reset)
+        return {"wakes": 42, "p50_ms": 0.5, "p99_ms": 3.25, "max_ms": 17.0, "late_over_period": 2, "cores": 0.3}
+
+
+async def test_the_fakes_answer_their_loop_window_at_bench_loop() -> None:
+    args = argparse.Namespace(seed=1, stt_ms=0.0, llm_first_token_ms=0.0, llm_token_ms=0.0, tts_first_audio_ms=0.0,
+                              tts_chunk_ms=0.0)
+    monitor = _Monitor()
+    fake = fk.make_fake(args, monitor)
+    async with trio.open_nursery() as nursery:
+        await fake.start(nursery)
+        first = await trio.to_thread.run_sync(rn.fakes_loop, fake.port)
+        second = await trio.to_thread.run_sync(rn.fakes_loop, fake.port, False)
+        nursery.cancel_scope.cancel()
+    assert first == second == monitor.snapshot()
+    assert monitor.resets[:2] == [True, False]
+    assert rn.fakes_loop(1) == {}  # nothing listening: no numbers, no crash
+
+
+def test_the_fakes_lag_and_the_line_reach_the_summary_and_the_table() -> None:
+    calls = [{"replies": [{"latency_ms": 600.0}], "error": None, "utterances": [{"inserted_ms": 0}]}]
+    run = {"workers": 1, "n": 1, "calls": calls, "lateness": [], "server_cpu_s": 1.0, "wall_s": 2.0,
+           "call_seconds": 10.0, "line_noise_dbfs": -70.0, "load_after": "0.5 0.4 0.3",
+           "fakes_loop": _Monitor().snapshot()}
+    s = an.summarize(run)
+    assert s["line_noise_dbfs"] == -70.0
+    assert (s["fakes_lag_p50_ms"], s["fakes_lag_p99_ms"], s["fakes_lag_max_ms"]) == (0.5, 3.25, 17.0)
+    assert (s["fakes_lag_wakes"], s["fakes_lag_over_period"], s["fakes_loop_cores"]) == (42, 2, 0.3)
+    assert an.summarize({**run, "fakes_loop": {}})["fakes_lag_p99_ms"] is None  # the fakes did not answer
+    info = {"date": "today", "cpu": "cpu", "cores": "2", "python": "3", "trio": "t", "kernel": "k", "commit": "c"}
+    args = cm.parse_args(["--turns", "1"])
+    text = md.render_markdown([s], info, args, "0 0 0", "0 0 0", "cmd")
+    header = next(line for line in text.splitlines() if line.startswith("| workers | N | peak"))
+    row = next(line for line in text.splitlines() if line.startswith("| 1 | 1 |"))
+    assert header.split(" | ")[-2] == "fakes lag p99 / max" and row.split(" | ")[-2] == "3.2 / 17.0 ms"
+    assert header.count("|") == row.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
+    assert "the line carries Gaussian line noise at −70 dBFS RMS whenever the caller does not talk" in text

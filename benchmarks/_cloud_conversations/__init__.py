@@ -23,7 +23,11 @@ Three kinds of process, all on 127.0.0.1, none pinned (the machine's cores are s
   default. Restarted for every run;
 * **the callers**: this process, one thread, plain non-blocking sockets and one epoll
   (the echo benchmark's generator design): every call sends a 20 ms slin frame on an
-  absolute clock (calls spread over 1 ms slots), silence unless it talks. Calls start
+  absolute clock (calls spread over 1 ms slots), line noise unless it talks (a real line is
+  never digital zero, and the server's echo canceller and noise handling take cheaper paths on
+  exact zeros): Gaussian noise at ``--line-noise-dbfs`` RMS (−70; ``none``: all-zero frames as
+  before), 4 s of frames pre-generated from ``--seed`` and cycled from each call's own offset,
+  and under the questions too (where the voice ends is still found in the clean PCM). Calls start
   evenly over ``--stagger`` s. Each call waits for the greeting to end (0.6 s quiet),
   pauses 0.3-1.2 s, asks a question (Piper's voice at 8 kHz, ~2 s), hears the reply out
   (``--reply-quiet`` s of quiet ends it), and does that ``--turns`` times, then hangs up.
@@ -40,7 +44,12 @@ Numbers, per run (caller side unless said otherwise):
   callers' view, |inter-arrival − 20 ms| of the agent's frames;
 * **CPU per call-second**: the server's CPU (parent and workers, /proc) over the run,
   divided by the call-seconds carried; **RSS**: peak of the server's processes summed;
-* the server's own split per reply (``turn latency (ms)`` log lines).
+* the server's own split per reply (``turn latency (ms)`` log lines);
+* **fakes lag**: the fakes process is one trio loop streaming every call's SSE and audio
+  chunks; if it falls behind, the reply latency includes its queueing. A task in it sleeps
+  10 ms on absolute deadlines and records how late it wakes (``benchmarks.common.loop_lag``);
+  the callers' side reads and resets that window at ``GET /bench/loop`` at the start and the
+  end of each run: p50/p99/max, wakes a whole period late, and the fakes' CPU.
 
 Run: ``.venv/bin/python -m benchmarks.cloud_conversations --calls 100,200,400 --workers 1,2``
 (``--help`` for the knobs; ``--write-docs`` puts the tables into docs/benchmarks.md).

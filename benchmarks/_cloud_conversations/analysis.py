@@ -81,8 +81,10 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     pacing_p99 = histogram_quantile(0.99, buckets) * 1000 if buckets and buckets[-1][1] > 0 else float("nan")
     top = max((b for b, _ in buckets if not math.isinf(b)), default=math.inf) * 1000
     call_s = run.get("call_seconds") or 0.0
+    loop = run.get("fakes_loop") or {}
     return {
-        "workers": run["workers"], "calls": run["n"], "peak_active": run.get("peak_active"),
+        "workers": run["workers"], "calls": run["n"], "line_noise_dbfs": run.get("line_noise_dbfs"),
+        "peak_active": run.get("peak_active"),
         "errors": sum(1 for c in run["calls"] if c.get("error")),
         "replies": len(latencies), "replies_missing": missing,
         "reply_p50": pct(latencies, 50), "reply_p99": pct(latencies, 99),
@@ -98,6 +100,9 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "cpu_ms_per_call_s": 1000 * run["server_cpu_s"] / call_s if call_s else float("nan"),
         "rss_peak_mb": run.get("rss_peak_mb"), "rss_idle_mb": run.get("rss_idle_mb"),
         "fakes_cores": run.get("fakes_cores"), "callers_cores": run.get("callers_cores"),
+        "fakes_lag_p50_ms": loop.get("p50_ms"), "fakes_lag_p99_ms": loop.get("p99_ms"),
+        "fakes_lag_max_ms": loop.get("max_ms"), "fakes_lag_wakes": loop.get("wakes"),
+        "fakes_lag_over_period": loop.get("late_over_period"), "fakes_loop_cores": loop.get("cores"),
         "machine_cores": run.get("machine_cores"),
         "turns": run.get("turns_split", {}),
         "load_before": run.get("load_before"), "load_after": run.get("load_after"),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import select
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from benchmarks._cloud_conversations.constants import (
     GOLDEN,
     HANGUP,
     HEADER,
+    LINE_NOISE_FRAMES,
     QUESTIONS,
     RATE,
     SILENCE,
@@ -26,7 +29,30 @@ from benchmarks._cloud_conversations.constants import (
     ZERO,
     mono,
 )
+from benchmarks.common.line_noise import gaussian_noise, under
 from benchmarks.common.stats import Hist
+
+NOISE_SEED = 0x11E
+"""Mixed with --seed into the noise generators' seeds: the idle bank is (seed, NOISE_SEED, 0), question i's
+noise (seed, NOISE_SEED, i + 1)."""
+
+# --- line noise --------------------------------------------------------------------------
+
+
+def noise_frames(dbfs: float | None, seed: int, frames: int = LINE_NOISE_FRAMES) -> list[bytes]:
+    """The idle frames, header included: ``frames`` of Gaussian noise at ``dbfs`` RMS, or digital silence (None)."""
+    if dbfs is None:
+        return [SILENCE]
+    pcm = gaussian_noise(frames * (FRAME_BYTES // 2), dbfs, (seed, NOISE_SEED, 0)).tobytes()
+    return [HEADER + pcm[i: i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+
+
+def idle_line(bank: list[bytes], index: int) -> Iterator[bytes]:
+    """Call ``index``'s idle frames: ``bank`` cycled from the call's own offset (calls spread by the golden ratio)."""
+    if len(bank) == 1:
+        return itertools.repeat(bank[0])
+    off = int((index * GOLDEN) % 1.0 * len(bank))
+    return itertools.cycle(bank[off:] + bank[:off])
 
 # --- the callers -------------------------------------------------------------------------
 
@@ -34,11 +60,15 @@ from benchmarks.common.stats import Hist
 class Call:
     """One caller: its line (what it sends when) and every frame it received."""
 
-    __slots__ = ("arrivals", "buf", "closed", "connect_ns", "error", "frames_out", "index", "last", "last_sound",
-                 "out_at", "phase", "q_ends", "q_starts", "question", "rng", "sock", "sound", "turns", "until")
+    __slots__ = ("arrivals", "buf", "closed", "connect_ns", "error", "frames_out", "idle", "index", "last",
+                 "last_sound", "out_at", "phase", "q_ends", "q_starts", "question", "rng", "sock", "sound", "turns",
+                 "until")
 
-    def __init__(self, index: int, question: dict[str, Any], rng: random.Random) -> None:
+    def __init__(self, index: int, question: dict[str, Any], rng: random.Random,
+                 idle: Iterator[bytes] | None = None) -> None:
         self.index = index
+        self.idle = itertools.repeat(SILENCE) if idle is None else idle
+        """What the call sends while it does not talk (line noise, or digital silence)."""
         self.question = question
         self.rng = rng
         self.sock: socket.socket | None = None
@@ -67,7 +97,9 @@ class Callers:
         self.args = args
         self.ep = select.epoll()
         rng = random.Random(args.seed)
-        self.calls = [Call(i, questions[i % len(questions)], random.Random(rng.random())) for i in range(n)]
+        bank = noise_frames(args.line_noise_dbfs, args.seed)
+        self.calls = [Call(i, questions[i % len(questions)], random.Random(rng.random()), idle_line(bank, i))
+                      for i in range(n)]
         self.by_fd: dict[int, Call] = {}
         self.slots: list[list[Call]] = [[] for _ in range(SLOTS)]
         self.dev = Hist(10_000, 20_000)
@@ -200,7 +232,7 @@ class Callers:
             if call.out_at >= len(call.frames_out):
                 call.phase = "reply"
             return call.frames_out[k]
-        return SILENCE
+        return next(call.idle)
 
     def receive(self, call: Call) -> None:
         try:
@@ -248,8 +280,11 @@ class Callers:
             self.close(call)
 
 
-def load_questions(directory: Path) -> list[dict[str, Any]]:
-    """The questions in Piper's voice at 8 kHz, as ready-to-send frames (rendered once, cached)."""
+def load_questions(directory: Path, noise_dbfs: float | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The questions in Piper's voice at 8 kHz, as ready-to-send frames (rendered once, cached).
+
+    With ``noise_dbfs``, each question sits on line noise at that level (its own, from ``seed``);
+    where its voice starts and ends was found in the clean PCM (``onset``/``end``)."""
     cache = directory / "questions.json"
     if not cache.exists():
         from benchmarks.common.internals import PiperTTS
@@ -265,8 +300,10 @@ def load_questions(directory: Path) -> list[dict[str, Any]]:
             meta.append({"text": text, "file": f"q{i}.raw", "onset": onset, "end": end})
         cache.write_text(json.dumps(meta))
     out = []
-    for item in json.loads(cache.read_text()):
+    for i, item in enumerate(json.loads(cache.read_text())):
         pcm = (directory / item["file"]).read_bytes()
+        if noise_dbfs is not None:
+            pcm = under(pcm, gaussian_noise(len(pcm) // 2, noise_dbfs, (seed, NOISE_SEED, i + 1)))
         frames = [HEADER + pcm[i: i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
         end = item["end"]
         k = (end - 1) // (FRAME_BYTES // 2)

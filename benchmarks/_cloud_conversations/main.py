@@ -13,7 +13,7 @@ from typing import Any
 import benchmarks._cloud_conversations
 from benchmarks._cloud_conversations.analysis import summarize
 from benchmarks._cloud_conversations.callers import load_questions
-from benchmarks._cloud_conversations.constants import DOCS, SCRIPT
+from benchmarks._cloud_conversations.constants import DOCS, LINE_NOISE_DBFS, SCRIPT
 from benchmarks._cloud_conversations.fakes import fakes_main
 from benchmarks._cloud_conversations.markdown import fmt, render_markdown
 from benchmarks._cloud_conversations.runs import run_one, start_fakes
@@ -24,6 +24,19 @@ from benchmarks.common.procs import (
 )
 
 # --- main ---------------------------------------------------------------------------------
+
+
+def noise_level(text: str) -> float | None:
+    """``--line-noise-dbfs``: a level in dBFS (≤ 0), or ``none`` for digital silence."""
+    if text.strip().lower() in ("none", "off", "zero", "silence"):
+        return None
+    try:
+        level = float(text.replace("−", "-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a level in dBFS, nor 'none': {text!r}") from None
+    if not level <= 0:
+        raise argparse.ArgumentTypeError(f"a noise level is at most 0 dBFS: {text!r}")
+    return level
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tts-chunk-ms", type=float, default=20.0, help="fake speech: ms between 100 ms audio chunks")
     p.add_argument("--deadline", type=float, default=120.0, help="seconds one run's calls may take")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--line-noise-dbfs", type=noise_level, default=LINE_NOISE_DBFS, metavar="DBFS|none",
+                   help="what the callers' line carries when they do not talk, and under their questions: Gaussian "
+                        "noise at this RMS level (deterministic from --seed), or 'none' for digital silence "
+                        "(all-zero frames, the server's cheapest paths; default %(default)s)")
     p.add_argument("--profile-calls", type=int, default=200,
                    help="profile the server (its first worker) with py-spy, 100 Hz, non-blocking, during the runs "
                         "with this N (0: never)")
@@ -74,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
     args.speech_dir.mkdir(parents=True, exist_ok=True)
-    questions = load_questions(args.speech_dir)
+    questions = load_questions(args.speech_dir, args.line_noise_dbfs, args.seed)
     info = report.machine_info()
     load_start = loadavg()
     summaries: list[dict[str, Any]] = []
@@ -93,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"inserted max {s['inserted_max']} ms ({s['inserted_over']}), pacing p99 "
                           f"{fmt(s['pacing_p99_ms'], 1)} ms, errors {s['errors']} {run['errors_sample']}, "
                           f"server {fmt(s['server_cores'], 2)} cores, {fmt(s['cpu_ms_per_call_s'], 1)} ms/call-s, "
-                          f"rss {fmt(s['rss_peak_mb'])} MB, peak active {s['peak_active']}", file=sys.stderr)
+                          f"rss {fmt(s['rss_peak_mb'])} MB, peak active {s['peak_active']}, fakes lag p50/p99/max "
+                          f"{fmt(s['fakes_lag_p50_ms'], 1)}/{fmt(s['fakes_lag_p99_ms'], 1)}/"
+                          f"{fmt(s['fakes_lag_max_ms'], 1)} ms", file=sys.stderr)
                     if args.json:
                         args.json.write_text(json.dumps({"machine": info, "summaries": summaries, "runs": raw},
                                                         indent=1, default=str))

@@ -19,6 +19,14 @@ def fmt(x: Any, digits: int = 0) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def line_noise(level: float | None) -> str:
+    """The callers' line in words, for the report."""
+    if level is None:
+        return "digital silence (all-zero frames) whenever the caller does not talk"
+    return (f"Gaussian line noise at {level:g} dBFS RMS whenever the caller does not talk, and under its "
+            "questions").replace("-", "−")
+
+
 def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args: argparse.Namespace,
                     load_start: str, load_end: str, command: str) -> str:
     fakes_ms = args.stt_ms + args.llm_first_token_ms + args.tts_first_audio_ms
@@ -34,14 +42,16 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         f"{args.llm_token_ms:g} ms (a new 3-sentence answer for every request), speech first audio "
         f"{args.tts_first_audio_ms:g} ms (a tone, 60 ms per character). The fakes' own latency: "
         f"**{fakes_ms:g} ms**; reply target p99 ≤ {fakes_ms + TARGET_MARGIN_MS:g} ms. Each call: greeting, then "
-        f"{args.turns} question(s) of ~2 s (Piper's voice), each reply heard out; calls start over "
-        f"{args.stagger:g} s.",
+        f"{args.turns} question(s) of ~2 s (Piper's voice), each reply heard out; the line carries "
+        f"{line_noise(args.line_noise_dbfs)}; calls start over {args.stagger:g} s. Fakes lag: how late a task in "
+        "the fakes' event loop wakes from 10 ms sleeps on absolute deadlines during the run (p99 / max; its "
+        "floor is ~1 ms, epoll's rounding): reply latency includes it.",
         "",
         "| workers | N | peak in progress | calls failed | replies (missing) | reply p50 / p99 (max) ms "
         "| inserted silence max (utterances > 60 ms) | pacing lateness p99 (server) | late ticks / underruns "
         "| caller frame-interval dev p99 | server CPU (cores) | CPU ms per call-second | server RSS idle → peak "
-        "| fakes / callers CPU | load 1 min after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fakes / callers CPU | fakes lag p99 / max | load 1 min after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         lines.append(
@@ -52,7 +62,9 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
             f"| {fmt(s['late_ticks'])} / {fmt(s['underruns'])} | {fmt(s['caller_dev_p99_ms'], 1)} ms "
             f"| {fmt(s['server_cores'], 2)} | {fmt(s['cpu_ms_per_call_s'], 1)} "
             f"| {fmt(s['rss_idle_mb'])} → {fmt(s['rss_peak_mb'])} MB "
-            f"| {fmt(s['fakes_cores'], 2)} / {fmt(s['callers_cores'], 2)} | {(s['load_after'] or '?').split()[0]} |")
+            f"| {fmt(s['fakes_cores'], 2)} / {fmt(s['callers_cores'], 2)} "
+            f"| {fmt(s.get('fakes_lag_p99_ms'), 1)} / {fmt(s.get('fakes_lag_max_ms'), 1)} ms "
+            f"| {(s['load_after'] or '?').split()[0]} |")
     lines += ["", "The server's own split per reply (its `turn latency (ms)` log lines, p50 / p99):", "",
               "| workers | N | endpointing | STT after the endpoint | LLM first token | TTS first audio "
               "| speech end → first frame |", "|---:|---:|---:|---:|---:|---:|---:|"]

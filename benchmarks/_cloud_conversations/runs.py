@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 from benchmarks._cloud_conversations.analysis import analyse_call, lateness_delta
 from benchmarks._cloud_conversations.callers import Callers
 from benchmarks._cloud_conversations.constants import CLK
+from benchmarks._cloud_conversations.fakes import LOOP_PATH
 from benchmarks.common import ROOT, metrics
 from benchmarks.common.procs import (
     free_port,
@@ -40,6 +42,16 @@ def start_fakes(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[b
            "--llm-token-ms", str(args.llm_token_ms), "--tts-first-audio-ms", str(args.tts_first_audio_ms),
            "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed)]
     return start_reporting_port(cmd, port_file, tmp / "fakes.log", "fakes")
+
+
+def fakes_loop(fakes_port: int, reset: bool = True) -> dict[str, Any]:
+    """The fakes' loop-lag window so far (and a new one started): ``LoopLag.snapshot``; {} if it did not answer."""
+    status, body = http_get(f"http://127.0.0.1:{fakes_port}{LOOP_PATH}{'?reset=1' if reset else ''}", timeout=10)
+    if status != 200:
+        print(f"the fakes' loop monitor did not answer ({status})", file=sys.stderr)
+        return {}
+    out: dict[str, Any] = json.loads(body)
+    return out
 
 
 def start_server(args: argparse.Namespace, workers: int, fakes_port: int, log_path: Path
@@ -119,12 +131,14 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Po
 
         thread = threading.Thread(target=sampler, daemon=True)
         thread.start()
+        fakes_loop(fakes_port)  # the fakes' loop lag: a new window for this run's calls
         spy = start_profile(args, pids, tmp / f"profile-{tag}.txt") if n == args.profile_calls else None
         try:
             callers.run(args.deadline)
         finally:
             stop.set()
             thread.join()
+        loop = fakes_loop(fakes_port)
         profile = finish_profile(spy, args)
         wall = time.monotonic() - t0
         cpu1, fcpu1 = tree_cpu_ticks(pids), tree_cpu_ticks([fakes.pid])
@@ -149,7 +163,8 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Po
         if call.arrivals:
             call_ns += call.arrivals[-1] - call.connect_ns
     run = {
-        "workers": workers, "n": n, "wall_s": wall, "calls": calls, "call_seconds": call_ns / 1e9,
+        "workers": workers, "n": n, "line_noise_dbfs": args.line_noise_dbfs,
+        "wall_s": wall, "calls": calls, "call_seconds": call_ns / 1e9,
         "server_cpu_s": (sum(cpu1) - sum(cpu0)) / CLK, "fakes_cores": (sum(fcpu1) - sum(fcpu0)) / CLK / wall,
         "callers_cores": ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / wall,
         "machine_cores": (busy1 - busy0) / max(1.0, total1 - total0) * (os.cpu_count() or 1),
@@ -162,7 +177,7 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Po
         "dev_p99_ms": callers.dev.pct(99) / 1e6, "callers_send_late_p99_ms": callers.late.pct(99) / 1e6,
         "turns_split": turn_split(log_path), "load_before": load_before, "load_after": loadavg(),
         "errors_sample": sorted({c.error for c in callers.calls if c.error})[:5],
-        "profile": profile,
+        "profile": profile, "fakes_loop": loop,
     }
     if args.keep_logs:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
