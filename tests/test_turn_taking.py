@@ -842,3 +842,23 @@ async def test_a_quiet_caller_who_starts_as_the_agent_stops_is_heard_not_taken_f
         await pbx.send_audio(asa.tone_pcm(300, 700, 8000, amplitude=0.02))  # about -37 dBFS, at once
         await talk_until(pbx, lambda: len(llm.histories) == 2)
     assert [m.content for m in llm.histories[1] if m.role == "user"][-1] == "what about sunday"
+
+
+async def test_speech_that_interrupted_the_answer_is_a_turn_whatever_its_final_words(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The words at the caller's first pause interrupt the answer; the transcript of the
+    whole utterance, at its end, reads like the agent's echo (a recognizer's second guess, a
+    level 1 dB lower). The answer is gone by then: dropping the utterance too would leave the
+    caller in dead air, so it is answered."""
+    llm = ScriptedLLM([[ANSWER], ["Sure."]])
+    stt = ScriptedSTT(["tell me a story", "stop, what about Sunday", "keeps going for several"])
+    agent, observer, _ = assistant(llm, stt)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(400))
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        await pbx.send_audio(asa.tone_pcm(300, 300, 8000, amplitude=0.2))
+        await pbx.send_silence(100)  # a pause: the words so far are judged (an interruption)
+        await pbx.send_audio(asa.tone_pcm(300, 300, 8000, amplitude=0.2))
+        await talk_until(pbx, lambda: len(llm.histories) == 2, limit=10)
+    assert observer.barge_ins and not observer.resumes
+    assert llm.histories[1][-1].content == "keeps going for several"

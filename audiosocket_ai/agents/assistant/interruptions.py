@@ -11,6 +11,10 @@ more than ``turn.decide_within_ms``: without a verdict by then, the answer goes 
 Speech over the agent that did not pause it (the echo canceller or the level said "not the
 caller"), and speech that began within :data:`ECHO_TAIL_S` of the agent stopping, is
 judged the same way before it may become a turn.
+
+Speech that has interrupted the agent is a turn, whatever its final transcript says: it is
+judged once. (Judged again at its end, a level 1 dB lower or a recognizer's second guess
+could call it the agent's echo, and the caller, whose answer was cut, would hear nothing.)
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class Interruptions:
         """Where the pause's deadline runs (the conversation's)."""
         self.resumes = 0
         self._pause: _Pause | None = None
+        self._interrupted_by: float | None = None
+        """When the utterance that interrupted the agent last began (the listener's clock)."""
 
     @property
     def listener(self) -> Listener:
@@ -94,6 +100,11 @@ class Interruptions:
         return self._agent_busy()
 
     def interrupt(self, why: str) -> None:
+        self._interrupt(why)
+
+    def _interrupt_for(self, started: float, why: str) -> None:
+        """Interrupt the agent for the caller's utterance that began at ``started``."""
+        self._interrupted_by = started
         self._interrupt(why)
 
     def forget(self) -> None:
@@ -116,7 +127,7 @@ class Interruptions:
             log.debug("sound over the agent that the echo canceller takes for its echo: not pausing")
             return
         if not self.settings.turn.resume or self.nursery is None:
-            self.interrupt("caller spoke")
+            self._interrupt_for(self.listener.speech_started_at, "caller spoke")
             return
         if self._pause is not None:
             return  # already paused for this stretch of sound
@@ -146,6 +157,9 @@ class Interruptions:
         pause, turn = self._pause, self.settings.turn
         if not turn.resume:
             return False  # every sound over the agent interrupted it; every utterance is a turn
+        if utterance.start == self._interrupted_by and not utterance.is_dtmf:
+            log.debug("the utterance that interrupted the agent: a turn, not judged again")
+            return False
         caller_db = self.listener.caller_level.db
         if pause is None or utterance.end < pause.onset - 0.05:
             level = utterance.level_db
@@ -162,7 +176,7 @@ class Interruptions:
             if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
                 self._learn_level(utterance)
                 if verdict is Verdict.INTERRUPT and self.call.speaking:
-                    self.interrupt("caller spoke")
+                    self._interrupt_for(utterance.start, "caller spoke")
                 return False
             if utterance.text:
                 log.info("not a turn (%s over the agent): %s", verdict.value, private(utterance.text))
@@ -174,7 +188,7 @@ class Interruptions:
         pause.decided.set()
         if verdict is Verdict.INTERRUPT:
             self._learn_level(utterance)
-            self.interrupt("caller spoke")
+            self._interrupt_for(utterance.start, "caller spoke")
             return False
         self._resume(pause, verdict.value)
         if verdict is Verdict.BACKCHANNEL:
@@ -215,7 +229,7 @@ class Interruptions:
         talking = trio.current_time() - self.listener.voiced_at < VOICE_GAP_S
         if talking and not self._quiet_voice():
             pause.decided.set()
-            self.interrupt("caller kept talking")
+            self._interrupt_for(self.listener.speech_started_at, "caller kept talking")
             return
         with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
             await pause.decided.wait()

@@ -144,6 +144,11 @@ class Listener:
         self._capture_started = 0.0
 
     @property
+    def speech_started_at(self) -> float:
+        """When the caller's latest utterance began (trio time; its :attr:`Utterance.start`)."""
+        return self._capture_started
+
+    @property
     def busy(self) -> bool:
         """The caller is talking, or what they said is being transcribed."""
         return self.caller_speaking or self.transcribing > 0
@@ -295,6 +300,7 @@ class Listener:
                             self.onset_level_db) and (self.echo.echo_likely
                                                       or self._as_quiet_as_echo(self.onset_level_db))
                         self.caller_speaking = True
+                        started = self._capture_started = max(call.started_at, now - lag)
                         self._changed()
                         self._on_speech()
                         onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
@@ -302,10 +308,8 @@ class Listener:
                             self.stt, nursery, stt_ring.since(position, onset_bytes),
                             on_speculation=self._speculated,
                             speculate_after_ms=SPECULATE_OVER_AGENT_MS if self.call.speaking else SPECULATE_AFTER_MS)
-                        started = max(call.started_at, now - lag)
                         if capture.streaming:  # it recognizes while the caller talks
                             nursery.start_soon(self._transcribe, capture, started)
-                        self._capture_started = started
                     elif isinstance(event, SpeechEnded) and capture is not None:
                         self.caller_speaking = False
                         self._speech_end = now - lag
