@@ -338,3 +338,34 @@ def test_the_fakes_lag_and_the_line_reach_the_summary_and_the_table() -> None:
     assert header.split(" | ")[-2] == "fakes lag p99 / max" and row.split(" | ")[-2] == "3.2 / 17.0 ms"
     assert header.count("|") == row.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
     assert "the line carries Gaussian line noise at −70 dBFS RMS whenever the caller does not talk" in text
+
+
+def _upload(pcm: np.ndarray, rate: int = 16000) -> Any:
+    import io
+    import types
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype("<i2").tobytes())
+    return types.SimpleNamespace(data=buffer.getvalue())
+
+
+def test_the_fake_recognizer_hears_as_many_words_as_the_audio_holds() -> None:
+    rate = 16000
+    frame = rate // 50
+    loud = np.r_[np.full(frame // 2, 8000), np.full(frame // 2, -8000)]  # one voiced 20 ms frame
+    quiet = np.zeros(frame)
+
+    def voiced(seconds: float) -> np.ndarray:
+        frames = round(seconds / 0.02)
+        return np.concatenate([np.concatenate([loud, quiet]) for _ in range(frames)])  # voiced, then a gap
+
+    words = k.TRANSCRIPT.split()
+    assert fk.heard_words(_upload(np.zeros(rate))) == ""  # silence, or noise: no words
+    assert fk.heard_words(_upload(voiced(0.34))) == " ".join(words[:2])  # 0.34 s voiced: two words
+    assert fk.heard_words(_upload(voiced(fk.WHOLE_S))) == k.TRANSCRIPT
+    assert fk.heard_words(_upload(voiced(3.0))) == k.TRANSCRIPT

@@ -13,6 +13,37 @@ LOOP_PATH = "/bench/loop"
 """``GET`` it for the loop monitor's window so far (JSON, :meth:`LoopLag.snapshot`); ``?reset=1`` also starts a
 new window. Not an OpenAI path: answered before the fake's authentication and scripting."""
 
+WORD_S = 0.17
+"""Seconds of voiced audio per word in the callers' questions (Piper: 1.5-1.7 s above -40 dBFS for 9-10 words)."""
+
+WHOLE_S = 1.3
+"""Voiced seconds from which an upload is the whole question."""
+
+
+def heard_words(upload: Any) -> str:
+    """What a recognizer would make of ``upload``: as much of the question as it holds.
+
+    A transcription of part of a question (the server's speculation at a pause after "Hi,")
+    gets only the words that part can hold, and line noise alone no words at all: a fake that
+    answered every upload with the whole question would end turns at pauses the callers make
+    mid-question, and take every sound over the agent for a question.
+    """
+    import io
+    import wave
+
+    import numpy as np
+
+    with wave.open(io.BytesIO(upload.data), "rb") as wav:
+        rate = wav.getframerate()
+        pcm = wav.readframes(wav.getnframes())
+    n = rate // 50
+    x = np.frombuffer(pcm[: len(pcm) // (2 * n) * 2 * n], dtype="<i2").astype(np.float64).reshape(-1, n)
+    voiced_s = 0.02 * int(np.count_nonzero((x * x).mean(axis=1) > (32768.0 * 10 ** (-40 / 20)) ** 2))
+    if voiced_s >= WHOLE_S:
+        return TRANSCRIPT
+    return " ".join(TRANSCRIPT.split()[: round(voiced_s / WORD_S)])
+
+
 # --- the fakes process -------------------------------------------------------------------
 
 
@@ -35,7 +66,7 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
 
     fake = Fake(api_key=None)
     fake.keep_log = False
-    fake.transcript = TRANSCRIPT
+    fake.transcript = heard_words
     fake.path_delays = {
         "/v1/audio/transcriptions": (args.stt_ms / 1000, 0.0),
         "/v1/chat/completions": (args.llm_first_token_ms / 1000, args.llm_token_ms / 1000),
