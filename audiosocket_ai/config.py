@@ -149,8 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("providers", "llm_fallback", str, "rules", "Model used when the primary fails after one retry.", optional=True),
     _s("providers", "tts_fallback", str, "piper", "Voice used when the primary fails after one retry.", optional=True),
     _s("providers", "max_concurrency", int, None, "Requests each OpenAI-compatible provider (STT, LLM, TTS) may "
-       "have in flight at once, over one pooled connection set; more wait their turn (unset: server.max_calls, "
-       "so no call waits behind the others).", minimum=1, optional=True),
+       "have in flight at once, over small pools of 8 keep-alive connections; more wait their turn "
+       "(unset: server.max_calls, so no call waits behind the others).", minimum=1, optional=True),
     _s("providers", "speech_cache_mb", int, 32, "Memory for synthesized sentences shared by all calls: a sentence "
        "another call already said (or is saying) is not synthesized again. Fixed lines are always kept; 0 keeps "
        "only those.", minimum=0),
