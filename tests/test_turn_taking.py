@@ -862,3 +862,25 @@ async def test_speech_that_interrupted_the_answer_is_a_turn_whatever_its_final_w
         await talk_until(pbx, lambda: len(llm.histories) == 2, limit=10)
     assert observer.barge_ins and not observer.resumes
     assert llm.histories[1][-1].content == "keeps going for several"
+
+
+@pytest.mark.parametrize("continuation_ms", [400, 1500])
+async def test_a_caller_who_goes_on_after_a_premature_end_gets_one_answer_to_both_parts(
+        autojump_clock: trio.abc.Clock, continuation_ms: int) -> None:
+    """"Are you open ... [700 ms] ... what time will you close": the first part sounded
+    complete, so the turn ended in the pause and the reply began; the caller goes on at once.
+    The reply is cut, and both parts become one question — whether the rest is short (its
+    words interrupt at its first pause) or long (it interrupts by going on, and its words come
+    in as a reply prepared in its own final pause)."""
+    llm = ScriptedLLM([[ANSWER], ["We close at six."]])
+    stt = ScriptedSTT(["are you open"], default="what time will you close")
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(800))
+        await pbx.send_silence(700)
+        await pbx.send_audio(speech(continuation_ms))
+        await talk_until(pbx, lambda: len(llm.histories) >= 2 and not agent_talking(pbx), limit=20)
+        await pbx.send_silence(2000)
+    assert observer.barge_ins, "the first reply was cut"
+    assert [m.content for m in llm.histories[-1] if m.role == "user"] == ["are you open what time will you close"]
+    assert [m for m in llm.histories[-1] if m.role == "assistant"] == [], "the cut reply is forgotten"

@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 CONTINUATION_S = 1.2
 """A caller who speaks again this soon after their turn, cutting its reply short, was not done..."""
 
-CONTINUATION_HEARD_S = 0.4
-"""... if they had heard no more than this of the reply (later, it is a barge-in)."""
+CONTINUATION_HEARD_S = 0.6
+"""... if they had heard no more than this of the reply (later, it is a barge-in). A caller
+who starts again this soon after the reply's first sound had started before they could take
+it in: a hesitation of 0.9 s, ended as a turn after ~0.25 s of it and answered ~0.25 s
+later, resumes 0.4 s into the reply (the turn-taking corpus's longest pauses)."""
 
 __all__ = ["Conversation"]
 
@@ -220,10 +223,10 @@ class Conversation:
                 hold_until = trio.current_time() + turn.hold_wait
                 await self._say(turn.hold_ack)
                 continue
-            mark = len(self.history)
+            before = (list(self.history), self._last_turn)  # (to undo a tentative turn's changes)
             if utterance.is_dtmf:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
-            elif held is not None or not self._continues_last_turn(utterance):
+            elif not self._continues_last_turn(utterance):
                 self.history.append(Message("user", utterance.text))
             self._last_turn = (len(self.history) - 1, utterance.timings.speech_end or utterance.end, utterance.timings)
             if held is None:
@@ -235,7 +238,7 @@ class Conversation:
             if held is not None:
                 listener.release(held)
                 if not held.confirmed:  # abandoned: as if this reply had never been started
-                    del self.history[mark:]
+                    self.history[:], self._last_turn = before
                     continue
                 self._log_caller(utterance)
             if ending:
