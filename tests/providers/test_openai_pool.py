@@ -65,6 +65,10 @@ class Streams:
         self.first_chunks = 0
         self.audio: list[bytes] = []
 
+    def start(self, nursery: trio.Nursery, count: int) -> None:
+        for _ in range(count):
+            nursery.start_soon(self.one)
+
     async def one(self) -> None:
         async with aclosing(self.tts.synthesize("Hello.")) as stream:
             chunks = [await stream.__anext__()]
@@ -79,8 +83,7 @@ async def test_concurrency_above_one_shard_spreads_over_shards_and_all_succeed(f
     async with tts_for(fake, max_concurrency=3 * S) as tts:
         streams = Streams(tts)
         async with trio.open_nursery() as nursery:
-            for _ in range(n):
-                nursery.start_soon(streams.one)
+            streams.start(nursery, n)
             await until(lambda: streams.first_chunks == n)
             pool = tts._http()
             assert pool.limits == [S, S, S]
@@ -99,8 +102,7 @@ async def test_in_flight_never_exceeds_max_concurrency(fake: FakeOpenAI) -> None
     async with tts_for(fake, max_concurrency=cap) as tts:
         streams = Streams(tts)
         async with trio.open_nursery() as nursery:
-            for _ in range(cap + 10):
-                nursery.start_soon(streams.one)
+            streams.start(nursery, cap + 10)
             await until(lambda: streams.first_chunks == cap and tts._limiter.statistics().tasks_waiting == 10)
             pool = tts._http()
             assert pool.limits == [S, S // 2]
@@ -130,8 +132,7 @@ async def test_after_a_burst_requests_go_back_to_the_first_shard_and_its_connect
     async with tts_for(fake, max_concurrency=4 * S) as tts:
         streams = Streams(tts)
         async with trio.open_nursery() as nursery:
-            for _ in range(n):
-                nursery.start_soon(streams.one)
+            streams.start(nursery, n)
             await until(lambda: streams.first_chunks == n)
             fake.tail_gate.set()
         fake.tail_gate = None
@@ -150,8 +151,7 @@ async def test_aclose_closes_every_shard_and_the_provider_works_again(fake: Fake
     tts = tts_for(fake, max_concurrency=4 * S)
     streams = Streams(tts)
     async with trio.open_nursery() as nursery:
-        for _ in range(S + 2):
-            nursery.start_soon(streams.one)
+        streams.start(nursery, S + 2)
         await until(lambda: streams.first_chunks == S + 2)
         fake.tail_gate.set()
     fake.tail_gate = None
