@@ -316,3 +316,51 @@ async def test_aclose_of_the_shard_set_closes_all_its_clients(fake: FakeOpenAI, 
     async with shards.stream("GET", "/models") as response:
         assert response.status_code == 200
     assert shards.load() == [0, None, None]
+
+
+async def test_a_request_waiting_for_its_turn_through_aclose_uses_the_providers_new_clients(
+        fake: FakeOpenAI) -> None:
+    """A request still waiting at the concurrency limit when the provider is closed gets the
+    clients the provider holds after it, so a later ``aclose`` closes its connection too."""
+    tts = tts_for(fake, max_concurrency=1)
+    old = tts._http()
+    busy = object()
+    await tts._limiter.acquire_on_behalf_of(busy)  # (another request's turn)
+    heard: list[bytes] = []
+
+    async def speak() -> None:
+        heard.append(b"".join([chunk async for chunk in tts.synthesize("Hello.")]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speak)
+        await until(lambda: tts._limiter.statistics().tasks_waiting == 1)
+        await tts.aclose()
+        tts._limiter.release_on_behalf_of(busy)
+    assert heard == [SPEECH]
+    pool = tts._pool
+    assert pool is not None and pool is not old, "its client is in the provider's current set"
+    clients = [client for client in pool.clients() if client is not None]
+    await tts.aclose()
+    assert clients and all(client.is_closed for client in clients)
+    assert old.clients() == [None] * len(old.limits)
+
+
+async def test_a_client_that_fails_to_close_does_not_keep_the_others_open(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(httpx.AsyncClient):
+        async def aclose(self) -> None:
+            await super().aclose()
+            raise OSError("the socket was already gone")
+
+    made: list[httpx.AsyncClient] = []
+
+    def make(limit: int) -> httpx.AsyncClient:
+        made.append((Broken if not made else httpx.AsyncClient)(base_url="http://127.0.0.1:9"))
+        return made[-1]
+
+    shards = ClientShards(make, capacity=2, shard_size=1)
+    shards._take()
+    shards._take()
+    assert len(made) == 2
+    await shards.aclose()
+    assert all(client.is_closed for client in made)
+    assert "closing an idle HTTP connection pool failed" in caplog.text

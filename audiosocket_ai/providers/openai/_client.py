@@ -301,13 +301,13 @@ class _OpenAIHTTPProvider(Provider):
         turned into :class:`ProviderError`; trio's ``Cancelled`` passes through untouched
         and closes the stream on its way out.
         """
-        pool = self._http()
         # Borrow on behalf of a token, not the task: an abandoned async generator may be
         # finalized from another task, and the slot must still be released.
         token = object()
         await self._limiter.acquire_on_behalf_of(token)
         body: _Body | None = None
         try:
+            pool = self._http()  # (after the wait: aclose() may have replaced the clients meanwhile)
             try:
                 async with pool.stream(method, path, **kwargs) as response:
                     body = _Body(response)
