@@ -118,6 +118,9 @@ class EchoCanceller:
     (:attr:`frame_bytes`); anything else raises :class:`ValueError`.
     """
 
+    _skip_silent_transforms = True
+    """Skip the delay search's transforms over a caller's side of digital silence (tests turn it off)."""
+
     def __init__(self, rate: int, *, max_delay_ms: int = 320, tail_ms: int = 80) -> None:
         if rate not in (8000, 16000):
             raise ValueError(f"EchoCanceller supports 8000 or 16000 Hz, not {rate}")
@@ -340,7 +343,8 @@ class EchoCanceller:
         """GCC-PHAT between the recent near audio and the far audio before it."""
         if len(self._near_hist) < 10:
             return
-        if self._near_silent >= len(self._near_hist):
+        silent = self._near_silent >= len(self._near_hist)
+        if silent and self._skip_silent_transforms:
             # the caller's side was digital silence: its spectrum, and so what it adds to
             # the correlation, is exactly zero — the two transforms can be skipped
             if self._cross is None:
@@ -364,7 +368,9 @@ class EchoCanceller:
         r = np.fft.irfft(phat, self._nfft)[: self._max_lag // self._decim + 1]
         peak = int(np.argmax(r))
         score = float(r[peak]) / (float(np.std(r)) + 1e-12)
-        self._no_hint = 0 if score >= _HINT_SCORE else self._no_hint + 1
+        # (a caller's side of digital silence brings no new evidence: the decayed correlation's
+        # score does not hold the search at full rate)
+        self._no_hint = 0 if score >= _HINT_SCORE and not silent else self._no_hint + 1
         if score < _LOCK_SCORE:
             return
         lag = peak * self._decim

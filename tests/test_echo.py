@@ -222,9 +222,7 @@ class _NoShortcuts(EchoCanceller):
     """The canceller with its shortcuts off: the full delay search on a silent caller, and
     every far spectrum written out (what the shortcuts must reproduce exactly)."""
 
-    def _search(self) -> None:
-        self._near_silent = 0
-        super()._search()
+    _skip_silent_transforms = False
 
     def _push(self, samples: np.ndarray | None) -> None:
         self._zeroed = 0
@@ -297,3 +295,22 @@ def test_search_slows_on_a_line_without_echo_and_still_finds_a_late_one() -> Non
     assert len(quiet) <= fast + 10
     assert found_at is not None and 10 * 50 <= found_at <= 13 * 50
     assert aec.delay_ms is not None and abs(aec.delay_ms - 160) <= 2.0
+
+
+def test_a_caller_side_of_digital_silence_is_no_hint_of_an_echo() -> None:
+    """The correlation of a second with echo decays, but keeps its peak, while the caller's side
+    is digital silence (muted): those searches bring no new evidence and count as fruitless."""
+    far = voice(6.0, seed=41)
+    near = echo_of(far, 100, -10.0) + np.random.default_rng(42).standard_normal(len(far)) * 20
+    near[3 * RATE:] = 0  # muted after 3 s, the agent still talking
+    fb, nb = to_bytes(far), to_bytes(near)
+    aec = _CountingSearches(RATE)
+    hints_at_mute = None
+    for j in range(len(far) // N):
+        if j == 3 * 50:
+            hints_at_mute = aec._no_hint
+        aec.far(fb[j * 2 * N:(j + 1) * 2 * N])
+        aec.near(nb[j * 2 * N:(j + 1) * 2 * N])
+    assert hints_at_mute == 0  # the echo was hinted at
+    silent_only = [k for k in aec.searches if k >= 4 * 50]  # (its last second all silence)
+    assert len(silent_only) >= 3 and aec._no_hint >= len(silent_only)
