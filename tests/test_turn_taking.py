@@ -884,3 +884,27 @@ async def test_a_caller_who_goes_on_after_a_premature_end_gets_one_answer_to_bot
     assert observer.barge_ins, "the first reply was cut"
     assert [m.content for m in llm.histories[-1] if m.role == "user"] == ["are you open what time will you close"]
     assert [m for m in llm.histories[-1] if m.role == "assistant"] == [], "the cut reply is forgotten"
+
+
+async def test_a_continuation_merged_as_a_tentative_turn_and_abandoned_is_merged_once(
+        autojump_clock: trio.abc.Clock) -> None:
+    """The rest of a question that was ended too soon goes on past the interruption, pauses
+    ("what time do you close"), and goes on ("on Sundays"): at the pause it is merged into the
+    question as a tentative turn, which is abandoned when the caller goes on; the whole rest
+    is then merged once, into the question as it was."""
+    llm = ScriptedLLM([[ANSWER], ["We close at six."]])
+    stt = ScriptedSTT(["are you open", "what time do you close"], default="what time do you close on Sundays")
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=400,
+                                   turn=TurnSettings(interrupt_after_ms=900, echo_cancel=False))
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(800))
+        await pbx.send_silence(700)
+        await pbx.send_audio(speech(1500))  # interrupts by going on
+        await pbx.send_silence(200)  # a tentative turn, too short to be the end
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: len(llm.histories) >= 2 and not agent_talking(pbx), limit=20)
+        await pbx.send_silence(2000)
+    assert observer.barge_ins, "the first reply was cut"
+    assert [m.content for m in llm.histories[-1] if m.role == "user"] == [
+        "are you open what time do you close on Sundays"]
+    assert [m for m in llm.histories[-1] if m.role == "assistant"] == []

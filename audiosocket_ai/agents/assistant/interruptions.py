@@ -82,8 +82,8 @@ class Interruptions:
         """Where the pause's deadline runs (the conversation's)."""
         self.resumes = 0
         self._pause: _Pause | None = None
-        self._interrupted_by: float | None = None
-        """When the utterance that interrupted the agent last began (the listener's clock)."""
+        self._interrupted_by = 0
+        """The serial of the utterance that last interrupted the agent (:attr:`Utterance.serial`; 0: none)."""
 
     @property
     def listener(self) -> Listener:
@@ -102,9 +102,9 @@ class Interruptions:
     def interrupt(self, why: str) -> None:
         self._interrupt(why)
 
-    def _interrupt_for(self, started: float, why: str) -> None:
-        """Interrupt the agent for the caller's utterance that began at ``started``."""
-        self._interrupted_by = started
+    def _interrupt_for(self, serial: int, why: str) -> None:
+        """Interrupt the agent for the caller's utterance ``serial``."""
+        self._interrupted_by = serial
         self._interrupt(why)
 
     def forget(self) -> None:
@@ -127,7 +127,7 @@ class Interruptions:
             log.debug("sound over the agent that the echo canceller takes for its echo: not pausing")
             return
         if not self.settings.turn.resume or self.nursery is None:
-            self._interrupt_for(self.listener.speech_started_at, "caller spoke")
+            self._interrupt_for(self.listener.speech_serial, "caller spoke")
             return
         if self._pause is not None:
             return  # already paused for this stretch of sound
@@ -157,7 +157,7 @@ class Interruptions:
         pause, turn = self._pause, self.settings.turn
         if not turn.resume:
             return False  # every sound over the agent interrupted it; every utterance is a turn
-        if utterance.start == self._interrupted_by and not utterance.is_dtmf:
+        if utterance.serial and utterance.serial == self._interrupted_by:
             log.debug("the utterance that interrupted the agent: a turn, not judged again")
             return False
         caller_db = self.listener.caller_level.db
@@ -176,7 +176,7 @@ class Interruptions:
             if verdict is Verdict.INTERRUPT or (verdict is Verdict.BACKCHANNEL and after_agent > 0):
                 self._learn_level(utterance)
                 if verdict is Verdict.INTERRUPT and self.call.speaking:
-                    self._interrupt_for(utterance.start, "caller spoke")
+                    self._interrupt_for(utterance.serial, "caller spoke")
                 return False
             if utterance.text:
                 log.info("not a turn (%s over the agent): %s", verdict.value, private(utterance.text))
@@ -188,7 +188,7 @@ class Interruptions:
         pause.decided.set()
         if verdict is Verdict.INTERRUPT:
             self._learn_level(utterance)
-            self._interrupt_for(utterance.start, "caller spoke")
+            self._interrupt_for(utterance.serial, "caller spoke")
             return False
         self._resume(pause, verdict.value)
         if verdict is Verdict.BACKCHANNEL:
@@ -229,7 +229,7 @@ class Interruptions:
         talking = trio.current_time() - self.listener.voiced_at < VOICE_GAP_S
         if talking and not self._quiet_voice():
             pause.decided.set()
-            self._interrupt_for(self.listener.speech_started_at, "caller kept talking")
+            self._interrupt_for(self.listener.speech_serial, "caller kept talking")
             return
         with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
             await pause.decided.wait()

@@ -142,11 +142,8 @@ class Listener:
         self._speech_end = 0.0
         self._endpoint_seen = 0.0
         self._capture_started = 0.0
-
-    @property
-    def speech_started_at(self) -> float:
-        """When the caller's latest utterance began (trio time; its :attr:`Utterance.start`)."""
-        return self._capture_started
+        self.speech_serial = 0
+        """The serial of the caller's latest stretch of speech (:attr:`Utterance.serial`)."""
 
     @property
     def busy(self) -> bool:
@@ -301,6 +298,7 @@ class Listener:
                                                       or self._as_quiet_as_echo(self.onset_level_db))
                         self.caller_speaking = True
                         started = self._capture_started = max(call.started_at, now - lag)
+                        self.speech_serial += 1
                         self._changed()
                         self._on_speech()
                         onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
@@ -309,7 +307,7 @@ class Listener:
                             on_speculation=self._speculated,
                             speculate_after_ms=SPECULATE_OVER_AGENT_MS if self.call.speaking else SPECULATE_AFTER_MS)
                         if capture.streaming:  # it recognizes while the caller talks
-                            nursery.start_soon(self._transcribe, capture, started)
+                            nursery.start_soon(self._transcribe, capture, started, self.speech_serial)
                     elif isinstance(event, SpeechEnded) and capture is not None:
                         self.caller_speaking = False
                         self._speech_end = now - lag
@@ -322,7 +320,7 @@ class Listener:
                         if level_db is not None and began_in_quiet and not self.is_background(level_db):
                             self.caller_level.add(level_db)  # a turn of the caller's
                         if not capture.streaming:
-                            nursery.start_soon(self._transcribe, capture, self._capture_started)
+                            nursery.start_soon(self._transcribe, capture, self._capture_started, self.speech_serial)
                         capture = None
                         self._changed()
             if capture is not None:
@@ -350,6 +348,7 @@ class Listener:
     def _so_far(self, speculation: Speculation, now: float) -> Utterance:
         """The utterance in progress, as its speculative transcript has it, for the judge."""
         return Utterance(speculation.text, self._capture_started, now, TurnTimings(transcript=now),
+                         serial=self.speech_serial,
                          level_db=_speech_level(self._levels), echo_share=self._echo_share(),
                          confidence=speculation.confidence)
 
@@ -371,12 +370,13 @@ class Listener:
             self._judged = speculation  # (the agent's echo trailing after it stopped, a TV...)
             return
         utterance = Utterance(text, self._capture_started, now, TurnTimings(transcript=now, preemptive=True),
+                              serial=self.speech_serial,
                               speculation=speculation)
         if self._deliver(utterance, "a tentative utterance"):
             self.tentative = self._offered = utterance
             log.debug("preparing a reply during the pause to: %s", private(text))
 
-    async def _transcribe(self, capture: UtteranceCapture, started: float) -> None:
+    async def _transcribe(self, capture: UtteranceCapture, started: float, serial: int) -> None:
         if capture.speculation is not None and capture.speculation is self._judged:
             log.debug("not a turn (judged at the pause): %s", private(capture.speculation.text))
             return
@@ -410,7 +410,8 @@ class Listener:
         if not timings.endpoint:
             timings.endpoint = max(timings.speech_end, self._endpoint_seen or timings.transcript)
         utterance = Utterance(text, started, timings.speech_end, timings, level_db=capture.level_db,
-                              echo_share=capture.echo_share, confidence=transcript_confidence(results))
+                              echo_share=capture.echo_share, confidence=transcript_confidence(results),
+                              serial=serial)
         if self._judge is not None and self._judge(utterance):
             return  # not a turn (the judge logged why)
         if not text:

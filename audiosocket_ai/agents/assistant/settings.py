@@ -106,6 +106,9 @@ class Utterance:
     """The share of its frames the echo canceller took for the agent's own echo."""
     confidence: float | None = None
     """How sure the recognizer was of ``text`` (0-1), if it says."""
+    serial: int = 0
+    """Which of the call's stretches of speech it is (1, 2, ...; 0 for a key): the judge's
+    look at its words so far and its final transcript share it."""
 
 
 class AssistantObserver(Protocol):
