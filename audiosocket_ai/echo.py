@@ -24,7 +24,8 @@ How it works:
   a hint of an echo (most lines return none; a hint, a peak 6 standard deviations high, brings
   back the 200 ms rate). On 8 kHz samples, also for 16 kHz calls; a peak at least 8 standard
   deviations high, seen twice, places the filter. A caller side that was digital silence over
-  that second adds exactly nothing to the correlation: its two transforms are skipped.
+  that second adds exactly nothing to the correlation: its two transforms are skipped, and
+  such a search is no hint (the decayed correlation of earlier audio is no new evidence).
 * **Filter.** A frequency-domain block NLMS (MDF: overlap-save, 20 ms partitions, a
   gradient constraint on one partition per frame in turn) of ``tail_ms`` + 20 ms (5
   partitions by default) placed at the delay, so a 300 ms delay costs no more than 20 ms.
