@@ -147,6 +147,11 @@ class EchoCanceller:
         self._silence = np.zeros(n)  # a silent far frame (read only: shared by every silent push)
         self._prev_far = self._silence
         self._zeroed = 0  # silent pushes in a row after silence: ring slots known to be all zero
+        # no far spectra while the search finds no hint of an echo (see _sleep): only each far
+        # frame's power total, from its energy, sum and alternating sum (Parseval)
+        self._dormant = False
+        self._alternate = np.where(np.arange(n) % 2, -1.0, 1.0)
+        self._prev_stats = (0.0, 0.0, 0.0)
         self._wb = np.zeros((self._taps, bins), dtype=np.complex128)  # background (adapting)
         self._wf = np.zeros_like(self._wb)  # foreground (makes the output)
         self._pb = self._pf = 0.0  # their recent error power
@@ -228,6 +233,7 @@ class EchoCanceller:
                 self._search_in = _LOCKED_SEARCH_FRAMES
             elif self._lag is None and self._no_hint >= _FAST_SEARCHES:
                 self._search_in = _SLOW_SEARCH_FRAMES
+                self._sleep()
             else:
                 self._search_in = _SEARCH_FRAMES
         if self._base is None:
@@ -319,6 +325,9 @@ class EchoCanceller:
         prev, r = self._prev_far, self._ring
         h = (self._head - 1) % r
         self._head = h
+        if self._dormant:
+            self._push_power(h, samples)
+            return
         if samples is None:
             samples = self._silence
             if prev is samples:  # (an active far frame is never all zeros: see far())
@@ -337,6 +346,56 @@ class EchoCanceller:
         self._xpow[h] = self._xpow[h + r] = power
         self._xsum[h] = self._xsum[h + r] = power.sum()
         self._prev_far = samples
+
+    def _frame_stats(self, samples: np.ndarray) -> tuple[float, float, float]:
+        if samples is self._silence:
+            return (0.0, 0.0, 0.0)
+        return (float(np.dot(samples, samples)), float(samples.sum()), float(np.dot(samples, self._alternate)))
+
+    def _push_power(self, h: int, samples: np.ndarray | None) -> None:
+        """Dormant: the newest far partition's power total only (what _plausible_echo reads).
+
+        Over the 2n-point window of the previous and this frame, the rfft's n + 1 bins hold
+        (2n * energy + X[0]**2 + X[n]**2) / 2 of power (Parseval; X[0] is the window's sum,
+        X[n] its alternating sum): three dot products instead of a transform."""
+        if samples is None:
+            samples = self._silence
+        e, s, a = stats = self._frame_stats(samples)
+        pe, ps, pa = self._prev_stats
+        r = self._ring
+        self._xsum[h] = self._xsum[h + r] = (2 * self._n * (pe + e) + (ps + s) ** 2 + (pa + a) ** 2) / 2
+        self._prev_far, self._prev_stats = samples, stats
+
+    def _sleep(self) -> None:
+        """No hint of an echo: stop computing far spectra until there is one (a line without
+        echo needs none; ~9 µs per frame while the agent talks)."""
+        if not self._dormant and self._base is None:
+            self._dormant = True
+            self._prev_stats = self._frame_stats(self._prev_far)
+
+    def _wake(self) -> None:
+        """A hint of an echo: compute the ring's far spectra from the far history, exactly as
+        the pushes would have (the filter may be placed on them next)."""
+        self._dormant = False
+        r, zero = self._ring, self._silence
+        # (the far history is at least ring + 1 frames deep; oldest first, None for silence)
+        history = [zero if frame is None else frame for frame in self._far_hist]
+        for i in range(r):
+            j = len(history) - 1 - i
+            current = history[j] if j >= 0 else zero
+            previous = history[j - 1] if j >= 1 else zero
+            h = (self._head + i) % r
+            if current is zero and previous is zero:
+                self._xbuf[h] = self._xbuf[h + r] = 0
+                self._xpow[h] = self._xpow[h + r] = 0
+                self._xsum[h] = self._xsum[h + r] = 0.0
+                continue
+            spec = np.fft.rfft(np.concatenate((previous, current)))
+            power = spec.real**2 + spec.imag**2
+            self._xbuf[h] = self._xbuf[h + r] = spec
+            self._xpow[h] = self._xpow[h + r] = power
+            self._xsum[h] = self._xsum[h + r] = power.sum()
+        self._zeroed = 0
 
     # --- delay search ------------------------------------------------------------------------
 
@@ -372,6 +431,8 @@ class EchoCanceller:
         # (a caller's side of digital silence brings no new evidence: the decayed correlation's
         # score does not hold the search at full rate)
         self._no_hint = 0 if score >= _HINT_SCORE and not silent else self._no_hint + 1
+        if self._dormant and score >= _HINT_SCORE:
+            self._wake()
         if score < _LOCK_SCORE:
             return
         lag = peak * self._decim

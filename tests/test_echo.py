@@ -224,6 +224,9 @@ class _NoShortcuts(EchoCanceller):
 
     _skip_silent_transforms = False
 
+    def _sleep(self) -> None:
+        pass  # far spectra all the time
+
     def _push(self, samples: np.ndarray | None) -> None:
         self._zeroed = 0
         super()._push(samples)
@@ -232,9 +235,10 @@ class _NoShortcuts(EchoCanceller):
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_shortcuts_change_nothing(rate: int) -> None:
     """A caller who is digital silence while the agent talks (the delay search skips its two
-    transforms), the agent silent for seconds (nothing left to write into the far ring), then
-    echo and the caller over the agent: the output, echo_likely, the delay and ERLE are the
-    same, bit for bit, as without the shortcuts."""
+    transforms, then finds no hint of an echo and stops computing far spectra), the agent
+    silent for seconds (nothing left to write into the far ring), then echo and the caller
+    over the agent (the spectra rebuilt from the far history): the output, echo_likely, the
+    delay and ERLE are the same, bit for bit, as without the shortcuts."""
     n = rate // 50
     far = voice(14.0, seed=21, rate=rate)
     far[int(4.0 * rate):int(7.0 * rate)] = 0  # the agent silent for 3 s
@@ -245,19 +249,26 @@ def test_shortcuts_change_nothing(rate: int) -> None:
     near[int(11.8 * rate):int(13.8 * rate)] = 0  # digital silence again, the agent still talking
     fb, nb = to_bytes(far), to_bytes(near)
     fast, full = EchoCanceller(rate), _NoShortcuts(rate)
+    slept = 0
     for j in range(len(far) // n):
         frame = slice(j * 2 * n, (j + 1) * 2 * n)
         fast.far(fb[frame])
         full.far(fb[frame])
         assert fast.near(nb[frame]) == full.near(nb[frame]), j
         assert (fast.echo_likely, fast.delay_ms, fast.erle_db) == (full.echo_likely, full.delay_ms, full.erle_db), j
-        assert np.array_equal(fast._xsum, fast._xpow.sum(axis=1))  # the cached far powers are the sums
+        if fast._dormant:  # no spectra: the power totals by Parseval, to rounding
+            assert np.allclose(fast._xsum, full._xsum, rtol=1e-9, atol=1e-6)
+            slept += 1
+        else:  # the spectra, computed or rebuilt on waking, are the full canceller's to the bit
+            assert np.array_equal(fast._xbuf, full._xbuf) and np.array_equal(fast._xpow, full._xpow)
+            assert np.array_equal(fast._xsum, fast._xpow.sum(axis=1))  # the cached far powers are the sums
         if fast._cross is None:  # (the full search correlated silence: zeros, which it then adds to)
             assert full._cross is None or not full._cross.any()
         else:
             assert full._cross is not None and np.array_equal(fast._cross, full._cross)
     assert fast.delay_ms is not None and abs(fast.delay_ms - 120) <= 2.0
     assert fast.frames_idle > 0 and fast.frames_cancelled > 0
+    assert slept > 0 and not fast._dormant  # it slept on the silent line, and woke for the echo
 
 
 class _CountingSearches(EchoCanceller):
