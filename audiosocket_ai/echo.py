@@ -39,6 +39,10 @@ How it works:
 * **Idle.** When no far frame of the last ``max_delay_ms`` + ``tail_ms`` was louder than
   −60 dBFS, :meth:`EchoCanceller.near` returns its input untouched after a few integer
   comparisons (the agent is not speaking: nothing to cancel).
+* **No echo.** While the delay search runs at its slow rate (no hint of an echo yet), the far
+  frames' spectra, which only the filter uses, are not computed: each frame's power total
+  comes from three dot products (Parseval). A hint rebuilds the ring's spectra from the far
+  history, exactly as they would have been.
 
 Why this and not WebRTC's AEC3 (the ``pywebrtc-audio`` 0.2.0 wheel), measured with
 ``python -m benchmarks.echo_cancel`` (Piper's voice sent, an espeak-ng caller, G.711 μ-law
