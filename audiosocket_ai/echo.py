@@ -44,26 +44,14 @@ How it works:
   comes from three dot products (Parseval). A hint rebuilds the ring's spectra from the far
   history, exactly as they would have been.
 
-Why this and not WebRTC's AEC3 (the ``pywebrtc-audio`` 0.2.0 wheel), measured with
-``python -m benchmarks.echo_cancel`` (Piper's voice sent, an espeak-ng caller, G.711 μ-law
-both ways, a 30 ms line response, noise at −75 dBFS, 20–300 ms delays, −30/−20/−10 dB, 8
-and 16 kHz; the table is in docs/benchmarks.md, "Line echo cancellation (issue 13)"):
-
-* AEC3 removes more echo: ERLE ≈ 24/32/40 dB at −30/−20/−10 dB against 15–18/22–24/24–27
-  dB here, because its non-linear suppressor also mutes what a linear filter leaves (and
-  the line noise); and it converges faster: 0.6–1.1 s against 2.4–3.6 s here.
-* But it pays in double talk: the caller's speech over the agent came out of AEC3 at
-  5–10 dB SNR, worse than the 11–30 dB it went in with (the suppressor eats the caller),
-  where this canceller returns 33–36 dB. The caller talking over the agent is exactly the
-  moment barge-in and speech recognition need the caller intact.
-* CPU while the agent talks is similar (~100–150 µs per 20 ms frame for either, on a
-  loaded 2-core Xeon; ~65–70 µs here on a quiet one). While it is silent this one is a
-  pass-through (~6.5 µs per frame) where AEC3 keeps working: 0.25 ms per frame, and
-  1.5–2.9 ms once the line is digital silence. AEC3 also delays the caller by 8 ms.
-
-So: our own numpy MDF, no new dependency. What is left of the echo after the filter sits
-35–45 dB below what was sent; a residual-echo suppressor could be added on top for lines
-that need more, at a double-talk cost.
+Why this and not WebRTC's AEC3 (the ``pywebrtc-audio`` wheel), by ``python -m
+benchmarks.echo_cancel`` (docs/benchmarks.md, "Line echo cancellation (issue 13)"): AEC3
+removes 8–16 dB more echo and converges in ~1 s rather than 2.4–3.6 s, but its non-linear
+suppressor eats the caller in double talk (5–10 dB SNR out, where this returns 33–36 dB),
+which is exactly when barge-in and the recognizer need the caller intact; and it keeps
+working (0.25–2.9 ms per frame) while the agent is silent, where this is a pass-through.
+So: our own numpy MDF, no new dependency. The residual echo sits 35–45 dB below what was
+sent; a residual-echo suppressor could be added for lines that need more, at a double-talk cost.
 """
 
 from __future__ import annotations
