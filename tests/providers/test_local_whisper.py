@@ -12,6 +12,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from audiosocket_ai.agents.assistant.turns import UNSURE_CONFIDENCE
 from audiosocket_ai.audio import resample
 from audiosocket_ai.interfaces import STT, SpeechEnded, SpeechStarted, Transcript
 from audiosocket_ai.providers.local import (
@@ -79,7 +80,10 @@ async def test_round_trip_from_piper(stt: WhisperSTT, speech_22k: tuple[bytes, i
     result = await final_text(stt, resample(pcm, rate, 16000))
     text = result.text.lower()
     assert "billing" in text and "department" in text, result
-    assert result.confidence is not None and 0.5 < result.confidence <= 1.0
+    # Piper renders the sentence a little differently each time: over 21 renderings Whisper's
+    # confidence ranged 0.47-0.86 (2026-12-07), so the check is that a right transcript is
+    # never taken for an unsure one (which the assistant may treat as noise)
+    assert result.confidence is not None and UNSURE_CONFIDENCE < result.confidence <= 1.0
 
 
 @pytest.mark.slow
