@@ -327,17 +327,27 @@ class EchoCanceller:
                 # agent silent for a while), there is nothing left to write
                 if self._zeroed < r:
                     self._zeroed += 1
-                    self._xbuf[h] = self._xbuf[h + r] = 0
-                    self._xpow[h] = self._xpow[h + r] = 0
-                    self._xsum[h] = self._xsum[h + r] = 0.0
+                    self._zero(h)
                 return
         self._zeroed = 0
+        self._store(h, prev, samples)
+        self._prev_far = samples
+
+    def _store(self, h: int, prev: np.ndarray, samples: np.ndarray) -> None:
+        """Ring slot ``h`` (and its double): the spectrum of ``prev`` then ``samples``, its power, their total."""
+        r = self._ring
         spec = np.fft.rfft(np.concatenate((prev, samples)))
         power = spec.real**2 + spec.imag**2
         self._xbuf[h] = self._xbuf[h + r] = spec
         self._xpow[h] = self._xpow[h + r] = power
         self._xsum[h] = self._xsum[h + r] = power.sum()
-        self._prev_far = samples
+
+    def _zero(self, h: int) -> None:
+        """Ring slot ``h`` (and its double): a silent partition."""
+        r = self._ring
+        self._xbuf[h] = self._xbuf[h + r] = 0
+        self._xpow[h] = self._xpow[h + r] = 0
+        self._xsum[h] = self._xsum[h + r] = 0.0
 
     def _frame_stats(self, samples: np.ndarray) -> tuple[float, float, float]:
         if samples is self._silence:
@@ -378,15 +388,9 @@ class EchoCanceller:
             previous = history[j - 1] if j >= 1 else zero
             h = (self._head + i) % r
             if current is zero and previous is zero:
-                self._xbuf[h] = self._xbuf[h + r] = 0
-                self._xpow[h] = self._xpow[h + r] = 0
-                self._xsum[h] = self._xsum[h + r] = 0.0
-                continue
-            spec = np.fft.rfft(np.concatenate((previous, current)))
-            power = spec.real**2 + spec.imag**2
-            self._xbuf[h] = self._xbuf[h + r] = spec
-            self._xpow[h] = self._xpow[h + r] = power
-            self._xsum[h] = self._xsum[h + r] = power.sum()
+                self._zero(h)
+            else:
+                self._store(h, previous, current)
         self._zeroed = 0
 
     # --- delay search ------------------------------------------------------------------------
