@@ -21,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 
+from audiosocket_ai.audio import rms_dbfs
 from audiosocket_ai.interfaces import Message
 from audiosocket_ai.providers.openai_http import OpenAIChatLLM, OpenAITTS
 from benchmarks import echo_capacity as ec
@@ -31,7 +32,7 @@ from benchmarks._cloud_conversations import fakes as fk
 from benchmarks._cloud_conversations import main as cm
 from benchmarks._cloud_conversations import markdown as md
 from benchmarks._cloud_conversations import runs as rn
-from benchmarks.common.line_noise import gaussian_noise, rms_dbfs, under
+from benchmarks.common.line_noise import gaussian_noise, under
 from benchmarks.common.loop_lag import LoopLag
 from benchmarks.common.procs import process_tree, tree_cpu_ticks
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
@@ -255,8 +256,11 @@ def test_questions_sit_on_line_noise_with_the_voice_bounds_of_the_clean_speech(t
     assert all(len(f) == 3 + k.FRAME_BYTES and f[:3] == k.HEADER for f in noisy["frames"])
     wire = np.frombuffer(b"".join(f[3:] for f in noisy["frames"]), dtype="<i2").astype(np.int32)
     noise = wire - pcm.astype(np.int32)
-    assert abs(rms_dbfs(noise[:200]) - -70.0) < 3.0 and abs(rms_dbfs(noise[1240:]) - -70.0) < 2.0
-    assert abs(rms_dbfs(noise[200:1200]) - -70.0) < 2.0  # under the voice too
+    def level(x: Any) -> float:
+        return rms_dbfs(x.astype("<i2").tobytes())
+
+    assert abs(level(noise[:200]) - -70.0) < 3.0 and abs(level(noise[1240:]) - -70.0) < 2.0
+    assert abs(level(noise[200:1200]) - -70.0) < 2.0  # under the voice too
     assert wire[1200:1240].max() == 32767  # clipped, not wrapped
     assert clean["frames"][-1] == k.SILENCE and noisy["frames"][-1] != k.SILENCE
 

@@ -20,13 +20,6 @@ def gaussian_noise(samples: int, dbfs: float, seed: Any) -> Any:
     return np.clip(np.rint(x), -32768, 32767).astype("<i2")
 
 
-def rms_dbfs(pcm: bytes | Any) -> float:
-    """RMS level of 16-bit little-endian PCM (bytes or an array) in dBFS; -inf for digital silence."""
-    x = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes | bytearray) else np.asarray(pcm)
-    power = float(np.mean(x.astype(np.float64) ** 2)) if len(x) else 0.0
-    return 10 * np.log10(power / FULL_SCALE**2) if power > 0 else float("-inf")
-
-
 def under(pcm: bytes, noise: Any) -> bytes:
     """``pcm`` (16-bit little-endian) with ``noise`` (int16, at least as long) added under it, clipped."""
     x = np.frombuffer(pcm, dtype="<i2").astype(np.int32)

@@ -28,9 +28,6 @@ class LoopLag:
 
     def __init__(self, period: float = 0.01) -> None:
         self.period = period
-        self.hist = Hist(BUCKET_S, BUCKETS)
-        self.started = time.monotonic()
-        self.cpu0 = time.process_time()
         self.reset()
 
     def reset(self) -> None:
