@@ -223,7 +223,8 @@ class Conversation:
                 hold_until = trio.current_time() + turn.hold_wait
                 await self._say(turn.hold_ack)
                 continue
-            before = (list(self.history), self._last_turn)  # (to undo a tentative turn's changes)
+            # a tentative turn's changes are undone if the caller goes on talking
+            undo = (list(self.history), self._last_turn) if held is not None else None
             if utterance.is_dtmf:
                 self.history.append(Message("user", f"[pressed {utterance.text}]", name="dtmf"))
             elif not self._continues_last_turn(utterance):
@@ -238,7 +239,8 @@ class Conversation:
             if held is not None:
                 listener.release(held)
                 if not held.confirmed:  # abandoned: as if this reply had never been started
-                    self.history[:], self._last_turn = before
+                    assert undo is not None
+                    self.history[:], self._last_turn = undo
                     continue
                 self._log_caller(utterance)
             if ending:
