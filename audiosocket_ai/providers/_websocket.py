@@ -91,6 +91,22 @@ async def _task_group() -> AsyncIterator[trio.Nursery]:
             del exc, context
 
 
+_system_tls: ssl.SSLContext | None = None
+
+
+def system_tls() -> ssl.SSLContext:
+    """The system trust store's client TLS context, built once per process and shared by
+    every connection (``wss:`` without a context of the caller's).
+
+    Building one loads the CA bundle, 20-40 ms on the event loop: made per connection, it
+    stalled every call's audio each time a streaming recognizer or voice connected.
+    """
+    global _system_tls
+    if _system_tls is None:
+        _system_tls = ssl.create_default_context()
+    return _system_tls
+
+
 @asynccontextmanager
 async def _open_websocket(
     url: str,
@@ -125,7 +141,7 @@ async def _open_websocket(
         with trio.fail_at(deadline):
             if secure:
                 stream = await trio.open_ssl_over_tcp_stream(
-                    host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
+                    host, port, ssl_context=ssl_context or system_tls(), https_compatible=True
                 )
                 try:
                     await stream.do_handshake()  # certificate errors surface here, not as a hang

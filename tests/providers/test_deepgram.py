@@ -303,6 +303,28 @@ async def test_wss_with_an_untrusted_certificate_fails_fast(tls_pair: tuple[ssl.
     assert fake.sessions == []
 
 
+async def test_the_system_trust_store_is_loaded_once_not_per_connection(
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch, autojump_clock
+) -> None:
+    from audiosocket_ai.providers import _websocket
+
+    built: list[int] = []
+    real = ssl.create_default_context
+
+    def create_default_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_websocket, "_system_tls", None, raising=False)
+    monkeypatch.setattr(ssl, "create_default_context", create_default_context)
+    server_tls, _ = tls_pair
+    async with listen_fake(ssl_context=server_tls) as fake:
+        for _ in range(3):  # three streams, each its own connection
+            with pytest.raises(ProviderError, match="CERTIFICATE_VERIFY_FAILED"):
+                await transcribe(stt_for(fake), audio(100))
+    assert len(built) == 1, "one load of the CA bundle, not one per connection"
+
+
 async def test_unreachable_server_is_retryable(autojump_clock) -> None:
     with trio.socket.socket() as probe:  # a port nobody listens on
         await probe.bind(("127.0.0.1", 0))
