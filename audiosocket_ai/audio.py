@@ -114,13 +114,13 @@ class Resampler:
         if self._stream is None:
             return bytes(pcm)
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-        return _to_int16(self._stream.resample_chunk(samples, last=False))
+        return to_int16(self._stream.resample_chunk(samples, last=False))
 
     def flush(self) -> bytes:
         """Return what the filter still holds and reset for a new stream."""
         if self._stream is None:
             return b""
-        tail = _to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        tail = to_int16(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
         self._stream.clear()
         return tail
 
@@ -188,11 +188,11 @@ class LeadTrimmer:
         return bool(np.any(np.abs(samples.astype(np.int32)) > limit))
 
 
-def _to_int16(samples: np.ndarray) -> bytes:
-    # float32 inside the filter keeps chunked and one-shot output equal to ±1 LSB and
-    # lets overshoot (Gibbs ringing near full scale) clip instead of wrapping around.
-    # (in place, and np.minimum/np.maximum rather than np.clip, whose Python wrapper costs more
-    # than the work on a 20 ms frame; the same values)
+def to_int16(samples: np.ndarray) -> bytes:
+    """Float samples as slin bytes: rounded to the nearest integer, clipped to 16 bits."""
+    # Overshoot (a resampler's Gibbs ringing near full scale, an echo filter's error) clips
+    # instead of wrapping around. In place, and np.minimum/np.maximum rather than np.clip, whose
+    # Python wrapper costs more than the work on a 20 ms frame; the same values.
     rounded = np.rint(samples)
     np.minimum(rounded, 32767, out=rounded)
     np.maximum(rounded, -32768, out=rounded)
@@ -204,7 +204,7 @@ def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ"
     if in_rate == out_rate or not pcm:
         return pcm
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32)
-    return _to_int16(soxr.resample(samples, in_rate, out_rate, quality=quality))
+    return to_int16(soxr.resample(samples, in_rate, out_rate, quality=quality))
 
 
 class Framer:

@@ -61,7 +61,7 @@ import math
 
 import numpy as np
 
-from .audio import FRAME_MS, SAMPLE_WIDTH
+from .audio import FRAME_MS, SAMPLE_WIDTH, to_int16
 
 __all__ = ["EchoCanceller"]
 
@@ -491,4 +491,4 @@ class EchoCanceller:
         self._echo_likely = plausible and (pf < 0.25 * dd or not working)
         if pf > 4.0 * dd:  # the filter would make this frame 6 dB louder (the line changed): let it through
             return bytes(d.astype("<i2").tobytes())
-        return bytes(np.clip(np.rint(ef), -32768, 32767).astype("<i2").tobytes())
+        return to_int16(ef)

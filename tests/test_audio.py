@@ -283,7 +283,7 @@ def test_framer_and_helpers() -> None:
 
 
 def test_level_and_sample_conversion_are_exactly_their_definitions() -> None:
-    """rms_dbfs is 10·log10 of the mean square (to the last bit), _to_int16 rounds and clips."""
+    """rms_dbfs is 10·log10 of the mean square (to the last bit), to_int16 rounds and clips."""
     rng = np.random.default_rng(7)
     for size in (1, 2, 159, 160, 320, 4000):
         for scale in (1.0, 300.0, 40000.0):
@@ -293,7 +293,7 @@ def test_level_and_sample_conversion_are_exactly_their_definitions() -> None:
             expected = float(10.0 * np.log10(mean_square / 32768.0**2)) if mean_square > 0 else float("-inf")
             assert audio.rms_dbfs(samples.tobytes()) == expected
             floats = (rng.standard_normal(size) * scale * 2).astype(np.float32)
-            assert audio._to_int16(floats) == np.clip(np.rint(floats), -32768, 32767).astype("<i2").tobytes()
+            assert audio.to_int16(floats) == np.clip(np.rint(floats), -32768, 32767).astype("<i2").tobytes()
 
 
 def test_trim_leading_silence_keeps_a_little_before_the_onset() -> None:

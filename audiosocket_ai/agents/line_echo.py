@@ -116,16 +116,18 @@ class EchoPath:
             return
         if len(pcm) != len(self._zeros):
             self._zeros = bytes(len(pcm))
+        level: float | None = None
         if pcm != self._zeros:  # (a memcmp)
             self._agent_ms += len(pcm) * 500 / rate
             self._voiced += 1
             if self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
-                self._agent_levels.append(rms_dbfs(pcm))
+                level = rms_dbfs(pcm)
+                self._agent_levels.append(level)
                 self._agent_db = _speech_level(self._agent_levels)
         try:
             canceller = self._at(rate)
             if self._searching:
-                self._far_levels.append(rms_dbfs(pcm))
+                self._far_levels.append(rms_dbfs(pcm) if level is None else level)
             if len(pcm) == self._size and not self._far:
                 canceller.far(pcm)
                 return
