@@ -319,9 +319,72 @@ async def test_the_fakes_answer_their_loop_window_at_bench_loop() -> None:
         first = await trio.to_thread.run_sync(rn.fakes_loop, fake.port)
         second = await trio.to_thread.run_sync(rn.fakes_loop, fake.port, False)
         nursery.cancel_scope.cancel()
-    assert first == second == monitor.snapshot()
+    assert first == second == {**monitor.snapshot(), "pid": os.getpid()}
     assert monitor.resets[:2] == [True, False]
     assert rn.fakes_loop(1) == {}  # nothing listening: no numbers, no crash
+
+
+def test_merge_loops_reports_the_worst_process_and_sums_the_counts() -> None:
+    calm = {"period_ms": 10.0, "wakes": 100, "p50_ms": 0.9, "p99_ms": 1.2, "max_ms": 40.0, "late_over_period": 1,
+            "wall_s": 1.0, "cpu_s": 0.2, "cores": 0.2, "pid": 11}
+    busy = {"period_ms": 10.0, "wakes": 80, "p50_ms": 0.6, "p99_ms": 25.0, "max_ms": 30.0, "late_over_period": 5,
+            "wall_s": 1.1, "cpu_s": 0.7, "cores": 0.65, "pid": 12}
+    merged = rn.merge_loops([calm, {}, busy])  # the middle one did not answer
+    assert (merged["p50_ms"], merged["p99_ms"], merged["max_ms"]) == (0.9, 25.0, 40.0)  # each the worst one's
+    assert (merged["wakes"], merged["late_over_period"]) == (180, 6)
+    assert merged["cores"] == pytest.approx(0.85) and merged["cpu_s"] == pytest.approx(0.9)
+    assert merged["processes"] == 2 and [s["pid"] for s in merged["per_process"]] == [11, 12]
+    idle = {**calm, "wakes": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    assert rn.merge_loops([idle])["p99_ms"] is None  # no wakes anywhere: nothing to say, not 0
+    assert rn.merge_loops([idle, busy])["p99_ms"] == 25.0
+    assert rn.merge_loops([]) == rn.merge_loops([{}, {}]) == {}
+    s = an.summarize({"workers": 1, "n": 1, "calls": [], "lateness": [], "server_cpu_s": 0.0, "wall_s": 1.0,
+                      "fakes_loop": merged})
+    assert (s["fakes_lag_p99_ms"], s["fakes_lag_max_ms"], s["fakes_lag_wakes"]) == (25.0, 40.0, 180)
+
+
+def test_fakes_procs_option_needs_at_least_one_and_the_report_counts_them() -> None:
+    assert cm.parse_args([]).fakes_procs == 2
+    assert cm.parse_args(["--fakes-procs", "4"]).fakes_procs == 4
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            cm.parse_args(["--fakes-procs", bad])
+    info = {"date": "today", "cpu": "cpu", "cores": "2", "python": "3", "trio": "t", "kernel": "k", "commit": "c"}
+    text = md.render_markdown([], info, cm.parse_args(["--fakes-procs", "3"]), "0 0 0", "0 0 0", "cmd")
+    assert "the 3 fakes processes and the callers" in text and "as 3 Python processes sharing one port" in text
+    assert "the worst process's p99 / max" in text
+    text = md.render_markdown([], info, cm.parse_args(["--fakes-procs", "1"]), "0 0 0", "0 0 0", "cmd")
+    assert "the fakes process and the callers" in text and "in one Python process" in text
+
+
+def test_k_fakes_processes_share_one_port_and_each_answers_its_own_loop(tmp_path: Path) -> None:
+    from benchmarks.common.procs import http_get
+
+    args = cm.parse_args(["--fakes-procs", "2"])
+    fakes = rn.start_fakes(args, tmp_path)
+    try:
+        assert len(fakes.procs) == len(fakes.control_ports) == 2
+        assert len({fakes.shared_port, *fakes.control_ports}) == 3
+        # a new connection each time: the kernel spreads them over both processes (1 in 2^39 that it does not)
+        answered = set()
+        for _ in range(40):
+            status, body = http_get(f"http://127.0.0.1:{fakes.shared_port}{fk.LOOP_PATH}", timeout=5)
+            assert status == 200
+            answered.add(json.loads(body)["pid"])
+        assert answered == set(fakes.pids)
+        status, _ = http_get(f"http://127.0.0.1:{fakes.shared_port}/v1/models", timeout=5)
+        assert status == 200  # the API itself, not only the benchmark's path
+        snaps = [rn.fakes_loop(port, reset=False) for port in fakes.control_ports]
+        assert [snap["pid"] for snap in snaps] == fakes.pids  # each control port: that process's own loop
+        assert all(snap["wakes"] > 0 and snap["p99_ms"] is not None for snap in snaps)
+        merged = rn.merge_loops(snaps)
+        assert merged["p99_ms"] == max(snap["p99_ms"] for snap in snaps)
+        assert merged["max_ms"] == max(snap["max_ms"] for snap in snaps)
+        assert merged["wakes"] == sum(snap["wakes"] for snap in snaps)
+        assert rn.fakes_loops(fakes)["processes"] == 2
+    finally:
+        fakes.stop()
+    assert all(proc.poll() is not None for proc in fakes.procs)
 
 
 def test_the_fakes_lag_and_the_line_reach_the_summary_and_the_table() -> None:

@@ -7,7 +7,9 @@ inserted silence, pacing lateness, CPU per call-second and RSS."
 
 Three kinds of process, all on 127.0.0.1, none pinned (the machine's cores are shared):
 
-* **the fakes** (this script, ``--role fakes``): ``tests/fakes``' :class:`FakeOpenAI`, a
+* **the fakes** (this script, ``--role fakes``, ``--fakes-procs`` K processes sharing one
+  port with SO_REUSEPORT, the kernel spreading the server's connections over them: one event
+  loop falls seconds behind from N≈200): ``tests/fakes``' :class:`FakeOpenAI`, a
   real HTTP/1.1 server speaking OpenAI's wire formats (multipart transcription, chat
   completions as an SSE stream, speech as a chunked 24 kHz PCM body), with per-endpoint
   delays (``HttpFake.path_delays``): transcription after ``--stt-ms``, the chat's first
@@ -45,11 +47,12 @@ Numbers, per run (caller side unless said otherwise):
 * **CPU per call-second**: the server's CPU (parent and workers, /proc) over the run,
   divided by the call-seconds carried; **RSS**: peak of the server's processes summed;
 * the server's own split per reply (``turn latency (ms)`` log lines);
-* **fakes lag**: the fakes process is one trio loop streaming every call's SSE and audio
-  chunks; if it falls behind, the reply latency includes its queueing. A task in it sleeps
-  10 ms on absolute deadlines and records how late it wakes (``benchmarks.common.loop_lag``);
-  the callers' side reads and resets that window at ``GET /bench/loop`` at the start and the
-  end of each run: p50/p99/max, wakes a whole period late, and the fakes' CPU.
+* **fakes lag**: each fakes process is one trio loop streaming its share of the calls' SSE and
+  audio chunks; if one falls behind, the reply latency includes its queueing. A task in each
+  sleeps 10 ms on absolute deadlines and records how late it wakes (``benchmarks.common.loop_lag``);
+  the callers' side reads and resets that window at ``GET /bench/loop`` on each process's own
+  control port at the start and the end of each run: the worst process's p50/p99/max, wakes a
+  whole period late (summed), and the fakes' CPU (all processes).
 
 Run: ``.venv/bin/python -m benchmarks.cloud_conversations --calls 100,200,400 --workers 1,2``
 (``--help`` for the knobs; ``--write-docs`` puts the tables into docs/benchmarks.md).

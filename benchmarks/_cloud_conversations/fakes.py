@@ -1,17 +1,26 @@
-"""The fakes process (``--role fakes``): FakeOpenAI with per-endpoint delays and a new answer per request,
-and a loop-lag monitor of its own event loop, read (and reset) per run at ``GET /bench/loop``."""
+"""A fakes process (``--role fakes``): FakeOpenAI with per-endpoint delays and a new answer per request,
+and a loop-lag monitor of its own event loop, read (and reset) per run at ``GET /bench/loop``.
+
+``--fakes-procs`` K of them share one API port (SO_REUSEPORT: the kernel spreads the server's
+connections over them), because one event loop streaming every call's SSE and audio falls
+seconds behind from N≈200; each also listens on a private control port, where its own loop
+lag is read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
+
+import trio
 
 from benchmarks._cloud_conversations.constants import TRANSCRIPT
 from benchmarks.common.loop_lag import LoopLag
 
 LOOP_PATH = "/bench/loop"
-"""``GET`` it for the loop monitor's window so far (JSON, :meth:`LoopLag.snapshot`); ``?reset=1`` also starts a
-new window. Not an OpenAI path: answered before the fake's authentication and scripting."""
+"""``GET`` it for the loop monitor's window so far (JSON, :meth:`LoopLag.snapshot` and the answering ``pid``);
+``?reset=1`` also starts a new window. Not an OpenAI path: answered before the fake's authentication and scripting."""
 
 WORD_S = 0.17
 """Seconds of voiced audio per word in the callers' questions (Piper: 1.5-1.7 s above -40 dBFS for 9-10 words)."""
@@ -46,20 +55,58 @@ def heard_words(upload: Any) -> str:
 
 # --- the fakes process -------------------------------------------------------------------
 
+BACKLOG = 0xFFFF
+"""Listen backlog (the kernel caps it at net.core.somaxconn): hundreds of calls connect within seconds."""
+
+
+async def listening_socket(port: int, reuse_port: bool, host: str = "127.0.0.1") -> trio.socket.SocketType:
+    """A TCP socket listening on ``host:port`` (0: the kernel picks).
+
+    With ``reuse_port``, SO_REUSEPORT is set before the bind, so that other processes (same
+    user) can bind the same port and the kernel spreads new connections over all of them.
+    """
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
 
 def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
     """The benchmark's FakeOpenAI: ``args``' delays, a unique reply per chat, ``monitor.snapshot`` at LOOP_PATH."""
     from benchmarks._concurrency.replies import UniqueReplies
     from tests.fakes.openai_server import ChatReply, FakeOpenAI
 
-    replies = UniqueReplies(f"cloud:{args.seed}")
+    index = getattr(args, "fakes_index", 0)
+    # each process its own answers: the same seed in two processes would repeat each other's sentences
+    replies = UniqueReplies(f"cloud:{args.seed}" if index == 0 else f"cloud:{args.seed}:{index}")
+    shared_port = getattr(args, "shared_port", None) or 0
 
     class Fake(FakeOpenAI):
+        control_port = 0
+        """This process's own port (no SO_REUSEPORT): LOOP_PATH there is this process's loop, not a sibling's."""
+
+        async def _listen(self, nursery: trio.Nursery) -> int:
+            """The shared API port (``shared_port``, or a new one if 0) and a private control port."""
+            shared = await listening_socket(shared_port, reuse_port=True)
+            control = await listening_socket(0, reuse_port=False)
+            listeners = [trio.SocketListener(shared), trio.SocketListener(control)]
+            await nursery.start(trio.serve_listeners, self._connection, listeners)
+            self.control_port = int(control.getsockname()[1])
+            return int(shared.getsockname()[1])
+
         async def handle(self, exchange: Any, fault: Any) -> bool:
             path = exchange.request.path
             if path == LOOP_PATH:
                 reset = exchange.request.query.get("reset") not in (None, "", "0")
-                return bool(await exchange.respond_json(200, monitor.snapshot(reset=reset)))
+                # with the pid: which of the K processes answered (the shared port reaches any of them)
+                return bool(await exchange.respond_json(200, {**monitor.snapshot(reset=reset), "pid": os.getpid()}))
             if path == "/v1/chat/completions":
                 self.chat_replies.append(ChatReply(content=replies.next("reply")))
             return bool(await super().handle(exchange, fault))
@@ -76,11 +123,13 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
 
 
 async def fakes_main(args: argparse.Namespace) -> None:
-    import trio
-
+    """Serve until killed; the port file gets "SHARED_PORT CONTROL_PORT" once both listen."""
     monitor = LoopLag(0.01)
     fake = make_fake(args, monitor)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run)
         await fake.start(nursery)
-        await trio.Path(args.port_file).write_text(str(fake.port))
+        # written whole, then renamed: the benchmark never reads half of it
+        staged = trio.Path(args.port_file + ".tmp")
+        await staged.write_text(f"{fake.port} {fake.control_port}")
+        await staged.rename(args.port_file)

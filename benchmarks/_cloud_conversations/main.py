@@ -18,10 +18,7 @@ from benchmarks._cloud_conversations.fakes import fakes_main
 from benchmarks._cloud_conversations.markdown import fmt, render_markdown
 from benchmarks._cloud_conversations.runs import run_one, start_fakes
 from benchmarks.common import ROOT, report
-from benchmarks.common.procs import (
-    loadavg,
-    stop_process,
-)
+from benchmarks.common.procs import loadavg
 
 # --- main ---------------------------------------------------------------------------------
 
@@ -39,6 +36,17 @@ def noise_level(text: str) -> float | None:
     return level
 
 
+def at_least_one(text: str) -> int:
+    """``--fakes-procs``: a whole number of processes, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 fakes process is needed: {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = report.argument_parser(benchmarks._cloud_conversations.__doc__)
     p.add_argument("--calls", default="5,100,200,400", help="comma-separated N (simultaneous conversations)")
@@ -51,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-token-ms", type=float, default=20.0, help="fake chat: ms between words after that")
     p.add_argument("--tts-first-audio-ms", type=float, default=150.0, help="fake speech first-audio delay")
     p.add_argument("--tts-chunk-ms", type=float, default=20.0, help="fake speech: ms between 100 ms audio chunks")
+    p.add_argument("--fakes-procs", type=at_least_one, default=2, metavar="K",
+                   help="fakes processes sharing one port (SO_REUSEPORT: the kernel spreads the server's "
+                        "connections over them); one fakes event loop falls seconds behind from N≈200, and the "
+                        "benchmark would measure the fakes rather than the server (default %(default)s)")
     p.add_argument("--deadline", type=float, default=120.0, help="seconds one run's calls may take")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--line-noise-dbfs", type=noise_level, default=LINE_NOISE_DBFS, metavar="DBFS|none",
@@ -71,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"write the tables into {report.DOC.relative_to(ROOT)} (only this benchmark's block)")
     p.add_argument("--role", choices=("main", "fakes"), default="main", help=argparse.SUPPRESS)
     p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--shared-port", type=int, default=0, help=argparse.SUPPRESS)  # fakes 2..K: the first's port
+    p.add_argument("--fakes-index", type=int, default=0, help=argparse.SUPPRESS)  # 0..K-1: its own answers
     return p.parse_args(argv)
 
 
@@ -98,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cloud-conversations-") as tmp_name:
         tmp = Path(tmp_name)
-        fakes, fakes_port = start_fakes(args, tmp)
+        fakes = start_fakes(args, tmp)
         try:
             for workers in worker_counts:
                 for n in ns:
-                    run = run_one(args, workers, n, fakes, fakes_port, questions, tmp)
+                    run = run_one(args, workers, n, fakes, questions, tmp)
                     s = summarize(run)
                     summaries.append(s)
                     raw.append({k: v for k, v in run.items() if k != "calls"})
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.json.write_text(json.dumps({"machine": info, "summaries": summaries, "runs": raw},
                                                         indent=1, default=str))
         finally:
-            stop_process(fakes)
+            fakes.stop()
     body = render_markdown(summaries, info, args, load_start, loadavg(),
                            report.command_line(SCRIPT, sys.argv[1:], OUTPUT_ONLY))
     report.publish(body, DOCS if args.write_docs else None)

@@ -27,6 +27,21 @@ def line_noise(level: float | None) -> str:
             "questions").replace("-", "−")
 
 
+def fakes_procs(args: argparse.Namespace) -> str:
+    """How many fakes processes, in words: "fakes process" or "2 fakes processes"."""
+    k = args.fakes_procs
+    return "fakes process" if k == 1 else f"{k} fakes processes"
+
+
+def fakes_sharing(args: argparse.Namespace) -> str:
+    """The sentence on how the fakes were spread over processes, and why."""
+    if args.fakes_procs == 1:
+        return ("The fakes ran in one Python process (one trio event loop streaming every call's SSE and audio "
+                "chunks).")
+    return (f"The fakes ran as {args.fakes_procs} Python processes sharing one port (SO_REUSEPORT: the kernel "
+            "spreads the server's connections over them), as one event loop falls seconds behind from N≈200.")
+
+
 def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args: argparse.Namespace,
                     load_start: str, load_end: str, command: str) -> str:
     fakes_ms = args.stt_ms + args.llm_first_token_ms + args.tts_first_audio_ms
@@ -34,7 +49,7 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         report.measured(info, command),
         "",
         report.machine(info, shared=True) + f" Load average (1/5/15 min) at the start: {load_start}, at the end: "
-        f"{load_end}. Nothing pinned: the server (parent and workers), the fakes process and the callers "
+        f"{load_end}. Nothing pinned: the server (parent and workers), the {fakes_procs(args)} and the callers "
         "(this script, one thread) share both cores, all on 127.0.0.1.",
         "",
         f"Fakes (`tests/fakes` `FakeOpenAI`, real OpenAI wire formats, real provider clients in the server): "
@@ -43,9 +58,10 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         f"{args.tts_first_audio_ms:g} ms (a tone, 60 ms per character). The fakes' own latency: "
         f"**{fakes_ms:g} ms**; reply target p99 ≤ {fakes_ms + TARGET_MARGIN_MS:g} ms. Each call: greeting, then "
         f"{args.turns} question(s) of ~2 s (Piper's voice), each reply heard out; the line carries "
-        f"{line_noise(args.line_noise_dbfs)}; calls start over {args.stagger:g} s. Fakes lag: how late a task in "
-        "the fakes' event loop wakes from 10 ms sleeps on absolute deadlines during the run (p99 / max; its "
-        "floor is ~1 ms, epoll's rounding): reply latency includes it.",
+        f"{line_noise(args.line_noise_dbfs)}; calls start over {args.stagger:g} s. {fakes_sharing(args)} "
+        "Fakes lag: how late a task in each fakes process's event loop wakes from 10 ms sleeps on absolute "
+        "deadlines during the run, the worst process's p99 / max (the floor is ~1 ms, epoll's rounding): reply "
+        "latency includes it. Fakes CPU: all the fakes processes together.",
         "",
         "| workers | N | peak in progress | calls failed | replies (missing) | reply p50 / p99 (max) ms "
         "| inserted silence max (utterances > 60 ms) | pacing lateness p99 (server) | late ticks / underruns "

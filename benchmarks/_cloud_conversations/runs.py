@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from benchmarks.common.procs import (
     process_tree,
     rss_mb,
     server_command,
-    start_reporting_port,
+    start_reporting,
     stop_process,
     tree_cpu_ticks,
 )
@@ -35,23 +36,92 @@ from benchmarks.common.stats import pct
 # --- one run -----------------------------------------------------------------------------
 
 
-def start_fakes(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = tmp / "fakes.port"
-    cmd = [sys.executable, "-m", "benchmarks.cloud_conversations", "--role", "fakes", "--port-file", str(port_file),
-           "--stt-ms", str(args.stt_ms), "--llm-first-token-ms", str(args.llm_first_token_ms),
-           "--llm-token-ms", str(args.llm_token_ms), "--tts-first-audio-ms", str(args.tts_first_audio_ms),
-           "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed)]
-    return start_reporting_port(cmd, port_file, tmp / "fakes.log", "fakes")
+@dataclass
+class Fakes:
+    """The fakes processes: all listening on one API port (the server's), each on a control port of its own."""
+
+    shared_port: int = 0
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    control_ports: list[int] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+
+def start_fakes(args: argparse.Namespace, tmp: Path) -> Fakes:
+    """``args.fakes_procs`` fakes processes: the first binds a new port, the others bind it too (SO_REUSEPORT)."""
+    fakes = Fakes()
+    try:
+        for index in range(args.fakes_procs):
+            port_file = tmp / f"fakes-{index}.port"
+            cmd = [sys.executable, "-m", "benchmarks.cloud_conversations", "--role", "fakes",
+                   "--port-file", str(port_file), "--fakes-index", str(index),
+                   "--stt-ms", str(args.stt_ms), "--llm-first-token-ms", str(args.llm_first_token_ms),
+                   "--llm-token-ms", str(args.llm_token_ms), "--tts-first-audio-ms", str(args.tts_first_audio_ms),
+                   "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed)]
+            if index:
+                cmd += ["--shared-port", str(fakes.shared_port)]
+            proc, text = start_reporting(cmd, port_file, tmp / f"fakes-{index}.log", f"fakes process {index + 1}")
+            fakes.procs.append(proc)
+            shared, control = (int(x) for x in text.split())
+            if index and shared != fakes.shared_port:
+                raise SystemExit(f"fakes process {index + 1} listens on {shared}, not the shared {fakes.shared_port}")
+            fakes.shared_port = shared
+            fakes.control_ports.append(control)
+    except BaseException:
+        fakes.stop()
+        raise
+    return fakes
 
 
 def fakes_loop(fakes_port: int, reset: bool = True) -> dict[str, Any]:
-    """The fakes' loop-lag window so far (and a new one started): ``LoopLag.snapshot``; {} if it did not answer."""
+    """One fakes process's loop-lag window so far (and a new one started): ``LoopLag.snapshot``; {} if it did
+    not answer. ``fakes_port`` is that process's control port (the shared one reaches any of them)."""
     status, body = http_get(f"http://127.0.0.1:{fakes_port}{LOOP_PATH}{'?reset=1' if reset else ''}", timeout=10)
     if status != 200:
         print(f"the fakes' loop monitor did not answer ({status})", file=sys.stderr)
         return {}
     out: dict[str, Any] = json.loads(body)
     return out
+
+
+def fakes_loops(fakes: Fakes, reset: bool = True) -> dict[str, Any]:
+    """Every fakes process's loop-lag window (and new ones started), merged by :func:`merge_loops`."""
+    return merge_loops([fakes_loop(port, reset) for port in fakes.control_ports])
+
+
+def merge_loops(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fakes' loop lag as one snapshot with ``LoopLag.snapshot``'s keys: the worst process's lag.
+
+    A reply waits on whichever process its requests reached, so the lag the report can vouch
+    for is the worst: p50, p99 and max are the largest over the processes (not percentiles of
+    the pooled wakes); wakes, wakes a period late, CPU and cores are summed. Processes that did
+    not answer ({}) are left out (``processes`` counts those that did); none answered: {}.
+    """
+    answered = [s for s in snapshots if s]
+    if not answered:
+        return {}
+
+    def worst(key: str) -> Any:
+        values = [s[key] for s in answered if s.get(key) is not None]
+        return max(values) if values else None
+
+    def total(key: str) -> Any:
+        values = [s[key] for s in answered if s.get(key) is not None]
+        return sum(values) if values else None
+
+    return {
+        "period_ms": worst("period_ms"), "wakes": total("wakes"),
+        "p50_ms": worst("p50_ms"), "p99_ms": worst("p99_ms"), "max_ms": worst("max_ms"),
+        "late_over_period": total("late_over_period"),
+        "wall_s": worst("wall_s"), "cpu_s": total("cpu_s"), "cores": total("cores"),
+        "processes": len(answered), "per_process": answered,
+    }
 
 
 def start_server(args: argparse.Namespace, workers: int, fakes_port: int, log_path: Path
@@ -102,20 +172,20 @@ def turn_split(log_path: Path) -> dict[str, dict[str, float]]:
     return {key: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for key, v in fields.items()}
 
 
-def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Popen[bytes], fakes_port: int,
+def run_one(args: argparse.Namespace, workers: int, n: int, fakes: Fakes,
             questions: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     tag = f"w{workers}-n{n}"
     log_path = tmp / f"server-{tag}.log"
     load_before = loadavg()
     print(f"[{tag}] starting the server; load {load_before}", file=sys.stderr)
-    server, port, metrics_port = start_server(args, workers, fakes_port, log_path)
+    server, port, metrics_port = start_server(args, workers, fakes.shared_port, log_path)
     try:
         time.sleep(1.0)
         pids = process_tree(server.pid)
         rss_idle = sum(rss_mb(p) for p in pids)
         before = scrape(metrics_port)
         callers = Callers(port, n, args, questions)
-        cpu0, fcpu0 = tree_cpu_ticks(pids), tree_cpu_ticks([fakes.pid])
+        cpu0, fcpu0 = tree_cpu_ticks(pids), tree_cpu_ticks(fakes.pids)
         own0 = resource.getrusage(resource.RUSAGE_SELF)
         busy0, total0 = machine_busy()
         t0 = time.monotonic()
@@ -131,17 +201,17 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: subprocess.Po
 
         thread = threading.Thread(target=sampler, daemon=True)
         thread.start()
-        fakes_loop(fakes_port)  # the fakes' loop lag: a new window for this run's calls
+        fakes_loops(fakes)  # the fakes' loop lag: a new window for this run's calls
         spy = start_profile(args, pids, tmp / f"profile-{tag}.txt") if n == args.profile_calls else None
         try:
             callers.run(args.deadline)
         finally:
             stop.set()
             thread.join()
-        loop = fakes_loop(fakes_port)
+        loop = fakes_loops(fakes)
         profile = finish_profile(spy, args)
         wall = time.monotonic() - t0
-        cpu1, fcpu1 = tree_cpu_ticks(pids), tree_cpu_ticks([fakes.pid])
+        cpu1, fcpu1 = tree_cpu_ticks(pids), tree_cpu_ticks(fakes.pids)
         own1 = resource.getrusage(resource.RUSAGE_SELF)
         busy1, total1 = machine_busy()
         deadline = time.monotonic() + 15

@@ -166,12 +166,22 @@ def start_reporting_port(cmd: list[str], port_file: Path, log: Path, what: str, 
     """Start ``cmd`` (a helper process that writes the port it listens on into ``port_file``),
     its stderr into ``log``; wait for the port. Exits the benchmark with ``what`` named if the
     process dies or does not report in time."""
+    proc, text = start_reporting(cmd, port_file, log, what, timeout)
+    return proc, int(text)
+
+
+def start_reporting(cmd: list[str], port_file: Path, log: Path, what: str, timeout: float = 30.0
+                    ) -> tuple[subprocess.Popen[bytes], str]:
+    """:func:`start_reporting_port` for a helper that reports more than one port: the file's text as written.
+
+    The helper should write the file whole (e.g. write another name, then rename): the first
+    non-empty read is returned."""
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=open(log, "wb"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text():
-            return proc, int(port_file.read_text())
+        if port_file.exists() and (text := port_file.read_text()):
+            return proc, text
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited; see {log}")
         time.sleep(0.05)
