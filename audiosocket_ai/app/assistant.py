@@ -59,7 +59,8 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
                     **hooks: Any) -> VoiceAssistant:
     """Create the providers once (shared by every call) and the assistant around them.
 
-    ``warm_up`` loads local models now, so the first caller doesn't wait for them.
+    ``warm_up`` loads local models and the cloud clients' TLS contexts now, so the first caller
+    doesn't wait for them.
     """
     spec = spec or PipelineSpec()
     started = time.monotonic()
@@ -77,8 +78,9 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter, spec.tts_fallback_options))
     vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
                                                             if spec.vad in ("webrtc", "silero") else {}))
-    if warm_up:
+    if warm_up:  # models, and cloud clients' TLS contexts (each would stall the first call's loop)
         stt.load()
+        llm.load()
         tts.load()
     settings = spec.settings
     greeting = llm.greeting

@@ -63,6 +63,7 @@ from ._websocket import (
     _task_group,
     _Watchdog,
     forward_messages,
+    system_tls,
 )
 from .errors import ProviderError, redact
 
@@ -224,6 +225,12 @@ class DeepgramSTT(Provider):
             params["utterance_end_ms"] = str(self.utterance_end_ms)
         params.update(self.extra_params)
         return f"{self.base_url}/v1/listen?{urllib.parse.urlencode(params)}"
+
+    def load(self) -> object:
+        """Load the system's CA bundle now (at start-up) for ``wss:``, not at the first stream."""
+        if self.ssl_context is None and self.base_url.startswith("wss:"):
+            return system_tls()
+        return None
 
     async def aclose(self) -> None:
         """Nothing to release (no connection outlives a call); here for a uniform lifecycle."""

@@ -62,6 +62,7 @@ from ._websocket import (
     _task_group,
     _Watchdog,
     forward_messages,
+    system_tls,
 )
 from .errors import ProviderError
 
@@ -222,6 +223,12 @@ class ElevenLabsTTS(Provider):
         params = {"model_id": self.model_id, "output_format": f"pcm_{self.sample_rate}", **self.extra_params}
         voice = urllib.parse.quote(self.voice_id, safe="")
         return f"{self.base_url}/v1/text-to-speech/{voice}/stream-input?{urllib.parse.urlencode(params)}"
+
+    def load(self) -> object:
+        """Load the system's CA bundle now (at start-up) for ``wss:``, not at the first stream."""
+        if self.ssl_context is None and self.base_url.startswith("wss:"):
+            return system_tls()
+        return None
 
     async def aclose(self) -> None:
         """Nothing to release (no connection outlives a synthesis); here for a uniform lifecycle."""

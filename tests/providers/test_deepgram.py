@@ -569,3 +569,18 @@ async def test_tts_stall_times_out_and_cancellation_closes_the_connection(autoju
             await fake.client_gone.wait()
         await tts.aclose()
         await slow.aclose()
+
+
+def test_load_prepares_the_system_trust_store_for_wss_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_ai.providers import _websocket
+    from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
+
+    monkeypatch.setattr(_websocket, "_system_tls", None)
+    assert DeepgramSTT(api_key=API_KEY, base_url="ws://127.0.0.1:9").load() is None
+    assert ElevenLabsTTS(api_key="k", base_url="ws://127.0.0.1:9").load() is None
+    assert _websocket._system_tls is None  # nothing to verify on ws:
+    own = ssl.create_default_context()
+    assert DeepgramSTT(api_key=API_KEY, base_url="wss://example.invalid", ssl_context=own).load() is None
+    stt_context = DeepgramSTT(api_key=API_KEY, base_url="wss://example.invalid").load()
+    assert stt_context is not None and stt_context is _websocket._system_tls
+    assert ElevenLabsTTS(api_key="k", base_url="wss://example.invalid").load() is stt_context  # built once

@@ -364,3 +364,43 @@ async def test_a_client_that_fails_to_close_does_not_keep_the_others_open(caplog
     await shards.aclose()
     assert all(client.is_closed for client in made)
     assert "closing an idle HTTP connection pool failed" in caplog.text
+
+
+async def test_load_builds_the_tls_context_once_so_no_request_builds_one(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[object] = []
+    real = httpx.create_ssl_context
+
+    def create_ssl_context(**kwargs: Any) -> Any:
+        built.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", create_ssl_context)
+    async with tts_for(fake, max_concurrency=4 * S) as tts:
+        tts.load()  # (at start-up: build_assistant's warm-up)
+        assert len(built) == 1
+        streams = Streams(tts)
+        async with trio.open_nursery() as nursery:
+            streams.start(nursery, S + 2)  # two shards
+        assert streams.audio == [SPEECH] * (S + 2)
+        await tts.aclose()
+        assert b"".join([chunk async for chunk in tts.synthesize("Hello.")]) == SPEECH  # new clients
+    assert len(built) == 1, "the first requests, the second shard and new clients reuse it"
+
+
+def test_build_assistant_warms_every_cloud_provider_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_ai.app.assistant import PipelineSpec, build_assistant
+
+    built: list[object] = []
+    real = httpx.create_ssl_context
+
+    def create_ssl_context(**kwargs: Any) -> Any:
+        built.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", create_ssl_context)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    build_assistant(PipelineSpec(stt="openai", llm="openai", tts="openai",
+                                 stt_fallback=None, llm_fallback=None, tts_fallback=None))
+    assert len(built) == 3  # STT, LLM and TTS: none left for their first requests

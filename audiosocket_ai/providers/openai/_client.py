@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -194,6 +195,7 @@ class _OpenAIHTTPProvider(Provider):
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._pool: ClientShards | None = None
         self._pool_run: object | None = None
+        self._tls: ssl.SSLContext | None = None
         host = httpx.URL(self.base_url).host
         self._where = host or self.base_url
 
@@ -218,10 +220,23 @@ class _OpenAIHTTPProvider(Provider):
             self._pool_run = run
         return self._pool
 
+    def load(self) -> object:
+        """Build the TLS context now (at start-up), so that the first request does not.
+
+        Building one loads the CA bundle: 20-40 ms that would stall every call's audio on
+        the event loop when the provider's first request goes out.
+        """
+        return self._tls_context()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # one for every shard, and for every trio run the provider serves: building one is the
+        # costly part of creating a client, and what each client would otherwise do for itself
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context(trust_env=self._trust_env)
+        return self._tls
+
     def _new_pool(self) -> ClientShards:
-        # One TLS context for all the shards: building one (loading the CA bundle) is the
-        # costly part of creating a client. It is what each client would build for itself.
-        verify = httpx.create_ssl_context(trust_env=self._trust_env)
+        verify = self._tls_context()
 
         def client(limit: int) -> httpx.AsyncClient:
             return httpx.AsyncClient(
