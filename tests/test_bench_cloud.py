@@ -436,3 +436,12 @@ def test_the_fake_recognizer_hears_as_many_words_as_the_audio_holds() -> None:
     assert fk.heard_words(_upload(voiced(0.34))) == " ".join(words[:2])  # 0.34 s voiced: two words
     assert fk.heard_words(_upload(voiced(fk.WHOLE_S))) == k.TRANSCRIPT
     assert fk.heard_words(_upload(voiced(3.0))) == k.TRANSCRIPT
+
+
+def test_the_fake_recognizer_hears_no_words_in_line_noise_near_its_voice_level() -> None:
+    rate = 16000
+    noise = np.random.default_rng(7).normal(0.0, 32768.0 * 10 ** (-38 / 20), rate * 2)  # -38 dBFS for 2 s
+    assert fk.voice_threshold(None) == fk.voice_threshold(-70.0) == fk.VOICE_DBFS  # the calibrated level
+    assert fk.voice_threshold(-38.0) == -18.0
+    assert fk.heard_words(_upload(noise)) == k.TRANSCRIPT  # the fixed level: the noise was "a question"
+    assert fk.heard_words(_upload(noise), fk.voice_threshold(-38.0)) == ""

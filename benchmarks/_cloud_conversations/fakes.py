@@ -28,8 +28,22 @@ WORD_S = 0.17
 WHOLE_S = 1.3
 """Voiced seconds from which an upload is the whole question."""
 
+VOICE_DBFS = -40.0
+"""A 20 ms frame above this is voice (the level WORD_S was measured at)..."""
 
-def heard_words(upload: Any) -> str:
+VOICE_OVER_NOISE_DB = 20.0
+"""...or above the callers' line noise by this much, if that is higher: noise near -40 dBFS
+(``--line-noise-dbfs``) must not be heard as words."""
+
+
+def voice_threshold(line_noise_dbfs: float | None) -> float:
+    """The level (dBFS) above which :func:`heard_words` counts a frame as voice on this line."""
+    if line_noise_dbfs is None:
+        return VOICE_DBFS
+    return max(VOICE_DBFS, line_noise_dbfs + VOICE_OVER_NOISE_DB)
+
+
+def heard_words(upload: Any, threshold_dbfs: float = VOICE_DBFS) -> str:
     """What a recognizer would make of ``upload``: as much of the question as it holds.
 
     A transcription of part of a question (the server's speculation at a pause after "Hi,")
@@ -47,7 +61,7 @@ def heard_words(upload: Any) -> str:
         pcm = wav.readframes(wav.getnframes())
     n = rate // 50
     x = np.frombuffer(pcm[: len(pcm) // (2 * n) * 2 * n], dtype="<i2").astype(np.float64).reshape(-1, n)
-    voiced_s = 0.02 * int(np.count_nonzero((x * x).mean(axis=1) > (32768.0 * 10 ** (-40 / 20)) ** 2))
+    voiced_s = 0.02 * int(np.count_nonzero((x * x).mean(axis=1) > (32768.0 * 10 ** (threshold_dbfs / 20)) ** 2))
     if voiced_s >= WHOLE_S:
         return TRANSCRIPT
     return " ".join(TRANSCRIPT.split()[: round(voiced_s / WORD_S)])
@@ -113,7 +127,8 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
 
     fake = Fake(api_key=None)
     fake.keep_log = False
-    fake.transcript = heard_words
+    threshold = voice_threshold(getattr(args, "line_noise_dbfs", None))
+    fake.transcript = lambda upload: heard_words(upload, threshold)
     fake.path_delays = {
         "/v1/audio/transcriptions": (args.stt_ms / 1000, 0.0),
         "/v1/chat/completions": (args.llm_first_token_ms / 1000, args.llm_token_ms / 1000),

@@ -63,7 +63,8 @@ def start_fakes(args: argparse.Namespace, tmp: Path) -> Fakes:
                    "--port-file", str(port_file), "--fakes-index", str(index),
                    "--stt-ms", str(args.stt_ms), "--llm-first-token-ms", str(args.llm_first_token_ms),
                    "--llm-token-ms", str(args.llm_token_ms), "--tts-first-audio-ms", str(args.tts_first_audio_ms),
-                   "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed)]
+                   "--tts-chunk-ms", str(args.tts_chunk_ms), "--seed", str(args.seed),
+                   f"--line-noise-dbfs={'none' if args.line_noise_dbfs is None else args.line_noise_dbfs}"]
             if index:
                 cmd += ["--shared-port", str(fakes.shared_port)]
             proc, text = start_reporting(cmd, port_file, tmp / f"fakes-{index}.log", f"fakes process {index + 1}")
