@@ -886,6 +886,32 @@ async def test_a_caller_who_goes_on_after_a_premature_end_gets_one_answer_to_bot
     assert [m for m in llm.histories[-1] if m.role == "assistant"] == [], "the cut reply is forgotten"
 
 
+@pytest.mark.parametrize(("pause_ms", "merged"), [(900, True), (1150, False)])
+async def test_after_a_quick_end_a_hesitation_is_merged_but_a_caller_who_heard_the_answer_barges_in(
+        autojump_clock: trio.abc.Clock, pause_ms: int, merged: bool) -> None:
+    """"I need the address. ... [900 ms] ... your office, please": the first part ends the turn
+    at the quickest endpoint (240 ms), and its reply, ready at once, plays for ~0.65 s before
+    the caller goes on — still one question. A caller who has heard ~0.9 s of the answer and
+    speaks is barging in: the answer stays in the history, cut."""
+    llm = ScriptedLLM([[ANSWER], ["Sure."]])
+    stt = ScriptedSTT(["i need the address"], default="your office please")
+    agent, observer, _ = assistant(llm, stt, vad_end_ms=1400, endpointing_ms=240)
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await pbx.send_audio(speech(800))
+        await pbx.send_silence(pause_ms)
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: len(llm.histories) >= 2 and not agent_talking(pbx), limit=20)
+        await pbx.send_silence(2000)
+    assert observer.barge_ins, "the first reply was cut"
+    users = [m.content for m in llm.histories[-1] if m.role == "user"]
+    cut = [m for m in llm.histories[-1] if m.role == "assistant"]
+    if merged:
+        assert users == ["i need the address your office please"] and cut == []
+    else:
+        assert users == ["i need the address", "your office please"]
+        assert len(cut) == 1 and cut[0].interrupted
+
+
 async def test_a_continuation_merged_as_a_tentative_turn_and_abandoned_is_merged_once(
         autojump_clock: trio.abc.Clock) -> None:
     """The rest of a question that was ended too soon goes on past the interruption, pauses

@@ -47,11 +47,12 @@ log = logging.getLogger(__name__)
 CONTINUATION_S = 1.2
 """A caller who speaks again this soon after their turn, cutting its reply short, was not done..."""
 
-CONTINUATION_HEARD_S = 0.6
+CONTINUATION_HEARD_S = 0.8
 """... if they had heard no more than this of the reply (later, it is a barge-in). A caller
 who starts again this soon after the reply's first sound had started before they could take
-it in: a hesitation of 0.9 s, ended as a turn after ~0.25 s of it and answered ~0.25 s
-later, resumes 0.4 s into the reply (the turn-taking corpus's longest pauses)."""
+it in: a hesitation of 0.9 s (the turn-taking corpus's longest pauses) ended as a turn at the
+quickest endpoint (0.24 s, after a complete phrase), with its reply prepared during the pause
+and so playing at once, resumes ~0.65 s into the reply; a hesitation of up to ~1 s, 0.8 s."""
 
 __all__ = ["Conversation"]
 
