@@ -438,10 +438,18 @@ def test_the_fake_recognizer_hears_as_many_words_as_the_audio_holds() -> None:
     assert fk.heard_words(_upload(voiced(3.0))) == k.TRANSCRIPT
 
 
-def test_the_fake_recognizer_hears_no_words_in_line_noise_near_its_voice_level() -> None:
+def test_on_a_noisy_line_the_fake_recognizer_hears_the_question_but_not_the_noise() -> None:
     rate = 16000
-    noise = np.random.default_rng(7).normal(0.0, 32768.0 * 10 ** (-38 / 20), rate * 2)  # -38 dBFS for 2 s
-    assert fk.voice_threshold(None) == fk.voice_threshold(-70.0) == fk.VOICE_DBFS  # the calibrated level
-    assert fk.voice_threshold(-38.0) == -18.0
-    assert fk.heard_words(_upload(noise)) == k.TRANSCRIPT  # the fixed level: the noise was "a question"
-    assert fk.heard_words(_upload(noise), fk.voice_threshold(-38.0)) == ""
+    frame = rate // 50
+    rng = np.random.default_rng(7)
+
+    def noise(dbfs: float, seconds: float) -> np.ndarray:
+        return rng.normal(0.0, 32768.0 * 10 ** (dbfs / 20), int(rate * seconds))
+
+    loud = np.r_[np.full(frame // 2, 3000.0), np.full(frame // 2, -3000.0)]  # a voiced frame at about -21 dBFS
+    question = np.concatenate([loud] * 75 + [np.zeros(frame)] * 25)  # 1.5 s voiced, 0.5 s of gaps
+    for dbfs in (-40.0, -38.0):
+        assert fk.heard_words(_upload(noise(dbfs, 2.0))) != ""  # not told the noise's level: "words"
+        assert fk.heard_words(_upload(noise(dbfs, 2.0)), dbfs) == ""
+        assert fk.heard_words(_upload(question + noise(dbfs, 2.0)), dbfs) == k.TRANSCRIPT
+    assert fk.heard_words(_upload(question), -70.0) == fk.heard_words(_upload(question)) == k.TRANSCRIPT

@@ -3,7 +3,7 @@ and a loop-lag monitor of its own event loop, read (and reset) per run at ``GET 
 
 ``--fakes-procs`` K of them share one API port (SO_REUSEPORT: the kernel spreads the server's
 connections over them), because one event loop streaming every call's SSE and audio falls
-seconds behind from N≈200; each also listens on a private control port, where its own loop
+up to 0.8–1.3 s behind (max) from N≈200; each also listens on a private control port, where its own loop
 lag is read.
 """
 
@@ -29,27 +29,20 @@ WHOLE_S = 1.3
 """Voiced seconds from which an upload is the whole question."""
 
 VOICE_DBFS = -40.0
-"""A 20 ms frame above this is voice (the level WORD_S was measured at)..."""
-
-VOICE_OVER_NOISE_DB = 20.0
-"""...or above the callers' line noise by this much, if that is higher: noise near -40 dBFS
-(``--line-noise-dbfs``) must not be heard as words."""
+"""A 20 ms frame whose voice (its power less the line's noise) is above this counts as voice:
+the level WORD_S was measured at, on a clean line."""
 
 
-def voice_threshold(line_noise_dbfs: float | None) -> float:
-    """The level (dBFS) above which :func:`heard_words` counts a frame as voice on this line."""
-    if line_noise_dbfs is None:
-        return VOICE_DBFS
-    return max(VOICE_DBFS, line_noise_dbfs + VOICE_OVER_NOISE_DB)
-
-
-def heard_words(upload: Any, threshold_dbfs: float = VOICE_DBFS) -> str:
+def heard_words(upload: Any, line_noise_dbfs: float | None = None) -> str:
     """What a recognizer would make of ``upload``: as much of the question as it holds.
 
     A transcription of part of a question (the server's speculation at a pause after "Hi,")
     gets only the words that part can hold, and line noise alone no words at all: a fake that
     answered every upload with the whole question would end turns at pauses the callers make
-    mid-question, and take every sound over the agent for a question.
+    mid-question, and take every sound over the agent for a question. On a line with noise
+    (``line_noise_dbfs``, the callers' ``--line-noise-dbfs``) the noise's power is taken out
+    of each frame's before the comparison, and a frame must be at least twice as strong as
+    the noise: noise near -40 dBFS is not heard as words, and a question over it still is.
     """
     import io
     import wave
@@ -61,7 +54,10 @@ def heard_words(upload: Any, threshold_dbfs: float = VOICE_DBFS) -> str:
         pcm = wav.readframes(wav.getnframes())
     n = rate // 50
     x = np.frombuffer(pcm[: len(pcm) // (2 * n) * 2 * n], dtype="<i2").astype(np.float64).reshape(-1, n)
-    voiced_s = 0.02 * int(np.count_nonzero((x * x).mean(axis=1) > (32768.0 * 10 ** (threshold_dbfs / 20)) ** 2))
+    power = (x * x).mean(axis=1)
+    noise = 0.0 if line_noise_dbfs is None else (32768.0 * 10 ** (line_noise_dbfs / 20)) ** 2
+    voice = (power - noise > (32768.0 * 10 ** (VOICE_DBFS / 20)) ** 2) & (power > 2.0 * noise)
+    voiced_s = 0.02 * int(np.count_nonzero(voice))
     if voiced_s >= WHOLE_S:
         return TRANSCRIPT
     return " ".join(TRANSCRIPT.split()[: round(voiced_s / WORD_S)])
@@ -127,8 +123,8 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
 
     fake = Fake(api_key=None)
     fake.keep_log = False
-    threshold = voice_threshold(getattr(args, "line_noise_dbfs", None))
-    fake.transcript = lambda upload: heard_words(upload, threshold)
+    line_noise = getattr(args, "line_noise_dbfs", None)
+    fake.transcript = lambda upload: heard_words(upload, line_noise)
     fake.path_delays = {
         "/v1/audio/transcriptions": (args.stt_ms / 1000, 0.0),
         "/v1/chat/completions": (args.llm_first_token_ms / 1000, args.llm_token_ms / 1000),
