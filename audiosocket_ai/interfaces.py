@@ -46,12 +46,15 @@ class Capabilities:
 
 
 class Provider:
-    """Defaults for the lifecycle every STT, LLM and TTS has: nothing to load, nothing to close."""
+    """Defaults for the lifecycle every STT, LLM and TTS has: nothing to load, nothing to close.
+
+    ``load`` runs once at start-up (``build_assistant``'s warm-up), before any call."""
 
     capabilities: Capabilities = Capabilities()
 
     def load(self) -> object:
-        """Load models now, so the first call does not wait (no-op for a cloud engine)."""
+        """Prepare now what the first call would otherwise wait for: a local engine's models,
+        a cloud engine's TLS context (its CA bundle)."""
 
     async def aclose(self) -> None:
         """Release connections and pools at shutdown."""

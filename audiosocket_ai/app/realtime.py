@@ -83,6 +83,7 @@ class OpenAIRealtimeAgent(RealtimeAgent):
             transcription_model=transcription_model, event_timeout=event_timeout,
             connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout, ssl_context=ssl_context,
         )
+        engine.load()  # (the TLS context, at start-up rather than on the first call's event loop)
         super().__init__(
             engine, tools=tools, transcript_dir=transcript_dir, greeting=greeting, fallback=fallback,
             reconnects=reconnects, append_ms=append_ms, vad_factory=vad_factory,

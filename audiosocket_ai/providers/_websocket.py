@@ -107,6 +107,17 @@ def system_tls() -> ssl.SSLContext:
     return _system_tls
 
 
+def warm_tls(url: str, ssl_context: ssl.SSLContext | None) -> None:
+    """At start-up (a provider's ``load()``): load the system trust store now if ``url`` will
+    need it (``wss:`` without a context of the caller's), not at the first stream.
+
+    It is loaded once per process: a CA bundle changed while the server runs is read at its
+    next start.
+    """
+    if ssl_context is None and urllib.parse.urlsplit(url).scheme.lower() == "wss":
+        system_tls()
+
+
 @asynccontextmanager
 async def _open_websocket(
     url: str,

@@ -63,7 +63,7 @@ from ._websocket import (
     _task_group,
     _Watchdog,
     forward_messages,
-    system_tls,
+    warm_tls,
 )
 from .errors import ProviderError, redact
 
@@ -226,11 +226,9 @@ class DeepgramSTT(Provider):
         params.update(self.extra_params)
         return f"{self.base_url}/v1/listen?{urllib.parse.urlencode(params)}"
 
-    def load(self) -> object:
+    def load(self) -> None:
         """Load the system's CA bundle now (at start-up) for ``wss:``, not at the first stream."""
-        if self.ssl_context is None and self.base_url.startswith("wss:"):
-            return system_tls()
-        return None
+        warm_tls(self.base_url, self.ssl_context)
 
     async def aclose(self) -> None:
         """Nothing to release (no connection outlives a call); here for a uniform lifecycle."""

@@ -81,7 +81,7 @@ from ..interfaces import (
     ToolRequested,
     ToolSpec,
 )
-from ._websocket import _api_key, _open_websocket, _snippet, _status_retryable, _task_group, _Watchdog
+from ._websocket import _api_key, _open_websocket, _snippet, _status_retryable, _task_group, _Watchdog, warm_tls
 from .errors import ProviderError
 
 __all__ = [
@@ -200,6 +200,10 @@ class OpenAIRealtime:
     @property
     def detects_turns(self) -> bool:
         return self.turn_detection == "server_vad"
+
+    def load(self) -> None:
+        """Load the system's CA bundle now (at start-up) for ``wss:``, not at the first call."""
+        warm_tls(self.base_url, self.ssl_context)
 
     @asynccontextmanager
     async def connect(self, tools: Sequence[ToolSpec]) -> AsyncIterator[OpenAIRealtimeSession]:

@@ -574,13 +574,17 @@ async def test_tts_stall_times_out_and_cancellation_closes_the_connection(autoju
 def test_load_prepares_the_system_trust_store_for_wss_only(monkeypatch: pytest.MonkeyPatch) -> None:
     from audiosocket_ai.providers import _websocket
     from audiosocket_ai.providers.elevenlabs import ElevenLabsTTS
+    from audiosocket_ai.providers.openai_realtime import OpenAIRealtime
 
     monkeypatch.setattr(_websocket, "_system_tls", None)
-    assert DeepgramSTT(api_key=API_KEY, base_url="ws://127.0.0.1:9").load() is None
-    assert ElevenLabsTTS(api_key="k", base_url="ws://127.0.0.1:9").load() is None
-    assert _websocket._system_tls is None  # nothing to verify on ws:
-    own = ssl.create_default_context()
-    assert DeepgramSTT(api_key=API_KEY, base_url="wss://example.invalid", ssl_context=own).load() is None
-    stt_context = DeepgramSTT(api_key=API_KEY, base_url="wss://example.invalid").load()
-    assert stt_context is not None and stt_context is _websocket._system_tls
-    assert ElevenLabsTTS(api_key="k", base_url="wss://example.invalid").load() is stt_context  # built once
+    DeepgramSTT(api_key=API_KEY, base_url="ws://127.0.0.1:9").load()
+    ElevenLabsTTS(api_key="k", base_url="ws://127.0.0.1:9").load()
+    OpenAIRealtime(api_key="k", base_url="ws://127.0.0.1:9").load()
+    DeepgramSTT(api_key=API_KEY, base_url="wss://example.invalid", ssl_context=ssl.create_default_context()).load()
+    assert _websocket._system_tls is None  # nothing to verify on ws:, and a context of the caller's
+    DeepgramSTT(api_key=API_KEY, base_url="WSS://example.invalid").load()
+    loaded = _websocket._system_tls
+    assert loaded is not None
+    ElevenLabsTTS(api_key="k", base_url="wss://example.invalid").load()
+    OpenAIRealtime(api_key="k", base_url="wss://example.invalid").load()
+    assert _websocket._system_tls is loaded  # loaded once

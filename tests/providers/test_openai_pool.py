@@ -366,41 +366,57 @@ async def test_a_client_that_fails_to_close_does_not_keep_the_others_open(caplog
     assert "closing an idle HTTP connection pool failed" in caplog.text
 
 
-async def test_load_builds_the_tls_context_once_so_no_request_builds_one(
-    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    built: list[object] = []
+@pytest.fixture
+def trust_store_loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every load of a CA bundle by httpx (``create_ssl_context``), recorded."""
+    loads: list[object] = []
     real = httpx.create_ssl_context
 
     def create_ssl_context(**kwargs: Any) -> Any:
-        built.append(kwargs)
+        loads.append(kwargs)
         return real(**kwargs)
 
     monkeypatch.setattr(httpx, "create_ssl_context", create_ssl_context)
+    return loads
+
+
+async def test_over_plain_http_no_ca_bundle_is_ever_loaded(fake: FakeOpenAI, trust_store_loads: list[object]) -> None:
     async with tts_for(fake, max_concurrency=4 * S) as tts:
         tts.load()  # (at start-up: build_assistant's warm-up)
-        assert len(built) == 1
         streams = Streams(tts)
         async with trio.open_nursery() as nursery:
             streams.start(nursery, S + 2)  # two shards
         assert streams.audio == [SPEECH] * (S + 2)
         await tts.aclose()
         assert b"".join([chunk async for chunk in tts.synthesize("Hello.")]) == SPEECH  # new clients
-    assert len(built) == 1, "the first requests, the second shard and new clients reuse it"
+    assert trust_store_loads == []
 
 
-def test_build_assistant_warms_every_cloud_provider_up(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_builds_the_tls_context_once_for_every_client_after_it(trust_store_loads: list[object]) -> None:
+    tts = OpenAITTS(base_url="https://api.example.invalid/v1", api_key="k")
+    tts.load()
+    tts.load()
+    assert len(trust_store_loads) == 1
+    tts._new_pool().clients()  # the clients of a trio run (shards are made on demand)
+    assert len(trust_store_loads) == 1
+
+
+def test_a_trust_store_that_cannot_be_loaded_fails_at_load_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiosocket_ai.providers.errors import ProviderError
+
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/corporate-ca.pem")
+    tts = OpenAITTS(base_url="https://api.example.invalid/v1", api_key="k", trust_env=True)
+    with pytest.raises(ProviderError, match=r"SSL_CERT_FILE=/nonexistent/corporate-ca\.pem") as caught:
+        tts.load()
+    assert not caught.value.retryable
+
+
+def test_build_assistant_warms_every_cloud_provider_up(monkeypatch: pytest.MonkeyPatch,
+                                                        trust_store_loads: list[object]) -> None:
     from audiosocket_ai.app.assistant import PipelineSpec, build_assistant
 
-    built: list[object] = []
-    real = httpx.create_ssl_context
-
-    def create_ssl_context(**kwargs: Any) -> Any:
-        built.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(httpx, "create_ssl_context", create_ssl_context)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     build_assistant(PipelineSpec(stt="openai", llm="openai", tts="openai",
                                  stt_fallback=None, llm_fallback=None, tts_fallback=None))
-    assert len(built) == 3  # STT, LLM and TTS: none left for their first requests
+    assert len(trust_store_loads) == 3  # STT, LLM and TTS: none left for their first requests

@@ -220,20 +220,39 @@ class _OpenAIHTTPProvider(Provider):
             self._pool_run = run
         return self._pool
 
-    def load(self) -> object:
+    def load(self) -> None:
         """Build the TLS context now (at start-up), so that the first request does not.
 
         Building one loads the CA bundle: 20-40 ms that would stall every call's audio on
-        the event loop when the provider's first request goes out.
+        the event loop when the provider's first request goes out. A trust store that cannot
+        be loaded (a wrong ``SSL_CERT_FILE``) fails here, naming it, rather than every request.
         """
-        return self._tls_context()
+        self._tls_context()
 
     def _tls_context(self) -> ssl.SSLContext:
         # one for every shard, and for every trio run the provider serves: building one is the
         # costly part of creating a client, and what each client would otherwise do for itself
         if self._tls is None:
-            self._tls = httpx.create_ssl_context(trust_env=self._trust_env)
+            if httpx.URL(self.base_url).scheme == "http":
+                # (plain HTTP never uses it: no CA bundle to load; should TLS ever come into
+                # play after all, a context that trusts nothing fails closed)
+                self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            else:
+                self._tls = self._load_trust_store()
         return self._tls
+
+    def _load_trust_store(self) -> ssl.SSLContext:
+        try:
+            return httpx.create_ssl_context(trust_env=self._trust_env)
+        except (OSError, ssl.SSLError) as exc:
+            where = ", ".join(f"{name}={os.environ[name]}" for name in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                              if self._trust_env and os.environ.get(name))
+            raise ProviderError(
+                f"{self.provider_name}: cannot load the trust store for TLS"
+                f"{f' ({where})' if where else ''}: {type(exc).__name__}: {exc}",
+                provider=self.provider_name,
+                retryable=False,
+            ) from exc
 
     def _new_pool(self) -> ClientShards:
         verify = self._tls_context()
