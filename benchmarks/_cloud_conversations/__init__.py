@@ -9,7 +9,7 @@ Three kinds of process, all on 127.0.0.1, none pinned (the machine's cores are s
 
 * **the fakes** (this script, ``--role fakes``, ``--fakes-procs`` K processes sharing one
   port with SO_REUSEPORT, the kernel spreading the server's connections over them: one event
-  loop falls seconds behind from N≈200): ``tests/fakes``' :class:`FakeOpenAI`, a
+  loop lags up to 0.8–1.3 s (max; p99 45–100 ms) from N≈200): ``tests/fakes``' :class:`FakeOpenAI`, a
   real HTTP/1.1 server speaking OpenAI's wire formats (multipart transcription, chat
   completions as an SSE stream, speech as a chunked 24 kHz PCM body), with per-endpoint
   delays (``HttpFake.path_delays``): transcription after ``--stt-ms``, the chat's first

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tts-chunk-ms", type=float, default=20.0, help="fake speech: ms between 100 ms audio chunks")
     p.add_argument("--fakes-procs", type=at_least_one, default=2, metavar="K",
                    help="fakes processes sharing one port (SO_REUSEPORT: the kernel spreads the server's "
-                        "connections over them); one fakes event loop falls seconds behind from N≈200, and the "
+                        "connections over them); one fakes event loop lags up to 0.8–1.3 s (max) from N≈200, and the "
                         "benchmark would measure the fakes rather than the server (default %(default)s)")
     p.add_argument("--deadline", type=float, default=120.0, help="seconds one run's calls may take")
     p.add_argument("--seed", type=int, default=7)

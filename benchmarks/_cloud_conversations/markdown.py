@@ -39,7 +39,7 @@ def fakes_sharing(args: argparse.Namespace) -> str:
         return ("The fakes ran in one Python process (one trio event loop streaming every call's SSE and audio "
                 "chunks).")
     return (f"The fakes ran as {args.fakes_procs} Python processes sharing one port (SO_REUSEPORT: the kernel "
-            "spreads the server's connections over them), as one event loop falls seconds behind from N≈200.")
+            "spreads the server's connections over them), as one event loop lags up to 0.8–1.3 s (max) from N≈200.")
 
 
 def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args: argparse.Namespace,

@@ -179,11 +179,15 @@ def start_reporting(cmd: list[str], port_file: Path, log: Path, what: str, timeo
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=open(log, "wb"))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_file.exists() and (text := port_file.read_text()):
-            return proc, text
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited; see {log}")
-        time.sleep(0.05)
-    stop_process(proc)
-    raise SystemExit(f"{what} did not start")
+    try:
+        while time.monotonic() < deadline:
+            if port_file.exists() and (text := port_file.read_text()):
+                return proc, text
+            if proc.poll() is not None:
+                raise SystemExit(f"{what} exited; see {log}")
+            time.sleep(0.05)
+        raise SystemExit(f"{what} did not start")
+    except BaseException:
+        # (its own session: a Ctrl-C here does not reach it, and the caller never got it to stop)
+        stop_process(proc)
+        raise

@@ -52,7 +52,9 @@ CONTINUATION_HEARD_S = 0.8
 who starts again this soon after the reply's first sound had started before they could take
 it in: a hesitation of 0.9 s (the turn-taking corpus's longest pauses) ended as a turn at the
 quickest endpoint (0.24 s, after a complete phrase), with its reply prepared during the pause
-and so playing at once, resumes ~0.65 s into the reply; a hesitation of up to ~1 s, 0.8 s."""
+and so playing at once, resumes ~0.65 s into the reply; a hesitation of up to ~1 s, 0.8 s.
+A caller who barges in that early ("no, the other office") is merged as well: the model gets
+both parts as one question, and the cut reply's first words are forgotten."""
 
 __all__ = ["Conversation"]
 
