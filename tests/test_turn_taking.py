@@ -623,6 +623,30 @@ async def test_the_echo_of_a_short_greeting_is_not_taken_for_the_caller(autojump
     assert not llm.histories and not observer.barge_ins, "the agent never answered or stopped for its own echo"
 
 
+@pytest.mark.parametrize(("ends_after_agent_s", "a_turn"), [(0.3, False), (1.5, True)])
+def test_speech_begun_over_the_agent_that_goes_on_long_after_it_is_a_turn_whatever_the_judge_says(
+        ends_after_agent_s: float, a_turn: bool) -> None:
+    """It began over the greeting's echo and reads, as a whole, like the echo (here: most of
+    its frames taken for it). Ending within the echo's tail it is dropped as echo; going on
+    well after the agent stopped, it cannot all be echo: it is the caller's, a turn."""
+    from types import SimpleNamespace
+
+    from audiosocket_ai.agents.assistant.interruptions import OUTLASTS_ECHO_S, Interruptions
+    from audiosocket_ai.agents.assistant.settings import TurnTimings, Utterance
+
+    assert 0.3 < OUTLASTS_ECHO_S < 1.5
+    interruptions = Interruptions(SimpleNamespace(speaking=False), AssistantSettings(), RecordingObserver(),
+                                  interrupt=lambda why: None, agent_busy=lambda: False,
+                                  agent_words=lambda: "hello thanks for calling how can I help",
+                                  on_backchannel=lambda utterance: None)
+    stopped = 10.0  # the agent's last frame
+    interruptions.listener = SimpleNamespace(  # type: ignore[assignment]
+        busy_until=stopped, caller_level=SimpleNamespace(db=None), echo=None, is_background=lambda level: False)
+    utterance = Utterance("how can I help what time do you open", stopped - 0.5, stopped + ends_after_agent_s,
+                          TurnTimings(), level_db=-32.0, echo_share=0.9, serial=3)
+    assert interruptions.judge(utterance) is (not a_turn)  # judge() is True for "not a turn"
+
+
 def test_the_noise_floor_follows_what_is_always_there_and_masks_only_that() -> None:
     from audiosocket_ai.agents.assistant.turns import NoiseFloor, ShortTermLevel
 

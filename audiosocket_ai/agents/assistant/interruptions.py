@@ -10,7 +10,8 @@ more than ``turn.decide_within_ms``: without a verdict by then, the answer goes 
 
 Speech over the agent that did not pause it (the echo canceller or the level said "not the
 caller"), and speech that began within :data:`ECHO_TAIL_S` of the agent stopping, is
-judged the same way before it may become a turn.
+judged the same way before it may become a turn — unless it went on for
+:data:`OUTLASTS_ECHO_S` after the agent stopped, which no echo does: that is the caller's.
 
 Speech that has interrupted the agent is a turn, whatever its final transcript says: it is
 judged once. (Judged again at its end, a level 1 dB lower or a recognizer's second guess
@@ -33,11 +34,19 @@ from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ECHO_TAIL_S", "Interruptions"]
+__all__ = ["ECHO_TAIL_S", "OUTLASTS_ECHO_S", "Interruptions"]
 
 ECHO_TAIL_S = 0.4
 """Speech that begins this soon after the agent stopped may still be the line's echo of its
 last words (echo paths are up to ~300 ms long): it is judged before it becomes a turn."""
+
+
+OUTLASTS_ECHO_S = 1.0
+"""Speech begun over the agent (or in its echo tail) that goes on this long after the agent
+stopped is the caller's, whatever the judge would make of it as a whole: no echo outlasts
+the agent by more than its tail. (A caller who starts as the greeting's echo fades and asks
+their question: judged whole — the echo's words and level in it — it read as echo, and the
+question was never answered.)"""
 
 
 VOICE_GAP_S = 0.2
@@ -170,6 +179,11 @@ class Interruptions:
             after_agent = utterance.start - self.listener.busy_until
             if self.settings.barge_in != "on" or utterance.is_dtmf or after_agent > ECHO_TAIL_S:
                 return False  # a turn of its own, not over the agent (or barge-in rules apply)
+            went_on = utterance.end - self.listener.busy_until
+            if utterance.text and went_on >= OUTLASTS_ECHO_S:
+                log.info("speech begun over the agent went on %.1f s after it stopped: the caller's, a turn",
+                         went_on)
+                return False
             # speech over the agent that did not pause it (taken for its echo), or that
             # began as the agent stopped (the line may still be echoing its last words)
             verdict = self._verdict(utterance, self._agent_words(), caller_db, over_agent=after_agent <= 0)
