@@ -77,13 +77,13 @@ from benchmarks.common.procs import (
     tree_cpu_ticks,
 )
 from benchmarks.common.stats import Hist
+from benchmarks.common.wire import AUDIO_KINDS, HANGUP_KIND, drop, take_messages
 
 FRAME_NS = 20_000_000
 SLOT_NS = 1_000_000
 SLOTS = FRAME_NS // SLOT_NS
 PAYLOAD = bytes((i * 37 + 11) & 0xFF for i in range(320))  # any 20 ms of slin 8 kHz (echo is bit-exact)
 FRAME = b"\x10\x01\x40" + PAYLOAD
-AUDIO_KINDS = frozenset((0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18))
 GOLDEN = (math.sqrt(5) - 1) / 2
 PASS_P99_MS = 5.0
 GEN_MAX_SEND_P99_MS = 2.0  # epoll's timeout has 1 ms granularity: ~1 ms of send lateness is normal
@@ -316,22 +316,10 @@ class Generator:
             return
         buf = st.buf
         buf += data
-        n = len(buf)
-        off = 0
-        frames = 0
-        hung_up = False
-        while n - off >= 3:
-            length = (buf[off + 1] << 8) | buf[off + 2]
-            if n - off < 3 + length:
-                break
-            kind = buf[off]
-            if kind in AUDIO_KINDS:
-                frames += 1
-            elif kind == 0x00:
-                hung_up = True
-            off += 3 + length
-        if off:
-            del buf[:off]
+        messages = take_messages(buf)
+        frames = sum(1 for kind, _, _ in messages if kind in AUDIO_KINDS)
+        hung_up = any(kind == HANGUP_KIND for kind, _, _ in messages)
+        drop(buf, messages)
         if frames:
             if self.measuring:
                 last = st.last

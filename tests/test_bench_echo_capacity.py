@@ -144,3 +144,20 @@ def test_c_generator_counts_the_servers_hangups(tmp_path: Path) -> None:
             assert status["connect_errors"] == 0 and status["live"] <= 3
         finally:
             gen.close_all()
+
+
+def test_the_generators_wire_reader_takes_whole_messages_and_keeps_a_partial_one() -> None:
+    from audiosocket_ai.protocol.encoder import encode_audio
+    from benchmarks.common.wire import AUDIO_KINDS, HANGUP_KIND, drop, take_messages
+
+    frame = encode_audio(0x10, bytes(range(256)) + bytes(64))
+    buf = bytearray(frame + b"\x00\x00\x00" + frame[:100])  # a frame, a hangup, a third of a frame
+    messages = take_messages(buf)
+    assert [(kind, length) for kind, _, length in messages] == [(0x10, 320), (HANGUP_KIND, 0)]
+    kind, at, length = messages[0]
+    assert kind in AUDIO_KINDS and bytes(buf[at : at + length]) == frame[3:]
+    drop(buf, messages)
+    assert bytes(buf) == frame[:100]  # the partial frame waits for the rest
+    assert take_messages(buf) == []
+    buf += frame[100:]
+    assert [(kind, length) for kind, _, length in take_messages(buf)] == [(0x10, 320)]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._cloud_conversations.constants import (
-    AUDIO_KINDS,
     FRAME_BYTES,
     FRAME_NS,
     GOLDEN,
@@ -31,6 +30,7 @@ from benchmarks._cloud_conversations.constants import (
 )
 from benchmarks.common.line_noise import gaussian_noise, under
 from benchmarks.common.stats import Hist
+from benchmarks.common.wire import AUDIO_KINDS, HANGUP_KIND, drop, take_messages
 
 NOISE_SEED = 0x11E
 """Mixed with --seed into the noise generators' seeds: the idle bank is (seed, NOISE_SEED, 0), question i's
@@ -250,22 +250,10 @@ class Callers:
             return
         buf = call.buf
         buf += data
-        n = len(buf)
-        off = 0
-        frames = []
-        ended = False
-        while n - off >= 3:
-            length = (buf[off + 1] << 8) | buf[off + 2]
-            if n - off < 3 + length:
-                break
-            kind = buf[off]
-            if kind in AUDIO_KINDS:
-                frames.append(bytes(buf[off + 3: off + 3 + length]) != ZERO)
-            elif kind == 0x00:
-                ended = True
-            off += 3 + length
-        if off:
-            del buf[:off]
+        messages = take_messages(buf)
+        frames = [bytes(buf[at : at + length]) != ZERO for kind, at, length in messages if kind in AUDIO_KINDS]
+        ended = any(kind == HANGUP_KIND for kind, _, _ in messages)
+        drop(buf, messages)
         for audible in frames:  # frames read together arrived together: a burst counts as deviation
             if call.last:
                 d = t - call.last - FRAME_NS

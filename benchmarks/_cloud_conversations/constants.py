@@ -25,7 +25,6 @@ LINE_NOISE_DBFS = -70.0
 """What the callers' line carries when they do not talk (and under their speech): Gaussian noise, RMS dBFS."""
 LINE_NOISE_FRAMES = 200
 """The idle noise is this many pre-generated frames (4 s), cycled; each call starts at its own offset."""
-AUDIO_KINDS = frozenset((0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18))
 CLK = os.sysconf("SC_CLK_TCK")
 
 TARGET_CALLS = 300
