@@ -105,7 +105,11 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
         async def _listen(self, nursery: trio.Nursery) -> int:
             """The shared API port (``shared_port``, or a new one if 0) and a private control port."""
             shared = await listening_socket(shared_port, reuse_port=True)
-            control = await listening_socket(0, reuse_port=False)
+            try:
+                control = await listening_socket(0, reuse_port=False)
+            except BaseException:
+                shared.close()
+                raise
             listeners = [trio.SocketListener(shared), trio.SocketListener(control)]
             await nursery.start(trio.serve_listeners, self._connection, listeners)
             self.control_port = int(control.getsockname()[1])
