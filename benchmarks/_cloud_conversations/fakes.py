@@ -65,29 +65,6 @@ def heard_words(upload: Any, line_noise_dbfs: float | None = None) -> str:
 
 # --- the fakes process -------------------------------------------------------------------
 
-BACKLOG = 0xFFFF
-"""Listen backlog (the kernel caps it at net.core.somaxconn): hundreds of calls connect within seconds."""
-
-
-async def listening_socket(port: int, reuse_port: bool, host: str = "127.0.0.1") -> trio.socket.SocketType:
-    """A TCP socket listening on ``host:port`` (0: the kernel picks).
-
-    With ``reuse_port``, SO_REUSEPORT is set before the bind, so that other processes (same
-    user) can bind the same port and the kernel spreads new connections over all of them.
-    """
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
     """The benchmark's FakeOpenAI: ``args``' delays, a unique reply per chat, ``monitor.snapshot`` at LOOP_PATH."""
     from benchmarks._concurrency.replies import UniqueReplies
@@ -104,16 +81,18 @@ def make_fake(args: argparse.Namespace, monitor: Any) -> Any:
 
         async def _listen(self, nursery: trio.Nursery) -> int:
             """The shared API port (``shared_port``, or a new one if 0) and a private control port."""
-            shared = await listening_socket(shared_port, reuse_port=True)
+            from benchmarks.common.internals import open_reuse_port_listeners
+
+            shared = await open_reuse_port_listeners(shared_port, host="127.0.0.1")  # (as `serve --workers`)
             try:
-                control = await listening_socket(0, reuse_port=False)
+                control = await trio.open_tcp_listeners(0, host="127.0.0.1")
             except BaseException:
-                shared.close()
+                for listener in shared:
+                    listener.socket.close()
                 raise
-            listeners = [trio.SocketListener(shared), trio.SocketListener(control)]
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
-            self.control_port = int(control.getsockname()[1])
-            return int(shared.getsockname()[1])
+            await nursery.start(trio.serve_listeners, self._connection, [*shared, *control])
+            self.control_port = int(control[0].socket.getsockname()[1])
+            return int(shared[0].socket.getsockname()[1])
 
         async def handle(self, exchange: Any, fault: Any) -> bool:
             path = exchange.request.path

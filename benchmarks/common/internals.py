@@ -31,6 +31,7 @@ WHERE = {
     "incomplete_phrase": "audiosocket_ai.agents.assistant.turns",
     "RuleBasedLLM": "audiosocket_ai.providers.rules",
     "Server": "audiosocket_ai",
+    "open_reuse_port_listeners": "audiosocket_ai.server",
     "echo_agent": "audiosocket_ai.agents.echo",
     "ServerConfig": "audiosocket_ai",
     "TranscriptWriter": "audiosocket_ai.recording",
