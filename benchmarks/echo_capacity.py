@@ -864,6 +864,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gc-threshold", default=None, metavar="G0,G1,G2",
                    help="what-if: start the server with gc.freeze() after its imports and gc.set_threshold(G0,G1,G2)"
                         " (implies --gc-trace); the server code itself is not changed")
+    p.add_argument("--keep-log", action="store_true",
+                   help="keep the server's log after a clean run (it is always kept when the server exits on "
+                        "its own, and its path printed)")
     p.add_argument("--profile", action="store_true", help="profile the server with py-spy at the limit")
     p.add_argument("--docs-section", default=None,
                    help="with --write-docs: the `##` heading and marker name to write under, as 'HEADING|NAME' "
@@ -968,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, object]] = []
     profile: dict[str, object] | None = None
     gc.disable()
+    finished = False
     try:
         failures = 0
         log_offset = 0
@@ -999,10 +1003,16 @@ def main(argv: list[str] | None = None) -> int:
                 profile["calls"] = n
                 for name, share in profile["self"][:10]:  # type: ignore[index]
                     print(f"  self {share:5.1f}%  {name}", file=sys.stderr)
+        finished = True
     finally:
         gc.enable()
         gen.close_all()
+        crashed = proc.poll() is not None  # (it exited on its own: its log says why)
         stop_process(proc, timeout=5)
+        if crashed or not finished or args.keep_log:
+            print(f"server log kept: {log_path}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_path.parent, ignore_errors=True)
     load_after = loadavg()
     body = render_markdown(results, info, args, load_before, load_after, profile)
     docs = DOCS
