@@ -114,18 +114,20 @@ def test_a_failing_frame_passes_audio_through_and_warns_once(caplog: pytest.LogC
 def test_the_recognizer_feed_rests_the_suppressor_on_a_quiet_line_and_wakes_it_on_a_noisy_one() -> None:
     from audiosocket_ai.agents.assistant.feed import DENOISE_OFF_BELOW_DB, DENOISE_ON_ABOVE_DB, Cleaner
 
-    cleaner = Cleaner(8000, 16000, 64000)
-    frame8, frame16 = bytes(320), b"\x01\x00" * 320
+    cleaner = Cleaner(8000, 1000.0)
+    frame8 = b"\x01\x00" * 160
     assert cleaner.active, "until the floor is known, it works"
     cleaner.follow_floor(None)
     assert cleaner.active
     cleaner.follow_floor(DENOISE_OFF_BELOW_DB - 1)
     assert not cleaner.active
-    assert cleaner.process(frame8, frame16) is frame16, "resting: the raw audio, already at the recognizer's rate"
+    assert cleaner.process(frame8) is frame8, "resting: the raw audio"
+    assert cleaner.ring.last(20.0) == frame8, "the pre-roll holds what the recognizer gets"
     cleaner.follow_floor((DENOISE_OFF_BELOW_DB + DENOISE_ON_ABOVE_DB) / 2)
     assert not cleaner.active, "hysteresis: between the two thresholds it stays as it was"
     before = cleaner.denoiser
     cleaner.follow_floor(DENOISE_ON_ABOVE_DB + 1)
     assert cleaner.active and cleaner.denoiser is not before, "a fresh noise estimate"
-    out = cleaner.process(frame8, frame16)
-    assert out is not frame16
+    out = cleaner.process(frame8)
+    assert out is not frame8 and len(out) == len(frame8), "denoised, at the call's rate"
+    assert cleaner.ring.last(20.0) == out

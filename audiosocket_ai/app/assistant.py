@@ -26,6 +26,10 @@ __all__ = ["CapacityEstimate", "PipelineSpec", "build_assistant", "estimate_capa
 
 log = logging.getLogger(__name__)
 
+WEBRTC_VAD_RATE = 8000
+"""WebRTC's VAD classifies 8 kHz audio whatever it is fed (it halves 16 kHz input first), so
+by default it hears a telephone call at the call's own rate: nothing resampled per frame."""
+
 
 @attrs.define(kw_only=True)
 class PipelineSpec:
@@ -76,8 +80,10 @@ def build_assistant(spec: PipelineSpec | None = None, *, tools: Sequence[Tool] =
     llm = FallbackLLM(llm, _fallback(make_llm, spec.llm, spec.llm_fallback, limiter))
     llm = TransferGuard(llm, spec.transfer_targets)  # transfers only to the configured targets
     tts = FallbackTTS(tts, _fallback(make_tts, spec.tts, spec.tts_fallback, limiter, spec.tts_fallback_options))
-    vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": stt.sample_rate}
-                                                            if spec.vad in ("webrtc", "silero") else {}))
+    # (Silero's rate is fixed at 16 kHz; a VAD at another rate than the call's is fed
+    # through a resampler)
+    vad_factory = make_vad_factory(spec.vad, _with_defaults(spec.vad_options, {"sample_rate": WEBRTC_VAD_RATE}
+                                                            if spec.vad == "webrtc" else {}))
     if warm_up:  # models, and cloud clients' TLS contexts (each would stall the first call's loop)
         stt.load()
         llm.load()

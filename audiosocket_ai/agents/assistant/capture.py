@@ -23,8 +23,10 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 
 import trio
 
+from ...audio import Resampler
 from ...inference import URGENT, priority
 from ...interfaces import STT, Transcript
+from .feed import INBOUND_QUALITY
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +102,19 @@ class Speculation:
 
 
 class UtteranceCapture:
-    """Collects one utterance's audio (at the recognizer's rate) and transcribes it."""
+    """Collects one utterance's audio and transcribes it.
 
-    def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes, *,
+    The audio comes at the call's rate (``rate``) and is resampled to the recognizer's by a
+    stream that starts with the pre-roll and is flushed at :meth:`end`: the listener's
+    VAD, levels and pre-roll work at the call's rate, so only captured speech is resampled.
+    """
+
+    def __init__(self, stt: STT, nursery: trio.Nursery, pre_roll: bytes, *, rate: int,
                  on_speculation: Callable[[Speculation], None] | None = None,
                  speculate_after_ms: float = SPECULATE_AFTER_MS) -> None:
         self.stt = stt
+        self._to_stt = Resampler(rate, stt.sample_rate, quality=INBOUND_QUALITY)
+        pre_roll = self._to_stt.process(pre_roll)
         self.speculate_after_ms = speculate_after_ms
         self._on_speculation = on_speculation
         self.streaming = stt.capabilities.streaming
@@ -121,14 +130,16 @@ class UtteranceCapture:
         if self.streaming:
             self._forward(pre_roll)
 
+    def rate_changed(self, rate: int) -> None:
+        """The call's audio comes at ``rate`` from now on."""
+        self._append(self._to_stt.flush())
+        self._to_stt = Resampler(rate, self.stt.sample_rate, quality=INBOUND_QUALITY)
+
     def add(self, pcm: bytes, *, trailing_silence_ms: float | None) -> None:
-        """Append audio; ``trailing_silence_ms`` (from the VAD, if it knows) drives speculation."""
-        if len(self._audio) < MAX_UTTERANCE_BYTES:
-            self._audio += pcm
-        if self.streaming:
-            self._forward(pcm)
-            return
-        if trailing_silence_ms is None:
+        """Append audio (at the call's rate); ``trailing_silence_ms`` (from the VAD, if it
+        knows) drives speculation."""
+        self._append(self._to_stt.process(pcm))
+        if self.streaming or trailing_silence_ms is None:
             return
         if trailing_silence_ms <= 0.0 and self._speculation is not None:
             self._speculation.scope.cancel()  # the caller went on talking
@@ -139,6 +150,12 @@ class UtteranceCapture:
             self.speculations += 1
             self._nursery.start_soon(self._speculation.run)
 
+    def _append(self, pcm: bytes) -> None:
+        if len(self._audio) < MAX_UTTERANCE_BYTES:
+            self._audio += pcm
+        if self.streaming:
+            self._forward(pcm)
+
     @property
     def speculation(self) -> Speculation | None:
         """The speculation still standing (no speech since it started), if any."""
@@ -146,6 +163,7 @@ class UtteranceCapture:
 
     def end(self) -> None:
         """The endpointer declared the utterance over."""
+        self._append(self._to_stt.flush())  # (what the resampler still holds: 22-61 ms)
         if self._speculation is not None:
             self._speculation.settle(True)
         self._live_send.close()

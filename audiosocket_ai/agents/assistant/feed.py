@@ -1,23 +1,25 @@
 """The caller's audio on its way to the recognizer: a pre-roll ring, and the cleaned feed.
 
 The VAD fires a little after a voice starts, so the listener keeps the last few hundred
-ms (:class:`Ring`) to give the recognizer the utterance's start. With ``turn.denoise`` the
+ms (:class:`Ring`, at the call's rate) to give the recognizer the utterance's start; only
+a captured utterance is resampled to the recognizer's rate. With ``turn.denoise`` the
 recognizer alone hears the caller through a noise suppressor (:class:`Cleaner`; the VAD,
 the levels and the noise floor keep the raw audio, which a suppressor would pump down).
 """
 
 from __future__ import annotations
 
-from ...audio import Quality, Resampler
+from ...audio import Quality
 from ...denoise import Denoiser
 
 __all__ = ["DENOISE_OFF_BELOW_DB", "DENOISE_ON_ABOVE_DB", "INBOUND_QUALITY", "Cleaner", "Ring"]
 
 INBOUND_QUALITY: Quality = "LQ"
-"""soxr quality of the caller's audio on its way to the VAD and recognizer. soxr's HQ/MQ
-streams hold back ~95 ms of output (8 -> 16 kHz), which every turn end, speculation and
-barge-in would wait for; LQ holds ~24 ms, and telephone audio has nothing above 4 kHz for
-the better filter to keep."""
+"""soxr quality of the caller's audio on its way to the recognizer (and to a VAD at another
+rate than the call's). soxr's HQ/MQ streams hold back ~95 ms of output (8 -> 16 kHz), which
+every speculation (and, through such a VAD, every turn end and barge-in) would wait for; LQ
+holds back 22-61 ms (fed 20 ms frames, it hands its output out every third frame), and
+telephone audio has nothing above 4 kHz for the better filter to keep."""
 
 
 DENOISE_ON_ABOVE_DB = -55.0
@@ -32,18 +34,16 @@ the per-frame cost of listening. Steady noise at 20 dB below a caller at −20 d
 
 class Cleaner:
     """The caller's audio as the recognizer gets it: noise-suppressed (denoise.py) while the
-    line is noisy, at its rate, with its own pre-roll ring (same positions as the raw one:
-    20 ms in, 20 ms out).
+    line is noisy, at the call's rate, with its own pre-roll ring (same positions as the raw
+    one: 20 ms in, 20 ms out).
 
     While the line is quiet (:meth:`follow_floor`) the suppressor rests and the recognizer
-    gets the raw audio the listener has already resampled. It starts afresh (a new noise
-    estimate) when the floor rises. The listener switches only between utterances, so no
-    utterance is part raw, part cleaned.
+    gets the raw audio. It starts afresh (a new noise estimate) when the floor rises. The
+    listener switches only between utterances, so no utterance is part raw, part cleaned.
     """
 
-    def __init__(self, call_rate: int, stt_rate: int, ring_bytes: int) -> None:
-        self.stt_rate = stt_rate
-        self.ring = Ring(ring_bytes)
+    def __init__(self, call_rate: int, ring_ms: float) -> None:
+        self.ring = Ring(ring_ms, call_rate)
         self.active = True
         """Suppressing now (until the floor is known, it is)."""
         self.rate_changed(call_rate)
@@ -51,7 +51,7 @@ class Cleaner:
     def rate_changed(self, call_rate: int) -> None:
         self.call_rate = call_rate
         self.denoiser = Denoiser(call_rate)
-        self.to_stt = Resampler(call_rate, self.stt_rate, quality=INBOUND_QUALITY)
+        self.ring.reset(call_rate)
 
     def follow_floor(self, floor_db: float | None) -> None:
         """Rest on a quiet line, work on a noisy one (with hysteresis); call between utterances."""
@@ -61,32 +61,36 @@ class Cleaner:
             self.active = False
         elif not self.active and floor_db > DENOISE_ON_ABOVE_DB:
             self.active = True
-            # a fresh noise estimate; the resampler is kept (a new one would hold back its
-            # first ~24 ms and shift this feed against the raw one)
-            self.denoiser = Denoiser(self.call_rate)
+            self.denoiser = Denoiser(self.call_rate)  # a fresh noise estimate
 
-    def process(self, heard: bytes, raw: bytes) -> bytes:
-        """The recognizer's audio for ``heard`` (call rate); ``raw`` is ``heard`` already at
-        the recognizer's rate, which is what it gets while the suppressor rests."""
-        clean = self.to_stt.process(self.denoiser.process(heard)) if self.active else raw
+    def process(self, heard: bytes) -> bytes:
+        """The recognizer's audio for ``heard`` (both at the call's rate)."""
+        clean = self.denoiser.process(heard) if self.active else heard
         self.ring.add(clean)
         return clean
 
 
 class Ring:
-    """The last few hundred ms of audio, to recover speech from before the VAD fired."""
+    """The last few hundred ms of audio at one rate, to recover speech from before the VAD
+    fired."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity_ms: float, rate: int) -> None:
+        self.capacity_ms = capacity_ms
         self._data = bytearray()
+        self.reset(rate)
+
+    def reset(self, rate: int) -> None:
+        """Forget what is held; from now on the audio is at ``rate``."""
+        self.rate = rate
+        self.capacity = int(self.capacity_ms * rate / 1000) * 2
+        self._data.clear()
 
     def add(self, pcm: bytes) -> None:
         self._data += pcm
         if len(self._data) > self.capacity:
             del self._data[: len(self._data) - self.capacity]
 
-    def since(self, position: int, start: int) -> bytes:
-        """Audio from stream byte offset ``start`` up to ``position`` (what is still held)."""
-        wanted = max(0, position - start)
-        wanted -= wanted % 2
+    def last(self, ms: float) -> bytes:
+        """The last ``ms`` of audio (as much of it as is still held)."""
+        wanted = round(max(0.0, ms) * self.rate / 1000) * 2
         return bytes(self._data[-wanted:]) if wanted else b""

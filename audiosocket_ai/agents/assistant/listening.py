@@ -2,8 +2,8 @@
 
 ::
 
-    call.audio() → echo canceller → resample → VAD ─┬─ SpeechStarted → on_speech (pause/barge-in)
-                                                    └─ utterance audio → capture → STT ─▶ judge ─▶ Utterance
+    call.audio() → echo canceller → VAD ─┬─ SpeechStarted → on_speech (pause/barge-in)
+                                         └─ utterance audio → resample → capture → STT ─▶ judge ─▶ Utterance
     call.dtmf()  → on_key (barge-in) → Utterance(is_dtmf)
 
 The echo canceller is fed the agent's own audio as the call sends it (an outbound tap) and
@@ -72,6 +72,10 @@ not take for it, before the sound counts as the caller's (and pauses the agent).
 
 LEVEL_GATE_MIN_FRAMES = 15
 """Frames of an utterance (300 ms) before its voice level is trusted for that."""
+
+PRE_ROLL_SLACK_MS = 200.0
+"""Audio kept beyond the pre-roll: the VAD's start decision comes this late at most."""
+
 
 class Listener:
     """Turns one call's audio and keys into :class:`Utterance` objects.
@@ -201,18 +205,19 @@ class Listener:
 
     async def _listen(self) -> None:
         call, settings = self.call, self.settings
-        stt_rate = self.stt.sample_rate
+        call_rate = call.rate
         vad = self.vad_factory()
-        to_stt = Resampler(call.rate, stt_rate, quality=INBOUND_QUALITY)
-        to_vad = None if vad.sample_rate == stt_rate else Resampler(stt_rate, vad.sample_rate, quality="LQ")
-        ring = Ring(settings.pre_roll_ms * stt_rate * 2 // 1000 + 2 * 3200)
+        # the VAD, the levels and the pre-roll work at the call's rate; only a captured
+        # utterance is resampled, to the recognizer's rate (by its UtteranceCapture)
+        to_vad = Resampler(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
+        ring_ms = settings.pre_roll_ms + PRE_ROLL_SLACK_MS
+        ring = Ring(ring_ms, call_rate)
         # the recognizer alone hears the caller through a noise suppressor: the VAD, the levels
         # and the noise floor keep the raw audio (a suppressor pumps the background down)
-        cleaner = Cleaner(call.rate, stt_rate, ring.capacity) if settings.turn.denoise else None
+        cleaner = Cleaner(call_rate, ring_ms) if settings.turn.denoise else None
         stt_ring = ring if cleaner is None else cleaner.ring
-        position = 0  # bytes of STT-rate audio fed so far
+        position_ms = 0.0  # how much of the call's audio was heard so far
         capture: UtteranceCapture | None = None
-        call_rate = call.rate
         levels: list[float] = []  # the current utterance's frame levels (dBFS)
         speech_db: float | None = None  # the current utterance's voice level, once known
         quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
@@ -221,14 +226,16 @@ class Listener:
             async for frame in call.audio():
                 if frame.rate != call_rate:
                     call_rate = frame.rate
-                    to_stt = Resampler(call_rate, stt_rate, quality=INBOUND_QUALITY)
+                    to_vad = Resampler(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
+                    ring.reset(call_rate)
                     if cleaner is not None:
                         cleaner.rate_changed(call_rate)
+                    if capture is not None:
+                        capture.rate_changed(call_rate)
                 heard = frame.pcm if self.echo is None else self.echo.near(frame.pcm, call_rate)
-                pcm = to_stt.process(heard)
-                position += len(pcm)
-                ring.add(pcm)
-                for_stt = pcm if cleaner is None else cleaner.process(heard, pcm)
+                position_ms += len(heard) / 2 / call_rate * 1000
+                ring.add(heard)
+                for_stt = heard if cleaner is None else cleaner.process(heard)
                 level = short_term.add(rms_dbfs(heard))
                 if capture is None or self._agent_busy():
                     # the background is what is heard while the caller is not talking — over
@@ -238,8 +245,8 @@ class Listener:
                     cleaner.follow_floor(floor.db)  # (between utterances only)
                 # the VAD hears only what stands out of the line's background (steady noise,
                 # a TV or an office behind the caller start no turn and end none)
-                for_vad = pcm if not floor.masks(level) else bytes(len(pcm))
-                events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
+                for_vad = heard if not floor.masks(level) else bytes(len(heard))
+                events = list(vad.feed(to_vad.process(for_vad)))
                 if capture is not None:
                     levels.append(level)
                     if self.echo is not None and self.echo.echo_likely and not self._louder_than_echo(level):
@@ -280,18 +287,18 @@ class Listener:
                         # long enough): end it here, and let the VAD start afresh
                         vad.reset()
                         log.debug("end of turn after %.0f ms of silence", silence)
-                        events.append(SpeechEnded(at_ms=position / 2 / stt_rate * 1000 - silence))
+                        events.append(SpeechEnded(at_ms=position_ms - silence))
                 if self._agent_busy():
                     self.busy_until = trio.current_time()
                 for event in events:
                     now = trio.current_time()
                     # the event happened at_ms into the stream; we are `lag` s past that point
-                    lag = (position / 2 / stt_rate * 1000 - event.at_ms) / 1000
+                    lag = (position_ms - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
                         levels, quiet_ms, self._echo_frames, self._not_echo_run = [], 0.0, 0, 0
                         self.voiced_at = now
                         self._levels = levels
-                        voiced = ring.since(position, int(event.at_ms * stt_rate / 1000) * 2)
+                        voiced = ring.last(position_ms - event.at_ms)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
                         self.onset_echo = self.echo is not None and not self._louder_than_echo(
                             self.onset_level_db) and (self.echo.echo_likely
@@ -301,9 +308,9 @@ class Listener:
                         self.speech_serial += 1
                         self._changed()
                         self._on_speech()
-                        onset_bytes = int(max(0.0, event.at_ms - settings.pre_roll_ms) * stt_rate / 1000) * 2
+                        onset_ms = max(0.0, event.at_ms - settings.pre_roll_ms)
                         capture = UtteranceCapture(
-                            self.stt, nursery, stt_ring.since(position, onset_bytes),
+                            self.stt, nursery, stt_ring.last(position_ms - onset_ms), rate=call_rate,
                             on_speculation=self._speculated,
                             speculate_after_ms=SPECULATE_OVER_AGENT_MS if self.call.speaking else SPECULATE_AFTER_MS)
                         if capture.streaming:  # it recognizes while the caller talks
