@@ -15,7 +15,7 @@ from audiosocket_ai.agents.assistant.turns import TurnSettings
 from audiosocket_ai.audio import Resampler
 from audiosocket_ai.interfaces import Capabilities, Transcript
 from audiosocket_ai.protocol.messages import Audio
-from audiosocket_ai.testing.providers import EnergyVad
+from audiosocket_ai.testing.providers import EnergyVad, ScriptedSTT
 
 
 class RecordingSTT:
@@ -156,3 +156,37 @@ def test_the_served_vad_hears_telephone_calls_at_their_rate_unless_told_otherwis
     assert assistant.stt.sample_rate == 16000
     assert assistant.vad_factory().sample_rate == rate
 
+
+async def test_a_loud_first_word_then_softer_speech_is_one_turn(autojump_clock) -> None:
+    # "Hi," at -17 dBFS, a 200 ms pause, then "could you tell me..." 13 dB softer: the softer
+    # words are far below the utterance's voice (the level gate's pause), but the caller is
+    # talking again — the turn must not end there when the pause's transcript comes in
+    rate = 8000
+    speech = _tone(rate, 320, 6000) + bytes(rate // 1000 * 2 * 200) + _tone(rate, 900, 1350)
+    line = Line(rate, speech)
+    stt = ScriptedSTT([], default="hi there", delay=0.15)  # a complete phrase: the quickest end
+
+    def make_vad() -> EnergyVad:
+        return EnergyVad(sample_rate=rate, start_ms=60, end_ms=1400)
+
+    listener = Listener(line, stt=stt, vad_factory=make_vad,  # type: ignore[arg-type]
+                        settings=AssistantSettings(endpointing_ms=400,
+                                                   turn=TurnSettings(echo_cancel=False, denoise=False)),
+                        agent_busy=lambda: False, on_speech=lambda: line.onsets.append(trio.current_time()),
+                        on_key=lambda digit: None, on_stt_error=lambda: None)
+    said: list[tuple[float, float]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener._listen)
+        while True:
+            utterance = await listener.utterances.receive()
+            said.append((utterance.start, utterance.end))
+            if utterance.speculation is not None:
+                listener.tentative = None
+                await utterance.speculation.verdict.wait()
+                if utterance.speculation.confirmed:
+                    break
+            else:
+                break
+        nursery.cancel_scope.cancel()
+    speech_end = (25 * 20 + 320 + 200 + 900) / 1000
+    assert said[-1][1] >= speech_end - 0.05, f"the turn ended at {said[-1][1]:.2f} s, mid-speech (ends {speech_end})"

@@ -73,6 +73,14 @@ not take for it, before the sound counts as the caller's (and pauses the agent).
 LEVEL_GATE_MIN_FRAMES = 15
 """Frames of an utterance (300 ms) before its voice level is trusted for that."""
 
+RESUMED_DB = 20.0
+"""A level this far above the quietest of a pause, with the VAD hearing speech, is the caller
+talking again, even if it is still :data:`LEVEL_GATE_DB` below the utterance's voice ("Hi,"
+said loud, then "could you tell me..." 13 dB softer): the pause is over, and the level gate
+waits for the VAD to hear the next one. A room's voices (a TV) that keep the VAD in speech
+after the caller stopped rise and fall less than this above their own gaps (the level is a
+100 ms mean)."""
+
 PRE_ROLL_SLACK_MS = 200.0
 """Audio kept beyond the pre-roll: the VAD's start decision comes this late at most."""
 
@@ -221,6 +229,8 @@ class Listener:
         levels: list[float] = []  # the current utterance's frame levels (dBFS)
         speech_db: float | None = None  # the current utterance's voice level, once known
         quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
+        pause_db = math.inf  # the lowest level of that quiet stretch
+        resumed = False  # the caller talks again after such a stretch (softer than before)
         short_term, floor = ShortTermLevel(), self.floor
         async with trio.open_nursery() as nursery:
             async for frame in call.audio():
@@ -267,15 +277,23 @@ class Listener:
                         speech_db = _speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
                     elif len(levels) < LEVEL_GATE_MIN_FRAMES:
                         speech_db = None
-                    if speech_db is not None and level < speech_db - LEVEL_GATE_DB:
+                    # — unless the caller is talking again: the VAD hears speech, and the level
+                    # rose far above the pause's (a loud first word, then softer ones); then
+                    # until the VAD hears the next pause
+                    vad_silence = vad.trailing_silence_ms
+                    if vad_silence:
+                        resumed = False
+                    elif level > pause_db + RESUMED_DB:
+                        resumed = True
+                    if speech_db is not None and level < speech_db - LEVEL_GATE_DB and not resumed:
                         quiet_ms += len(heard) / 2 / call_rate * 1000
+                        pause_db = min(pause_db, level)
                     else:
-                        quiet_ms = 0.0
+                        quiet_ms, pause_db = 0.0, math.inf
                     # the silence count including this frame; on the frame that ends the
                     # utterance the VAD has left speech and its count reads 0, which is not
                     # "talking again": pass nothing then
                     ended = any(isinstance(event, SpeechEnded) for event in events)
-                    vad_silence = vad.trailing_silence_ms
                     silence = None if ended or vad_silence is None else max(vad_silence, quiet_ms)
                     if not silence and not ended:
                         self.voiced_at = trio.current_time()
@@ -296,6 +314,7 @@ class Listener:
                     lag = (position_ms - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
                         levels, quiet_ms, self._echo_frames, self._not_echo_run = [], 0.0, 0, 0
+                        pause_db, resumed = math.inf, False
                         self.voiced_at = now
                         self._levels = levels
                         voiced = ring.last(position_ms - event.at_ms)
