@@ -65,6 +65,25 @@ def test_analyse_call_splits_greeting_and_replies_at_the_questions() -> None:
     assert out["replies"] == [{"latency_ms": 110.0}, {"latency_ms": None}]
 
 
+def test_a_question_the_agent_answered_while_it_was_asked_is_no_reply_latency() -> None:
+    # question from 200 ms to 600 ms; the agent starts talking at 400 ms (a pause taken for the
+    # end of the turn) and goes on after it: its "reply" 20 ms after the question is no latency
+    pattern = "##" + "." * 18 + "#" * 20 + "." * 10
+    arrivals, sound = frames(pattern)
+    out = an.analyse_call(arrivals, sound, q_ends=[590 * MS], q_starts=[200 * MS])
+    assert out["replies"] == [{"latency_ms": 10.0, "early": True}]
+    # the same with the agent quiet until 300 ms after the question: a reply
+    arrivals, sound = frames("##" + "." * 38 + "####" + "." * 10)
+    out = an.analyse_call(arrivals, sound, q_ends=[590 * MS], q_starts=[200 * MS])
+    assert out["replies"] == [{"latency_ms": 210.0}]
+    run = {"workers": 1, "n": 2, "server_cpu_s": 0.0, "wall_s": 1.0, "lateness": [],
+           "calls": [{"replies": [{"latency_ms": 10.0, "early": True}], "utterances": [], "error": None},
+                     {"replies": [{"latency_ms": 700.0}], "utterances": [], "error": None}]}
+    s = an.summarize(run)
+    assert (s["replies"], s["replies_early"], s["replies_missing"], s["reply_p50"]) == (1, 1, 0, 700.0)
+    assert an.verdict(s, fakes_ms=500.0)["complete"]
+
+
 def test_lateness_delta_and_summary_and_verdict() -> None:
     name = an.metrics.LATENESS + "_bucket"
     before = {f'{name}{{le="0.001"}}': 10.0, f'{name}{{le="0.005"}}': 10.0, f'{name}{{le="+Inf"}}': 10.0}

@@ -12,6 +12,10 @@ from benchmarks.common.stats import histogram_quantile, pct
 # --- analysis (pure: tested in tests/test_bench_cloud.py) --------------------------------
 
 
+EARLY_AFTER_NS = 200_000_000
+"""Agent sound heard this far into a question or later means the question was answered early."""
+
+
 def utterance_bounds(sound: bytes | bytearray, start: int, end: int) -> tuple[int, int] | None:
     """First and last index of a non-silent frame in ``sound[start:end]`` (1 = sound), or None."""
     first = sound.find(1, start, end)
@@ -40,7 +44,10 @@ def analyse_call(arrivals: list[int], sound: bytes | bytearray, q_ends: list[int
     ``arrivals`` are the arrival times (ns) of the agent's frames, ``sound[i]`` whether frame
     i was non-silent; ``q_starts``/``q_ends`` when each question started and when its voice
     ended (ns). The greeting is what came before the first question; reply k is what came
-    after the end of question k and before question k + 1 started.
+    after the end of question k and before question k + 1 started. A reply is ``early`` when
+    the agent was heard while the caller still asked (from :data:`EARLY_AFTER_NS` into the
+    question): the server took a pause in it for the end of the turn, and the first sound
+    after the question may be that answer going on — not a reply latency.
     """
     import bisect
 
@@ -59,7 +66,11 @@ def analyse_call(arrivals: list[int], sound: bytes | bytearray, q_ends: list[int
             out["replies"].append({"latency_ms": None})
             continue
         first, last = bounds
-        out["replies"].append({"latency_ms": (arrivals[first] - q_end) / 1e6})
+        reply: dict[str, Any] = {"latency_ms": (arrivals[first] - q_end) / 1e6}
+        asked_from = bisect.bisect_left(arrivals, q_starts[k] + EARLY_AFTER_NS) if k < len(q_starts) else lo
+        if utterance_bounds(sound, asked_from, lo) is not None:
+            reply["early"] = True
+        out["replies"].append(reply)
         out["utterances"].append({"kind": "reply", "frames": last - first + 1,
                                   "inserted_ms": 20 * longest_zero_run(sound, first, last)})
     return out
@@ -73,8 +84,10 @@ def lateness_delta(before: dict[str, float], after: dict[str, float]) -> list[tu
 
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
     """The report's numbers for one run, from its per-call analyses and its process readings."""
-    latencies = [r["latency_ms"] for c in run["calls"] for r in c["replies"] if r["latency_ms"] is not None]
-    missing = sum(1 for c in run["calls"] for r in c["replies"] if r["latency_ms"] is None)
+    replies = [r for c in run["calls"] for r in c["replies"]]
+    latencies = [r["latency_ms"] for r in replies if r["latency_ms"] is not None and not r.get("early")]
+    missing = sum(1 for r in replies if r["latency_ms"] is None)
+    early = sum(1 for r in replies if r["latency_ms"] is not None and r.get("early"))
     utterances = [u for c in run["calls"] for u in c["utterances"]]
     inserted = [u["inserted_ms"] for u in utterances]
     buckets = run.get("lateness") or []
@@ -86,7 +99,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "workers": run["workers"], "calls": run["n"], "line_noise_dbfs": run.get("line_noise_dbfs"),
         "peak_active": run.get("peak_active"),
         "errors": sum(1 for c in run["calls"] if c.get("error")),
-        "replies": len(latencies), "replies_missing": missing,
+        "replies": len(latencies), "replies_missing": missing, "replies_early": early,
         "reply_p50": pct(latencies, 50), "reply_p99": pct(latencies, 99),
         "reply_max": max(latencies) if latencies else float("nan"),
         "utterances": len(utterances),

@@ -61,10 +61,14 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         f"{line_noise(args.line_noise_dbfs)}; calls start over {args.stagger:g} s. {fakes_sharing(args)} "
         "Fakes lag: how late a task in each fakes process's event loop wakes from 10 ms sleeps on absolute "
         "deadlines during the run, the worst process's p99 / max (the floor is ~1 ms, epoll's rounding): reply "
-        "latency includes it. Fakes CPU: all the fakes processes together.",
+        "latency includes it. Fakes CPU: all the fakes processes together. Replies answered early: the agent "
+        "was heard while the caller still asked (from 200 ms into the question; the server took a pause in it for "
+        "the end of the turn); the first sound after such a question may be that answer going on, so these are "
+        "left out of the reply latency.",
         "",
-        "| workers | N | peak in progress | calls failed | replies (missing) | reply p50 / p99 (max) ms "
-        "| inserted silence max (utterances > 60 ms) | pacing lateness p99 (server) | late ticks / underruns "
+        "| workers | N | peak in progress | calls failed | replies (missing, answered early) "
+        "| reply p50 / p99 (max) ms | inserted silence max (utterances > 60 ms) | pacing lateness p99 (server) "
+        "| late ticks / underruns "
         "| caller frame-interval dev p99 | server CPU (cores) | CPU ms per call-second | server RSS idle → peak "
         "| fakes / callers CPU | fakes lag p99 / max | load 1 min after |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -72,7 +76,8 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
     for s in summaries:
         lines.append(
             f"| {s['workers']} | {s['calls']} | {s['peak_active']} | {s['errors']} | {s['replies']} "
-            f"({s['replies_missing']}) | {fmt(s['reply_p50'])} / {fmt(s['reply_p99'])} ({fmt(s['reply_max'])}) "
+            f"({s['replies_missing']}, {s.get('replies_early', 0)}) "
+            f"| {fmt(s['reply_p50'])} / {fmt(s['reply_p99'])} ({fmt(s['reply_max'])}) "
             f"| {s['inserted_max']} ms ({s['inserted_over']}/{s['utterances']}) "
             f"| {'≥ ' if s.get('pacing_p99_over') else ''}{fmt(s['pacing_p99_ms'], 1)} ms "
             f"| {fmt(s['late_ticks'])} / {fmt(s['underruns'])} | {fmt(s['caller_dev_p99_ms'], 1)} ms "
