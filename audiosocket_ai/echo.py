@@ -88,6 +88,12 @@ echo benchmark's scenes (20–300 ms, −30 to −10 dB, 8 and 16 kHz, line nois
 dBFS) an echo gives a hint within the first 3 searches: the output is the same to the last
 bit with this back-off as without it."""
 
+_STEADY_RATIO = 4.0
+"""A caller's side whose 20 ms frame powers stayed within this ratio (6 dB) over the search's
+second is steady noise (a line's hiss, a fan) with no echo of speech above it: speech, and
+its echo, swing by far more from frame to frame. The search then brings no new evidence and
+skips its two forward transforms, as over digital silence."""
+
 _SEARCH_FRAMES = 10
 """Frames between searches until a delay is found (200 ms)."""
 
@@ -113,6 +119,8 @@ class EchoCanceller:
 
     _skip_silent_transforms = True
     """Skip the delay search's transforms over a caller's side of digital silence (tests turn it off)."""
+    _skip_steady_transforms = True
+    """... and over steady noise, while no delay is found (tests turn it off)."""
 
     def __init__(self, rate: int, *, max_delay_ms: int = 320, tail_ms: int = 80) -> None:
         if rate not in (8000, 16000):
@@ -162,6 +170,7 @@ class EchoCanceller:
         lag_frames = math.ceil(max_delay_ms / FRAME_MS)
         self._far_hist: collections.deque[np.ndarray | None] = collections.deque(maxlen=history + lag_frames)
         self._near_hist: collections.deque[np.ndarray] = collections.deque(maxlen=history)
+        self._near_pow: collections.deque[float] = collections.deque(maxlen=history)  # their powers
         self._near_silent = 0  # the newest near frames in _near_hist that are digital silence
         self._nfft = 1 << math.ceil(math.log2((history + lag_frames) * n // self._decim))
         self._cross: np.ndarray | None = None
@@ -209,6 +218,7 @@ class EchoCanceller:
             # nothing the agent said can still be on the line
             if self._near_hist:
                 self._near_hist.clear()
+                self._near_pow.clear()
                 self._near_silent = 0
             self._echo_likely = False
             self.frames_idle += 1
@@ -216,8 +226,10 @@ class EchoCanceller:
         self.frames_cancelled += 1
         x = np.frombuffer(pcm, dtype="<i2")
         d = x.astype(np.float64)
+        power = float(np.dot(d, d))
         self._near_hist.append(d)
-        self._near_silent = 0 if x.any() else self._near_silent + 1
+        self._near_pow.append(power)
+        self._near_silent = self._near_silent + 1 if power == 0.0 else 0
         self._search_in -= 1
         if self._search_in <= 0:
             self._search()
@@ -229,9 +241,9 @@ class EchoCanceller:
             else:
                 self._search_in = _SEARCH_FRAMES
         if self._base is None:
-            self._echo_likely = self._plausible_echo(float(np.dot(d, d)))
+            self._echo_likely = self._plausible_echo(power)
             return pcm
-        return self._cancel(d)
+        return self._cancel(d, power)
 
     @property
     def echo_likely(self) -> bool:
@@ -286,6 +298,7 @@ class EchoCanceller:
     def _shift(self, by: int) -> None:
         """The pairing moved: the echo now sits ``by`` partitions nearer the newest far frame."""
         self._near_hist.clear()  # the far history stays paired: it always ends at _aligned
+        self._near_pow.clear()
         self._near_silent = 0
         self._cross = None
         self._candidate = None
@@ -400,9 +413,13 @@ class EchoCanceller:
         if len(self._near_hist) < 10:
             return
         silent = self._near_silent >= len(self._near_hist)
+        if not silent and self._lag is None and self._skip_steady_transforms:
+            lowest = min(self._near_pow)
+            silent = lowest > 0.0 and max(self._near_pow) <= _STEADY_RATIO * lowest
         if silent and self._skip_silent_transforms:
-            # the caller's side was digital silence: its spectrum, and so what it adds to
-            # the correlation, is exactly zero — the two transforms can be skipped
+            # the caller's side was digital silence (its spectrum, and so what it adds to
+            # the correlation, is exactly zero) or steady noise with no echo of speech in
+            # it: the two transforms can be skipped
             if self._cross is None:
                 self._no_hint += 1
                 return  # (nothing correlated yet: the score is 0)
@@ -448,7 +465,7 @@ class EchoCanceller:
         loudest = float(self._xsum[self._head : self._head + self._ring].max()) / (2 * self._n)  # Parseval, 2n window
         return power <= 0.25 * loudest
 
-    def _cancel(self, d: np.ndarray) -> bytes:
+    def _cancel(self, d: np.ndarray, dd: float) -> bytes:
         assert self._base is not None
         n, q = self._n, self._taps
         start = self._head + self._base
@@ -459,7 +476,6 @@ class EchoCanceller:
         ef = d - ys[1]
         pb = float(np.dot(eb, eb))
         pf = float(np.dot(ef, ef))
-        dd = float(np.dot(d, d))
         plausible = self._plausible_echo(dd)
         # double talk (Geigel's rule: louder than the line's 6 dB return loss allows) freezes it;
         # once converged, it also slows where the error is larger than the echo estimate

@@ -223,6 +223,7 @@ class _NoShortcuts(EchoCanceller):
     every far spectrum written out (what the shortcuts must reproduce exactly)."""
 
     _skip_silent_transforms = False
+    _skip_steady_transforms = False
 
     def _sleep(self) -> None:
         pass  # far spectra all the time
@@ -325,3 +326,45 @@ def test_a_caller_side_of_digital_silence_is_no_hint_of_an_echo() -> None:
     assert hints_at_mute == 0  # the echo was hinted at
     silent_only = [k for k in aec.searches if k >= 4 * 50]  # (its last second all silence)
     assert len(silent_only) >= 3 and aec._no_hint >= len(silent_only)
+
+
+def test_a_steady_noise_line_without_echo_skips_the_searchs_transforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent talks over a line that returns only steady noise (a hiss, a fan): the delay
+    search skips its two forward transforms there, as over digital silence, and the output,
+    echo_likely and the (absent) delay are those of the full search; when the line starts to
+    echo, the full search runs again and finds the delay."""
+    far = voice(16.0, seed=51)
+    noise = np.random.default_rng(52).standard_normal(len(far)) * 20  # −64 dBFS
+    echo = echo_of(far, 140, -12.0)
+    echo[: 10 * RATE] = 0  # a speakerphone switched on after 10 s
+    near = noise + echo
+    fb, nb = to_bytes(far), to_bytes(near)
+    fast, full = EchoCanceller(RATE), _NoShortcuts(RATE)
+    counts = {"fast": 0, "full": 0}
+    forward = np.fft.rfft
+    who = ["fast"]
+
+    def counting(a: np.ndarray, n: int | None = None, *args: object, **kwargs: object) -> np.ndarray:
+        if n == fast._nfft:
+            counts[who[0]] += 1
+        return forward(a, n, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(np.fft, "rfft", counting)
+    for j in range(10 * 50):
+        frame = slice(j * 2 * N, (j + 1) * 2 * N)
+        who[0] = "fast"
+        fast.far(fb[frame])
+        out = fast.near(nb[frame])
+        who[0] = "full"
+        full.far(fb[frame])
+        assert out == full.near(nb[frame]), j
+        assert (fast.echo_likely, fast.delay_ms) == (full.echo_likely, full.delay_ms), j
+    assert fast.delay_ms is None
+    assert counts["full"] > 0 and counts["fast"] == 0, counts  # the first 10 s: no forward transform
+    who[0] = "fast"
+    for j in range(10 * 50, len(far) // N):
+        frame = slice(j * 2 * N, (j + 1) * 2 * N)
+        fast.far(fb[frame])
+        fast.near(nb[frame])
+    assert counts["fast"] > 0
+    assert fast.delay_ms is not None and abs(fast.delay_ms - 140) <= 2.0
