@@ -24,7 +24,8 @@ How it works:
   a hint of an echo (most lines return none; a hint, a peak 6 standard deviations high, brings
   back the 200 ms rate). On 8 kHz samples, also for 16 kHz calls; a peak at least 8 standard
   deviations high, seen twice, places the filter. A caller side that was digital silence over
-  that second adds exactly nothing to the correlation: its two transforms are skipped, and
+  that second adds exactly nothing to the correlation, and one of steady noise (frame powers
+  within 6 dB: no echo of speech above it) no evidence: their two transforms are skipped, and
   such a search is no hint (the decayed correlation of earlier audio is no new evidence).
 * **Filter.** A frequency-domain block NLMS (MDF: overlap-save, 20 ms partitions, a
   gradient constraint on one partition per frame in turn) of ``tail_ms`` + 20 ms (5
@@ -52,6 +53,10 @@ which is exactly when barge-in and the recognizer need the caller intact; and it
 working (0.25–2.9 ms per frame) while the agent is silent, where this is a pass-through.
 So: our own numpy MDF, no new dependency. The residual echo sits 35–45 dB below what was
 sent; a residual-echo suppressor could be added for lines that need more, at a double-talk cost.
+
+The module is over 500 lines because the canceller is one state machine — pairing, delay
+search, filter — whose parts share one set of ring buffers; split, each would reach into
+the others' state.
 """
 
 from __future__ import annotations
@@ -89,10 +94,8 @@ dBFS) an echo gives a hint within the first 3 searches: the output is the same t
 bit with this back-off as without it."""
 
 _STEADY_RATIO = 4.0
-"""A caller's side whose 20 ms frame powers stayed within this ratio (6 dB) over the search's
-second is steady noise (a line's hiss, a fan) with no echo of speech above it: speech, and
-its echo, swing by far more from frame to frame. The search then brings no new evidence and
-skips its two forward transforms, as over digital silence."""
+"""Frame powers within this ratio (6 dB) over the search's second: steady noise (a hiss, a fan),
+no echo of speech above it (speech and its echo swing far more from frame to frame)."""
 
 _SEARCH_FRAMES = 10
 """Frames between searches until a delay is found (200 ms)."""
