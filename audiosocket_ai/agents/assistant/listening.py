@@ -217,7 +217,7 @@ class Listener:
         vad = self.vad_factory()
         # the VAD, the levels and the pre-roll work at the call's rate; only a captured
         # utterance is resampled, to the recognizer's rate (by its UtteranceCapture)
-        to_vad = Resampler(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
+        to_vad = _to_rate(call_rate, vad.sample_rate)
         ring_ms = settings.pre_roll_ms + PRE_ROLL_SLACK_MS
         ring = Ring(ring_ms, call_rate)
         # the recognizer alone hears the caller through a noise suppressor: the VAD, the levels
@@ -236,14 +236,15 @@ class Listener:
             async for frame in call.audio():
                 if frame.rate != call_rate:
                     call_rate = frame.rate
-                    to_vad = Resampler(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
+                    to_vad = _to_rate(call_rate, vad.sample_rate)
                     ring.reset(call_rate)
                     if cleaner is not None:
                         cleaner.rate_changed(call_rate)
                     if capture is not None:
                         capture.rate_changed(call_rate)
                 heard = frame.pcm if self.echo is None else self.echo.near(frame.pcm, call_rate)
-                position_ms += len(heard) / 2 / call_rate * 1000
+                frame_ms = len(heard) / 2 / call_rate * 1000
+                position_ms += frame_ms
                 ring.add(heard)
                 for_stt = heard if cleaner is None else cleaner.process(heard)
                 level = short_term.add(rms_dbfs(heard))
@@ -256,7 +257,7 @@ class Listener:
                 # the VAD hears only what stands out of the line's background (steady noise,
                 # a TV or an office behind the caller start no turn and end none)
                 for_vad = heard if not floor.masks(level) else bytes(len(heard))
-                events = list(vad.feed(to_vad.process(for_vad)))
+                events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
                 if capture is not None:
                     levels.append(level)
                     if self.echo is not None and self.echo.echo_likely and not self._louder_than_echo(level):
@@ -286,7 +287,7 @@ class Listener:
                     elif level > pause_db + RESUMED_DB:
                         resumed = True
                     if speech_db is not None and level < speech_db - LEVEL_GATE_DB and not resumed:
-                        quiet_ms += len(heard) / 2 / call_rate * 1000
+                        quiet_ms += frame_ms
                         pause_db = min(pause_db, level)
                     else:
                         quiet_ms, pause_db = 0.0, math.inf
@@ -454,6 +455,11 @@ class Listener:
             now = trio.current_time()
             timings = TurnTimings(speech_end=now, endpoint=now, transcript=now)
             self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), "a key")
+
+
+def _to_rate(call_rate: int, rate: int) -> Resampler | None:
+    """What takes the call's audio to ``rate`` (None: it is already there)."""
+    return None if rate == call_rate else Resampler(call_rate, rate, quality=INBOUND_QUALITY)
 
 
 def _pause_text(capture: UtteranceCapture) -> str | None:
