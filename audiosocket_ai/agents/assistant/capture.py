@@ -161,6 +161,14 @@ class UtteranceCapture:
         """The speculation still standing (no speech since it started), if any."""
         return self._speculation
 
+    @property
+    def pause_text(self) -> str | None:
+        """The transcript of the speech before the caller's current pause, once the speculation has it."""
+        speculation = self._speculation
+        if speculation is None or not speculation.finished.is_set() or speculation.results is None:
+            return None
+        return speculation.text
+
     def end(self) -> None:
         """The endpointer declared the utterance over."""
         self._append(self._to_stt.flush())  # (what the resampler still holds: 22-61 ms)

@@ -140,6 +140,12 @@ class Interruptions:
             return
         if self._pause is not None:
             return  # already paused for this stretch of sound
+        if self.listener.floor.db is None:
+            # the call's first moments: what the room sounds like is not known yet, so a TV
+            # would pause the greeting as readily as the caller, and the silence until its
+            # words are judged reads as the greeting's end (the caller starts to talk over it)
+            log.debug("sound over the agent before the line's background is known: not pausing; its words decide")
+            return
         self.call.pause()
         pause = self._pause = _Pause(trio.current_time(), self._agent_words())
         log.debug("caller sound over the agent: paused, judging it")

@@ -94,7 +94,9 @@ class Listener:
         vad_factory: makes this call's VAD.
         settings: pre-roll, speculation, barge-in mode, STT timeout.
         agent_busy: whether the agent is talking or answering (read per frame).
-        on_speech: the caller started talking (called the same frame the VAD says so).
+        on_speech: the caller started talking (called the same frame the VAD says so; again
+            if the sound goes on when it is no longer taken for the agent's echo, or when the
+            line's background becomes known).
         on_key: the caller pressed a key.
         on_stt_error: a transcription failed (for metrics).
         judge: sees every transcript first (``""`` for speech with no words); returns True
@@ -119,18 +121,18 @@ class Listener:
         self._judge = judge
         self.end_of_turn = EndOfTurn(settings.turn, endpointing_ms=settings.endpointing_ms, understands=understands)
         self.caller_level = CallerLevel()
+        """The caller's usual speech level, from their turns (tells a TV in the room apart)."""
         self.floor = NoiseFloor()
         """The line's background level (steady noise, a TV, an office)."""
-        """The caller's usual speech level, from their turns (tells a TV in the room apart)."""
         self.echo = EchoPath.create(call) if settings.turn.echo_cancel else None
         self.current_level_db: float | None = None
         """The speech level of the last half second of the utterance in progress (dBFS)."""
         self.onset_level_db: float | None = None
         """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
         self.onset_echo = False
+        """The echo canceller took the latest speech onset for the agent's own echo."""
         self.voiced_at = 0.0
         """When the caller's voice was last heard (a frame the VAD called speech)."""
-        """The echo canceller took the latest speech onset for the agent's own echo."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
         self.caller_speaking = False
         self.transcribing = 0
@@ -141,10 +143,10 @@ class Listener:
         self._judged: Speculation | None = None
         """A speculation over the agent that the judge found was no turn."""
         self._levels: list[float] = []
-        self._echo_frames = 0
-        self._not_echo_run = 0
-        """Frames of the utterance in progress the echo canceller took for the agent's echo."""
         """The frame levels of the utterance in progress."""
+        self._echo_frames = 0
+        """Frames of the utterance in progress the echo canceller took for the agent's echo."""
+        self._not_echo_run = 0
         self._offered: Utterance | None = None
         """The last tentative utterance delivered (its transcript is final if confirmed)."""
         self.quiet_since = trio.current_time()
@@ -246,6 +248,7 @@ class Listener:
                 frame_ms = len(heard) / 2 / call_rate * 1000
                 position_ms += frame_ms
                 ring.add(heard)
+                floor_known = floor.db is not None
                 for_stt = heard if cleaner is None else cleaner.process(heard)
                 level = short_term.add(rms_dbfs(heard))
                 if capture is None or self._agent_busy():
@@ -273,6 +276,10 @@ class Listener:
                             self.onset_echo = False
                             self._on_speech()
                     self.current_level_db = _speech_level(levels[-25:])
+                    if not floor_known and floor.db is not None:  # the line's background is known
+                        # now, and this sound goes on: judged again, as it sounds so far
+                        self.onset_level_db = self.current_level_db
+                        self._on_speech()
                     # quiet for the turn's purposes: far below this utterance's voice
                     if len(levels) >= LEVEL_GATE_MIN_FRAMES and len(levels) % 5 == 0:
                         speech_db = _speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
@@ -300,7 +307,7 @@ class Listener:
                         self.voiced_at = trio.current_time()
                     capture.add(for_stt, trailing_silence_ms=silence)
                     pending = capture.speculation is not None and not capture.speculation.finished.is_set()
-                    if silence and not ended and self.end_of_turn.decide(silence, _pause_text(capture),
+                    if silence and not ended and self.end_of_turn.decide(silence, capture.pause_text,
                                                                           pending=pending):
                         # the transcript says the turn is over (or the hesitation lasted
                         # long enough): end it here, and let the VAD start afresh
@@ -460,14 +467,6 @@ class Listener:
 def _to_rate(call_rate: int, rate: int) -> Resampler | None:
     """What takes the call's audio to ``rate`` (None: it is already there)."""
     return None if rate == call_rate else Resampler(call_rate, rate, quality=INBOUND_QUALITY)
-
-
-def _pause_text(capture: UtteranceCapture) -> str | None:
-    """The transcript of the speech before this pause, if the speculation has it."""
-    speculation = capture.speculation
-    if speculation is None or not speculation.finished.is_set() or speculation.results is None:
-        return None
-    return speculation.text
 
 
 def _speech_level(levels: list[float]) -> float | None:
