@@ -371,12 +371,13 @@ class _RealtimeCall:
                 # for a better filter to keep, and every block of delay is added to the
                 # engine VAD's barge-in and end-of-turn decisions, so LQ it is.
                 to_model = Resampler(rate, self.engine.sample_rate, quality="LQ")
-                to_vad = Resampler(rate, vad.sample_rate, quality="LQ") if vad is not None else None
+                to_vad = (Resampler(rate, vad.sample_rate, quality="LQ")
+                          if vad is not None and vad.sample_rate != rate else None)  # (None: as it comes)
             heard = frame.pcm if echo is None else echo.near(frame.pcm, rate)
             pending += to_model.process(heard)
             pending_ms += len(frame.pcm) / 2 / rate * 1000
-            if vad is not None and to_vad is not None:
-                for vad_event in vad.feed(to_vad.process(heard)):
+            if vad is not None:
+                for vad_event in vad.feed(heard if to_vad is None else to_vad.process(heard)):
                     await self._on_local_vad(vad_event)
             # paced by the caller's clock (whatever the resampler's blocking): one append
             # per append_ms of caller audio
