@@ -38,6 +38,7 @@ the table into docs/benchmarks.md).
 from __future__ import annotations
 
 import collections
+import hashlib
 import shutil
 import statistics
 import subprocess
@@ -104,8 +105,29 @@ class WebRtcAec3:
 
 # --- signals ---------------------------------------------------------------------------------
 
-def speech(rate: int) -> tuple[np.ndarray, np.ndarray]:
-    """The agent (Piper) and the caller (espeak-ng), at ``rate``, as float samples."""
+VOICE_CACHE = Path.home() / ".cache" / "audiosocket-ai" / "echo-voices"
+"""Where the rendered voices are kept: Piper's output differs from process to process (its
+phoneme durations are sampled), so two runs compare codes, not voices, only if they reuse it."""
+
+
+def speech(rate: int, cache: Path | None = VOICE_CACHE) -> tuple[np.ndarray, np.ndarray]:
+    """The agent (Piper) and the caller (espeak-ng), at ``rate``, as float samples: rendered
+    once, then read from ``cache`` (keyed by the texts and the rate; None: render anew)."""
+    key = hashlib.sha256(f"{FAR_TEXT}\0{CALLER_TEXT}\0{rate}".encode()).hexdigest()[:16]
+    path = None if cache is None else cache / f"{key}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as kept:
+            return kept["far"], kept["caller"]
+    voices = _render(rate)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp.npz")
+        np.savez(partial, far=voices[0], caller=voices[1])
+        partial.replace(path)  # (whole or absent: an interrupted run leaves no half a voice)
+    return voices
+
+
+def _render(rate: int) -> tuple[np.ndarray, np.ndarray]:
     tts = PiperTTS()
     far = resample(b"".join(tts.synthesize_sync(FAR_TEXT)), tts.sample_rate, rate)
     espeak = shutil.which("espeak-ng")
@@ -267,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="-30,-20,-10", help="echo levels, dB")
     parser.add_argument("--noise-db", type=float, default=-75.0, help="line noise, dBFS")
     parser.add_argument("--webrtc-path", default=None, help="a directory holding an unpacked pywebrtc-audio")
+    parser.add_argument("--fresh-voices", action="store_true",
+                        help=f"render the voices anew instead of reusing those kept in {VOICE_CACHE}")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -284,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = loadavg()
     rows: list[dict[str, Any]] = []
     for rate in (int(r) for r in args.rates.split(",")):
-        voices = speech(rate)
+        voices = speech(rate, None if args.fresh_voices else VOICE_CACHE)
         for delay in (int(d) for d in args.delays.split(",")):
             for level in (float(v) for v in args.levels.split(",")):
                 sig = scene(rate, voices, delay, level, args.noise_db)
