@@ -125,8 +125,6 @@ class Listener:
         self.floor = NoiseFloor()
         """The line's background level (steady noise, a TV, an office)."""
         self.echo = EchoPath.create(call) if settings.turn.echo_cancel else None
-        self.current_level_db: float | None = None
-        """The speech level of the last half second of the utterance in progress (dBFS)."""
         self.onset_level_db: float | None = None
         """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
         self.onset_echo = False
@@ -176,9 +174,15 @@ class Listener:
         caller = self.caller_level.db
         return caller is not None and level_db < caller - self.settings.turn.background_db
 
+    @property
+    def current_level_db(self) -> float | None:
+        """The level of the last half second of the utterance in progress (or the last one), dBFS;
+        None before any. Worked out when asked (rarely), not on every frame."""
+        return _speech_level(self._levels[-25:])
+
     def in_background_now(self) -> bool:
         """The sound going on now is the line's background (see :class:`NoiseFloor`)."""
-        return self.current_level_db is not None and self.floor.masks(self.current_level_db)
+        return (level := self.current_level_db) is not None and self.floor.masks(level)
 
     def release(self, speculation: Speculation) -> None:
         """The conversation is done with the tentative utterance of ``speculation``."""
@@ -275,7 +279,6 @@ class Listener:
                         if self._not_echo_run >= NOT_ECHO_FRAMES:
                             self.onset_echo = False
                             self._on_speech()
-                    self.current_level_db = _speech_level(levels[-25:])
                     if not floor_known and floor.db is not None:  # the line's background is known
                         # now, and this sound goes on: judged again, as it sounds so far
                         self.onset_level_db = self.current_level_db
