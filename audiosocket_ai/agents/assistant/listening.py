@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import trio
 
-from ...audio import Resampler, rms_dbfs, speech_level_db
+from ...audio import Resampler, rms_dbfs
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...log import private
@@ -45,6 +45,7 @@ from .capture import (
     transcript_text,
 )
 from .feed import INBOUND_QUALITY, Cleaner, Ring
+from .level_gate import LevelGate
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
@@ -62,24 +63,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["INBOUND_QUALITY", "Listener"]
 
-LEVEL_GATE_DB = 10.0
-"""Inside an utterance, audio this many dB below its voice counts as a pause for ending
-the turn, whatever the VAD says: the caller stopped and only the room goes on."""
-
 NOT_ECHO_FRAMES = 2
 """Frames in a row, after an onset taken for the agent's echo, that the echo canceller does
 not take for it, before the sound counts as the caller's (and pauses the agent)."""
-
-LEVEL_GATE_MIN_FRAMES = 15
-"""Frames of an utterance (300 ms) before its voice level is trusted for that."""
-
-RESUMED_DB = 20.0
-"""A level this far above the quietest of a pause, with the VAD hearing speech, is the caller
-talking again, even if it is still :data:`LEVEL_GATE_DB` below the utterance's voice ("Hi,"
-said loud, then "could you tell me..." 13 dB softer): the pause is over, and the level gate
-waits for the VAD to hear the next one. A room's voices (a TV) that keep the VAD in speech
-after the caller stopped rise and fall less than this above their own gaps (the level is a
-100 ms mean)."""
 
 PRE_ROLL_SLACK_MS = 200.0
 """Audio kept beyond the pre-roll: the VAD's start decision comes this late at most."""
@@ -140,8 +126,8 @@ class Listener:
         """The tentative utterance whose reply is being prepared, until released."""
         self._judged: Speculation | None = None
         """A speculation over the agent that the judge found was no turn."""
-        self._levels: list[float] = []
-        """The frame levels of the utterance in progress."""
+        self._gate = LevelGate()
+        """The levels of the utterance in progress (or the last one)."""
         self._echo_frames = 0
         """Frames of the utterance in progress the echo canceller took for the agent's echo."""
         self._not_echo_run = 0
@@ -178,7 +164,7 @@ class Listener:
     def current_level_db(self) -> float | None:
         """The level of the last half second of the utterance in progress (or the last one), dBFS;
         None before any. Worked out when asked (rarely), not on every frame."""
-        return _speech_level(self._levels[-25:])
+        return self._gate.current_db
 
     def in_background_now(self) -> bool:
         """The sound going on now is the line's background (see :class:`NoiseFloor`)."""
@@ -232,11 +218,6 @@ class Listener:
         stt_ring = ring if cleaner is None else cleaner.ring
         position_ms = 0.0  # how much of the call's audio was heard so far
         capture: UtteranceCapture | None = None
-        levels: list[float] = []  # the current utterance's frame levels (dBFS)
-        speech_db: float | None = None  # the current utterance's voice level, once known
-        quiet_ms = 0.0  # how long the audio has been far below the utterance's voice
-        pause_db = math.inf  # the lowest level of that quiet stretch
-        resumed = False  # the caller talks again after such a stretch (softer than before)
         short_term, floor = ShortTermLevel(), self.floor
         async with trio.open_nursery() as nursery:
             async for frame in call.audio():
@@ -266,7 +247,9 @@ class Listener:
                 for_vad = heard if not floor.masks(level) else bytes(len(heard))
                 events = list(vad.feed(for_vad if to_vad is None else to_vad.process(for_vad)))
                 if capture is not None:
-                    levels.append(level)
+                    # quiet for the turn's purposes: far below this utterance's voice
+                    vad_silence = vad.trailing_silence_ms
+                    quiet_ms = self._gate.add(level, frame_ms, vad_silence)
                     if self.echo is not None and self.echo.echo_likely and not self._louder_than_echo(level):
                         self._echo_frames += 1
                         self._not_echo_run = 0
@@ -283,24 +266,6 @@ class Listener:
                         # now, and this sound goes on: judged again, as it sounds so far
                         self.onset_level_db = self.current_level_db
                         self._on_speech()
-                    # quiet for the turn's purposes: far below this utterance's voice
-                    if len(levels) >= LEVEL_GATE_MIN_FRAMES and len(levels) % 5 == 0:
-                        speech_db = _speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
-                    elif len(levels) < LEVEL_GATE_MIN_FRAMES:
-                        speech_db = None
-                    # — unless the caller is talking again: the VAD hears speech, and the level
-                    # rose far above the pause's (a loud first word, then softer ones); then
-                    # until the VAD hears the next pause
-                    vad_silence = vad.trailing_silence_ms
-                    if vad_silence:
-                        resumed = False
-                    elif level > pause_db + RESUMED_DB:
-                        resumed = True
-                    if speech_db is not None and level < speech_db - LEVEL_GATE_DB and not resumed:
-                        quiet_ms += frame_ms
-                        pause_db = min(pause_db, level)
-                    else:
-                        quiet_ms, pause_db = 0.0, math.inf
                     # the silence count including this frame; on the frame that ends the
                     # utterance the VAD has left speech and its count reads 0, which is not
                     # "talking again": pass nothing then
@@ -324,10 +289,8 @@ class Listener:
                     # the event happened at_ms into the stream; we are `lag` s past that point
                     lag = (position_ms - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
-                        levels, quiet_ms, self._echo_frames, self._not_echo_run = [], 0.0, 0, 0
-                        pause_db, resumed = math.inf, False
+                        self._gate, self._echo_frames, self._not_echo_run = LevelGate(), 0, 0
                         self.voiced_at = now
-                        self._levels = levels
                         voiced = ring.last(position_ms - event.at_ms)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
                         self.onset_echo = self.echo is not None and not self._louder_than_echo(
@@ -350,7 +313,7 @@ class Listener:
                         self._speech_end = now - lag
                         self._endpoint_seen = now
                         capture.end()
-                        capture.level_db = _speech_level(levels)
+                        capture.level_db = self._gate.level_db
                         capture.echo_share = self._echo_share()
                         level_db = capture.level_db
                         began_in_quiet = self.busy_until < self._capture_started  # not over the agent
@@ -380,13 +343,14 @@ class Listener:
 
     def _echo_share(self) -> float:
         """The share of the utterance in progress that the echo canceller took for the echo."""
-        return self._echo_frames / len(self._levels) if self._levels else 0.0
+        levels = self._gate.levels
+        return self._echo_frames / len(levels) if levels else 0.0
 
     def _so_far(self, speculation: Speculation, now: float) -> Utterance:
         """The utterance in progress, as its speculative transcript has it, for the judge."""
         return Utterance(speculation.text, self._capture_started, now, TurnTimings(transcript=now),
                          serial=self.speech_serial,
-                         level_db=_speech_level(self._levels), echo_share=self._echo_share(),
+                         level_db=self._gate.level_db, echo_share=self._echo_share(),
                          confidence=speculation.confidence)
 
     def _speculated(self, speculation: Speculation) -> None:
@@ -470,11 +434,6 @@ class Listener:
 def _to_rate(call_rate: int, rate: int) -> Resampler | None:
     """What takes the call's audio to ``rate`` (None: it is already there)."""
     return None if rate == call_rate else Resampler(call_rate, rate, quality=INBOUND_QUALITY)
-
-
-def _speech_level(levels: list[float]) -> float | None:
-    """An utterance's speech level: the mean of its loudest third of frames (dBFS)."""
-    return speech_level_db(levels, above_db=-90.0)
 
 
 async def wait_for_utterance(listener: Listener, *, timeout: float | None, quiet_from: float) -> Utterance | None:
