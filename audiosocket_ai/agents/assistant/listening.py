@@ -44,28 +44,22 @@ from .capture import (
     transcript_confidence,
     transcript_text,
 )
+from .echo_evidence import EchoEvidence
 from .feed import INBOUND_QUALITY, Cleaner, Ring
 from .level_gate import LevelGate
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
-    ECHO_BELOW_DB,
-    ECHO_MIN_LOSS_DB,
     CallerLevel,
     EndOfTurn,
     NoiseFloor,
     ShortTermLevel,
-    far_below,
     incomplete_phrase,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = ["INBOUND_QUALITY", "Listener"]
-
-NOT_ECHO_FRAMES = 2
-"""Frames in a row, after an onset taken for the agent's echo, that the echo canceller does
-not take for it, before the sound counts as the caller's (and pauses the agent)."""
 
 PRE_ROLL_SLACK_MS = 200.0
 """Audio kept beyond the pre-roll: the VAD's start decision comes this late at most."""
@@ -111,10 +105,10 @@ class Listener:
         self.floor = NoiseFloor()
         """The line's background level (steady noise, a TV, an office)."""
         self.echo = EchoPath.create(call) if settings.turn.echo_cancel else None
+        self._evidence = EchoEvidence(self.echo, self.caller_level, lambda: call.speaking)
+        """Whether the utterance in progress is the agent's echo, by the canceller and the levels."""
         self.onset_level_db: float | None = None
         """How loud the latest speech onset was (dBFS), when ``on_speech`` is called."""
-        self.onset_echo = False
-        """The echo canceller took the latest speech onset for the agent's own echo."""
         self.voiced_at = 0.0
         """When the caller's voice was last heard (a frame the VAD called speech)."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
@@ -128,9 +122,6 @@ class Listener:
         """A speculation over the agent that the judge found was no turn."""
         self._gate = LevelGate()
         """The levels of the utterance in progress (or the last one)."""
-        self._echo_frames = 0
-        """Frames of the utterance in progress the echo canceller took for the agent's echo."""
-        self._not_echo_run = 0
         self._offered: Utterance | None = None
         """The last tentative utterance delivered (its transcript is final if confirmed)."""
         self.quiet_since = trio.current_time()
@@ -165,6 +156,11 @@ class Listener:
         """The level of the last half second of the utterance in progress (or the last one), dBFS;
         None before any. Worked out when asked (rarely), not on every frame."""
         return self._gate.current_db
+
+    @property
+    def onset_echo(self) -> bool:
+        """The echo canceller took the latest speech onset for the agent's own echo (and still does)."""
+        return self._evidence.onset_echo
 
     def in_background_now(self) -> bool:
         """The sound going on now is the line's background (see :class:`NoiseFloor`)."""
@@ -250,18 +246,8 @@ class Listener:
                     # quiet for the turn's purposes: far below this utterance's voice
                     vad_silence = vad.trailing_silence_ms
                     quiet_ms = self._gate.add(level, frame_ms, vad_silence)
-                    if self.echo is not None and self.echo.echo_likely and not self._louder_than_echo(level):
-                        self._echo_frames += 1
-                        self._not_echo_run = 0
-                    elif self.onset_echo and self._as_quiet_as_echo(level):
-                        self._not_echo_run = 0
-                    elif self.onset_echo:
-                        # taken for the agent's echo at its onset (a soft first syllable),
-                        # but it goes on louder than any echo: it is the caller — now pause
-                        self._not_echo_run += 1
-                        if self._not_echo_run >= NOT_ECHO_FRAMES:
-                            self.onset_echo = False
-                            self._on_speech()
+                    if self._evidence.frame(level):  # taken for the echo at its onset, it goes on
+                        self._on_speech()  # louder than any echo: the caller's — now pause
                     if not floor_known and floor.db is not None:  # the line's background is known
                         # now, and this sound goes on: judged again, as it sounds so far
                         self.onset_level_db = self.current_level_db
@@ -289,13 +275,11 @@ class Listener:
                     # the event happened at_ms into the stream; we are `lag` s past that point
                     lag = (position_ms - event.at_ms) / 1000
                     if isinstance(event, SpeechStarted):
-                        self._gate, self._echo_frames, self._not_echo_run = LevelGate(), 0, 0
+                        self._gate = LevelGate()
                         self.voiced_at = now
                         voiced = ring.last(position_ms - event.at_ms)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
-                        self.onset_echo = self.echo is not None and not self._louder_than_echo(
-                            self.onset_level_db) and (self.echo.echo_likely
-                                                      or self._as_quiet_as_echo(self.onset_level_db))
+                        self._evidence.onset(self.onset_level_db)
                         self.caller_speaking = True
                         started = self._capture_started = max(call.started_at, now - lag)
                         self.speech_serial += 1
@@ -326,25 +310,9 @@ class Listener:
             if capture is not None:
                 capture.cancel()
 
-    def _as_quiet_as_echo(self, level_db: float | None) -> bool:
-        """Sound at ``level_db`` over the agent is as far below its voice as only its echo is
-        (and the caller is not known to be that quiet): not reason enough to pause it."""
-        if self.echo is None or level_db is None or not self.call.speaking:
-            return False
-        caller = self.caller_level.db
-        if caller is not None and level_db >= caller - ECHO_BELOW_DB:
-            return False
-        return far_below(level_db, self.echo.agent_db)
-
-    def _louder_than_echo(self, level_db: float | None) -> bool:
-        """Sound at ``level_db`` is louder than any echo of the agent's voice can be."""
-        agent = None if self.echo is None else self.echo.agent_db
-        return level_db is not None and agent is not None and level_db > agent - ECHO_MIN_LOSS_DB
-
     def _echo_share(self) -> float:
         """The share of the utterance in progress that the echo canceller took for the echo."""
-        levels = self._gate.levels
-        return self._echo_frames / len(levels) if levels else 0.0
+        return self._evidence.share(len(self._gate.levels))
 
     def _so_far(self, speculation: Speculation, now: float) -> Utterance:
         """The utterance in progress, as its speculative transcript has it, for the judge."""
