@@ -78,6 +78,10 @@ class ServerConfig:
     wake 50 times a second: the same pacing for a fraction of the event loop's time.
     Off: each call keeps its own clock (inbound frames are then read the moment they
     arrive, rather than up to one tick later)."""
+    tick_phase: float | None = None
+    """Where in the 20 ms period the shared tick falls, in seconds past a multiple of 20 ms
+    of the system-wide monotonic clock (worker ``i`` of ``N``: ``i × 0.02 / N``, so the
+    workers' passes take turns on the cores); None: wherever the first call registers."""
     call: CallSettings = attrs.Factory(CallSettings)
 
 
@@ -141,7 +145,7 @@ class Server:
         self._calls_changed = trio.Event()
         self._connection_ids = 0
         self._busy_prompts = 0
-        self.ticker = Ticker()
+        self.ticker = Ticker(phase=self.config.tick_phase)
         """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``)."""
         if metrics is not None:
             metrics.ticker = self.ticker
@@ -215,6 +219,10 @@ class Server:
         try:
             async with trio.open_nursery() as clock_nursery:
                 if config.shared_tick and not self.ticker.running:
+                    self.ticker.phase = config.tick_phase
+                    if config.tick_phase is not None:
+                        log.info("shared tick at %.1f ms past each 20 ms of the monotonic clock",
+                                 config.tick_phase * 1000.0)
                     await clock_nursery.start(self.ticker.run)
                 await self._serve_calls(listeners, task_status)
                 clock_nursery.cancel_scope.cancel()  # every call has ended

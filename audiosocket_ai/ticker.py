@@ -20,11 +20,22 @@ Guarantees, the same as each call keeping its own clock:
 * A step runs in the context (:mod:`contextvars`) of the task that registered it, so its
   log lines name its call.
 * With nothing registered the task sleeps on an event; it does not tick idly.
+
+Where in the 20 ms period the ticks fall is, by default, wherever the first call after an
+idle spell registered. Several servers on one machine (``serve --workers N``) would then
+run their passes at unrelated moments, and when two coincide they compete for the same
+cores while the rest of the period is idle. With a *phase*, every (re)start of ticking
+waits for the next instant at which the system-wide monotonic clock (``time.monotonic``,
+CLOCK_MONOTONIC, the same in every process; trio's own clock has a random offset per
+process) is ``phase`` past a multiple of 20 ms: worker ``i`` of ``N`` ticks at
+``i × 20 ms / N``, so the workers' passes take turns instead of colliding.
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -32,6 +43,8 @@ import trio
 from .pacing import TICK, PacingHistogram
 
 __all__ = ["Step", "Ticker"]
+
+log = logging.getLogger(__name__)
 
 Step = Callable[[float, float], bool]
 """``step(now, deadline)``: one tick's work for one call; return False to leave the tick.
@@ -51,9 +64,18 @@ class _Entry:
 
 
 class Ticker:
-    """The server-wide tick. Start :meth:`run` in a nursery, then :meth:`follow` from calls."""
+    """The server-wide tick. Start :meth:`run` in a nursery, then :meth:`follow` from calls.
 
-    def __init__(self) -> None:
+    Args:
+        phase: seconds (``0 <= phase < 0.02``) past a multiple of 20 ms of ``monotonic``
+            at which the ticks fall; None: from whenever ticking (re)starts.
+        monotonic: the system-wide clock the phase refers to (injectable for tests).
+    """
+
+    def __init__(self, phase: float | None = None, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.phase = phase
+        """Where in the 20 ms period the ticks fall (read at every (re)start of ticking)."""
+        self._monotonic = monotonic
         self._entries: dict[_Entry, None] = {}
         self._order: tuple[_Entry, ...] = ()
         self._changed = False
@@ -105,7 +127,10 @@ class Ticker:
                     self._wake = trio.Event()
                     await self._wake.wait()
                     self._wake = None
-                    deadline = trio.current_time()
+                    deadline = self._first_deadline()
+                    if deadline > trio.current_time():
+                        await trio.sleep_until(deadline)
+                        continue  # the calls may have left meanwhile
                 behind = trio.current_time() - deadline
                 if behind > TICK:
                     lost = int(behind / TICK)
@@ -118,6 +143,15 @@ class Ticker:
             self.running = False
             for entry in self._entries:
                 entry.done.set()
+
+    def _first_deadline(self) -> float:
+        """The first tick after an idle spell: now, or the next instant on the phase."""
+        now = trio.current_time()
+        if self.phase is None:
+            return now
+        wait = (self.phase - self._monotonic()) % TICK
+        log.debug("ticking again at phase %.2f ms, in %.2f ms", self.phase * 1000.0, wait * 1000.0)
+        return now + wait
 
     def _pass(self, deadline: float) -> None:
         if self._changed:

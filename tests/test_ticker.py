@@ -1,9 +1,10 @@
 """The server-wide tick: one task does every call's socket I/O once per 20 ms.
 
-The ticker alone in virtual time (order, absolute deadlines, skipped ticks, errors handed
-back, contexts, cancellation), then calls on real socket pairs served by it: frames 20 ms
-apart, caller audio read within a tick, end of stream, a protocol error, and a peer that
-stops reading, which must end its own call and leave the others' frames on time.
+The ticker alone in virtual time (order, absolute deadlines, skipped ticks, a phase on the
+system-wide clock kept across idle spells, errors handed back, contexts, cancellation),
+then calls on real socket pairs served by it: frames 20 ms apart, caller audio read within
+a tick, end of stream, a protocol error, and a peer that stops reading, which must end its
+own call and leave the others' frames on time.
 """
 
 from __future__ import annotations
@@ -87,6 +88,109 @@ async def test_a_late_pass_skips_the_ticks_it_lost_instead_of_bursting(autojump_
     # not at each of the deadlines it missed
     assert gaps == [1, 1, 3, 1, 1]
     assert ticker.late_ticks == 2
+
+
+MONOTONIC_OFFSET = 7391.004321
+"""Where the system-wide clock stands when the mock clock reads 0: another base than trio's."""
+
+
+def _monotonic() -> float:
+    return trio.current_time() + MONOTONIC_OFFSET
+
+
+def _off_phase(deadline: float, phase: float) -> float:
+    """How far ``deadline`` (trio time) is from the nearest instant on ``phase`` of the monotonic clock."""
+    return (deadline + MONOTONIC_OFFSET - phase + TICK / 2) % TICK - TICK / 2
+
+
+async def test_with_a_phase_the_ticks_fall_on_it_from_the_first_pass_and_again_after_an_idle_spell(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    phase = 0.013
+    runs: list[tuple[float, list[tuple[float, float]]]] = []  # (registered at, [(now, deadline)])
+
+    async def follow(passes: int, *, late_at: int = 0) -> None:
+        seen: list[tuple[float, float]] = []
+        runs.append((trio.current_time(), seen))
+
+        def step(now: float, deadline: float) -> bool:
+            seen.append((now, deadline))
+            if len(seen) == late_at:
+                autojump_clock.jump(0.047)  # this pass took 47 ms: the next one runs 7 ms late, one tick skipped
+            return len(seen) < passes
+
+        await ticker.follow(step)
+
+    async with trio.open_nursery() as nursery:
+        ticker = Ticker(phase=phase, monotonic=_monotonic)
+        await nursery.start(ticker.run)
+        await trio.sleep(0.0031)
+        await follow(5)
+        await trio.sleep(0.1234)  # idle: the ticker sleeps, then starts again at the phase
+        await follow(6, late_at=2)
+        nursery.cancel_scope.cancel()
+    for registered, seen in runs:
+        first = seen[0][1]
+        assert 0 < first - registered < TICK, "the first pass waits for the next instant on the phase, no longer"
+        assert _off_phase(first, phase) == pytest.approx(0, abs=1e-9)
+        for now, deadline in seen:
+            assert now == pytest.approx(deadline) or (seen is runs[1][1] and now == pytest.approx(deadline + 0.007))
+            assert _off_phase(deadline, phase) == pytest.approx(0, abs=1e-9), "every tick stays on the phase"
+    assert [round((b - a) / TICK) for (_, a), (_, b) in itertools.pairwise(runs[0][1])] == [1, 1, 1, 1]
+    assert [round((b - a) / TICK) for (_, a), (_, b) in itertools.pairwise(runs[1][1])] == [1, 2, 1, 1, 1]
+    assert ticker.late_ticks == 1
+    assert ticker.passes == 11
+
+
+async def test_without_a_phase_the_first_pass_runs_as_the_first_step_registers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    firsts: list[tuple[float, float]] = []
+
+    async with trio.open_nursery() as nursery:
+        ticker = Ticker(monotonic=_monotonic)
+        await nursery.start(ticker.run)
+        for pause in (0.0031, 0.1234):
+            await trio.sleep(pause)
+            registered, seen = trio.current_time(), list[float]()
+
+            def step(now: float, deadline: float, seen: list[float] = seen) -> bool:
+                seen.append(deadline)
+                return len(seen) < 3
+
+            await ticker.follow(step)
+            firsts.append((registered, seen[0]))
+        nursery.cancel_scope.cancel()
+    for registered, first in firsts:
+        assert first == registered
+
+
+async def test_two_tickers_half_a_tick_apart_take_turns(autojump_clock: trio.testing.MockClock) -> None:
+    """``serve --workers 2``: worker 0 at 0 ms, worker 1 at 10 ms, whenever their calls came."""
+    deadlines: dict[int, list[float]] = {0: [], 1: []}
+
+    async def worker(index: int, start: float) -> None:
+        ticker = Ticker(phase=index * TICK / 2, monotonic=_monotonic)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ticker.run)
+            await trio.sleep(start)
+
+            def step(now: float, deadline: float) -> bool:
+                deadlines[index].append(deadline)
+                return len(deadlines[index]) < 20
+
+            await ticker.follow(step)
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker, 0, 0.0047)
+        nursery.start_soon(worker, 1, 0.0052)  # without phases, 0.5 ms after worker 0's ticks
+    start, end = max(deadlines[0][0], deadlines[1][0]), min(deadlines[0][-1], deadlines[1][-1])
+    both = sorted((deadline, index) for index, values in deadlines.items() for deadline in values
+                  if start <= deadline <= end)
+    assert len(both) > 30
+    for (a, index_a), (b, index_b) in itertools.pairwise(both):
+        assert index_a != index_b and b - a == pytest.approx(TICK / 2)
 
 
 async def test_a_failing_step_raises_in_its_own_task_and_the_others_keep_ticking(
@@ -339,6 +443,19 @@ async def test_without_a_running_ticker_a_socket_call_keeps_its_own_clock(
     assert peer.hangups == 1
 
 
+async def test_the_servers_tick_phase_comes_from_its_config(
+    serve: Callable[..., Any], autojump_clock: trio.testing.MockClock,
+) -> None:
+    sent = noise(200, 8000)
+    async with serve(asa.echo_agent, tick_phase=0.01) as (server, port):
+        assert server.ticker.phase == 0.01
+        async with FakeAsterisk.connect("127.0.0.1", port) as pbx:
+            await established(server)
+            await pbx.send_audio(sent)
+            await until_echoed(pbx, sent)
+    assert sent in pbx.received_audio()
+
+
 @pytest.mark.parametrize("shared_tick", [True, False])
 async def test_the_server_serves_tcp_calls_on_its_tick_or_on_their_own_clocks(
     serve: Callable[..., Any], shared_tick: bool, autojump_clock: trio.testing.MockClock,
@@ -350,6 +467,7 @@ async def test_the_server_serves_tcp_calls_on_its_tick_or_on_their_own_clocks(
             await pbx.send_audio(sent)
             await until_echoed(pbx, sent)
             assert server.ticker.running is shared_tick
+            assert server.ticker.phase is None
             assert server.ticker.steps == (2 if shared_tick else 0), "the call's reader and writer are on the tick"
     assert sent in pbx.received_audio()
 

@@ -73,6 +73,7 @@ from ..console.relay import RelayConsole
 from ..http import Request, StatusEndpoint
 from ..inference import share_cores
 from ..log import configure_logging
+from ..pacing import TICK
 from . import serve as serving
 
 log = logging.getLogger("audiosocket_ai.workers")
@@ -507,6 +508,7 @@ def worker_main() -> None:
         log.error("cannot start: %s", exc)
         sys.exit(2)
     application.server.config.reuse_port = True
+    application.server.config.tick_phase = args.index * TICK / workers  # the workers' passes take turns
     if application.endpoint is not None and application.endpoint.console is not None:
         application.endpoint.console.worker = args.index  # tags its snapshots for the parent's relay
     if application.endpoint is not None:  # a private loopback port: the parent checked the source
