@@ -73,6 +73,8 @@ from benchmarks.common.procs import (
     rss_mb,
     runq_wait_ns,
     server_command,
+    server_cwd,
+    server_env,
     stop_process,
     tree_cpu_ticks,
 )
@@ -386,7 +388,8 @@ def start_server(args: argparse.Namespace, port: int, log_path: Path) -> subproc
     if args.server_cpus and shutil.which("taskset"):
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     log_file = open(log_path, "wb")  # kept open for the server's lifetime
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=server_cwd(args.server_code),
+                            start_new_session=True, env=server_env(args.server_code))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -852,6 +855,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the C load generator under SCHED_FIFO (priority 1, needs CAP_SYS_NICE): on cores shared "
                         "with the server it then sends and stamps on time, as a generator on another machine would")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    p.add_argument("--server-code", type=Path, default=None,
+                   help="a directory holding the audiosocket_ai/ to serve (first on the server's PYTHONPATH), "
+                        "e.g. a git worktree or an archive of another revision, for A/B runs")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for `audiosocket-ai serve` (repeatable), e.g. --server-arg=--metrics-port=9100")
     p.add_argument("--metrics-url", default=None,

@@ -472,3 +472,29 @@ def test_on_a_noisy_line_the_fake_recognizer_hears_the_question_but_not_the_nois
         assert fk.heard_words(_upload(noise(dbfs, 2.0)), dbfs) == ""
         assert fk.heard_words(_upload(question + noise(dbfs, 2.0)), dbfs) == k.TRANSCRIPT
     assert fk.heard_words(_upload(question), -70.0) == fk.heard_words(_upload(question)) == k.TRANSCRIPT
+
+
+def test_server_code_puts_another_copy_of_the_package_ahead_of_the_editable_install(tmp_path: Path) -> None:
+    """``--server-code DIR`` (echo_capacity, cloud_conversations): the server started with
+    ``server_command()`` and ``server_env(DIR)`` imports DIR's audiosocket_ai, not the
+    repository's (so A/B runs serve the code they name)."""
+    from benchmarks.common.procs import server_command, server_cwd, server_env
+
+    copy = tmp_path / "copy"
+    (copy / "audiosocket_ai").mkdir(parents=True)
+    (copy / "audiosocket_ai" / "__init__.py").write_text("WHERE = 'the copy'\n")
+    python = Path(server_command()[0]).with_name("python")
+    if not python.exists():
+        python = Path(sys.executable)
+    ask = [str(python), "-c", "import audiosocket_ai; print(getattr(audiosocket_ai, 'WHERE', 'the repository'))"]
+    # (as `serve --workers` starts its workers: `python -c`, the working directory first on sys.path)
+    def run(code: Path | None) -> str:
+        return subprocess.run(ask, env=server_env(code), cwd=server_cwd(code), capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert run(copy) == "the copy"
+    assert run(None) == "the repository"
+    assert ec.parse_args(["--server-code", str(copy)]).server_code == copy
+    assert cm.parse_args(["--server-code", str(copy)]).server_code == copy
+    with pytest.raises(SystemExit, match="no audiosocket_ai"):
+        server_env(tmp_path)

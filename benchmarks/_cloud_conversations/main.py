@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "with this N (0: never)")
     p.add_argument("--profile-seconds", type=int, default=15)
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
+    p.add_argument("--server-code", type=Path, default=None,
+                   help="a directory holding the audiosocket_ai/ to serve (first on the server's PYTHONPATH), "
+                        "e.g. a git worktree or an archive of another revision, for A/B runs")
     p.add_argument("--speech-dir", type=Path, default=Path(tempfile.gettempdir()) / "cloud-conversations-speech",
                    help="where the callers' questions are rendered once (Piper) and kept")
     p.add_argument("--json", type=Path, default=None, help="also write the summaries (and per-call numbers) here")

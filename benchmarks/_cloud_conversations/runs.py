@@ -27,6 +27,8 @@ from benchmarks.common.procs import (
     process_tree,
     rss_mb,
     server_command,
+    server_cwd,
+    server_env,
     start_reporting,
     stop_process,
     tree_cpu_ticks,
@@ -133,8 +135,10 @@ def start_server(args: argparse.Namespace, workers: int, fakes_port: int, log_pa
            "--max-calls", "2000", "--log-level", "info", *args.server_arg]
     if workers != 1:
         cmd += ["--workers", str(workers)]
-    env = {**os.environ, "OPENAI_API_KEY": "sk-benchmark", "OPENAI_BASE_URL": f"http://127.0.0.1:{fakes_port}/v1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=open(log_path, "wb"),
+    env = server_env(args.server_code, {**os.environ, "OPENAI_API_KEY": "sk-benchmark",
+                                        "OPENAI_BASE_URL": f"http://127.0.0.1:{fakes_port}/v1"})
+    proc = subprocess.Popen(cmd, cwd=server_cwd(args.server_code), env=env, start_new_session=True,
+                            stdout=open(log_path, "wb"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

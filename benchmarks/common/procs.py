@@ -26,6 +26,25 @@ def server_command() -> list[str]:
     return [str(exe) if exe.exists() else "audiosocket-ai"]
 
 
+def server_env(code: Path | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a server that serves the ``audiosocket_ai`` in directory ``code``
+    (first on PYTHONPATH: ahead of the repository's editable install, in the server and in
+    every worker it starts); ``env`` (default: this process's) unchanged if ``code`` is None."""
+    env = dict(os.environ if env is None else env)
+    if code is not None:
+        if not (code / "audiosocket_ai" / "__init__.py").exists():
+            raise SystemExit(f"--server-code {code}: no audiosocket_ai/ package there")
+        env["PYTHONPATH"] = os.pathsep.join(part for part in (str(code.resolve()), env.get("PYTHONPATH", "")) if part)
+    return env
+
+
+def server_cwd(code: Path | None) -> Path:
+    """Where that server runs: ``code`` itself if given. ``serve --workers`` starts its workers
+    with ``python -c``, which puts the working directory first on sys.path, ahead of PYTHONPATH:
+    from the repository, the workers would import the repository's code, not ``code``."""
+    return ROOT if code is None else code.resolve()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
