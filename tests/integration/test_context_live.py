@@ -15,6 +15,7 @@ caller ID, number dialled and persona with ``CURL()`` before ``AudioSocket()``, 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable
@@ -129,9 +130,16 @@ def test_a_the_assistants_greeting_says_the_callers_name_in_the_recording(
     report = expect_speech(recording, 8000, min_ms=1000, what="the assistant's greeting")
     heard = transcribe(recording)
     print(f"greeting heard by the caller: {report}; Whisper: {heard!r}")
-    words = re.findall(r"[a-z]+", heard.lower())
-    assert "grace" in words and "hopper" in words, f"the greeting did not say the caller's name: {heard!r}"
-    assert "there" not in words, heard
+    # Which of the two greetings did the caller hear? Whisper tiny.en, on an 8 kHz recording of
+    # Piper's voice (sampled anew in each process), mishears the name in about one run of five
+    # ("A little grey sapper in cole. Thanks for calling."), so the words are compared whole:
+    # the transcript must be clearly closer to the named greeting than to the default one.
+    named, default = (" ".join(re.findall(r"[a-z]+", text.lower())) for text in (
+        GREETING_TEMPLATE.replace("{caller_name|there}", "Grace Hopper and Co"),
+        GREETING_TEMPLATE.replace("{caller_name|there}", "there")))
+    said = " ".join(re.findall(r"[a-z]+", heard.lower()))
+    closer = difflib.SequenceMatcher(None, said, named).ratio() - difflib.SequenceMatcher(None, said, default).ratio()
+    assert closer >= 0.1, f"the greeting did not say the caller's name: {heard!r} ({closer:+.2f})"
 
 
 def test_two_numbers_reach_two_agents_on_one_server(pbx: Pbx, start_server: StartServer, tmp_path: Path) -> None:
