@@ -35,7 +35,8 @@ from ...surface import CallSurface
 from ..tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
 from .capture import Speculation
 from .interruptions import Interruptions
-from .listening import Listener, wait_for_utterance
+from .listening import Listener
+from .quiet import wait_for_utterance
 from .sentences import SentenceSplitter
 from .settings import AssistantObserver, AssistantSettings, TurnTimings, Utterance
 from .speaking import Speaker, Spoken, single
@@ -191,7 +192,8 @@ class Conversation:
             quiet_from = trio.current_time() + self.call.queued_ms / 1000  # when the agent's audio ends
             holding = quiet_from < hold_until
             timeout = min(turn.hold_check_in, hold_until - quiet_from) if holding else settings.reprompt_after
-            utterance = await wait_for_utterance(listener, timeout=timeout, quiet_from=quiet_from)
+            utterance = await wait_for_utterance(listener.utterances, listener.quiet, timeout=timeout,
+                                                 quiet_from=quiet_from)
             if utterance is None and holding:
                 if trio.current_time() < hold_until - 0.5:
                     await self._say(turn.hold_check_in_text)  # a check-in, not a re-prompt

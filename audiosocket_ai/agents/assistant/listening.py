@@ -17,15 +17,14 @@ A batch recognizer's speculative transcript at the caller's first pause becomes 
 *tentative* utterance (see capture.py): the conversation may prepare its reply while the
 endpointer is still deciding, and learns the verdict from the speculation.
 
-The listener also keeps the quiet clock the conversation's re-prompt timer runs on: who is
-busy (the caller talking, a transcription in flight) and since when nobody is, with an
-event for every change — so waiting for the caller never polls.
+The listener also drives the quiet clock the conversation's re-prompt timer runs on
+(quiet.py): who is busy (the caller talking, a transcription in flight) and since when
+nobody is.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import trio
@@ -47,6 +46,7 @@ from .capture import (
 from .echo_evidence import EchoEvidence
 from .feed import INBOUND_QUALITY, Cleaner, Ring
 from .level_gate import LevelGate
+from .quiet import QuietClock
 from .settings import AssistantSettings, TurnTimings, Utterance
 from .turns import (
     BACKGROUND_SPEECH_DB,
@@ -112,8 +112,8 @@ class Listener:
         self.voiced_at = 0.0
         """When the caller's voice was last heard (a frame the VAD called speech)."""
         self._send, self.utterances = trio.open_memory_channel[Utterance](8)
-        self.caller_speaking = False
-        self.transcribing = 0
+        self.quiet = QuietClock()
+        """Whether the caller is talking or being transcribed, and since when not (re-prompts wait on it)."""
         self.busy_until = 0.0
         """Last time a caller frame arrived while the agent was busy (for barge-in off)."""
         self.tentative: Utterance | None = None
@@ -124,20 +124,11 @@ class Listener:
         """The levels of the utterance in progress (or the last one)."""
         self._offered: Utterance | None = None
         """The last tentative utterance delivered (its transcript is final if confirmed)."""
-        self.quiet_since = trio.current_time()
-        """When the caller last stopped talking or being transcribed."""
-        self.changed = trio.Event()
-        """Set (and replaced) at every change of the quiet clock or new utterance."""
         self._speech_end = 0.0
         self._endpoint_seen = 0.0
         self._capture_started = 0.0
         self.speech_serial = 0
         """The serial of the caller's latest stretch of speech (:attr:`Utterance.serial`)."""
-
-    @property
-    def busy(self) -> bool:
-        """The caller is talking, or what they said is being transcribed."""
-        return self.caller_speaking or self.transcribing > 0
 
     def is_background(self, level_db: float | None) -> bool:
         """Speech at ``level_db`` is the room, not the caller: hardly above the line's
@@ -180,21 +171,13 @@ class Listener:
             await self._listen()
             nursery.cancel_scope.cancel()
 
-    # --- the quiet clock -----------------------------------------------------------------
-
-    def _changed(self) -> None:
-        if not self.busy:
-            self.quiet_since = trio.current_time()
-        self.changed.set()
-        self.changed = trio.Event()
-
     def _deliver(self, utterance: Utterance, what: str) -> bool:
         try:
             self._send.send_nowait(utterance)
         except trio.WouldBlock:
             log.warning("dropping %s: the conversation is not keeping up", what)
             return False
-        self._changed()
+        self.quiet.note()
         return True
 
     # --- audio ---------------------------------------------------------------------------
@@ -280,10 +263,10 @@ class Listener:
                         voiced = ring.last(position_ms - event.at_ms)
                         self.onset_level_db = rms_dbfs(voiced) if voiced else None
                         self._evidence.onset(self.onset_level_db)
-                        self.caller_speaking = True
+                        self.quiet.speaking = True
                         started = self._capture_started = max(call.started_at, now - lag)
                         self.speech_serial += 1
-                        self._changed()
+                        self.quiet.note()
                         self._on_speech()
                         onset_ms = max(0.0, event.at_ms - settings.pre_roll_ms)
                         capture = UtteranceCapture(
@@ -293,7 +276,7 @@ class Listener:
                         if capture.streaming:  # it recognizes while the caller talks
                             nursery.start_soon(self._transcribe, capture, started, self.speech_serial)
                     elif isinstance(event, SpeechEnded) and capture is not None:
-                        self.caller_speaking = False
+                        self.quiet.speaking = False
                         self._speech_end = now - lag
                         self._endpoint_seen = now
                         capture.end()
@@ -306,7 +289,7 @@ class Listener:
                         if not capture.streaming:
                             nursery.start_soon(self._transcribe, capture, self._capture_started, self.speech_serial)
                         capture = None
-                        self._changed()
+                        self.quiet.note()
             if capture is not None:
                 capture.cancel()
 
@@ -358,8 +341,8 @@ class Listener:
             return
         timings = TurnTimings(endpoint=0.0 if capture.streaming else trio.current_time())
         results: list[Transcript] = []
-        self.transcribing += 1
-        self._changed()
+        self.quiet.transcribing += 1
+        self.quiet.note()
         try:
             with trio.fail_after(self.settings.stt_timeout + 60), priority(URGENT):
                 async with capture.transcripts() as transcripts:
@@ -372,8 +355,8 @@ class Listener:
             text = "[the caller said something that could not be recognized]"
             results = []
         finally:
-            self.transcribing -= 1
-            self._changed()
+            self.quiet.transcribing -= 1
+            self.quiet.note()
         timings.transcript = trio.current_time()
         timings.speech_end = self._speech_end or timings.transcript
         if not timings.endpoint:
@@ -402,26 +385,3 @@ class Listener:
 def _to_rate(call_rate: int, rate: int) -> Resampler | None:
     """What takes the call's audio to ``rate`` (None: it is already there)."""
     return None if rate == call_rate else Resampler(call_rate, rate, quality=INBOUND_QUALITY)
-
-
-async def wait_for_utterance(listener: Listener, *, timeout: float | None, quiet_from: float) -> Utterance | None:
-    """The next utterance, or None once nobody has talked for ``timeout`` seconds.
-
-    The silence clock starts at ``quiet_from`` (when the agent's audio runs out) and only
-    runs while the listener is quiet: the caller's pauses mid-sentence and transcriptions
-    in flight stop it. Event-driven: wakes only on a change or at the deadline.
-    """
-    while True:
-        try:
-            return listener.utterances.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        changed = listener.changed
-        if timeout is None or listener.busy:
-            deadline = math.inf
-        else:
-            deadline = max(quiet_from, listener.quiet_since) + timeout
-        with trio.move_on_at(deadline):
-            await changed.wait()
-            continue
-        return None
