@@ -62,11 +62,8 @@ class LevelGate:
         levels = self.levels
         levels.append(level)
         count = len(levels)
-        if count >= LEVEL_GATE_MIN_FRAMES:
-            if count % 5 == 0:
-                self._speech_db = speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
-        else:
-            self._speech_db = None
+        if count >= LEVEL_GATE_MIN_FRAMES and count % 5 == 0:
+            self._speech_db = speech_level(levels)  # (every 100 ms: a sort of the utterance's levels)
         # a pause ends when the caller talks again: the VAD hears speech, and the level rose
         # far above the pause's (a loud first word, then softer ones); until the VAD hears
         # the next pause
