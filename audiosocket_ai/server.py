@@ -145,8 +145,9 @@ class Server:
         self._calls_changed = trio.Event()
         self._connection_ids = 0
         self._busy_prompts = 0
-        self.ticker = Ticker(phase=self.config.tick_phase)
-        """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``)."""
+        self.ticker = Ticker()
+        """The server-wide 20 ms tick that does the calls' socket I/O (``config.shared_tick``;
+        its phase is ``config.tick_phase`` as it stands when serving starts)."""
         if metrics is not None:
             metrics.ticker = self.ticker
 
