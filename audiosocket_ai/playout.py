@@ -7,7 +7,9 @@ silence otherwise — paces it (:mod:`audiosocket_ai.pacing`), encodes it and wr
 Audio is queued through :class:`Playback` handles, one per utterance. A handle knows how
 much of *its* audio was actually sent, which is what barge-in needs to keep only the words
 the caller heard. Writers are held back when more than ``max_ahead_ms`` is queued, so a
-fast producer (TTS) runs at real time instead of growing memory.
+fast producer (TTS) runs at real time instead of growing memory; a held writer goes on
+once a third of the queue has played, not at every frame (a wake-up per frame per call
+was a third of a busy server's task steps).
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ class Playout:
     def __init__(self, *, rate: int = 8000, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
         self._frames: collections.deque[tuple[Playback, bytes]] = collections.deque()
         self._max_frames = max(1, math.ceil(max_ahead_ms / FRAME_MS))
+        self._resume_frames = self._max_frames - max(1, self._max_frames // 3)
+        """A held writer goes on when the queue is down to this (500 ms: at 340 ms, every 8th frame)."""
         self._space = trio.lowlevel.ParkingLot()
         self._last: Playback | None = None
         """The playback whose audio was queued last (an open one may hold a partial frame)."""
@@ -333,7 +337,7 @@ class Playout:
             self.agent_frames_sent += 1
             if self._utterances:
                 self._utterance_playing = True
-            if len(self._frames) < self._max_frames:
+            if len(self._frames) <= self._resume_frames:
                 self._notify_space()
             return frame
         last = self._last

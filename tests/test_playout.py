@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from audiosocket_ai.call import Call, CallSettings
+from audiosocket_ai.playout import Playout
 from audiosocket_ai.protocol import Audio, Decoder, Hangup, Message
 from audiosocket_ai.surface import CallSurface
 
@@ -165,6 +166,36 @@ async def test_writer_is_held_to_real_time(autojump_clock: trio.testing.MockCloc
     (queued_at, queued_ms), = observed
     assert queued_ms <= 200
     assert queued_at == pytest.approx(1.8, abs=0.05)
+
+
+async def test_a_held_writer_goes_on_after_a_third_of_the_queue_not_every_frame() -> None:
+    playout = Playout(rate=8000, max_ahead_ms=500)  # 25 frames
+    wakes: list[int] = []
+
+    async def writer() -> None:
+        playback = playout.open()
+        for _ in range(100):  # 100 frames, one write each: every write that waited is a wake-up
+            before = playout.queued_ms // 20
+            await playback.write(b"\x01\x00" * 160)
+            if playout.queued_ms // 20 != before + 1:
+                wakes.append(before)
+        playback.close()
+
+    queued: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        for tick in range(100):
+            assert any(playout.next_frame(tick * 0.02)), "no underrun: the writer always had audio queued"
+            await trio.testing.wait_all_tasks_blocked()
+            queued.append(playout.queued_ms // 20)
+    # held at 25 frames, the writer goes on when 8 have played (at 17) and fills the queue
+    # again before the next tick: never less than 17 frames ahead while it has audio
+    assert queued[:9] == [24, 23, 22, 21, 20, 19, 18, 25, 24]
+    assert max(queued) == 25 and min(queued[:75]) == 18
+    # the 75 frames after the first 25 took 75 / 8 -> 10 wake-ups, not 75
+    assert len(wakes) == 10, wakes
+    assert playout.underruns == 0
 
 
 async def test_flush_silences_the_next_tick_and_keeps_what_was_heard(

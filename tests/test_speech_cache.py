@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import pytest
 import trio
 import trio.testing
@@ -109,3 +111,25 @@ async def test_zero_bytes_keeps_nothing_but_still_shares_a_synthesis_in_flight()
 def test_negative_size_is_refused() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         SpeechCache(max_bytes=-1)
+
+
+async def test_a_stored_sentence_streams_as_one_piece_a_new_one_chunk_by_chunk() -> None:
+    cache = SpeechCache()
+    made: list[str] = []
+
+    @trio.as_safe_channel
+    async def synthesis() -> AsyncGenerator[bytes, None]:
+        made.append("Hello.")
+        for i in range(5):
+            await trio.sleep(0)
+            yield bytes([i + 1]) * 100
+
+    async def say() -> list[bytes]:
+        async with cache.stream("Hello.", synthesis) as chunks:
+            return [chunk async for chunk in chunks]
+
+    first = await say()
+    assert [len(chunk) for chunk in first] == [100] * 5  # passed on as it arrives
+    again = await say()
+    assert again == [b"".join(first)]  # from the cache: one piece, the same audio
+    assert made == ["Hello."] and cache.hits == 1 and cache.misses == 1
