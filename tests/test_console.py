@@ -170,12 +170,20 @@ async def test_calls_their_transcript_and_reply_timings_stream_live() -> None:
             assert line["call"] == uuid and line["text"] == "what time do you open"
             turn = await events.until(lambda e: e["type"] == "turn", anywhere=True)
             assert turn["call"] == uuid and turn["timings"]["end_of_speech_to_first_audio"] is not None
-            states = set()
-            for _ in range(30):  # the reply plays (tone 'speech', 20 ms a character), then the agent listens
-                states.add((await events.until(lambda e: e["type"] == "health"))["per_call"][uuid]["state"])
-                if "listening" in states and "speaking" in states:
+            def states() -> list[str]:  # the call's state in every health event so far (one a second)
+                return [e["per_call"][uuid]["state"] for e in events.events
+                        if e["type"] == "health" and uuid in e["per_call"]]
+
+            # the reply plays (tone 'speech', 20 ms a character: 1.8 s, so a health event falls in
+            # it; the turn event comes once it is all queued, < 0.5 s before its end), then the
+            # agent listens
+            for _ in range(30):
+                seen = states()
+                if "speaking" in seen and "listening" in seen[seen.index("speaking"):]:
                     break
-            assert {"speaking", "listening"} <= states
+                await events.until(lambda e: e["type"] == "health")
+            seen = states()
+            assert "speaking" in seen and "listening" in seen[seen.index("speaking"):], seen
             phone.cancel_scope.cancel()
             await pbx.hangup()
         # the agent's line is written once what the caller heard of it is settled (here: at the hangup)
