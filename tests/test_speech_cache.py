@@ -121,7 +121,7 @@ async def test_a_stored_sentence_streams_as_one_piece_a_new_one_chunk_by_chunk()
     async def synthesis() -> AsyncGenerator[bytes, None]:
         made.append("Hello.")
         for i in range(5):
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             yield bytes([i + 1]) * 100
 
     async def say() -> list[bytes]:
