@@ -23,6 +23,7 @@ This module is over 500 lines because the reader, the paced writer and the agent
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import logging
 import math
@@ -144,6 +145,11 @@ class Call:
         self._rate_known = trio.Event()
         inbound_frames = max(1, math.ceil(self.settings.inbound_queue_ms / FRAME_MS))
         self._audio_send, self._audio_recv = trio.open_memory_channel[Audio](inbound_frames)
+        self._hearer: Callable[[Audio], None] | None = None
+        """Given each caller frame as it is read, instead of the channel (see :meth:`hear`)."""
+        self._hearer_error: Exception | None = None
+        self._heard = trio.Event()
+        """Set when the caller's audio ends or the hearer fails."""
         self._dtmf_send, self._dtmf_recv = trio.open_memory_channel[str](64)
         self._hangup = _Hangup.NOT_REQUESTED
         self._hangup_reason = EndReason.AGENT_HUNG_UP
@@ -207,6 +213,43 @@ class Call:
         """Iterate the caller's audio frames (slin at :attr:`rate`) until the call ends."""
         async for frame in self._audio_recv:
             yield frame
+
+    async def hear(self, hearer: Callable[[Audio], None]) -> None:
+        """Give every caller frame to ``hearer`` as soon as it is read, until the call's audio ends.
+
+        The frames come the way :meth:`audio` gives them, but without a task switch per
+        frame: ``hearer`` is called by the call's reader itself (on a server, inside the
+        tick's pass, after every call's frame has been sent). It must be quick and must not
+        wait; it may start tasks, set events and send without waiting. Frames queued
+        before this is called come first, in order. One hearer at a time, instead of
+        iterating :meth:`audio`.
+
+        Returns when the caller's audio ends; raises what ``hearer`` raised (it is given
+        no more frames). Cancelling the caller takes ``hearer`` off at once.
+        """
+        if self._hearer is not None:
+            raise RuntimeError("the call already has a hearer")
+        context = contextvars.copy_context()  # it runs as part of the calling task
+
+        def hear(frame: Audio) -> None:
+            context.run(hearer, frame)
+
+        while True:  # what came before (the reader's channel keeps order)
+            try:
+                hear(self._audio_recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+        heard = self._heard = trio.Event()
+        self._hearer, self._hearer_error = hear, None
+        try:
+            await heard.wait()
+        finally:
+            self._hearer = None
+        if self._hearer_error is not None:
+            error, self._hearer_error = self._hearer_error, None
+            raise error
 
     async def dtmf(self) -> AsyncIterator[str]:
         """Iterate DTMF digits as the caller presses them, until the call ends."""
@@ -324,11 +367,15 @@ class Call:
                 self._dispatch(message)
             self._pending.clear()
             ticker = self._ticker
-            if ticker is not None and ticker.running:
+            if ticker is not None and ticker.running and not self._rate_known.is_set():
+                # until the call's rate is known its reader runs with the writers, ahead of
+                # them: the first frame written already knows the call's rate
+                await ticker.follow(self._read_step_until_rate, first=True)
+            if ticker is not None and ticker.running and not self._peer_eof and self.end_reason is None:
                 await ticker.follow(self._read_step)
-                if self.end_reason is not None:
-                    return
-                # else the ticker stopped (the server is going away): read on our own
+            if self.end_reason is not None:
+                return
+            # else the ticker stopped (the server is going away) or the peer closed: read on our own
             while not self._peer_eof:
                 data = await self._receive()
                 if not data:
@@ -347,6 +394,7 @@ class Call:
         finally:
             self._audio_send.close()
             self._dtmf_send.close()
+            self._heard.set()
 
     def _take(self, data: bytes | bytearray, now: float) -> bool:
         """Decode and dispatch bytes from the peer; False once the call is ending."""
@@ -372,6 +420,9 @@ class Call:
             return self._take(data, now)
         self._peer_eof = True
         return False
+
+    def _read_step_until_rate(self, now: float, deadline: float) -> bool:
+        return self._read_step(now, deadline) and not self._rate_known.is_set()
 
     async def _receive(self) -> bytes | bytearray:
         """The next bytes from the peer (b"" at its end).
@@ -402,6 +453,14 @@ class Call:
                     self.playout.set_rate(message.rate)
                 for tap in self._taps:
                     tap.on_inbound(message.pcm, message.rate)
+                hearer = self._hearer
+                if hearer is not None:
+                    try:
+                        hearer(message)
+                    except Exception as exc:  # the hearer's task raises it (see hear)
+                        self._hearer, self._hearer_error = None, exc
+                        self._heard.set()
+                    return
                 try:
                     self._audio_send.send_nowait(message)
                 except trio.WouldBlock:
@@ -516,7 +575,7 @@ class Call:
     async def _follow_ticks(self, ticker: Ticker) -> None:
         """Write on the server's tick until that needs this task (hangup due, socket full)."""
         try:
-            await ticker.follow(self._write_step)
+            await ticker.follow(self._write_step, first=True)
         except OSError as exc:
             self._connection_ended(exc, "writing")
             raise _WriteFailed from exc

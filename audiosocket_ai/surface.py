@@ -113,6 +113,12 @@ class CallSurface(Protocol):
         """The caller's audio frames (slin at :attr:`rate`) until the call ends."""
         ...
 
+    async def hear(self, hearer: Callable[[Audio], None]) -> None:
+        """Give each caller frame to ``hearer`` as it is read, until the call's audio ends
+        (instead of iterating :meth:`audio`: no task switch per frame). ``hearer`` must be
+        quick and must not wait; what it raises, this raises."""
+        ...
+
     def dtmf(self) -> AsyncIterator[str]:
         """DTMF digits as the caller presses them, until the call ends."""
         ...

@@ -15,6 +15,9 @@ Guarantees, the same as each call keeping its own clock:
   :attr:`Ticker.late_ticks`) instead of catching up.
 * Every call is visited at the same place in each pass while the set of calls is unchanged,
   so its own frames stay 20 ms apart even when a pass takes several milliseconds.
+* Steps registered ``first`` (the writers) all run before the others (the readers, which
+  hand each frame to its listener right there): what a pass reads never delays what it
+  sends.
 * One call's failure stays its own: whatever a step raises is handed back to the task that
   registered it (and logged there, naming its call); the tick goes on for the others.
 * A step runs in the context (:mod:`contextvars`) of the task that registered it, so its
@@ -54,10 +57,11 @@ the steps before it in the pass took)."""
 
 
 class _Entry:
-    __slots__ = ("context", "done", "error", "step")
+    __slots__ = ("context", "done", "error", "first", "step")
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, first: bool) -> None:
         self.step = step
+        self.first = first
         self.context = contextvars.copy_context()
         self.done = trio.Event()
         self.error: BaseException | None = None
@@ -94,15 +98,16 @@ class Ticker:
         """Steps registered now (a call's reader and writer are one each)."""
         return len(self._entries)
 
-    async def follow(self, step: Step) -> None:
+    async def follow(self, step: Step, *, first: bool = False) -> None:
         """Call ``step`` once per tick, from the next tick on, until it returns False.
 
         Returns then; raises whatever ``step`` raised (it is not called again). Cancelling
-        the caller takes the step out of the tick before the next pass.
+        the caller takes the step out of the tick before the next pass. ``first`` steps
+        run before all the others in every pass (sending before receiving).
         """
         if not self.running:
             raise RuntimeError("the ticker is not running")
-        entry = _Entry(step)
+        entry = _Entry(step, first)
         self._entries[entry] = None
         self._changed = True
         if self._wake is not None:
@@ -155,7 +160,8 @@ class Ticker:
 
     def _pass(self, deadline: float) -> None:
         if self._changed:
-            self._order = tuple(self._entries)
+            entries = self._entries
+            self._order = (*(e for e in entries if e.first), *(e for e in entries if not e.first))
             self._changed = False
         self.passes += 1
         clock = trio.current_time

@@ -3,7 +3,7 @@ utterance is resampled to the recognizer's rate (with its pre-roll and the resam
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -70,6 +70,10 @@ class Line:
         for frame in self.frames:
             yield Audio(self.rate, frame)
             await trio.sleep(0.02)
+
+    async def hear(self, hearer: Callable[[Audio], None]) -> None:
+        async for frame in self.audio():
+            hearer(frame)
 
     async def dtmf(self) -> AsyncIterator[str]:
         await trio.sleep_forever()

@@ -10,6 +10,7 @@ own call and leave the others' frames on time.
 from __future__ import annotations
 
 import contextvars
+import functools
 import itertools
 import socket
 import uuid
@@ -68,6 +69,29 @@ async def test_steps_run_once_per_tick_on_absolute_deadlines_in_order(autojump_c
     for deadline in deadlines:  # in each pass, the step registered first runs first
         names = [name for name, _, at in seen if at == deadline]
         assert names in (["a"], ["a", "b"]), names
+
+
+async def test_first_steps_run_before_the_others_in_every_pass(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[str, float]] = []
+
+    def step(name: str) -> Callable[[float, float], bool]:
+        def run(now: float, deadline: float) -> bool:
+            seen.append((name, deadline))
+            return sum(1 for entry in seen if entry[0] == name) < 3
+        return run
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            for name, first in (("read a", False), ("write a", True), ("read b", False), ("write b", True)):
+                calls.start_soon(functools.partial(ticker.follow, step(name), first=first))
+                await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    passes = [[name for name, at in seen if at == deadline] for deadline in sorted({at for _, at in seen})]
+    # (the first pass ran as the first step registered, the last with b's steps alone)
+    assert passes[1:3] == [["write a", "write b", "read a", "read b"]] * 2, passes
+    for names in passes:  # the writers first, each group in the order it registered
+        assert names == sorted(names, key=lambda name: not name.startswith("write")), passes
 
 
 async def test_a_late_pass_skips_the_ticks_it_lost_instead_of_bursting(autojump_clock: trio.testing.MockClock) -> None:
@@ -369,6 +393,87 @@ async def test_caller_audio_is_read_within_one_tick(autojump_clock: trio.testing
     assert all(0 <= got - put <= TICK + 1e-9 for put, got in zip(sent, arrived, strict=True))
 
 
+async def _numbered_frames(pbx_end: trio.SocketStream, count: int) -> None:
+    for i in range(count):
+        await pbx_end.send_all(encode_audio(0x10, bytes([i + 1, 0]) * 160))
+        await trio.sleep(TICK)
+    await pbx_end.send_eof()
+
+
+async def test_a_hearer_gets_each_frame_in_the_tick_after_those_queued_before_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    heard: list[tuple[int, bool]] = []  # (frame number, heard by the ticker's own task)
+
+    async def agent(call: CallSurface) -> None:
+        await trio.sleep(0.1)  # frames queue meanwhile
+        ticker_task = ticker_tasks[0]
+
+        def hearer(frame: Audio) -> None:
+            heard.append((frame.pcm[0], trio.lowlevel.current_task() is ticker_task))
+
+        await call.hear(hearer)
+
+    ticker_tasks: list[trio.lowlevel.Task] = []
+    async with trio.open_nursery() as nursery:
+        ticker = Ticker()
+
+        async def run_ticker(task_status: trio.TaskStatus[None]) -> None:
+            ticker_tasks.append(trio.lowlevel.current_task())
+            await ticker.run(task_status=task_status)
+
+        await nursery.start(run_ticker)
+        server_end, pbx_end = _pair()
+        call = _call(server_end, ticker)
+        nursery.start_soon(Peer(pbx_end).read)
+        nursery.start_soon(_numbered_frames, pbx_end, 30)
+        await call.run(agent)
+        nursery.cancel_scope.cancel()
+    assert [number for number, _ in heard] == list(range(1, 31)), "every frame, in order, then the end"
+    in_pass = [number for number, by_ticker in heard if by_ticker]
+    assert len(in_pass) >= 24 and in_pass == list(range(31 - len(in_pass), 31)), "after the queued ones: in the pass"
+
+
+async def test_a_hearer_that_raises_or_is_cancelled_is_taken_off_and_audio_flows_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: dict[str, list[int]] = {"first": [], "second": [], "audio": [], "refused": []}
+
+    async def agent(call: CallSurface) -> None:
+        def first(frame: Audio) -> None:
+            got["first"].append(frame.pcm[0])
+            if frame.pcm[0] == 5:
+                raise ValueError("bad frame")
+
+        async def another() -> None:
+            await trio.sleep(0.05)
+            with pytest.raises(RuntimeError, match="already has a hearer"):
+                await call.hear(lambda frame: None)
+            got["refused"].append(1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(another)  # one hearer at a time
+            with pytest.raises(ValueError, match="bad frame"):
+                await call.hear(first)
+        with trio.move_on_after(0.1):  # cancelled: taken off at once
+            await call.hear(lambda frame: got["second"].append(frame.pcm[0]))
+        async for frame in call.audio():
+            got["audio"].append(frame.pcm[0])
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        server_end, pbx_end = _pair()
+        call = _call(server_end, ticker)
+        nursery.start_soon(Peer(pbx_end).read)
+        nursery.start_soon(_numbered_frames, pbx_end, 30)
+        reason = await call.run(agent)
+        nursery.cancel_scope.cancel()
+    assert reason is EndReason.CALLER_HUNG_UP
+    assert got["first"] == [1, 2, 3, 4, 5] and got["refused"] == [1]
+    assert got["second"] and got["second"][0] == 6 and got["audio"]
+    assert got["first"] + got["second"] + got["audio"] == list(range(1, 31)), "no frame lost, none twice"
+
+
 async def test_bad_bytes_on_the_tick_end_only_that_call_with_a_hangup(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         ticker = await _running(nursery)
@@ -476,8 +581,8 @@ async def test_a_16_khz_call_on_the_tick_is_answered_in_its_own_kind_from_the_fi
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The writer waits up to ``rate_detect_ms`` for the caller's first frame, which the tick
-    may read only after that wait is over; but the reader's step runs before the writer's in
-    every pass, so the first frame written already knows the call's rate."""
+    may read only after that wait is over; but until the rate is known the reader's step runs
+    with the writers, before them, so the first frame written already knows the call's rate."""
     async with trio.open_nursery() as nursery:
         ticker = await _running(nursery)
         await trio.sleep(0.005)  # the call starts between two ticks
