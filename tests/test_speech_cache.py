@@ -133,3 +133,37 @@ async def test_a_stored_sentence_streams_as_one_piece_a_new_one_chunk_by_chunk()
     again = await say()
     assert again == [b"".join(first)]  # from the cache: one piece, the same audio
     assert made == ["Hello."] and cache.hits == 1 and cache.misses == 1
+
+
+async def test_a_synthesis_left_before_its_end_is_not_stored_and_a_joined_call_makes_its_own() -> None:
+    cache = SpeechCache()
+    made: list[int] = []
+
+    @trio.as_safe_channel
+    async def synthesis() -> AsyncGenerator[bytes, None]:
+        made.append(1)
+        for i in range(5):
+            await trio.sleep(0.01)
+            yield bytes([i + 1]) * 100
+
+    got: dict[str, list[bytes]] = {}
+
+    async def barged_in() -> None:  # hears two chunks, then the caller interrupts
+        async with cache.stream("Sure.", synthesis) as chunks:
+            got["first"] = []
+            async for chunk in chunks:
+                got["first"].append(chunk)
+                if len(got["first"]) == 2:
+                    break
+
+    async def joined() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        async with cache.stream("Sure.", synthesis) as chunks:
+            got["second"] = [chunk async for chunk in chunks]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(barged_in)
+        nursery.start_soon(joined)
+    assert len(got["first"]) == 2 and cache.joined == 1
+    assert len(made) == 2 and len(got["second"]) == 5, "the joined call synthesized it itself, chunk by chunk"
+    assert cache.get("Sure.") == got["second"], "its complete synthesis was stored"

@@ -17,7 +17,8 @@ stores nothing; the calls that were waiting for it then synthesize it themselves
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -128,16 +129,18 @@ class SpeechCache:
             del self._flights[text]
             flight.done.set()
 
-    @trio.as_safe_channel
+    @contextlib.asynccontextmanager
     async def stream(self, text: str,
                      open_synthesis: Callable[[], AbstractAsyncContextManager[trio.abc.ReceiveChannel[bytes]]], *,
-                     pin: bool = False) -> AsyncGenerator[bytes, None]:
+                     pin: bool = False) -> AsyncIterator[AsyncIterator[bytes]]:
         """Like :meth:`fetch`, but a synthesis made here is passed on chunk by chunk as it
         arrives (stored whole once complete); use as ``async with cache.stream(...) as chunks``.
         A stored sentence comes as one piece.
 
-        ``open_synthesis`` opens the engine's stream (a cancel-safe channel). Callers who
-        join another call's synthesis of the same text get its audio when it completes.
+        ``open_synthesis`` opens the engine's stream (a cancel-safe channel); its chunks are
+        read straight from it, with no task of the cache's own in between (a task switch or
+        two per chunk). Callers who join another call's synthesis of the same text get its
+        audio when it completes. A synthesis not read to its end is not stored.
         """
         while True:
             chunks = self.get(text)
@@ -145,8 +148,7 @@ class SpeechCache:
                 self.hits += 1
                 if pin and text not in self._pinned:
                     self.put(text, chunks, pin=True)
-                if chunks:
-                    yield _whole(chunks)
+                yield _Ready(chunks)
                 return
             flight = self._flights.get(text)
             if flight is None:
@@ -154,27 +156,62 @@ class SpeechCache:
             self.joined += 1
             await flight.done.wait()
             if flight.result is not None:
-                if flight.result:
-                    yield _whole(flight.result)
+                yield _Ready(flight.result)
                 return
         flight = _Flight()
         self._flights[text] = flight
         self.misses += 1
-        made: list[bytes] = []
         try:
             async with open_synthesis() as synthesis:
-                async for chunk in synthesis:
-                    made.append(chunk)
-                    yield chunk
-            flight.result = made
-            if made:
-                self.put(text, made, pin=pin)
+                relay = _Relay(synthesis)
+                yield relay
+            if relay.complete:
+                flight.result = relay.made
+                if relay.made:
+                    self.put(text, relay.made, pin=pin)
         finally:
             del self._flights[text]
             flight.done.set()
-
 
 def _whole(chunks: list[bytes]) -> bytes:
     """A stored sentence as one piece: passing it on chunk by chunk cost a few task
     switches per chunk on every call that says it, for nothing (it is all here)."""
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Ready:
+    """A stored sentence, as one piece."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._pieces = [_whole(chunks)] if chunks else []
+
+    def __aiter__(self) -> _Ready:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if not self._pieces:
+            raise StopAsyncIteration
+        return self._pieces.pop()
+
+
+class _Relay:
+    """The engine's chunks as they come, kept for the cache."""
+
+    def __init__(self, source: trio.abc.ReceiveChannel[bytes]) -> None:
+        self._source = source
+        self.made: list[bytes] = []
+        self.complete = False
+        """The engine's stream was read to its end."""
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._source.receive()
+        except trio.EndOfChannel:
+            self.complete = True
+            raise StopAsyncIteration from None
+        self.made.append(chunk)
+        return chunk
