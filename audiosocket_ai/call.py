@@ -132,6 +132,9 @@ class Call:
         self._stream = stream
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         """The socket under ``stream``, if it is one: the hot path reads and writes it directly."""
+        self._fd = self._socket.fileno() if self._socket is not None else -1
+        """Its descriptor, for the tick's steps (trio's ``fileno()`` was ~3 % of a busy server's
+        loop). Valid while the steps run: the stream is closed only after both have left the tick."""
         self._ticker = ticker if self._socket is not None else None
         """The server-wide tick that reads and writes this call's socket (None: its own tasks do)."""
         self._peer_eof = False
@@ -411,9 +414,8 @@ class Call:
         A read that finds nothing costs a failed system call, far less than a task waking
         up to read each frame. Frames wait at most a tick before they are read.
         """
-        assert self._socket is not None
         try:
-            data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+            data = os.read(self._fd, RECEIVE_BYTES)
         except BlockingIOError:
             return True
         if data:
@@ -560,11 +562,11 @@ class Call:
         """
         if self._writing_done():
             return False
-        assert self.pacer is not None and self._socket is not None
+        assert self.pacer is not None
         self.pacer.shared_tick(now, deadline)
         message = self._next_message(now)
         try:
-            sent = os.write(self._socket.fileno(), message)
+            sent = os.write(self._fd, message)
         except BlockingIOError:
             sent = 0
         if sent == len(message):
