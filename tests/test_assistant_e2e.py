@@ -116,7 +116,9 @@ async def test_barge_in_silences_the_agent_within_a_frame_and_truncates_history(
     greeting_line = next(line for line in transcript(tmp_path) if line["who"] == "agent")
     assert greeting_line["interrupted"] is True
     heard = str(greeting_line["text"])
-    assert heard and long_greeting.startswith(heard.rstrip(".")[:20]) and len(heard) < len(long_greeting) * 0.8
+    # cut ~3 s into ~10 s of greeting: well under half of it was heard (the words are spread
+    # over the whole sentence's audio, not over the half second queued ahead when it was cut)
+    assert heard and long_greeting.startswith(heard.rstrip(".")[:20]) and len(heard) < len(long_greeting) * 0.5
 
 
 async def test_pressing_zero_transfers_and_the_outcome_is_kept(stack, tmp_path: Path) -> None:

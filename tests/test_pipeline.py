@@ -350,3 +350,20 @@ async def test_the_greetings_transcript_entry_ends_when_its_audio_ended(tmp_path
     assert len(heard) == 50, "1000 ms of greeting"
     assert entry["end"] - entry["start"] >= 1.0
     assert abs(entry["end"] - (heard[-1] + 0.02)) <= 0.021, "the entry ends with the greeting's last frame"
+
+
+async def test_a_long_sentence_cut_early_counts_as_heard_only_as_far_as_it_played() -> None:
+    from audiosocket_ai.agents.assistant.speaking import Spoken
+    from audiosocket_ai.playout import Playout
+
+    playout = Playout(rate=8000, max_ahead_ms=500)
+    playback = playout.open()
+    await playback.write(b"\x01\x00" * 160 * 25)  # the queue holds 500 ms of a 5 s sentence
+    for tick in range(10):  # 200 ms played
+        playout.next_frame(tick * 0.02)
+    playout.flush()
+    text = " ".join(f"word{i}" for i in range(50))
+    heard, cut = Spoken(text, playback, audio_s=lambda: 5.0).heard()
+    assert cut and heard == "word0 word1", "10 of the sentence's 250 frames: 2 of its 50 words"
+    # without the sentence's length, what was queued (25 frames) stood for all of it: 20 words
+    assert len(Spoken(text, playback).heard()[0].split()) == 20
