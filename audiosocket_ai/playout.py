@@ -9,7 +9,7 @@ much of *its* audio was actually sent, which is what barge-in needs to keep only
 the caller heard. Writers are held back when more than ``max_ahead_ms`` is queued, so a
 fast producer (TTS) runs at real time instead of growing memory; a held writer goes on
 once a third of the queue has played, not at every frame (a wake-up per frame per call
-was a third of a busy server's task steps).
+was ~15 % of a busy server's task steps).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 
 Each frame is heard as the call reads it (``call.hear``; on a server, inside the tick's pass,
 after every call's frame was sent): the work per frame is synchronous, and a task switch
-per frame per call was a fifth of a busy server's scheduling.
+per frame per call was nearly a third of a busy server's task steps.
 
 The echo canceller is fed the agent's own audio as the call sends it (an outbound tap) and
 removes it from what the line returns, so the agent does not hear itself. The end of a turn

@@ -173,6 +173,7 @@ class SpeechCache:
             del self._flights[text]
             flight.done.set()
 
+
 def _whole(chunks: list[bytes]) -> bytes:
     """A stored sentence as one piece: passing it on chunk by chunk cost a few task
     switches per chunk on every call that says it, for nothing (it is all here)."""
