@@ -166,6 +166,9 @@ class Call:
         self.started_at = 0.0
         self.ended_at = 0.0
         self._taps: list[AudioTap] = []
+        self._untapped: bytes | None = None
+        """The PCM last sent, until the taps have seen it (:meth:`_tap_sent`)."""
+        self._untapped_rate = 0
         self.shutdown_requested = trio.Event()
         """Set when the server's drain timeout ends; an agent that can speak may say
         goodbye and hang up (see ``accepts_goodbye``) before it is hung up regardless."""
@@ -531,7 +534,9 @@ class Call:
                 else:
                     now = trio.current_time()
                     pacer.tick(now)
-                    await self._send(self._next_message(now))
+                    message = self._next_message(now)
+                    self._tap_sent()
+                    await self._send(message)
                     await trio.sleep_until(pacer.advance(trio.current_time()))
         except _WriteFailed:
             return
@@ -540,7 +545,13 @@ class Call:
         self._finish(self._hangup_reason)
 
     def _next_message(self, now: float) -> bytes:
-        """This tick's outbound message: the next agent frame or silence, encoded (taps see the PCM)."""
+        """This tick's outbound message: the next agent frame or silence, encoded.
+
+        The taps see its PCM at :meth:`_tap_sent`: on a server's tick, once every call's
+        frame of the pass has been written (the echo canceller's reference and a recording
+        are ~a third of a frame's writing, and the last call's frame need not wait for them)."""
+        if self._untapped is not None:  # (a pass that ended before its afters: keep every frame)
+            self._tap_sent()
         playout = self.playout
         pcm = playout.next_frame(now)
         if pcm is playout.silence:
@@ -549,9 +560,19 @@ class Call:
             message = self._silence_message
         else:
             message = encode_audio(playout.kind, pcm)
-        for tap in self._taps:
-            tap.on_outbound(pcm, playout.rate)
+        if self._taps:
+            self._untapped, self._untapped_rate = pcm, playout.rate
         return message
+
+    def _tap_sent(self) -> None:
+        """Show the taps the frame :meth:`_next_message` made last, once."""
+        pcm = self._untapped
+        if pcm is None:
+            return
+        self._untapped = None
+        rate = self._untapped_rate
+        for tap in self._taps:
+            tap.on_outbound(pcm, rate)
 
     def _write_step(self, now: float, deadline: float) -> bool:
         """The writer's part of a server tick: one message, written without waiting.
@@ -577,10 +598,11 @@ class Call:
     async def _follow_ticks(self, ticker: Ticker) -> None:
         """Write on the server's tick until that needs this task (hangup due, socket full)."""
         try:
-            await ticker.follow(self._write_step, first=True)
+            await ticker.follow(self._write_step, first=True, after=self._tap_sent)
         except OSError as exc:
             self._connection_ended(exc, "writing")
             raise _WriteFailed from exc
+        self._tap_sent()  # the frame of the pass in which the step left the tick
         if self._unsent:
             await self._send(b"")  # the rest of that message, waiting for the socket (bounded)
 

@@ -17,7 +17,9 @@ Guarantees, the same as each call keeping its own clock:
   so its own frames stay 20 ms apart even when a pass takes several milliseconds.
 * Steps registered ``first`` (the writers) all run before the others (the readers, which
   hand each frame to its listener right there): what a pass reads never delays what it
-  sends.
+  sends. A first step's ``after`` (what else a written frame needs: the echo canceller's
+  reference, a recording) runs once every first step of the pass has run, so the last
+  call's frame goes out as early as the first one's.
 * One call's failure stays its own: whatever a step raises is handed back to the task that
   registered it (and logged there, naming its call); the tick goes on for the others.
 * A step runs in the context (:mod:`contextvars`) of the task that registered it, so its
@@ -57,11 +59,12 @@ the steps before it in the pass took)."""
 
 
 class _Entry:
-    __slots__ = ("context", "done", "error", "first", "step")
+    __slots__ = ("after", "context", "done", "error", "first", "step")
 
-    def __init__(self, step: Step, first: bool) -> None:
+    def __init__(self, step: Step, first: bool, after: Callable[[], None] | None) -> None:
         self.step = step
         self.first = first
+        self.after = after
         self.context = contextvars.copy_context()
         self.done = trio.Event()
         self.error: BaseException | None = None
@@ -81,7 +84,9 @@ class Ticker:
         """Where in the 20 ms period the ticks fall (read at every (re)start of ticking)."""
         self._monotonic = monotonic
         self._entries: dict[_Entry, None] = {}
-        self._order: tuple[_Entry, ...] = ()
+        self._first: tuple[_Entry, ...] = ()
+        self._after: tuple[tuple[_Entry, Callable[[], None]], ...] = ()
+        self._rest: tuple[_Entry, ...] = ()
         self._changed = False
         self._wake: trio.Event | None = None
         self.running = False
@@ -98,16 +103,21 @@ class Ticker:
         """Steps registered now (a call's reader and writer are one each)."""
         return len(self._entries)
 
-    async def follow(self, step: Step, *, first: bool = False) -> None:
+    async def follow(self, step: Step, *, first: bool = False, after: Callable[[], None] | None = None) -> None:
         """Call ``step`` once per tick, from the next tick on, until it returns False.
 
         Returns then; raises whatever ``step`` raised (it is not called again). Cancelling
         the caller takes the step out of the tick before the next pass. ``first`` steps
-        run before all the others in every pass (sending before receiving).
+        run before all the others in every pass (sending before receiving). ``after``
+        (first steps only) is called in each pass once all first steps have run, unless
+        ``step`` left the tick in that pass; what it raises ends the following as
+        ``step``'s errors do.
         """
         if not self.running:
             raise RuntimeError("the ticker is not running")
-        entry = _Entry(step, first)
+        if after is not None and not first:
+            raise ValueError("only a first step has an after")
+        entry = _Entry(step, first, after)
         self._entries[entry] = None
         self._changed = True
         if self._wake is not None:
@@ -161,12 +171,32 @@ class Ticker:
     def _pass(self, deadline: float) -> None:
         if self._changed:
             entries = self._entries
-            self._order = (*(e for e in entries if e.first), *(e for e in entries if not e.first))
+            self._first = tuple(e for e in entries if e.first)
+            self._after = tuple((e, e.after) for e in self._first if e.after is not None)
+            self._rest = tuple(e for e in entries if not e.first)
             self._changed = False
         self.passes += 1
         clock = trio.current_time
         started = clock()
-        for entry in self._order:
+        for entry in self._first:
+            if entry.done.is_set():
+                continue
+            try:
+                if entry.context.run(entry.step, clock(), deadline):
+                    continue
+            except Exception as exc:
+                entry.error = exc
+            entry.done.set()
+        for entry, after in self._after:
+            if entry.done.is_set():
+                continue
+            try:
+                entry.context.run(after)
+                continue
+            except Exception as exc:
+                entry.error = exc
+            entry.done.set()
+        for entry in self._rest:
             if entry.done.is_set():
                 continue
             try:

@@ -94,6 +94,78 @@ async def test_first_steps_run_before_the_others_in_every_pass(autojump_clock: t
         assert names == sorted(names, key=lambda name: not name.startswith("write")), passes
 
 
+async def test_a_first_steps_after_runs_once_all_first_steps_have_run_before_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[str, float]] = []
+    deadline_now = [0.0]
+
+    def step(name: str, passes: int) -> Callable[[float, float], bool]:
+        def run(now: float, deadline: float) -> bool:
+            deadline_now[0] = deadline
+            seen.append((name, deadline))
+            return sum(1 for entry in seen if entry[0] == name) < passes
+        return run
+
+    def after(name: str) -> Callable[[], None]:
+        return lambda: seen.append((name, deadline_now[0]))
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            for follow in (functools.partial(ticker.follow, step("read a", 4)),
+                           functools.partial(ticker.follow, step("write a", 4), first=True, after=after("after a")),
+                           # b's writer leaves the tick in its second pass: its after does not run then
+                           functools.partial(ticker.follow, step("write b", 2), first=True, after=after("after b"))):
+                calls.start_soon(follow)
+                await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    passes = [[name for name, at in seen if at == deadline] for deadline in sorted({at for _, at in seen})]
+    kinds = ("write", "after", "read")
+    for names in passes:  # every write, then every after, then every read
+        assert names == sorted(names, key=lambda name: kinds.index(name.split()[0])), passes
+    with_b = [sorted(names) for names in passes if "write b" in names]
+    assert with_b == [["after a", "after b", "read a", "write a", "write b"],
+                      ["after a", "read a", "write a", "write b"]], passes
+    assert sum(names.count("after a") for names in passes) == 3, "not in the pass a's writer left"
+
+
+async def test_what_an_after_raises_ends_its_following_and_the_others_keep_ticking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    counts = {"good": 0, "step": 0, "after": 0}
+
+    def good(now: float, deadline: float) -> bool:
+        counts["good"] += 1
+        return counts["good"] < 10
+
+    def step(now: float, deadline: float) -> bool:
+        counts["step"] += 1
+        return True
+
+    def after() -> None:
+        counts["after"] += 1
+        if counts["after"] == 3:
+            raise ValueError("broken after")
+
+    async def follow_bad(ticker: Ticker) -> None:
+        with pytest.raises(ValueError, match="broken after"):
+            await ticker.follow(step, first=True, after=after)
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as calls:
+            calls.start_soon(follow_bad, ticker)
+            calls.start_soon(ticker.follow, good)
+        nursery.cancel_scope.cancel()
+    assert counts == {"good": 10, "step": 3, "after": 3}
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        with pytest.raises(ValueError, match="only a first step"):
+            await ticker.follow(good, after=lambda: None)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_late_pass_skips_the_ticks_it_lost_instead_of_bursting(autojump_clock: trio.testing.MockClock) -> None:
     deadlines: list[float] = []
 
@@ -391,6 +463,49 @@ async def test_caller_audio_is_read_within_one_tick(autojump_clock: trio.testing
         nursery.cancel_scope.cancel()
     assert len(arrived) == 10
     assert all(0 <= got - put <= TICK + 1e-9 for put, got in zip(sent, arrived, strict=True))
+
+
+async def test_on_the_tick_every_calls_frame_is_written_before_any_tap_sees_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The taps (echo reference, recording, console) run after the pass's writes, and see
+    every frame sent, each once, in order, before that call's reader hears the tick."""
+    calls: list[Call] = []
+    seen: dict[int, list[tuple[int, int, bytes]]] = {0: [], 1: []}
+
+    class Tap:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def on_inbound(self, pcm: bytes, rate: int) -> None:
+            pass
+
+        def on_outbound(self, pcm: bytes, rate: int) -> None:
+            own, other = calls[self.index], calls[1 - self.index]
+            assert own.pacer is not None and other.pacer is not None
+            seen[self.index].append((own.pacer.lateness.count, other.pacer.lateness.count, pcm))
+
+    peers: list[Peer] = []
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as running:
+            for index in range(2):
+                server_end, pbx_end = _pair()
+                call = _call(server_end, ticker)
+                call.add_tap(Tap(index))
+                calls.append(call)
+                peers.append(Peer(pbx_end))
+                nursery.start_soon(peers[-1].read)
+                nursery.start_soon(_numbered_frames, pbx_end, 30)
+                running.start_soon(call.run, echo_agent)
+        nursery.cancel_scope.cancel()
+    for index in range(2):
+        taps = seen[index]
+        sent = [frame.pcm for frame in peers[index].frames]
+        assert [pcm for _, _, pcm in taps] == sent, "every frame, once, in order"
+        # while both calls are on the tick, the other call's frame of the pass is out already
+        both = [(own, other) for own, other, _ in taps if 2 <= own <= 25]
+        assert both and all(own == other for own, other in both), both
 
 
 async def _numbered_frames(pbx_end: trio.SocketStream, count: int) -> None:
