@@ -226,9 +226,10 @@ class Call:
         The frames come the way :meth:`audio` gives them, but without a task switch per
         frame: ``hearer`` is called by the call's reader itself (on a server, inside the
         tick's pass, after every call's frame has been sent, once the call's rate is
-        known). It must be quick and must not wait; it may start tasks, set events and
-        send without waiting. Frames queued before this is called come first, in order.
-        One hearer at a time, instead of iterating :meth:`audio`.
+        known; the pass runs between task steps, in no particular task). It must be quick
+        and must not wait; it may start tasks, set events and send without waiting.
+        Frames queued before this is called come first, in order. One hearer at a time,
+        instead of iterating :meth:`audio`.
 
         Returns when the caller's audio ends; raises what ``hearer`` raised (it is given
         no more frames). Cancelling the caller takes ``hearer`` off at once.
