@@ -30,7 +30,7 @@ from audiosocket_ai.protocol.encoder import encode_audio
 from audiosocket_ai.protocol.kinds import AUDIO_KIND_BY_RATE
 from audiosocket_ai.surface import CallSurface, EndReason
 from audiosocket_ai.testing import FakeAsterisk
-from audiosocket_ai.ticker import Ticker
+from audiosocket_ai.ticker import PREEMPT_SHARE, Ticker
 
 from .conftest import established, noise, until_echoed
 
@@ -197,6 +197,44 @@ async def test_a_pass_runs_before_any_other_task_due_at_its_deadline(
         assert all(found_done), found_done
     else:  # (the ticker's own task runs first in half the batches: this test can tell)
         assert not all(found_done) and any(found_done), found_done
+
+
+async def test_passes_past_their_share_of_the_tick_take_their_turn_and_go_first_again_once_lighter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server past its capacity skips ticks rather than starve its calls' own tasks."""
+    deadlines: list[float] = []
+    heavy = [True]
+    found_done: list[tuple[bool, bool]] = []  # (the passes were heavy, the due pass had run)
+    shares: list[float] = []
+
+    def step(now: float, deadline: float) -> bool:
+        deadlines.append(deadline)
+        if heavy[0]:
+            autojump_clock.jump(0.8 * TICK)  # the pass takes 80 % of the tick
+        shares.append(ticker.pass_share)
+        if len(deadlines) == 60:
+            heavy[0] = False
+        return len(deadlines) < 140
+
+    async def rival() -> None:
+        while len(deadlines) < 139:
+            due = ticker._due
+            await trio.sleep_until(due)
+            found_done.append((heavy[0], ticker._due > due))
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(ticker.follow, step)
+            await trio.testing.wait_all_tasks_blocked()
+            tasks.start_soon(rival)
+        nursery.cancel_scope.cancel()
+    assert max(shares[:60]) > PREEMPT_SHARE and shares[-1] < 0.01
+    heavy_wakes = [done for was_heavy, done in found_done[20:] if was_heavy]
+    light_wakes = [done for was_heavy, done in found_done if not was_heavy][20:]
+    assert heavy_wakes and not all(heavy_wakes), "past its share, the pass no longer goes first"
+    assert light_wakes and all(light_wakes), "lighter again, it does"
 
 
 async def test_a_pass_due_during_a_long_task_step_runs_before_the_next_step(
