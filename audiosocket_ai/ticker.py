@@ -38,6 +38,7 @@ process) is ``phase`` past a multiple of 20 ms: worker ``i`` of ``N`` ticks at
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -170,7 +171,8 @@ class Ticker:
                 self._pass_if_due()  # (usually done already, by the hook, before this task's step)
         finally:
             if hook is not None:
-                trio.lowlevel.remove_instrument(hook)
+                with contextlib.suppress(KeyError):  # (trio removed it already: it raised)
+                    trio.lowlevel.remove_instrument(hook)
             self._due = math.inf
             self.running = False
             for entry in self._entries:

@@ -237,6 +237,33 @@ async def test_passes_past_their_share_of_the_tick_take_their_turn_and_go_first_
     assert light_wakes and all(light_wakes), "lighter again, it does"
 
 
+async def test_without_its_hook_the_tickers_own_task_runs_the_passes_and_it_stops_cleanly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """trio removes an instrument that raises; the tick must go on without it."""
+    deadlines: list[float] = []
+
+    def step(now: float, deadline: float) -> bool:
+        deadlines.append(deadline)
+        return len(deadlines) < 20
+
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        hooks = [hook for hook in _instruments() if hook.__class__.__name__ == "_PassWhenDue"]
+        assert len(hooks) == 1
+        trio.lowlevel.remove_instrument(hooks[0])
+        await ticker.follow(step)
+        nursery.cancel_scope.cancel()  # and the ticker's own removal of its hook does not fail
+    assert [b - a for a, b in itertools.pairwise(deadlines)] == pytest.approx([TICK] * 19)
+    assert ticker.late_ticks == 0
+
+
+def _instruments() -> list[object]:
+    from trio._core._run import GLOBAL_RUN_CONTEXT  # (trio has no public list of them)
+
+    return list(GLOBAL_RUN_CONTEXT.runner.instruments.data.get("before_task_step", {}))
+
+
 async def test_a_pass_due_during_a_long_task_step_runs_before_the_next_step(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
