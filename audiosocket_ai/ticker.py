@@ -49,16 +49,17 @@ import trio
 
 from .pacing import TICK, PacingHistogram
 
-__all__ = ["PREEMPT_SHARE", "Step", "Ticker"]
+__all__ = ["MIN_SPARE", "Step", "Ticker"]
 
 log = logging.getLogger(__name__)
 
-PREEMPT_SHARE = 0.6
-"""The passes go before other tasks only while they take at most this share of each tick
-(on average): beyond it the server is past its capacity, and the passes take their turn
-with the other tasks (ticks are skipped) rather than starve them (see :class:`_PassWhenDue`)."""
-SHARE_WEIGHT = 1 / 8
-"""The weight of the latest pass in :attr:`Ticker.pass_share` (a moving average)."""
+MIN_SPARE = 0.1
+"""The passes go before other tasks only while the event loop has at least this share of
+its time to spare (waiting for I/O, a moving average over ~8 ticks) and the last pass
+ended before the next one was due; otherwise the passes take their turn with the other
+tasks, and ticks are skipped rather than the other tasks starved (see :class:`_PassWhenDue`)."""
+SPARE_WEIGHT = 1 / 8
+"""The weight of the latest tick in :attr:`Ticker.spare` (a moving average)."""
 
 Step = Callable[[float, float], bool]
 """``step(now, deadline)``: one tick's work for one call; return False to leave the tick.
@@ -89,7 +90,7 @@ class Ticker:
     """
 
     def __init__(self, phase: float | None = None, *, monotonic: Callable[[], float] = time.monotonic,
-                 preempt: bool = True) -> None:
+                 preempt: bool = True, min_spare: float = MIN_SPARE) -> None:
         self.phase = phase
         """Where in the 20 ms period the ticks fall (read at every (re)start of ticking)."""
         self._monotonic = monotonic
@@ -104,9 +105,15 @@ class Ticker:
         False: only when the ticker's own task wakes (late by whatever ran before it)."""
         self._due = math.inf
         """The next pass's deadline while anything is registered (inf: idle)."""
-        self.pass_share = 0.0
-        """How much of each tick the passes take (a moving average over ~8 ticks)."""
-        self._preempting = preempt
+        self.min_spare = min_spare
+        """The share of time the loop must have to spare for the passes to go first."""
+        self.spare = 1.0
+        """The event loop's share of time spent waiting for I/O, over the last ~8 ticks
+        (measured only with :attr:`preempt`)."""
+        self.ahead = preempt
+        """The passes go before other tasks now (see :data:`MIN_SPARE`)."""
+        self._waited = 0.0  # seconds waiting for I/O since the last pass (the hook adds them up)
+        self._last_pass_end = -math.inf
         self._now: Callable[[], float] = trio.current_time
         self._in_pass = False
         self.running = False
@@ -191,8 +198,13 @@ class Ticker:
             deadline += lost * TICK
         self._due = deadline + TICK
         self._pass(deadline)
-        self.pass_share += ((self._now() - now) / TICK - self.pass_share) * SHARE_WEIGHT
-        self._preempting = self.preempt and self.pass_share <= PREEMPT_SHARE
+        if self.preempt:
+            end = self._now()
+            since = end - self._last_pass_end
+            if 0.0 < since < 2 * TICK:  # (not across an idle spell)
+                self.spare += (self._waited / since - self.spare) * SPARE_WEIGHT
+            self._last_pass_end, self._waited = end, 0.0
+            self.ahead = self.spare >= self.min_spare and end < self._due
 
     def _first_deadline(self) -> float:
         """The first tick after an idle spell: now, or the next instant on the phase."""
@@ -262,26 +274,35 @@ class _PassWhenDue(trio.abc.Instrument):
     as every task made runnable by the same I/O wait, in random order (the batch is run
     reversed half the time), so a pass used to start behind whatever else was ready: at
     150 conversations on a worker, the providers' HTTP streams, 3-4 ms per late pass.
-    This hook is called by trio's scheduler before every task step (a clock read, ~0.5 µs
-    with the hook's call, some 10 000 times a second at that load), so a pass now starts
-    late by at most the one task step running at its deadline.
+    This hook is called by trio's scheduler before every task step (a clock read: 0.65 µs
+    more per task step, measured; some 10 000 steps a second at that load), so a pass now
+    starts late by at most the one task step running at its deadline. Its I/O-wait hooks
+    (two clock reads per wait) measure the time the loop has to spare.
 
     The pass runs between task steps, as the ticker's task would: no task is in the middle
     of a step, and every step still runs in its own context. A hook that raises is
     removed by trio (and logged); the ticker's own task then runs the passes.
 
-    Only while the passes take at most :data:`PREEMPT_SHARE` of the tick. Past that the
-    server is past its capacity, and passes that always went first starved the calls' own
-    tasks: at 400 conversations on one worker, 249 calls dropped their callers' words
-    before their listeners started, and no call did so with the passes taking their turn
-    (ticks skipped instead, as before this hook).
+    Only while the event loop has time to spare and the tick keeps up (:data:`MIN_SPARE`).
+    Passes that always went first starved the calls' own tasks once the server was past its
+    capacity: at 400 conversations on one worker (passes longer than the tick, so one ran
+    before every task step), 249 calls dropped their callers' words before their listeners
+    started; with 900 echo calls on one core (no time to spare) the echo agents fell behind.
+    Then the passes take their turn with the other tasks, as before this hook.
     """
 
     def __init__(self, ticker: Ticker) -> None:
         self._ticker = ticker
         self._now = ticker._now
+        self._wait_began = 0.0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         ticker = self._ticker
-        if ticker._preempting and self._now() >= ticker._due:
+        if ticker.ahead and self._now() >= ticker._due:
             ticker._pass_if_due()
+
+    def before_io_wait(self, timeout: float) -> None:
+        self._wait_began = self._now()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._ticker._waited += self._now() - self._wait_began
