@@ -117,6 +117,9 @@ class _LiveCollector(Collector):
                              ticker.pass_ms)
             yield CounterMetricFamily("audiosocket_tick_skipped", "Ticks of the server-wide tick skipped because "
                                       "a pass began more than a tick late.", value=ticker.late_ticks)
+            yield CounterMetricFamily("audiosocket_tick_passes_behind", "Passes of the tick that did not go before "
+                                      "other tasks: the event loop had no time to spare or the tick could not "
+                                      "keep up (past capacity).", value=ticker.passes_behind)
 
 
 def _histogram(name: str, documentation: str, histogram: PacingHistogram) -> HistogramMetricFamily:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 MIN_SPARE = 0.1
 """The passes go before other tasks only while the event loop has at least this share of
 its time to spare (waiting for I/O, a moving average over ~8 ticks) and the last pass
-ended before the next one was due; otherwise the passes take their turn with the other
+took less than a tick; otherwise the passes take their turn with the other
 tasks, and ticks are skipped rather than the other tasks starved (see :class:`_PassWhenDue`)."""
 SPARE_WEIGHT = 1 / 8
 """The weight of the latest tick in :attr:`Ticker.spare` (a moving average)."""
@@ -112,6 +112,9 @@ class Ticker:
         (measured only with :attr:`preempt`)."""
         self.ahead = preempt
         """The passes go before other tasks now (see :data:`MIN_SPARE`)."""
+        self.passes_behind = 0
+        """Passes run while the passes did not go first (:attr:`ahead` False): the loop had no
+        time to spare or the tick could not keep up; a server past its capacity."""
         self._waited = 0.0  # seconds waiting for I/O since the last pass (the hook adds them up)
         self._last_pass_end = -math.inf
         self._now: Callable[[], float] = trio.current_time
@@ -198,13 +201,17 @@ class Ticker:
             deadline += lost * TICK
         self._due = deadline + TICK
         self._pass(deadline)
+        if not self.ahead:
+            self.passes_behind += 1
         if self.preempt:
             end = self._now()
             since = end - self._last_pass_end
             if 0.0 < since < 2 * TICK:  # (not across an idle spell)
                 self.spare += (self._waited / since - self.spare) * SPARE_WEIGHT
             self._last_pass_end, self._waited = end, 0.0
-            self.ahead = self.spare >= self.min_spare and end < self._due
+            # (the pass's own length, not when it ended: a pass that started late because it
+            # had not gone first would otherwise keep the next from going first too)
+            self.ahead = self.spare >= self.min_spare and end - now < TICK
 
     def _first_deadline(self) -> float:
         """The first tick after an idle spell: now, or the next instant on the phase."""

@@ -51,6 +51,7 @@ async def test_health_readiness_metrics_and_outcomes() -> None:
                           if line.startswith('audiosocket_tick_pass_seconds_bucket{le="+Inf"}'))
             assert float(passes.split()[1]) == server.ticker.passes > 0, "the shared tick's passes are counted"
             assert "audiosocket_tick_skipped_total 0.0" in text
+            assert f"audiosocket_tick_passes_behind_total {float(server.ticker.passes_behind)}" in text
             assert (await web.post("/healthz")).status_code == 405
             server.drain()
             assert (await web.get("/readyz")).status_code == 503, "draining: not ready"

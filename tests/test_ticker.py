@@ -198,6 +198,7 @@ async def test_a_pass_runs_before_any_other_task_due_at_its_deadline(
     assert len(found_done) >= 39
     if preempt:
         assert all(found_done), found_done
+        assert ticker.passes_behind == 0
     else:  # (the ticker's own task runs first in half the batches: this test can tell)
         assert not all(found_done) and any(found_done), found_done
 
@@ -238,6 +239,7 @@ async def test_passes_longer_than_the_tick_take_their_turn_and_go_first_again_on
     long_wakes = [done for was_heavy, done in found_done[2:] if was_heavy]
     short_wakes = [done for was_heavy, done in found_done if not was_heavy][2:]
     assert long_wakes and not all(long_wakes), "the pass does not go first while the tick cannot keep up"
+    assert ticker.passes_behind >= len(long_wakes) // 2, "and such passes are counted"
     assert short_wakes and all(short_wakes), "it does again once it keeps up"
     assert ticker.late_ticks > 0
 
