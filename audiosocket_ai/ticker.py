@@ -249,15 +249,7 @@ class Ticker:
         self.passes += 1
         clock = trio.current_time
         started = clock()
-        for entry in self._first:
-            if entry.done.is_set():
-                continue
-            try:
-                if entry.context.run(entry.step, clock(), deadline):
-                    continue
-            except Exception as exc:
-                entry.error = exc
-            entry.done.set()
+        _run_steps(self._first, deadline, clock)
         for entry, after in self._after:
             if entry.done.is_set():
                 continue
@@ -267,16 +259,21 @@ class Ticker:
             except Exception as exc:
                 entry.error = exc
             entry.done.set()
-        for entry in self._rest:
-            if entry.done.is_set():
-                continue
-            try:
-                if entry.context.run(entry.step, clock(), deadline):
-                    continue
-            except Exception as exc:
-                entry.error = exc
-            entry.done.set()
+        _run_steps(self._rest, deadline, clock)
         self.pass_ms.observe_ms((clock() - started) * 1000.0)
+
+
+def _run_steps(entries: tuple[_Entry, ...], deadline: float, clock: Callable[[], float]) -> None:
+    """Each entry's step, in its own context; one that leaves the tick or raises is done."""
+    for entry in entries:
+        if entry.done.is_set():
+            continue
+        try:
+            if entry.context.run(entry.step, clock(), deadline):
+                continue
+        except Exception as exc:
+            entry.error = exc
+        entry.done.set()
 
 
 class _PassWhenDue(trio.abc.Instrument):
