@@ -108,20 +108,13 @@ class Ticker:
         self.preempt = preempt
         """Run each pass before the first task step after its deadline (see :class:`_PassWhenDue`);
         False: only when the ticker's own task wakes (late by whatever ran before it)."""
-        self._due = math.inf
-        """The next pass's deadline while anything is registered (inf: idle)."""
         self.min_spare = min_spare
         """The share of time the loop must have to spare for the passes to go first."""
-        self.spare = 1.0
-        """The event loop's share of time spent waiting for I/O, over the last ~8 ticks
-        (measured only with :attr:`preempt`)."""
-        self.ahead = preempt
-        """The passes go before other tasks now (see :data:`MIN_SPARE`)."""
         self.passes_behind = 0
         """Passes run while the passes did not go first (:attr:`ahead` False): the loop had no
         time to spare or the tick could not keep up; a server past its capacity."""
-        self._waited = 0.0  # seconds waiting for I/O since the last pass (the hook adds them up)
-        self._last_pass_end = -math.inf
+        self._due = math.inf  # the next pass's deadline while anything is registered (inf: idle)
+        self._hook: _PassWhenDue | None = None
         self._now: Callable[[], float] = trio.current_time
         self._in_pass = False
         self.running = False
@@ -132,6 +125,17 @@ class Ticker:
         """Ticks skipped because a pass began more than a tick after its deadline."""
         self.pass_ms = PacingHistogram()
         """How long each pass took: the server's load. Near 20 ms, the tick cannot keep up."""
+
+    @property
+    def ahead(self) -> bool:
+        """The passes go before other tasks now (see :data:`MIN_SPARE`)."""
+        return self._hook is not None and self._hook.ahead
+
+    @property
+    def spare(self) -> float:
+        """The event loop's share of time spent waiting for I/O, over the last ~8 ticks
+        (measured while running with :attr:`preempt`; 1.0 otherwise)."""
+        return self._hook.spare if self._hook is not None else 1.0
 
     @property
     def steps(self) -> int:
@@ -170,7 +174,7 @@ class Ticker:
         """The tick itself: runs until cancelled."""
         self.running = True
         self._now = trio.lowlevel.current_clock().current_time
-        hook = _PassWhenDue(self) if self.preempt else None
+        hook = self._hook = _PassWhenDue(self, self.min_spare) if self.preempt else None
         if hook is not None:
             trio.lowlevel.add_instrument(hook)
         task_status.started()
@@ -186,6 +190,7 @@ class Ticker:
                 self._pass_if_due()  # (usually done already, by the hook, before this task's step)
         finally:
             if hook is not None:
+                self._hook = None
                 with contextlib.suppress(KeyError):  # (trio removed it already: it raised)
                     trio.lowlevel.remove_instrument(hook)
             self._due = math.inf
@@ -206,17 +211,11 @@ class Ticker:
             deadline += lost * TICK
         self._due = deadline + TICK
         self._pass(deadline)
-        if not self.ahead:
+        hook = self._hook
+        if hook is None or not hook.ahead:
             self.passes_behind += 1
-        if self.preempt:
-            end = self._now()
-            since = end - self._last_pass_end
-            if 0.0 < since < 2 * TICK:  # (not across an idle spell)
-                self.spare += (self._waited / since - self.spare) * SPARE_WEIGHT
-            self._last_pass_end, self._waited = end, 0.0
-            # (the pass's own length, not when it ended: a pass that started late because it
-            # had not gone first would otherwise keep the next from going first too)
-            self.ahead = self.spare >= self.min_spare and end - now < TICK
+        if hook is not None:
+            hook.passed(now, self._now())
 
     def _first_deadline(self) -> float:
         """The first tick after an idle spell: now, or the next instant on the phase."""
@@ -300,18 +299,35 @@ class _PassWhenDue(trio.abc.Instrument):
     Then the passes take their turn with the other tasks, as before this hook.
     """
 
-    def __init__(self, ticker: Ticker) -> None:
+    def __init__(self, ticker: Ticker, min_spare: float) -> None:
         self._ticker = ticker
         self._now = ticker._now
+        self._min_spare = min_spare
+        self.ahead = True
+        """The passes go first now."""
+        self.spare = 1.0
+        """The loop's share of time waiting for I/O (a moving average over ~8 ticks)."""
+        self._waited = 0.0  # seconds waiting for I/O since the last pass
         self._wait_began = 0.0
+        self._last_pass_end = -math.inf
+
+    def passed(self, began: float, ended: float) -> None:
+        """A pass ran from ``began`` to ``ended``: whether the next one goes first."""
+        since = ended - self._last_pass_end
+        if 0.0 < since < 2 * TICK:  # (not across an idle spell)
+            self.spare += (self._waited / since - self.spare) * SPARE_WEIGHT
+        self._last_pass_end, self._waited = ended, 0.0
+        # (the pass's own length, not when it ended: a pass that started late because it
+        # had not gone first would otherwise keep the next from going first too)
+        self.ahead = self.spare >= self._min_spare and ended - began < TICK
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         ticker = self._ticker
-        if ticker.ahead and self._now() >= ticker._due:
+        if self.ahead and self._now() >= ticker._due:
             ticker._pass_if_due()
 
     def before_io_wait(self, timeout: float) -> None:
         self._wait_began = self._now()
 
     def after_io_wait(self, timeout: float) -> None:
-        self._ticker._waited += self._now() - self._wait_began
+        self._waited += self._now() - self._wait_began
