@@ -15,7 +15,7 @@ import itertools
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -136,11 +136,7 @@ async def test_a_first_steps_after_runs_once_all_first_steps_have_run_before_the
 async def test_what_an_after_raises_ends_its_following_and_the_others_keep_ticking(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    counts = {"good": 0, "step": 0, "after": 0}
-
-    def good(now: float, deadline: float) -> bool:
-        counts["good"] += 1
-        return counts["good"] < 10
+    counts = {"step": 0, "after": 0}
 
     def step(now: float, deadline: float) -> bool:
         counts["step"] += 1
@@ -155,18 +151,31 @@ async def test_what_an_after_raises_ends_its_following_and_the_others_keep_ticki
         with pytest.raises(ValueError, match="broken after"):
             await ticker.follow(step, first=True, after=after)
 
+    assert await _beside_ten_good_passes(follow_bad) == 10
+    assert counts == {"step": 3, "after": 3}
+    async with trio.open_nursery() as nursery:
+        ticker = await _running(nursery)
+        with pytest.raises(ValueError, match="only a first step"):
+            await ticker.follow(lambda now, deadline: False, after=lambda: None)
+        nursery.cancel_scope.cancel()
+
+
+async def _beside_ten_good_passes(follow_bad: Callable[[Ticker], Awaitable[None]]) -> int:
+    """Run ``follow_bad`` on a ticker beside a step that asks for 10 passes; the passes it got."""
+    good_passes = 0
+
+    def good(now: float, deadline: float) -> bool:
+        nonlocal good_passes
+        good_passes += 1
+        return good_passes < 10
+
     async with trio.open_nursery() as nursery:
         ticker = await _running(nursery)
         async with trio.open_nursery() as calls:
             calls.start_soon(follow_bad, ticker)
             calls.start_soon(ticker.follow, good)
         nursery.cancel_scope.cancel()
-    assert counts == {"good": 10, "step": 3, "after": 3}
-    async with trio.open_nursery() as nursery:
-        ticker = await _running(nursery)
-        with pytest.raises(ValueError, match="only a first step"):
-            await ticker.follow(good, after=lambda: None)
-        nursery.cancel_scope.cancel()
+    return good_passes
 
 
 @pytest.mark.parametrize("preempt", [True, False])
@@ -459,15 +468,12 @@ async def test_two_tickers_half_a_tick_apart_take_turns(autojump_clock: trio.tes
 async def test_a_failing_step_raises_in_its_own_task_and_the_others_keep_ticking(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    counts = {"good": 0, "bad": 0}
-
-    def good(now: float, deadline: float) -> bool:
-        counts["good"] += 1
-        return counts["good"] < 10
+    bad_calls = 0
 
     def bad(now: float, deadline: float) -> bool:
-        counts["bad"] += 1
-        if counts["bad"] == 2:
+        nonlocal bad_calls
+        bad_calls += 1
+        if bad_calls == 2:
             raise ValueError("broken step")
         return True
 
@@ -475,13 +481,8 @@ async def test_a_failing_step_raises_in_its_own_task_and_the_others_keep_ticking
         with pytest.raises(ValueError, match="broken step"):
             await ticker.follow(bad)
 
-    async with trio.open_nursery() as nursery:
-        ticker = await _running(nursery)
-        async with trio.open_nursery() as calls:
-            calls.start_soon(follow_bad, ticker)
-            calls.start_soon(ticker.follow, good)
-        nursery.cancel_scope.cancel()
-    assert counts == {"good": 10, "bad": 2}  # not called again after it raised
+    assert await _beside_ten_good_passes(follow_bad) == 10
+    assert bad_calls == 2  # not called again after it raised
 
 
 async def test_a_step_runs_in_the_context_of_the_task_that_registered_it(
