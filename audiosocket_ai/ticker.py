@@ -211,11 +211,13 @@ class Ticker:
             deadline += lost * TICK
         self._due = deadline + TICK
         self._pass(deadline)
+        ended = self._now()
+        self.pass_ms.observe_ms((ended - now) * 1000.0)
         hook = self._hook
         if hook is None or not hook.ahead:
             self.passes_behind += 1
         if hook is not None:
-            hook.passed(now, self._now())
+            hook.passed(now, ended)
 
     def _first_deadline(self) -> float:
         """The first tick after an idle spell: now, or the next instant on the phase."""
@@ -246,8 +248,7 @@ class Ticker:
             self._rest = tuple(e for e in entries if not e.first)
             self._changed = False
         self.passes += 1
-        clock = trio.current_time
-        started = clock()
+        clock = self._now
         _run_steps(self._first, deadline, clock)
         for entry, after in self._after:
             if entry.done.is_set():
@@ -259,7 +260,6 @@ class Ticker:
                 entry.error = exc
             entry.done.set()
         _run_steps(self._rest, deadline, clock)
-        self.pass_ms.observe_ms((clock() - started) * 1000.0)
 
 
 def _run_steps(entries: tuple[_Entry, ...], deadline: float, clock: Callable[[], float]) -> None:
