@@ -152,6 +152,25 @@ def test_echo_capacity_placement() -> None:
     assert (args.server_cpus, args.client_cpus, args.shared_cores) == ("0", "1", False)
 
 
+def test_echo_capacity_fails_a_step_whose_agents_fell_behind(tmp_path: Path) -> None:
+    # frames out on time and none missing, but the server logged echo agents dropping inbound
+    # frames: that step held its pacing at the agents' expense and must not pass
+    log = tmp_path / "server.log"
+    log.write_text("12:00:00 INFO call abc: call audio is slin 8000 Hz\n")
+    _, _, offset = ec.count_log_lines(log, 0)
+    with log.open("a") as f:
+        f.write("12:00:01 WARNING call abc: agent is not keeping up: 1 inbound frames dropped\n"
+                "12:00:02 WARNING call def: peer has not read for 2.0 s\n")
+    total, kinds, _ = ec.count_log_lines(log, offset)
+    assert total == 2 and kinds[ec.AGENT_BEHIND] == 1
+    step: dict[str, object] = {"calls": 10, "calls_live": 10, "calls_up": 10, "missing": 0, "calls_dropped": 0,
+                               "dev_p99_ms": 1.2, "workers_changed": False, "server_warning_kinds": dict(kinds)}
+    assert not ec.step_passes(step)
+    assert ec.step_passes({**step, "server_warning_kinds": {"peer not reading": 1}})
+    assert not ec.step_passes({**step, "server_warning_kinds": {}, "dev_p99_ms": ec.PASS_P99_MS})
+    assert not ec.step_passes({**step, "server_warning_kinds": {}, "missing": 1})
+
+
 def test_process_tree_finds_children_and_sums_their_cpu() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
