@@ -7,6 +7,7 @@ mono ``bytes`` unless a function says otherwise.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable
 from typing import Literal
 
@@ -49,10 +50,15 @@ def rms_dbfs(pcm: bytes) -> float:
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
     # (one dot product, not np.mean of the squares: ~3x cheaper per frame, and the same value —
     # squares of 16-bit samples add up exactly in float64 whatever the order, below 2**23 samples)
-    power = float(np.dot(samples, samples)) / len(samples)
-    if power <= 0.0:
+    return power_dbfs(float(np.dot(samples, samples)) / len(samples))
+
+
+def power_dbfs(mean_square: float) -> float:
+    """The level in dBFS of audio whose 16-bit samples' mean square is ``mean_square``
+    (-inf for 0): what :func:`rms_dbfs` gives, for a caller that has the power already."""
+    if mean_square <= 0.0:
         return float("-inf")
-    return float(10.0 * np.log10(power / (32768.0 * 32768.0)))
+    return 10.0 * math.log10(mean_square / (32768.0 * 32768.0))
 
 
 def speech_level_db(levels: Iterable[float], *, above_db: float) -> float | None:

@@ -135,6 +135,7 @@ class EchoCanceller:
         self._n = n
         self.frame_bytes = n * SAMPLE_WIDTH
         """Bytes in the one frame size :meth:`far` and :meth:`near` accept."""
+        self._zero_bytes = bytes(self.frame_bytes)
         self._bins = n + 1
         self._taps = math.ceil(tail_ms / FRAME_MS) + 1
         self._max_lag = max_delay_ms * rate // 1000
@@ -192,22 +193,28 @@ class EchoCanceller:
 
     # --- the API -----------------------------------------------------------------------------
 
-    def far(self, pcm: bytes) -> None:
-        """The agent audio as it was sent: one 20 ms frame per call, in order, silence included."""
+    def far(self, pcm: bytes) -> float:
+        """The agent audio as it was sent: one 20 ms frame per call, in order, silence included.
+
+        Returns the frame's power (the mean square of its samples; 0.0 for digital silence),
+        for a caller that wants its level (:func:`~audiosocket_ai.audio.power_dbfs`)."""
         if len(pcm) != self.frame_bytes:
             raise ValueError(f"far frame must be {self.frame_bytes} bytes (20 ms at {self.rate} Hz), "
                              f"got {len(pcm)}")
-        x = np.frombuffer(pcm, dtype="<i2")
         samples: np.ndarray | None = None
-        if x.any():
-            f = x.astype(np.float64)
-            if float(np.dot(f, f)) > _SILENT_POWER * self._n:
+        power = 0.0
+        if pcm != self._zero_bytes:  # (a memcmp: most far frames are the silence between replies)
+            f = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+            energy = float(np.dot(f, f))
+            power = energy / self._n
+            if energy > _SILENT_POWER * self._n:
                 samples = f
                 self._last_active = self._far_count
         self._far.append((self._far_count, samples))
         self._far_count += 1
         while len(self._far) > 2 * self._ring:  # near() stalled: nothing this old is needed
             self._far.popleft()
+        return power
 
     def near(self, pcm: bytes) -> bytes:
         """The caller's 20 ms frame as received, returned with the echo removed (same length)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -290,8 +292,9 @@ def test_level_and_sample_conversion_are_exactly_their_definitions() -> None:
             samples = np.clip(rng.standard_normal(size) * scale, -32768, 32767).astype("<i2")
             wide = samples.astype(np.float64)
             mean_square = float(np.mean(wide * wide))
-            expected = float(10.0 * np.log10(mean_square / 32768.0**2)) if mean_square > 0 else float("-inf")
+            expected = 10.0 * math.log10(mean_square / 32768.0**2) if mean_square > 0 else float("-inf")
             assert audio.rms_dbfs(samples.tobytes()) == expected
+            assert audio.power_dbfs(mean_square) == expected
             floats = (rng.standard_normal(size) * scale * 2).astype(np.float32)
             assert audio.to_int16(floats) == np.clip(np.rint(floats), -32768, 32767).astype("<i2").tobytes()
 

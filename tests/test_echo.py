@@ -151,6 +151,15 @@ def test_pass_through_again_once_the_agent_has_been_silent() -> None:
     assert aec.frames_idle >= len(caller) // (2 * N) - window
 
 
+def test_far_returns_the_frames_power() -> None:
+    aec = EchoCanceller(RATE)
+    assert aec.far(bytes(2 * N)) == 0.0
+    for scale in (0.5, 30.0, 3000.0):  # below, near and above the canceller's silence threshold
+        samples = np.clip(np.random.default_rng(3).standard_normal(N) * scale, -32768, 32767).astype("<i2")
+        wide = samples.astype(np.float64)
+        assert aec.far(samples.tobytes()) == float(np.dot(wide, wide)) / N
+
+
 def test_bad_lengths_and_rates_raise() -> None:
     aec = EchoCanceller(RATE)
     assert aec.frame_bytes == 320

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..audio import rms_dbfs, speech_level_db
+from ..audio import power_dbfs, rms_dbfs, speech_level_db
 from ..surface import CallSurface
 
 log = logging.getLogger(__name__)
@@ -116,27 +116,28 @@ class EchoPath:
             return
         if len(pcm) != len(self._zeros):
             self._zeros = bytes(len(pcm))
-        level: float | None = None
-        if pcm != self._zeros:  # (a memcmp)
+        voiced = pcm != self._zeros  # (a memcmp)
+        if voiced:
             self._agent_ms += len(pcm) * 500 / rate
             self._voiced += 1
-            if self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
-                level = rms_dbfs(pcm)
-                self._agent_levels.append(level)
-                self._agent_db = _speech_level(self._agent_levels)
+        level: float | None = None  # the frame's level, from the power the canceller works out anyway
         try:
             canceller = self._at(rate)
-            if self._searching:
-                self._far_levels.append(rms_dbfs(pcm) if level is None else level)
             if len(pcm) == self._size and not self._far:
-                canceller.far(pcm)
-                return
-            self._far += pcm
-            while len(self._far) >= self._size:
-                canceller.far(bytes(self._far[: self._size]))
-                del self._far[: self._size]
+                level = power_dbfs(canceller.far(pcm))
+            else:
+                self._far += pcm
+                while len(self._far) >= self._size:
+                    canceller.far(bytes(self._far[: self._size]))
+                    del self._far[: self._size]
         except Exception as exc:
             self._fail(exc)
+        if voiced and self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
+            level = rms_dbfs(pcm) if level is None else level
+            self._agent_levels.append(level)
+            self._agent_db = _speech_level(self._agent_levels)
+        if not self.failed and self._searching:
+            self._far_levels.append(rms_dbfs(pcm) if level is None else level)
 
     def near(self, pcm: bytes, rate: int) -> bytes:
         """``pcm`` without the echo (whole frames; a remainder waits for the next call)."""
