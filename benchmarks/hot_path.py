@@ -5,9 +5,11 @@ Wall time is noise on a shared machine; instruction counts are not. This benchma
 fixed, deterministic workload in one process and counts its instructions with valgrind's
 callgrind (``apt-get install valgrind``; ``perf stat`` is not available in most containers):
 
-* ``K`` echo calls, each a real connected socket pair (so trio's socket wrappers and the
+* ``K`` calls, each a real connected socket pair (so trio's socket wrappers and the
   send/recv system calls are part of what is counted, as in production), served by the real
-  :class:`~audiosocket_ai.Server` with the echo agent through ``handle_connection``;
+  :class:`~audiosocket_ai.Server` through ``handle_connection``, on the server-wide tick as
+  ``serve`` runs it (``--no-tick``: per-call tasks, as before the tick), by the echo agent or the
+  voice assistant listening or talking (``--agent``, see :data:`AGENTS`);
 * trio runs on a :class:`trio.testing.MockClock` that jumps to the next deadline whenever
   every task is blocked (no real sleeping), its scheduler's coin seeded, and
   ``PYTHONHASHSEED=0``, so two runs execute the same code;
@@ -52,50 +54,93 @@ FRAME_PAYLOAD = bytes((i * 37 + 11) & 0xFF for i in range(320))
 FRAME = b"\x10\x01\x40" + FRAME_PAYLOAD
 
 
-async def workload(calls: int, frames: int) -> tuple[int, int]:
-    """Serve ``calls`` echo calls for ``frames`` ticks; returns (bytes sent back, frames sent)."""
+AGENTS = ("echo", "listening", "talking")
+"""What serves the calls: the echo agent; or the voice assistant (in-process scripted providers,
+the served WebRTC VAD at 8 kHz, echo canceller and noise suppressor on) while the caller's line
+carries only noise and the agent is silent ("listening": the state most of a call's frames are
+heard in), or while the agent talks throughout over that noise ("talking": a greeting of a tone
+that lasts the whole run, so playout, resampling and the echo canceller's reference work too)."""
+
+LINE_NOISE_DBFS = -70.0
+"""The callers' line noise for the assistant workloads (Gaussian, seeded): above digital silence,
+as a real line is, so the listener takes its usual path rather than the all-zero shortcuts."""
+
+
+def _noise_frames(count: int = 50) -> list[bytes]:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rms = 32768.0 * 10 ** (LINE_NOISE_DBFS / 20)
+    return [b"\x10\x01\x40" + np.clip(np.rint(rng.standard_normal(160) * rms), -32768, 32767).astype("<i2").tobytes()
+            for _ in range(count)]
+
+
+def _agent(kind: str) -> object:
+    from benchmarks.common.internals import AssistantSettings, VoiceAssistant, WebRtcVad, echo_agent
+
+    if kind == "echo":
+        return echo_agent
+    from audiosocket_ai.testing import ScriptedLLM, ScriptedSTT, ToneTTS
+
+    greeting = "a" * 4000 if kind == "talking" else None  # (40 ms a character: longer than any run)
+    settings = AssistantSettings(greeting=greeting, reprompt_after=None)
+    return VoiceAssistant(stt=ScriptedSTT([]), llm=ScriptedLLM([]), tts=ToneTTS(sample_rate=16000),
+                          vad_factory=lambda: WebRtcVad(sample_rate=8000), settings=settings)
+
+
+async def workload(calls: int, frames: int, agent: str = "echo", tick: bool = True) -> tuple[int, int, int]:
+    """Serve ``calls`` calls for ``frames`` ticks; returns (bytes sent back, frames sent, non-zero bytes sent back)."""
     from audiosocket_ai.protocol import Uuid, encode
-    from benchmarks.common.internals import Server, ServerConfig, echo_agent
+    from benchmarks.common.internals import Server, ServerConfig
 
     trio._core._run._r.seed(0)  # the scheduler's batch-order coin
-    server = Server(lambda: echo_agent, ServerConfig(max_calls=calls + 1))
+    served = _agent(agent)
+    server = Server(lambda: served, ServerConfig(max_calls=calls + 1))  # type: ignore[arg-type,return-value]
+    payloads = [FRAME] if agent == "echo" else _noise_frames()
     clients: list[socket.socket] = []
-    received = 0
-    async with trio.open_nursery() as nursery:
-        for index in range(calls):
-            ours, theirs = socket.socketpair()
-            ours.setblocking(False)
-            clients.append(ours)
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-            nursery.start_soon(functools.partial(server.handle_connection, stream, peer="caller"))
-            ours.send(encode(Uuid(uuid.UUID(int=index + 1))))
-        start = trio.current_time() + 0.001
-        for tick in range(frames):
-            await trio.sleep_until(start + tick * 0.02)
+    received = nonzero = 0
+    async with trio.open_nursery() as ticking:
+        if tick:  # (as `serve` runs it: one pass a tick does every call's reads and writes)
+            await ticking.start(server.ticker.run)
+        async with trio.open_nursery() as nursery:
+            for index in range(calls):
+                ours, theirs = socket.socketpair()
+                ours.setblocking(False)
+                clients.append(ours)
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+                nursery.start_soon(functools.partial(server.handle_connection, stream, peer="caller"))
+                ours.send(encode(Uuid(uuid.UUID(int=index + 1))))
+            start = trio.current_time() + 0.001
+            for n in range(frames):
+                await trio.sleep_until(start + n * 0.02)
+                payload = payloads[n % len(payloads)]
+                for sock in clients:
+                    sock.send(payload)
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    received += len(data)
+                    nonzero += len(data) - data.count(0)
             for sock in clients:
-                sock.send(FRAME)
-                try:
-                    received += len(sock.recv(65536))
-                except BlockingIOError:
-                    pass
-        for sock in clients:
-            sock.close()
-        await server.wait_for_calls(lambda active: not active)
-    return received, frames * calls
+                sock.close()
+            await server.wait_for_calls(lambda active: not active)
+        ticking.cancel_scope.cancel()
+    return received, frames * calls, nonzero
 
 
-def run_workload(calls: int, frames: int) -> tuple[int, int]:
-    return trio.run(workload, calls, frames, clock=trio.testing.MockClock(autojump_threshold=0))
+def run_workload(calls: int, frames: int, agent: str = "echo", tick: bool = True) -> tuple[int, int, int]:
+    return trio.run(workload, calls, frames, agent, tick, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def count_instructions(calls: int, frames: int) -> int:
+def count_instructions(calls: int, frames: int, agent: str = "echo", tick: bool = True) -> int:
     """Instructions of one run of the workload, counted by callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
              sys.executable, "-m", "benchmarks.hot_path", "--role", "run", "--calls", str(calls),
-             "--frames", str(frames)],
+             "--frames", str(frames), "--agent", agent, *([] if tick else ["--no-tick"])],
             cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         text = out.read_text()
     match = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
@@ -108,11 +153,11 @@ WATCHED = ("sleep_until", "_send", "_receive", "_read_loop", "_write_loop", "rec
 """Functions whose inclusive share ``--profile`` always lists (the per-frame steps)."""
 
 
-def profile(calls: int, frames: int, top: int) -> str:
-    run_workload(1, 2)  # imports and first-use work happen outside the profile
+def profile(calls: int, frames: int, top: int, agent: str = "echo", tick: bool = True) -> str:
+    run_workload(1, 2, agent, tick)  # imports and first-use work happen outside the profile
     profiler = cProfile.Profile()
     profiler.enable()
-    run_workload(calls, frames)
+    run_workload(calls, frames, agent, tick)
     profiler.disable()
     stats = pstats.Stats(profiler)
     entries = stats.stats  # type: ignore[attr-defined]
@@ -167,19 +212,23 @@ def main() -> None:
     parser.add_argument("--role", choices=("measure", "run"), default="measure", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help="cProfile one run of F2 frames instead")
     parser.add_argument("--top", type=int, default=15, help="functions listed by --profile")
+    parser.add_argument("--agent", choices=AGENTS, default="echo", help="what serves the calls (see AGENTS)")
+    parser.add_argument("--no-tick", dest="tick", action="store_false",
+                        help="per-call reader and writer tasks instead of the server-wide tick (as before it)")
     args = parser.parse_args()
     frames = [int(x) for x in args.frames.split(",")]
     if args.role == "run":
-        received, sent = run_workload(args.calls, frames[-1])
-        print(f"{sent} call-frames, {received} bytes echoed")
+        received, sent, _ = run_workload(args.calls, frames[-1], args.agent, args.tick)
+        print(f"{sent} call-frames, {received} bytes sent back")
         return
     if args.profile:
-        print(profile(args.calls, frames[-1], args.top))
+        print(profile(args.calls, frames[-1], args.top, args.agent, args.tick))
         return
     f1, f2 = frames
-    counts = [count_instructions(args.calls, f) for f in (f1, f2)]
+    counts = [count_instructions(args.calls, f, args.agent, args.tick) for f in (f1, f2)]
     per = (counts[1] - counts[0]) / (args.calls * (f2 - f1))
     print(f"machine: {report.machine_info()}")
+    print(f"agent: {args.agent}, {'server-wide tick' if args.tick else 'per-call tasks'}")
     print(f"I({f1}) = {counts[0]:,}  I({f2}) = {counts[1]:,}  (K = {args.calls} calls)")
     print(f"instructions per call-frame: {per:,.0f}")
 
