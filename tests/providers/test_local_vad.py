@@ -99,6 +99,22 @@ def test_pure_silence_has_no_events(rate: int) -> None:
     assert vad.position_ms == pytest.approx(5000)
 
 
+def test_digital_silence_is_unvoiced_without_the_classifier() -> None:
+    # (a listener masks the line's background to zeros: most frames of a call; they cost a memcmp)
+    class Classifier:
+        calls = 0
+
+        def is_speech(self, frame: bytes, rate: int) -> bool:
+            Classifier.calls += 1
+            return True
+
+    vad = WebRtcVad(sample_rate=8000)
+    vad._vad = Classifier()
+    assert vad.feed(zeros(8000, 1000)) == [] and Classifier.calls == 0
+    vad.feed(voice_like(8000, 100))
+    assert Classifier.calls == 5, "what is not digital silence still goes to it"
+
+
 @pytest.mark.parametrize("rate", [8000, 16000])
 @pytest.mark.parametrize("dbfs", [-70.0, -60.0, -50.0, -45.0])
 def test_low_level_noise_has_no_events(rate: int, dbfs: float) -> None:

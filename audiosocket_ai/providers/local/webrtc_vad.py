@@ -75,9 +75,12 @@ class WebRtcVad(FrameEndpointer):
         # Mean square of int16 samples below which a frame counts as silence.
         self._energy_floor = None if energy_floor_dbfs is None else (32768.0**2) * 10.0 ** (energy_floor_dbfs / 10.0)
         self._vad = webrtcvad.Vad(aggressiveness)
+        self._zeros = bytes(self._frame_bytes)
 
     def _is_voiced(self, frame: bytes) -> bool:
         if self._energy_floor is not None:
+            if frame == self._zeros:  # (a memcmp: digital silence, or a frame a listener masked)
+                return False
             samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
             if float(np.dot(samples, samples)) < self._energy_floor * len(samples):
                 return False
