@@ -46,7 +46,7 @@ class EchoPath:
         self._zeros = b""
         self._agent_ms = 0.0  # how much the agent has said on this call
         self._far_levels: collections.deque[float] = collections.deque(maxlen=25)  # the last 500 ms sent
-        self._near_db = 0.0  # the latest caller frame's level (while the echo path is searched for)
+        self._last_near = b""  # the latest caller frame (its level is worked out only if asked)
         self._agent_levels: collections.deque[float] = collections.deque(maxlen=40)  # its last ~3 s of voice
         self._voiced = 0
         self._agent_db: float | None = None
@@ -88,7 +88,7 @@ class EchoPath:
             return True
         # still searching: only a frame far below the agent (a line returns 10 dB or less of
         # it) — a caller talking over the greeting is seldom that much quieter than it
-        return self._searching and self._near_db <= max(self._far_levels, default=-120.0) - SEARCH_MARGIN_DB
+        return self._searching and rms_dbfs(self._last_near) <= max(self._far_levels, default=-120.0) - SEARCH_MARGIN_DB
 
     @property
     def agent_db(self) -> float | None:
@@ -145,8 +145,7 @@ class EchoPath:
             return pcm
         try:
             canceller = self._at(rate)
-            if self._searching:
-                self._near_db = rms_dbfs(pcm)
+            self._last_near = pcm
             if len(pcm) == self._size and not self._near:
                 return bytes(canceller.near(pcm))
         except Exception as exc:
