@@ -70,12 +70,14 @@ from benchmarks.common.procs import (
     free_port,
     http_get,
     loadavg,
+    machine_steal,
     process_tree,
     rss_mb,
     runq_wait_ns,
     server_command,
     server_cwd,
     server_env,
+    steal_share,
     stop_process,
     tree_cpu_ticks,
 )
@@ -526,6 +528,7 @@ def run_step(gen: LoadGen, n: int, args: argparse.Namespace, pid: int, log_path:
     closed_before = gen.server_closed
     pids = process_tree(pid)  # the server, or a --workers parent and its workers
     ticks0, t0 = tree_cpu_ticks(pids), mono()
+    steal0 = machine_steal()
     wait0, own_wait0 = sum(runq_wait_ns(p) for p in pids), gen.runq_wait_ns()
     own0 = gen.cpu_ns()
     pacing0 = scrape_pacing(args.metrics_url)
@@ -536,6 +539,7 @@ def run_step(gen: LoadGen, n: int, args: argparse.Namespace, pid: int, log_path:
     t1 = mono()
     own1 = gen.cpu_ns()
     ticks1 = tree_cpu_ticks(pids)
+    steal1 = machine_steal()
     wait1, own_wait1 = sum(runq_wait_ns(p) for p in pids), gen.runq_wait_ns()
     win = gen.window()
     spread = calls_per_worker(args.metrics_url) if args.workers != 1 else None
@@ -579,6 +583,7 @@ def run_step(gen: LoadGen, n: int, args: argparse.Namespace, pid: int, log_path:
         "server_cpu_pct": round(100.0 * (sum(ticks1) - sum(ticks0)) / hz / elapsed, 1),
         "server_sys_pct": round(100.0 * (ticks1[1] - ticks0[1]) / hz / elapsed, 1),
         "server_runq_wait_pct": round(server_wait_pct, 1),
+        "host_steal_pct": round(100.0 * steal_share(steal0, steal1), 1),
         "server_contended": server_wait_pct > SERVER_MAX_RUNQ_WAIT_PCT and not args.shared_cores,
         "server_rss_mb": round(sum(rss_mb(p) for p in pids), 1),
         "server_processes": len(pids),
@@ -774,7 +779,7 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
          f"CPUs {args.server_cpus or 'any'})."),
         "",
         "| calls | missing frames (calls) | frames/call exp → rcvd | dev p50 | dev p99 | dev p99.9 | dev max "
-        "| server CPU (of which kernel; runq wait) | server RSS | server warnings "
+        "| server CPU (of which kernel; runq wait; host steal) | server RSS | server warnings "
         "| generator CPU (runq wait) / send-late p99 / blind p99 | result |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -796,7 +801,8 @@ def render_markdown(results: list[dict[str, object]], info: dict[str, str], args
             f"| {r['calls']} | {r['missing']} ({r['calls_with_missing']}) | {r['expected_per_call']} → "
             f"{r['received_per_call']} | {r['dev_p50_ms']:.2f} ms | {r['dev_p99_ms']:.2f} ms | "
             f"{r['dev_p999_ms']:.2f} ms | {r['dev_max_ms']:.1f} ms | "
-            f"{r['server_cpu_pct']}% ({r['server_sys_pct']}%; {r['server_runq_wait_pct']}%) | "
+            f"{r['server_cpu_pct']}% ({r['server_sys_pct']}%; {r['server_runq_wait_pct']}%; "
+            f"{r.get('host_steal_pct', '?')}%) | "
             f"{r['server_rss_mb']} MB | {warn} | {gen_note} | {verdict} |"
         )
     paced = [r for r in results if r.get("server_pacing")]

@@ -34,7 +34,7 @@ from benchmarks._cloud_conversations import markdown as md
 from benchmarks._cloud_conversations import runs as rn
 from benchmarks.common.line_noise import gaussian_noise, under
 from benchmarks.common.loop_lag import LoopLag
-from benchmarks.common.procs import process_tree, tree_cpu_ticks
+from benchmarks.common.procs import machine_steal, process_tree, steal_share, tree_cpu_ticks
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 
 MS = 1_000_000
@@ -169,6 +169,13 @@ def test_echo_capacity_fails_a_step_whose_agents_fell_behind(tmp_path: Path) -> 
     assert ec.step_passes({**step, "server_warning_kinds": {"peer not reading": 1}})
     assert not ec.step_passes({**step, "server_warning_kinds": {}, "dev_p99_ms": ec.PASS_P99_MS})
     assert not ec.step_passes({**step, "server_warning_kinds": {}, "missing": 1})
+
+
+def test_the_hosts_steal_share_comes_from_proc_stat() -> None:
+    steal, total = machine_steal()
+    assert total > 0 and 0 <= steal <= total
+    assert steal_share((10.0, 1000.0), (40.0, 1200.0)) == pytest.approx(0.15)
+    assert steal_share((10.0, 1000.0), (10.0, 1000.0)) == 0.0  # (no time passed: nothing stolen)
 
 
 def test_process_tree_finds_children_and_sums_their_cpu() -> None:
@@ -429,7 +436,7 @@ def test_the_fakes_lag_and_the_line_reach_the_summary_and_the_table() -> None:
     calls = [{"replies": [{"latency_ms": 600.0}], "error": None, "utterances": [{"inserted_ms": 0}]}]
     run = {"workers": 1, "n": 1, "calls": calls, "lateness": [], "server_cpu_s": 1.0, "wall_s": 2.0,
            "call_seconds": 10.0, "line_noise_dbfs": -70.0, "load_after": "0.5 0.4 0.3",
-           "fakes_loop": _Monitor().snapshot()}
+           "fakes_loop": _Monitor().snapshot(), "steal_share": 0.125}
     s = an.summarize(run)
     assert s["line_noise_dbfs"] == -70.0
     assert (s["fakes_lag_p50_ms"], s["fakes_lag_p99_ms"], s["fakes_lag_max_ms"]) == (0.5, 3.25, 17.0)
@@ -440,7 +447,8 @@ def test_the_fakes_lag_and_the_line_reach_the_summary_and_the_table() -> None:
     text = md.render_markdown([s], info, args, "0 0 0", "0 0 0", "cmd")
     header = next(line for line in text.splitlines() if line.startswith("| workers | N | peak"))
     row = next(line for line in text.splitlines() if line.startswith("| 1 | 1 |"))
-    assert header.split(" | ")[-2] == "fakes lag p99 / max" and row.split(" | ")[-2] == "3.2 / 17.0 ms"
+    assert header.split(" | ")[-3] == "fakes lag p99 / max" and row.split(" | ")[-3] == "3.2 / 17.0 ms"
+    assert header.split(" | ")[-1] == "host steal |" and row.split(" | ")[-1] == "12 % |"
     assert header.count("|") == row.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
     assert "the line carries Gaussian line noise at −70 dBFS RMS whenever the caller does not talk" in text
 

@@ -116,7 +116,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "fakes_lag_p50_ms": loop.get("p50_ms"), "fakes_lag_p99_ms": loop.get("p99_ms"),
         "fakes_lag_max_ms": loop.get("max_ms"), "fakes_lag_wakes": loop.get("wakes"),
         "fakes_lag_over_period": loop.get("late_over_period"), "fakes_loop_cores": loop.get("cores"),
-        "machine_cores": run.get("machine_cores"),
+        "machine_cores": run.get("machine_cores"), "steal_share": run.get("steal_share"),
         "turns": run.get("turns_split", {}),
         "load_before": run.get("load_before"), "load_after": run.get("load_after"),
         "profile": run.get("profile"),

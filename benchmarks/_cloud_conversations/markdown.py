@@ -50,7 +50,9 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         "",
         report.machine(info, shared=True) + f" Load average (1/5/15 min) at the start: {load_start}, at the end: "
         f"{load_end}. Nothing pinned: the server (parent and workers), the {fakes_procs(args)} and the callers "
-        "(this script, one thread) share both cores, all on 127.0.0.1.",
+        "(this script, one thread) share both cores, all on 127.0.0.1. Host steal: the share of the CPUs' time "
+        "during the run that the hypervisor gave to other guests while this one's were ready to run "
+        "(/proc/stat; a host shared with others runs everything here that much slower).",
         "",
         f"Fakes (`tests/fakes` `FakeOpenAI`, real OpenAI wire formats, real provider clients in the server): "
         f"transcription {args.stt_ms:g} ms, chat first token {args.llm_first_token_ms:g} ms then a word every "
@@ -70,8 +72,8 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
         "| reply p50 / p99 (max) ms | inserted silence max (utterances > 60 ms) | pacing lateness p99 (server) "
         "| late ticks / underruns "
         "| caller frame-interval dev p99 | server CPU (cores) | CPU ms per call-second | server RSS idle → peak "
-        "| fakes / callers CPU | fakes lag p99 / max | load 1 min after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fakes / callers CPU | fakes lag p99 / max | load 1 min after | host steal |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         lines.append(
@@ -85,7 +87,8 @@ def render_markdown(summaries: list[dict[str, Any]], info: dict[str, str], args:
             f"| {fmt(s['rss_idle_mb'])} → {fmt(s['rss_peak_mb'])} MB "
             f"| {fmt(s['fakes_cores'], 2)} / {fmt(s['callers_cores'], 2)} "
             f"| {fmt(s.get('fakes_lag_p99_ms'), 1)} / {fmt(s.get('fakes_lag_max_ms'), 1)} ms "
-            f"| {(s['load_after'] or '?').split()[0]} |")
+            f"| {(s['load_after'] or '?').split()[0]} "
+            f"| {'?' if s.get('steal_share') is None else format(100 * s['steal_share'], '.0f') + ' %'} |")
     lines += ["", "The server's own split per reply (its `turn latency (ms)` log lines, p50 / p99):", "",
               "| workers | N | endpointing | STT after the endpoint | LLM first token | TTS first audio "
               "| speech end → first frame |", "|---:|---:|---:|---:|---:|---:|---:|"]

@@ -24,12 +24,14 @@ from benchmarks.common.procs import (
     http_get,
     loadavg,
     machine_busy,
+    machine_steal,
     process_tree,
     rss_mb,
     server_command,
     server_cwd,
     server_env,
     start_reporting,
+    steal_share,
     stop_process,
     tree_cpu_ticks,
 )
@@ -193,6 +195,7 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: Fakes,
         cpu0, fcpu0 = tree_cpu_ticks(pids), tree_cpu_ticks(fakes.pids)
         own0 = resource.getrusage(resource.RUSAGE_SELF)
         busy0, total0 = machine_busy()
+        steal0 = machine_steal()
         t0 = time.monotonic()
         peak = {"rss": rss_idle, "active": 0.0}
         # the callers run in this thread; RSS and calls in progress are sampled from a helper thread
@@ -219,6 +222,7 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: Fakes,
         cpu1, fcpu1 = tree_cpu_ticks(pids), tree_cpu_ticks(fakes.pids)
         own1 = resource.getrusage(resource.RUSAGE_SELF)
         busy1, total1 = machine_busy()
+        steal1 = machine_steal()
         deadline = time.monotonic() + 15
         after: dict[str, float] = {}
         while time.monotonic() < deadline:
@@ -243,6 +247,7 @@ def run_one(args: argparse.Namespace, workers: int, n: int, fakes: Fakes,
         "server_cpu_s": (sum(cpu1) - sum(cpu0)) / CLK, "fakes_cores": (sum(fcpu1) - sum(fcpu0)) / CLK / wall,
         "callers_cores": ((own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)) / wall,
         "machine_cores": (busy1 - busy0) / max(1.0, total1 - total0) * (os.cpu_count() or 1),
+        "steal_share": steal_share(steal0, steal1),
         "rss_idle_mb": rss_idle, "rss_peak_mb": max(peak["rss"], hwm), "peak_active": int(peak["active"]),
         "lateness": lateness_delta(before, after),
         "late_ticks": metrics.total(after, "audiosocket_late_ticks_total")

@@ -147,6 +147,20 @@ def machine_busy() -> tuple[float, float]:
     return float(sum(values) - idle), float(sum(values))
 
 
+def machine_steal() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs: steal is the time a virtual machine's CPUs were ready to run
+    but the hypervisor ran another guest (a host shared with others; 0 on bare metal)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return float(values[7] if len(values) > 7 else 0), float(sum(values))
+
+
+def steal_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the CPUs' time between two :func:`machine_steal` readings that was stolen."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every live descendant (e.g. a ``serve --workers N`` parent and its workers), parents first."""
     children: dict[int, list[int]] = {}
