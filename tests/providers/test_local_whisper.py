@@ -26,6 +26,15 @@ from audiosocket_ai.providers.local import (
 SENTENCE = "Please transfer me to the billing department."
 
 
+def heard(text: str) -> bool:
+    """Whether a transcript is of :data:`SENTENCE`. Piper renders it a little differently each
+    time, and Whisper tiny.en hears some renderings' "billing" as "building" (at 8 kHz about one
+    time in three; at 16 kHz in 2 of 10 test runs on 2026-12-07's AMD host, none in 12 renderings
+    in one process there): the words around it must be right."""
+    text = text.lower()
+    return "transfer" in text and "department" in text and ("billing" in text or "building" in text)
+
+
 @pytest.fixture(scope="module")
 def stt() -> Iterator[WhisperSTT]:
     engine = WhisperSTT()
@@ -79,7 +88,7 @@ async def test_round_trip_from_piper(stt: WhisperSTT, speech_22k: tuple[bytes, i
     pcm, rate = speech_22k
     result = await final_text(stt, resample(pcm, rate, 16000))
     text = result.text.lower()
-    assert "billing" in text and "department" in text, result
+    assert heard(text), result
     # Piper renders the sentence a little differently each time: over 21 renderings Whisper's
     # confidence ranged 0.47-0.86 (2026-12-07), so the check is that a right transcript is
     # never taken for an unsure one (which the assistant may treat as noise)
@@ -151,7 +160,7 @@ async def test_two_concurrent_transcriptions_share_one_lazily_loaded_model(
     assert len(constructed) == 1 and engine.loaded
     assert sorted(results) == [0, 1]
     for result in results.values():
-        assert "billing" in result.text.lower(), result
+        assert heard(result.text), result
 
 
 @pytest.mark.slow
@@ -209,7 +218,7 @@ async def test_cancelled_decode_is_abandoned_but_keeps_its_token_until_it_ends(
     finally:
         let_first_decode_end.set()
     assert decodes == 2 and len(results) == 1
-    assert "billing" in results[0].text.lower()
+    assert heard(results[0].text), results[0]
     assert limiter.borrowed_tokens == 0
 
 
@@ -247,7 +256,7 @@ async def test_decode_runs_in_a_worker_thread_while_the_loop_stays_free(
     finally:
         loop_ran_meanwhile.set()
     assert len(decode_threads) == 1 and loop_thread not in decode_threads
-    assert "billing" in result.text.lower(), result
+    assert heard(result.text), result
 
 
 def test_window_is_sized_to_the_utterance() -> None:
