@@ -29,7 +29,7 @@ SENTENCE = "Please transfer me to the billing department."
 def heard(text: str) -> bool:
     """Whether a transcript is of :data:`SENTENCE`. Piper renders it a little differently each
     time, and Whisper tiny.en hears some renderings' "billing" as "building" (at 8 kHz about one
-    time in three; at 16 kHz in 2 of 10 test runs on 2026-12-07's AMD host, none in 12 renderings
+    time in three; at 16 kHz in 2 of 12 test runs on 2026-12-07's AMD host, none in 12 renderings
     in one process there): the words around it must be right."""
     text = text.lower()
     return "transfer" in text and "department" in text and ("billing" in text or "building" in text)
