@@ -139,10 +139,15 @@ def runq_wait_s(pid: int) -> float:
     return sum(runq_wait_ns(f"{pid}/task/{task}") for task in tasks) / 1e9
 
 
+def _all_cpus() -> list[int]:
+    """/proc/stat's jiffies of all CPUs: user, nice, system, idle, iowait, irq, softirq, steal, ..."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
+    values = _all_cpus()
     idle = values[3] + values[4]
     return float(sum(values) - idle), float(sum(values))
 
@@ -150,8 +155,7 @@ def machine_busy() -> tuple[float, float]:
 def machine_steal() -> tuple[float, float]:
     """(steal, total) jiffies of all CPUs: steal is the time a virtual machine's CPUs were ready to run
     but the hypervisor ran another guest (a host shared with others; 0 on bare metal)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
+    values = _all_cpus()
     return float(values[7] if len(values) > 7 else 0), float(sum(values))
 
 
