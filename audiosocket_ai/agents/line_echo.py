@@ -132,12 +132,15 @@ class EchoPath:
                     del self._far[: self._size]
         except Exception as exc:
             self._fail(exc)
-        if voiced and self._voiced % 4 == 0:  # a sample of the agent's level (every 80 ms) is enough
-            level = rms_dbfs(pcm) if level is None else level
-            self._agent_levels.append(level)
-            self._agent_db = _speech_level(self._agent_levels)
-        if not self.failed and self._searching:
-            self._far_levels.append(rms_dbfs(pcm) if level is None else level)
+        sample = voiced and self._voiced % 4 == 0  # a sample of the agent's level (every 80 ms) is enough
+        searching = not self.failed and self._searching
+        if sample or searching:
+            sent = rms_dbfs(pcm) if level is None else level  # (None: frames regrouped, or the canceller failed)
+            if sample:
+                self._agent_levels.append(sent)
+                self._agent_db = _speech_level(self._agent_levels)
+            if searching:
+                self._far_levels.append(sent)
 
     def near(self, pcm: bytes, rate: int) -> bytes:
         """``pcm`` without the echo (whole frames; a remainder waits for the next call)."""
