@@ -78,6 +78,34 @@ class Playback:
         Raises:
             trio.ClosedResourceError: this playback was closed or flushed.
         """
+        chunk = self._whole_frames(pcm, rate)
+        if chunk:
+            await self._playout._enqueue(self, chunk)
+
+    def write_nowait(self, pcm: bytes, rate: int | None = None) -> None:
+        """Queue ``pcm`` like :meth:`write`, but never wait: for code that must not, such
+        as a hearer given to ``call.hear`` (an echo, a relay).
+
+        Raises:
+            trio.WouldBlock: the queue has no room for ``pcm`` (it would hold more than
+                ``max_ahead_ms``); nothing was queued.
+            trio.ClosedResourceError: this playback was closed or flushed.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("playback already closed (flushed or finished)")
+        playout = self._playout
+        source_rate = rate or self._source_rate or playout.rate
+        # the frames this write can complete, at most (resampled, one more for the filter's carry)
+        samples = len(pcm) // 2 * playout.rate / source_rate + len(self._partial) // 2
+        frames = math.ceil(samples / (playout.frame_size // 2)) + (source_rate != playout.rate)
+        if not playout._has_room(frames):
+            raise trio.WouldBlock
+        chunk = self._whole_frames(pcm, rate)
+        if chunk:
+            playout._enqueue_frames_nowait(self, chunk)
+
+    def _whole_frames(self, pcm: bytes, rate: int | None) -> bytes:
+        """Take ``pcm`` in (resampled to the call's rate); return the whole frames it completes."""
         if self.closed:
             raise trio.ClosedResourceError("playback already closed (flushed or finished)")
         playout = self._playout
@@ -87,13 +115,16 @@ class Playback:
             if self._resampler is None or self._resampler.in_rate != rate:
                 self._resampler = Resampler(rate, playout.rate, quality="MQ")
             pcm = self._resampler.process(pcm)
+        if not self._partial and len(pcm) == playout.frame_size:
+            return bytes(pcm)  # (the common case of an echo or a relay: one whole frame in; no copy of bytes)
         self._partial += pcm
         size = playout.frame_size
         whole = len(self._partial) // size * size
-        if whole:
-            chunk = bytes(self._partial[:whole])
-            del self._partial[:whole]
-            await playout._enqueue(self, chunk)
+        if not whole:
+            return b""
+        chunk = bytes(self._partial[:whole])
+        del self._partial[:whole]
+        return chunk
 
     def close(self) -> None:
         """No more audio: pad the last partial frame with silence and let it play out."""
@@ -367,6 +398,17 @@ class Playout:
     def _enqueue_nowait(self, handle: Playback, pcm: bytes) -> None:
         if not self.closing:
             self._append(handle, pcm)
+
+    def _has_room(self, frames: int) -> bool:
+        return len(self._frames) + frames <= self._max_frames
+
+    def _enqueue_frames_nowait(self, handle: Playback, pcm: bytes) -> None:
+        size = self.frame_size
+        if len(pcm) == size:
+            self._enqueue_nowait(handle, pcm)
+            return
+        for offset in range(0, len(pcm), size):
+            self._enqueue_nowait(handle, pcm[offset : offset + size])
 
     def _append(self, handle: Playback, frame: bytes) -> None:
         self._frames.append((handle, frame))

@@ -392,3 +392,42 @@ async def test_taps_see_the_pcm_of_every_tick(autojump_clock: trio.testing.MockC
     assert 0 <= offset <= 3
     assert sent[offset:] == seen or sent[offset - 1 : -1] == seen
     assert sum(1 for pcm in tap.outbound if any(pcm)) == 3  # 50 ms: two frames and a padded one
+
+
+def test_write_nowait_queues_up_to_the_limit_then_refuses_without_queueing() -> None:
+    playout = Playout(rate=8000, max_ahead_ms=100)  # 5 frames
+    playback = playout.open()
+    for n in range(5):
+        playback.write_nowait(bytes([n + 1, 0]) * 160)
+    assert playout.queued_ms == 100
+    with pytest.raises(trio.WouldBlock):
+        playback.write_nowait(b"\x09\x00" * 160)
+    assert playout.queued_ms == 100 and playback.queued_frames == 5  # nothing of it was kept
+    assert playout.next_frame(0.0) == b"\x01\x00" * 160
+    playback.write_nowait(b"\x06\x00" * 160)  # room again after a frame played
+    played = [playout.next_frame(0.02 * (n + 1)) for n in range(6)]
+    assert [frame[0] for frame in played] == [2, 3, 4, 5, 6, 0]  # in order; then silence
+
+
+def test_write_nowait_refuses_what_would_overfill_the_queue_and_keeps_partial_frames() -> None:
+    playout = Playout(rate=8000, max_ahead_ms=100)  # 5 frames
+    playback = playout.open()
+    playback.write_nowait(b"\x01\x00" * 240)  # a frame and a half: one frame queued, half held
+    assert playout.queued_ms == 20
+    with pytest.raises(trio.WouldBlock):
+        playback.write_nowait(b"\x02\x00" * 160 * 4)  # with the held half, 4.5 frames: no room for 5
+    assert playout.queued_ms == 20
+    playback.write_nowait(b"\x02\x00" * 160 * 3)  # 3.5 frames: fits (4 frames at most)
+    assert playout.queued_ms == 80
+    playback.close()  # the held half frame is padded and queued
+    assert playout.queued_ms == 100 and playback.queued_frames == 5
+
+
+def test_write_nowait_resamples_and_refuses_after_close() -> None:
+    playout = Playout(rate=8000, max_ahead_ms=500)
+    playback = playout.open(rate=16000)
+    playback.write_nowait(b"\x00\x10" * 320 * 4)  # 80 ms at 16 kHz
+    playback.close()
+    assert 60 <= playout.queued_ms <= 100  # 80 ms at 8 kHz, give or take the filter's delay
+    with pytest.raises(trio.ClosedResourceError):
+        playback.write_nowait(b"\x00\x00" * 160)

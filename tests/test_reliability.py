@@ -356,8 +356,16 @@ async def test_peer_that_stops_reading_is_cut_off_with_bounded_memory(calllog: p
         finally:
             await stream.aclose()
 
+    async def held_back_relay(call: asa.CallSurface) -> None:
+        # plays the caller back as an agent that waits for queue space does: held back while
+        # the playout is full, it reads no more, and the inbound queue fills behind it
+        # (the echo agent does not wait: it drops what finds the playout full)
+        async with call.playback() as out:
+            async for frame in call.audio():
+                await out.write(frame.pcm, frame.rate)
+
     finished: dict[str, asa.Call] = {}
-    async with running_server(asa.echo_agent, call=settings_) as (server, port):
+    async with running_server(held_back_relay, call=settings_) as (server, port):
         server._on_call_end = lambda call: finished.__setitem__(str(call.uuid), call)
         async with FakeAsterisk.connect(HOST, port) as good:
             await established(server)

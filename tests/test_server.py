@@ -37,6 +37,27 @@ async def test_echo_returns_the_same_audio_in_the_same_kind(rate: int, autojump_
     assert {item.message.rate for item in pbx.received if isinstance(item.message, Audio)} == {rate}
 
 
+async def test_echo_of_a_caller_faster_than_real_time_drops_what_has_no_room(calllog, autojump_clock) -> None:
+    # 3 s of audio in one burst: the echo queues what fits (max_ahead_ms) as the frames are
+    # read, drops the rest, and says so once, naming the call; it never lags by more than that
+    sent = noise(3000, 8000, seed=5)
+    finished: list[asa.Call] = []
+    async with serve_in_memory(asa.echo_agent, call=CallSettings(max_ahead_ms=200)) as line:
+        line.server._on_call_end = finished.append
+        async with line.call() as pbx:
+            await pbx.send_audio(sent, paced=False)
+            await trio.sleep(1.0)
+        await settled(line.server)
+    (call,) = finished
+    echoed = b"".join(item.message.pcm for item in pbx.received
+                      if isinstance(item.message, Audio) and any(item.message.pcm))
+    assert 0 < len(echoed) <= 2 * 160 * (10 + 1), "at most the 200 ms queue (and the frame being sent)"
+    assert echoed in sent, "what is echoed is the caller's audio, in order"
+    assert call.stats.audio_dropped == 0, "the reader kept up: the echo dropped, not the server"
+    warned = [r for r in calllog.records if "dropped" in r.getMessage() and "echo" in r.getMessage()]
+    assert warned and all(r.call == str(pbx.uuid) for r in warned)
+
+
 async def test_silence_flows_before_the_agent_speaks(autojump_clock) -> None:
     async def slow_greeter(call: asa.Call) -> None:
         await trio.sleep(0.5)
