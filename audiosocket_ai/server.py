@@ -32,7 +32,7 @@ from .outcome import OutcomeStore
 from .protocol import Decoder, Message, ProtocolError, Uuid
 from .protocol.encoder import HANGUP_BYTES
 from .shared import SharedState
-from .surface import AgentFactory, CallSurface, EndReason
+from .surface import AgentFactory, CallSurface, EndReason, discard_audio
 from .ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ class Server:
 
             async def busy(call: CallSurface) -> None:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_discard_audio, call)  # nobody listens; don't let it pile up
+                    nursery.start_soon(discard_audio, call)  # nobody listens; don't let it pile up
                     await call.play(pcm, rate, wait=True)
                     await call.hangup()
 
@@ -477,11 +477,6 @@ async def open_reuse_port_listeners(port: int, *, host: str | None) -> list[trio
 
 LISTEN_BACKLOG = 4096
 """Accept queue of each SO_REUSEPORT socket (the kernel caps it at net.core.somaxconn)."""
-
-
-async def _discard_audio(call: CallSurface) -> None:
-    async for _ in call.audio():
-        pass
 
 
 async def _read_uuid(stream: trio.abc.ReceiveStream, decoder: Decoder) -> tuple[uuid_module.UUID, list[Message]]:

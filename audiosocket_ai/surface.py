@@ -30,6 +30,7 @@ __all__ = [
     "CallSurface",
     "EndReason",
     "as_agent_function",
+    "discard_audio",
 ]
 
 
@@ -193,3 +194,13 @@ def as_agent_function(agent: object) -> AgentFunction:
     if callable(agent):
         return agent
     raise TypeError(f"not an agent: {agent!r} (need an async function of a call, or an object with run(call))")
+
+
+async def discard_audio(call: CallSurface) -> None:
+    """Read the caller's audio and let it go, until it ends (a call nobody listens to: its
+    frames must not pile up). Through :meth:`CallSurface.hear`: no task switch per frame."""
+    await call.hear(_ignore)
+
+
+def _ignore(frame: Audio) -> None:
+    pass

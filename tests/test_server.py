@@ -58,6 +58,21 @@ async def test_echo_of_a_caller_faster_than_real_time_drops_what_has_no_room(cal
     assert warned and all(r.call == str(pbx.uuid) for r in warned)
 
 
+async def test_a_call_nobody_listens_to_reads_and_drops_nothing(autojump_clock) -> None:
+    # the tone agent that stays on the line after its tone discards the caller's audio as it
+    # comes: none waits in the inbound queue, none is dropped for an agent falling behind
+    finished: list[asa.Call] = []
+    async with serve_in_memory(asa.ToneAgent(duration_ms=200, hangup=False)) as line:
+        line.server._on_call_end = finished.append
+        async with line.call() as pbx:
+            await pbx.send_audio(noise(3000, 8000))
+            call = line.server.calls[pbx.uuid]
+            assert call.inbound_queued_frames == 0
+        await settled(line.server)
+    (call,) = finished
+    assert call.stats.frames_in >= 150 and call.stats.audio_dropped == 0
+
+
 async def test_silence_flows_before_the_agent_speaks(autojump_clock) -> None:
     async def slow_greeter(call: asa.Call) -> None:
         await trio.sleep(0.5)

@@ -36,7 +36,7 @@ import trio
 
 from ..audio import SAMPLE_WIDTH, Resampler, resample
 from ..interfaces import STT, TTS, VAD, SpeechEnded, SpeechStarted
-from ..surface import AgentFunction, CallSurface, EndReason
+from ..surface import AgentFunction, CallSurface, EndReason, discard_audio
 from ..wav import read_wav
 from .beep import BeepDetector, BeepEnded, BeepStarted
 
@@ -332,16 +332,11 @@ class OutboundAgent:
                             message_at_ms=round(detector.position_ms))
         log.info("leaving the message (%s)", detector.message_reason or "no answer")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, call)  # keep reading: the callee's audio is not needed now
+            nursery.start_soon(discard_audio, call)  # keep reading: the callee's audio is not needed now
             playback = await call.play(pcm, rate, wait=True)
             nursery.cancel_scope.cancel()
         call.outcome["result"] = "message_left" if not playback.interrupted else "message_cut"
         await call.hangup(reason=EndReason.AGENT_FINISHED)
-
-
-async def _drain(call: CallSurface) -> None:
-    async for _ in call.audio():
-        pass
 
 
 def _bytes_for(rate: int, ms: int) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 
 from ..audio import resample, tone_pcm
-from ..surface import CallSurface
+from ..surface import CallSurface, discard_audio
 from ..wav import read_wav
 
 __all__ = ["ToneAgent"]
@@ -36,5 +36,4 @@ class ToneAgent:
         if self.hangup:
             await call.hangup()
         else:
-            async for _ in call.audio():
-                pass
+            await discard_audio(call)  # (until the caller hangs up)
