@@ -205,6 +205,12 @@ def to_int16(samples: np.ndarray) -> bytes:
     return bytes(rounded.astype("<i2").tobytes())
 
 
+def resampler_if_needed(in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> Resampler | None:
+    """A :class:`Resampler` from ``in_rate`` to ``out_rate``, or None when they are the same
+    (the audio is used as it comes: a per-frame stage with nothing to do costs nothing)."""
+    return None if in_rate == out_rate else Resampler(in_rate, out_rate, quality=quality)
+
+
 def resample(pcm: bytes, in_rate: int, out_rate: int, *, quality: Quality = "HQ") -> bytes:
     """Resample a whole buffer in one call (e.g. a synthesized sentence)."""
     if in_rate == out_rate or not pcm:

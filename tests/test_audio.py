@@ -336,3 +336,11 @@ def test_speech_level_is_the_mean_of_the_loudest_third_above_the_floor() -> None
     assert speech_level_db([-20.0, -30.0, -40.0, -50.0, -25.0, -35.0, -100.0], above_db=-60.0) == -22.5
     assert speech_level_db([-70.0, float("-inf")], above_db=-60.0) is None
     assert speech_level_db([-70.0], above_db=-90.0) == -70.0
+
+
+def test_resampler_if_needed_is_none_at_the_same_rate_and_resamples_otherwise() -> None:
+    assert audio.resampler_if_needed(8000, 8000, quality="LQ") is None
+    up = audio.resampler_if_needed(8000, 16000, quality="LQ")
+    assert up is not None and (up.in_rate, up.out_rate) == (8000, 16000)
+    out = up.process(audio.tone_pcm(440, 200, 8000)) + up.flush()
+    assert len(out) == 2 * 16000 * 200 // 1000

@@ -34,7 +34,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from ..audio import SAMPLE_WIDTH, Resampler, resample
+from ..audio import SAMPLE_WIDTH, resample, resampler_if_needed
 from ..interfaces import STT, TTS, VAD, SpeechEnded, SpeechStarted
 from ..surface import AgentFunction, CallSurface, EndReason, discard_audio
 from ..wav import read_wav
@@ -114,7 +114,7 @@ class AmdDetector:
         self.rate = rate
         self.vad = vad
         self.beep = BeepDetector(rate)
-        self._to_vad = Resampler(rate, vad.sample_rate, quality="LQ") if rate != vad.sample_rate else None
+        self._to_vad = resampler_if_needed(rate, vad.sample_rate, quality="LQ")
         self.position_ms = 0.0
         self.onset_ms: float | None = None
         """Where the greeting's first speech began."""

@@ -42,7 +42,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from ..audio import Resampler
+from ..audio import Resampler, resampler_if_needed
 from ..errors import AudiosocketAIError
 from ..interfaces import (
     AgentAudio,
@@ -371,8 +371,7 @@ class _RealtimeCall:
                 # for a better filter to keep, and every block of delay is added to the
                 # engine VAD's barge-in and end-of-turn decisions, so LQ it is.
                 to_model = Resampler(rate, self.engine.sample_rate, quality="LQ")
-                to_vad = (Resampler(rate, vad.sample_rate, quality="LQ")
-                          if vad is not None and vad.sample_rate != rate else None)  # (None: as it comes)
+                to_vad = None if vad is None else resampler_if_needed(rate, vad.sample_rate, quality="LQ")
             heard = frame.pcm if echo is None else echo.near(frame.pcm, rate)
             pending += to_model.process(heard)
             pending_ms += len(frame.pcm) / 2 / rate * 1000

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import trio
 
-from ...audio import Resampler, rms_dbfs
+from ...audio import resampler_if_needed, rms_dbfs
 from ...inference import URGENT, priority
 from ...interfaces import STT, SpeechEnded, SpeechStarted, Transcript, VADFactory
 from ...log import private
@@ -193,7 +193,7 @@ class Listener:
         vad = self.vad_factory()
         # the VAD, the levels and the pre-roll work at the call's rate; only a captured
         # utterance is resampled, to the recognizer's rate (by its UtteranceCapture)
-        to_vad = _to_rate(call_rate, vad.sample_rate)
+        to_vad = resampler_if_needed(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
         ring_ms = settings.pre_roll_ms + PRE_ROLL_SLACK_MS
         ring = Ring(ring_ms, call_rate)
         # the recognizer alone hears the caller through a noise suppressor: the VAD, the levels
@@ -208,7 +208,7 @@ class Listener:
                 nonlocal call_rate, to_vad, position_ms, capture
                 if frame.rate != call_rate:
                     call_rate = frame.rate
-                    to_vad = _to_rate(call_rate, vad.sample_rate)
+                    to_vad = resampler_if_needed(call_rate, vad.sample_rate, quality=INBOUND_QUALITY)
                     ring.reset(call_rate)
                     if cleaner is not None:
                         cleaner.rate_changed(call_rate)
@@ -388,8 +388,3 @@ class Listener:
             now = trio.current_time()
             timings = TurnTimings(speech_end=now, endpoint=now, transcript=now)
             self._deliver(Utterance(digit, now, now, timings, is_dtmf=True), "a key")
-
-
-def _to_rate(call_rate: int, rate: int) -> Resampler | None:
-    """What takes the call's audio to ``rate`` (None: it is already there)."""
-    return None if rate == call_rate else Resampler(call_rate, rate, quality=INBOUND_QUALITY)
