@@ -73,6 +73,22 @@ async def test_a_call_nobody_listens_to_reads_and_drops_nothing(autojump_clock) 
     assert call.stats.frames_in >= 150 and call.stats.audio_dropped == 0
 
 
+async def test_a_caller_changing_rate_mid_call_is_logged_and_echoed_at_the_new_rate(calllog, autojump_clock) -> None:
+    async with serve_in_memory(asa.echo_agent) as line:
+        async with line.call() as pbx:
+            await pbx.send_audio(noise(200, 8000))
+            late = noise(400, 16000, seed=9)
+            for offset in range(0, len(late), 640):  # 20 ms slin16 frames, paced
+                await pbx.send_raw(encode(Audio(16000, late[offset : offset + 640])))
+                await trio.sleep(0.02)
+            await until_echoed(pbx, late[640 * 4 : 640 * 12])
+        await settled(line.server)
+    changed = [r for r in calllog.records if "caller audio changed from 8000 to 16000 Hz" in r.getMessage()]
+    assert len(changed) == 1 and changed[0].call == str(pbx.uuid)
+    kinds = [item.message.rate for item in pbx.received if isinstance(item.message, Audio)]
+    assert kinds[0] == 8000 and kinds[-1] == 16000
+
+
 async def test_silence_flows_before_the_agent_speaks(autojump_clock) -> None:
     async def slow_greeter(call: asa.Call) -> None:
         await trio.sleep(0.5)

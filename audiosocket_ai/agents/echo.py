@@ -25,34 +25,39 @@ async def echo_agent(call: CallSurface) -> None:
     Each frame is queued as the call reads it (``call.hear``: no task switch per frame). A
     caller that sends faster than real time fills the playout queue (``max_ahead_ms``); the
     frames that find it full are dropped, so the echo never lags the caller by more than that.
+    When the caller's rate changes, the audio queued at the old rate is dropped (see
+    ``Playout.set_rate``) and the echo goes on at the new one.
     """
-    async with call.playback() as out:
-        held: list[Audio] = []
-        dropped = 0
+    out = call.playback()
+    held: list[Audio] = []
+    dropped = 0
 
-        def play(frame: Audio) -> None:
-            nonlocal dropped
-            try:
-                out.write_nowait(frame.pcm, frame.rate)
-            except trio.WouldBlock:
-                if not dropped:
-                    log.warning("the caller sends faster than real time: dropping what the echo has no room for")
-                dropped += 1
-
-        def hear(frame: Audio) -> None:
-            if len(held) < ECHO_PREBUFFER_FRAMES:
-                held.append(frame)
-                if len(held) == ECHO_PREBUFFER_FRAMES:
-                    for early in held:
-                        play(early)
-                return
-            play(frame)
-
+    def play(frame: Audio) -> None:
+        nonlocal out, dropped
+        if out.closed:  # flushed: the call's rate changed (its queued audio was at the old one)
+            out = call.playback()
         try:
-            await call.hear(hear)
-            if len(held) < ECHO_PREBUFFER_FRAMES:  # the caller hung up (or stopped) within 40 ms
+            out.write_nowait(frame.pcm, frame.rate)
+        except trio.WouldBlock:
+            if not dropped:
+                log.warning("the caller sends faster than real time: dropping what the echo has no room for")
+            dropped += 1
+
+    def hear(frame: Audio) -> None:
+        if len(held) < ECHO_PREBUFFER_FRAMES:
+            held.append(frame)
+            if len(held) == ECHO_PREBUFFER_FRAMES:
                 for early in held:
                     play(early)
-        finally:
-            if dropped:
-                log.warning("the echo dropped %d frames the caller sent faster than real time", dropped)
+            return
+        play(frame)
+
+    try:
+        await call.hear(hear)
+        if len(held) < ECHO_PREBUFFER_FRAMES:  # the caller hung up (or stopped) within 40 ms
+            for early in held:
+                play(early)
+    finally:
+        out.close()
+        if dropped:
+            log.warning("the echo dropped %d frames the caller sent faster than real time", dropped)
