@@ -146,6 +146,7 @@ class Call:
         self._pending = list(pending or [])
         self.playout = Playout(rate=self.settings.default_rate, max_ahead_ms=self.settings.max_ahead_ms)
         self._rate_known = trio.Event()
+        self._audio_rate: int | None = None  # the rate of the caller's frames (None: none yet)
         inbound_frames = max(1, math.ceil(self.settings.inbound_queue_ms / FRAME_MS))
         self._audio_send, self._audio_recv = trio.open_memory_channel[Audio](inbound_frames)
         self._hearer: Callable[[Audio], None] | None = None
@@ -449,14 +450,10 @@ class Call:
         match message:
             case Audio():
                 stats.bytes_in += len(message.pcm)
-                message = self._check_ulaw(message)
-                if not self._rate_known.is_set():
-                    self.playout.set_rate(message.rate)
-                    self._rate_known.set()
-                    log.info("call audio is slin %d Hz", message.rate)
-                elif message.rate != self.playout.rate:
-                    log.warning("caller audio changed from %d to %d Hz", self.playout.rate, message.rate)
-                    self.playout.set_rate(message.rate)
+                if self._ulaw_mode or self._ulaw_sizes is not None:  # (not yet decided, or decoding)
+                    message = self._check_ulaw(message)
+                if message.rate != self._audio_rate:
+                    self._rate_seen(message.rate)
                 for tap in self._taps:
                     tap.on_inbound(message.pcm, message.rate)
                 hearer = self._hearer
@@ -492,6 +489,17 @@ class Call:
                 stats.unknown_in += 1
                 if stats.unknown_in <= 5:
                     log.warning("skipping message kind 0x%02x: %s", kind, why)
+
+    def _rate_seen(self, rate: int) -> None:
+        """The caller's frames are at ``rate``: the first frame, or a change."""
+        self._audio_rate = rate
+        if not self._rate_known.is_set():
+            self.playout.set_rate(rate)
+            self._rate_known.set()
+            log.info("call audio is slin %d Hz", rate)
+        else:
+            log.warning("caller audio changed from %d to %d Hz", self.playout.rate, rate)
+            self.playout.set_rate(rate)
 
     def _check_ulaw(self, message: Audio) -> Audio:
         """Spot μ-law bytes labelled as slin 8 kHz (see :func:`audio.looks_like_mislabelled_ulaw`)."""

@@ -74,7 +74,7 @@ the steps before it in the pass took)."""
 
 
 class _Entry:
-    __slots__ = ("after", "context", "done", "error", "first", "step")
+    __slots__ = ("after", "context", "done", "error", "finished", "first", "step")
 
     def __init__(self, step: Step, first: bool, after: Callable[[], None] | None) -> None:
         self.step = step
@@ -82,7 +82,12 @@ class _Entry:
         self.after = after
         self.context = contextvars.copy_context()
         self.done = trio.Event()
+        self.finished = False  # (done.is_set(), read by every pass without a method call)
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        self.finished = True
+        self.done.set()
 
 
 class Ticker:
@@ -196,7 +201,7 @@ class Ticker:
             self._due = math.inf
             self.running = False
             for entry in self._entries:
-                entry.done.set()
+                entry.finish()
 
     def _pass_if_due(self) -> None:
         """The pass, if its deadline has come (and anything is registered); then the next deadline."""
@@ -251,28 +256,28 @@ class Ticker:
         clock = self._now
         _run_steps(self._first, deadline, clock)
         for entry, after in self._after:
-            if entry.done.is_set():
+            if entry.finished:
                 continue
             try:
                 entry.context.run(after)
                 continue
             except Exception as exc:
                 entry.error = exc
-            entry.done.set()
+            entry.finish()
         _run_steps(self._rest, deadline, clock)
 
 
 def _run_steps(entries: tuple[_Entry, ...], deadline: float, clock: Callable[[], float]) -> None:
     """Each entry's step, in its own context; one that leaves the tick or raises is done."""
     for entry in entries:
-        if entry.done.is_set():
+        if entry.finished:
             continue
         try:
             if entry.context.run(entry.step, clock(), deadline):
                 continue
         except Exception as exc:
             entry.error = exc
-        entry.done.set()
+        entry.finish()
 
 
 class _PassWhenDue(trio.abc.Instrument):
