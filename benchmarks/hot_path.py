@@ -12,7 +12,8 @@ callgrind (``apt-get install valgrind``; ``perf stat`` is not available in most 
   voice assistant listening or talking (``--agent``, see :data:`AGENTS`);
 * trio runs on a :class:`trio.testing.MockClock` that jumps to the next deadline whenever
   every task is blocked (no real sleeping), its scheduler's coin seeded, and
-  ``PYTHONHASHSEED=0``, so two runs execute the same code;
+  ``PYTHONHASHSEED=0`` and numpy's BLAS on one thread (:data:`COUNT_ENV`), so two runs
+  execute the same code (to ~0.02 %);
 * the caller side is deliberately minimal and the same for every version of the server:
   one task that, every 20 ms of virtual time, writes one pre-encoded 320-byte slin frame
   on every call's socket and drains what the server sent (plain non-blocking socket calls);
@@ -133,6 +134,12 @@ def run_workload(calls: int, frames: int, agent: str = "echo", tick: bool = True
     return trio.run(workload, calls, frames, agent, tick, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+COUNT_ENV = {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+"""The counted runs' environment. numpy's OpenBLAS starts a thread per core at import, and
+under valgrind (which runs one thread at a time) how long those spin varied a run's count by
+~1 % (up to ±7 % of the per-frame figure); the frames' small numpy calls use no BLAS thread."""
+
+
 def count_instructions(calls: int, frames: int, agent: str = "echo", tick: bool = True) -> int:
     """Instructions of one run of the workload, counted by callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +148,7 @@ def count_instructions(calls: int, frames: int, agent: str = "echo", tick: bool 
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
              sys.executable, "-m", "benchmarks.hot_path", "--role", "run", "--calls", str(calls),
              "--frames", str(frames), "--agent", agent, *([] if tick else ["--no-tick"])],
-            cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+            cwd=ROOT, check=True, capture_output=True, env={**os.environ, **COUNT_ENV})
         text = out.read_text()
     match = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
     assert match, "no totals in the callgrind output"
