@@ -9,7 +9,7 @@ engine's wire protocol lives in ``providers/``; ``app/realtime.py`` wires OpenAI
 
 How a call runs (one nursery per call; one more per engine session)::
 
-    call.audio() → Resampler(call rate → engine rate) → session.append_audio every append_ms
+    call.hear() → Resampler(call rate → engine rate) → session.append_audio every append_ms
     call.dtmf()  → barge-in, then a user text "[pressed 5]" + a response
     session      → receiver: audio → player channel (unbounded, never blocks the receiver)
                    → one call.playback(engine rate) per answer item
@@ -68,6 +68,7 @@ from ..interfaces import (
 )
 from ..log import private
 from ..playout import Playback
+from ..protocol import Audio
 from ..recording import TranscriptWriter
 from ..surface import Agent, AgentFunction, CallSurface, as_agent_function
 from .heard import heard_words
@@ -95,6 +96,10 @@ DEFAULT_RESUME = "The line dropped for a moment. Briefly apologise and carry on 
 DEFAULT_SHUTDOWN = "The service has to end this call now. Tell the caller in one short sentence and say goodbye."
 
 _HEALTHY_SESSION = 30.0
+
+PUMP_QUEUE_MS = 2000
+"""Caller audio that may wait for the engine to take it (a slow or stalled connection);
+beyond it the newest is dropped, so the caller's frames are never held up."""
 """A connection that lived this long resets the reconnect budget (OpenAI caps sessions at
 60 minutes, so a long call needs more than one)."""
 
@@ -354,7 +359,15 @@ class _RealtimeCall:
         await self._create_response()
 
     async def _pump_audio(self) -> None:
-        """Caller audio → engine rate → one append every ``append_ms``."""
+        """Caller audio → engine rate → one append every ``append_ms``.
+
+        Each frame is worked on as the call reads it (``call.hear``: the echo canceller,
+        the resampler and our VAD, with no task switch per frame); what waits on the engine
+        (the appends, and our VAD's turn events, which commit and interrupt) goes to
+        :meth:`_send_pumped` in order. A slow engine never holds up the caller's frames:
+        past :data:`PUMP_QUEUE_MS` of waiting appends, the newest audio is dropped (the turn
+        events never are).
+        """
         agent = self.agent
         vad = agent.vad_factory() if not self.engine.detects_turns and agent.vad_factory is not None else None
         rate = 0
@@ -363,7 +376,13 @@ class _RealtimeCall:
         pending = bytearray()
         pending_ms = 0.0
         echo = EchoPath.create(self.call) if agent.echo_cancel else None
-        async for frame in self.call.audio():
+        send, receive = trio.open_memory_channel[bytes | VadEvent](math.inf)  # (bounded below, by audio queued)
+        most_appends = max(1, PUMP_QUEUE_MS // agent.append_ms)
+        queued = [0]  # appends waiting in the channel
+        dropped = 0
+
+        def hear(frame: Audio) -> None:
+            nonlocal rate, to_model, to_vad, pending_ms, dropped
             if frame.rate != rate or to_model is None:
                 rate = frame.rate
                 # soxr hands out its output in blocks: 40 ms at 8 kHz for "LQ", 60 ms or
@@ -373,19 +392,46 @@ class _RealtimeCall:
                 to_model = Resampler(rate, self.engine.sample_rate, quality="LQ")
                 to_vad = None if vad is None else resampler_if_needed(rate, vad.sample_rate, quality="LQ")
             heard = frame.pcm if echo is None else echo.near(frame.pcm, rate)
-            pending += to_model.process(heard)
+            pending.extend(to_model.process(heard))
             pending_ms += len(frame.pcm) / 2 / rate * 1000
             if vad is not None:
                 for vad_event in vad.feed(heard if to_vad is None else to_vad.process(heard)):
-                    await self._on_local_vad(vad_event)
+                    send.send_nowait(vad_event)
             # paced by the caller's clock (whatever the resampler's blocking): one append
             # per append_ms of caller audio
             if pending_ms >= agent.append_ms - 1e-6 and pending:
                 data = bytes(pending)
                 pending.clear()
                 pending_ms = 0.0
-                if (session := self.session) is not None:  # while reconnecting the caller's audio is dropped
-                    await session.append_audio(data)
+                if queued[0] >= most_appends:
+                    if not dropped:
+                        log.warning("%s is not taking the caller's audio in time: dropping it", self.engine.name)
+                    dropped += 1
+                    return
+                queued[0] += 1
+                send.send_nowait(data)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_pumped, receive, queued)
+                with send:
+                    await self.call.hear(hear)
+        finally:
+            if dropped:
+                log.warning("dropped %d ms of the caller's audio the engine did not take in time",
+                            dropped * agent.append_ms)
+
+    async def _send_pumped(self, receive: trio.MemoryReceiveChannel[bytes | VadEvent], queued: list[int]) -> None:
+        """The pump's appends and turn events, in order, to the session (while there is one:
+        while reconnecting, the caller's audio is dropped)."""
+        async with receive:
+            async for item in receive:
+                if isinstance(item, bytes):
+                    queued[0] -= 1
+                    if (session := self.session) is not None:
+                        await session.append_audio(item)
+                else:
+                    await self._on_local_vad(item)
 
     async def _on_local_vad(self, event: VadEvent) -> None:
         """Our VAD's turn-taking (an engine that does not detect turns)."""
