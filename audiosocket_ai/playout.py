@@ -95,6 +95,12 @@ class Playback:
             raise trio.ClosedResourceError("playback already closed (flushed or finished)")
         playout = self._playout
         source_rate = rate or self._source_rate or playout.rate
+        if source_rate == playout.rate and len(pcm) == playout.frame_size and not self._partial:
+            # (the common case of an echo or a relay: one whole frame at the call's rate)
+            if len(playout._frames) >= playout._max_frames:
+                raise trio.WouldBlock
+            playout._enqueue_nowait(self, bytes(pcm))
+            return
         # the frames this write can complete, at most (resampled, one more for the filter's carry)
         samples = len(pcm) // 2 * playout.rate / source_rate + len(self._partial) // 2
         frames = math.ceil(samples / (playout.frame_size // 2)) + (source_rate != playout.rate)
@@ -178,7 +184,8 @@ class Playback:
             self._started.set()
         self.played_frames += 1
         self.last_played_at = now
-        self._check_done()
+        if self.closed:  # (only a closed playback can be done)
+            self._check_done()
 
     def _interrupt(self) -> None:
         """Flushed: whatever was not sent is dropped and nothing more is accepted."""
@@ -208,6 +215,7 @@ class Playout:
         self._resume_frames = self._max_frames - max(1, self._max_frames // 3)
         """A held writer goes on when the queue is down to this (500 ms: at 340 ms, every 8th frame)."""
         self._space = trio.lowlevel.ParkingLot()
+        self._writers_held = 0  # writers parked in _space
         self._last: Playback | None = None
         """The playback whose audio was queued last (an open one may hold a partial frame)."""
         self._open: set[Playback] = set()
@@ -368,8 +376,8 @@ class Playout:
             self.agent_frames_sent += 1
             if self._utterances:
                 self._utterance_playing = True
-            if len(self._frames) <= self._resume_frames:
-                self._notify_space()
+            if self._writers_held and len(self._frames) <= self._resume_frames:
+                self._space.unpark_all()
             return frame
         last = self._last
         in_open_playback = last is not None and not last.closed and last.played_frames
@@ -388,7 +396,11 @@ class Playout:
         size = self.frame_size
         for offset in range(0, len(pcm), size):
             while len(self._frames) >= self._max_frames and not self.closing:
-                await self._space.park()
+                self._writers_held += 1
+                try:
+                    await self._space.park()
+                finally:
+                    self._writers_held -= 1
                 if handle.closed:
                     raise trio.ClosedResourceError("playback flushed while waiting to queue audio")
             if self.closing:
@@ -416,7 +428,7 @@ class Playout:
         self._last = handle
 
     def _notify_space(self) -> None:
-        if self._space:
+        if self._writers_held:  # (a plain count: asked at every frame played)
             self._space.unpark_all()
 
 
