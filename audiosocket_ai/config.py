@@ -95,6 +95,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("server", "gc_tuning", bool, True, "Freeze start-up objects (loaded models) out of the garbage collector "
        "and collect less often: full collections paused every call's pacing for 12-23 ms at 200 calls "
        "(benchmarks/echo_capacity.py: 200 -> 300 echo calls per core).", flag="gc_tuning"),
+    _s("server", "realtime_priority", int, None, "Run each server process's event loop under the SCHED_RR real-time "
+       "policy at this priority (1-99; 1 is enough): other processes on its cores (Asterisk, a load generator, a "
+       "backup) then wait for its 20 ms ticks instead of delaying them. Threads and processes it starts (local "
+       "inference) keep normal priority. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO); without it the server does not "
+       "start. Unset: normal scheduling (see docs/operations.md).", minimum=1, optional=True,
+       flag="realtime_priority"),
     _s("server", "shared_tick", bool, True, "Read and write every call's socket from one server-wide 20 ms tick "
        "instead of two tasks per call: the same pacing for about half the CPU (benchmarks/echo_capacity.py: 400 -> "
        "700+ echo calls per core). Off: each call keeps its own clock and reads caller audio the moment it "
@@ -433,6 +439,8 @@ def validate(values: Mapping[str, Any], *, personas: bool = True) -> list[str]:
         if not ok:
             errors.append(f"{setting.name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
             continue
+        if setting.name == "server.realtime_priority" and value > 99:
+            errors.append(f"server.realtime_priority: must be at most 99, got {value!r}")
         if setting.choices and value not in setting.choices:
             errors.append(f"{setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
         if setting.minimum is not None and value < setting.minimum:

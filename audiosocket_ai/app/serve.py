@@ -12,6 +12,7 @@ import copy
 import gc
 import ipaddress
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,6 +72,8 @@ class Application:
     agent: object | None = None
     """The shared assistant or realtime agent (closed at shutdown), if one was built."""
     gc_tuning: bool = True
+    realtime_priority: int | None = None
+    """SCHED_RR priority of the event loop's thread (None: normal scheduling)."""
     retention_dirs: tuple[Path, ...] = ()
     """Where transcripts and recordings go; files older than ``retention_days`` are deleted."""
     retention_days: float = 0.0
@@ -143,6 +146,7 @@ def build(values: dict[str, Any]) -> Application:
                            if values[key] is not None)
     return Application(server=server, metrics=metrics, endpoint=endpoint, metrics_host=values["server.metrics_host"],
                        metrics_port=metrics_port or 0, agent=shared, gc_tuning=values["server.gc_tuning"],
+                       realtime_priority=values["server.realtime_priority"],
                        retention_dirs=retention_dirs, retention_days=values["recording.retention_days"],
                        more_agents=tuple(p.shared for p in personas.values() if p.shared not in (None, shared)))
 
@@ -204,7 +208,31 @@ def run(application: Application) -> None:
     """
     if application.gc_tuning:
         tune_gc()
+    if application.realtime_priority is not None:
+        use_realtime_priority(application.realtime_priority)
     trio.run(_serve_until_signalled, application)
+
+
+def use_realtime_priority(priority: int) -> None:
+    """Put the calling thread (the event loop's) under SCHED_RR at ``priority``.
+
+    With ``SCHED_RESET_ON_FORK``: every thread and process started from it afterwards
+    (trio's worker threads, local inference and its libraries' pools) starts at normal
+    priority, so a long inference never holds the loop's core the way a real-time thread
+    would. The kernel keeps 5 % of each second for normal processes
+    (``kernel.sched_rt_runtime_us``) even if the loop were to spin.
+
+    Raises:
+        StartupError: the system does not allow it (no CAP_SYS_NICE or RLIMIT_RTPRIO).
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError as exc:
+        raise StartupError(f"cannot run under real-time priority {priority} ({exc.strerror}): it needs "
+                           "CAP_SYS_NICE or an RLIMIT_RTPRIO of at least that (systemd: AmbientCapabilities="
+                           "CAP_SYS_NICE or LimitRTPRIO=; docker: --cap-add SYS_NICE)",
+                           setting="server.realtime_priority") from exc
+    log.info("event loop under SCHED_RR at real-time priority %d (threads and processes it starts: normal)", priority)
 
 
 def tune_gc() -> None:

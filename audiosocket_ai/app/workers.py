@@ -515,6 +515,12 @@ def worker_main() -> None:
         application.endpoint.allow = ()
     if application.gc_tuning:
         serving.tune_gc()
+    if application.realtime_priority is not None:
+        try:
+            serving.use_realtime_priority(application.realtime_priority)
+        except serving.StartupError as exc:
+            log.error("cannot start: %s", exc)
+            sys.exit(2)
     try:
         trio.run(_serve_worker, application, args.report_fd)
     except OSError as exc:
