@@ -416,9 +416,6 @@ class Playout:
 
     def _enqueue_frames_nowait(self, handle: Playback, pcm: bytes) -> None:
         size = self.frame_size
-        if len(pcm) == size:
-            self._enqueue_nowait(handle, pcm)
-            return
         for offset in range(0, len(pcm), size):
             self._enqueue_nowait(handle, pcm[offset : offset + size])
 

@@ -96,12 +96,12 @@ DEFAULT_RESUME = "The line dropped for a moment. Briefly apologise and carry on 
 DEFAULT_SHUTDOWN = "The service has to end this call now. Tell the caller in one short sentence and say goodbye."
 
 _HEALTHY_SESSION = 30.0
+"""A connection that lived this long resets the reconnect budget (OpenAI caps sessions at
+60 minutes, so a long call needs more than one)."""
 
 PUMP_QUEUE_MS = 2000
 """Caller audio that may wait for the engine to take it (a slow or stalled connection);
 beyond it the newest is dropped, so the caller's frames are never held up."""
-"""A connection that lived this long resets the reconnect budget (OpenAI caps sessions at
-60 minutes, so a long call needs more than one)."""
 
 
 class RealtimeAgent:
