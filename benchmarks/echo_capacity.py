@@ -876,6 +876,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator-rt", action="store_true",
                    help="run the C load generator under SCHED_FIFO (priority 1, needs CAP_SYS_NICE): on cores shared "
                         "with the server it then sends and stamps on time, as a generator on another machine would")
+    p.add_argument("--generator-rt-priority", type=int, default=1, metavar="N",
+                   help="the SCHED_FIFO priority of --generator-rt (2: above a server run with "
+                        "--server-arg=--realtime-priority --server-arg=1)")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     p.add_argument("--server-code", type=Path, default=None,
                    help="a directory holding the audiosocket_ai/ to serve (first on the server's PYTHONPATH), "
@@ -949,7 +952,8 @@ def placement(args: argparse.Namespace) -> str:
     kind = getattr(args, "generator", None)
     which = f" Calls made by {GENERATORS[kind]}." if kind in GENERATORS else ""
     if kind == "c" and getattr(args, "generator_rt", False):
-        which += " The generator ran under SCHED_FIFO (it preempts the server on a shared core)."
+        which += (f" The generator ran under SCHED_FIFO at priority {getattr(args, 'generator_rt_priority', 1)}"
+                  " (it preempts the server on a shared core).")
     return f"{who} {server}, load generator {client}.{which}{shared}"
 
 
@@ -991,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.generator} load generator", file=sys.stderr)
     gen: LoadGen
     try:
-        gen = (CGenerator(port, args.ramp_rate, cpu_list(args.client_cpus) or None, realtime=args.generator_rt)
+        gen = (CGenerator(port, args.ramp_rate, cpu_list(args.client_cpus) or None, realtime=args.generator_rt,
+                           priority=args.generator_rt_priority)
                if args.generator == "c" else Generator(port, args.ramp_rate))
     except BaseException:
         stop_process(proc, timeout=5)

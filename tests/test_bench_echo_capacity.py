@@ -3,6 +3,7 @@ are paced and echoed, its JSON answers parse, and hangups and ramping down close
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import threading
@@ -127,6 +128,22 @@ def test_c_generator_calls_are_echoed_and_counted(tmp_path: Path) -> None:
         finally:
             gen.close_all()
         assert gen.proc.returncode == 0
+
+
+def test_c_generator_runs_at_the_real_time_priority_asked(tmp_path: Path) -> None:
+    exe = cg.build(directory=tmp_path)
+    with EchoServer() as server:
+        try:
+            gen = cg.CGenerator(server.port, ramp_rate=1000.0, exe=exe, realtime=True, priority=2)
+        except PermissionError:
+            if in_ci():
+                raise
+            pytest.skip("this system refuses SCHED_FIFO (no CAP_SYS_NICE / RLIMIT_RTPRIO)")
+        try:
+            assert os.sched_getscheduler(gen.proc.pid) == os.SCHED_FIFO
+            assert os.sched_getparam(gen.proc.pid).sched_priority == 2
+        finally:
+            gen.close_all()
 
 
 def test_c_generator_counts_the_servers_hangups(tmp_path: Path) -> None:

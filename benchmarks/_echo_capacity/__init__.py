@@ -100,7 +100,7 @@ class CGenerator:
     kind = "c"
 
     def __init__(self, port: int, ramp_rate: float, cpus: set[int] | None = None,
-                 exe: Path | None = None, realtime: bool = False) -> None:
+                 exe: Path | None = None, realtime: bool = False, priority: int = 1) -> None:
         self.exe = exe or build()
         self.proc = subprocess.Popen([str(self.exe), str(port), repr(float(ramp_rate))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
@@ -108,7 +108,7 @@ class CGenerator:
             if cpus:
                 os.sched_setaffinity(self.proc.pid, cpus)
             if realtime:  # SCHED_FIFO: on a shared core it runs as soon as it wakes, ahead of the server
-                os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO, os.sched_param(1))
+                os.sched_setscheduler(self.proc.pid, os.SCHED_FIFO, os.sched_param(priority))
         except OSError:
             self.close_all()
             raise
