@@ -42,6 +42,7 @@ class Setting:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
     optional: bool = False
     """``None`` is an allowed value (means 'off' / 'not set')."""
     flag: str | None = None
@@ -99,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
        "policy at this priority (1-99; 1 is enough): other processes on its cores (Asterisk, a load generator, a "
        "backup) then wait for its 20 ms ticks instead of delaying them. Threads and processes it starts (local "
        "inference) keep normal priority. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO); without it the server does not "
-       "start. Unset: normal scheduling (see docs/operations.md).", minimum=1, optional=True,
+       "start. Unset: normal scheduling (see docs/operations.md).", minimum=1, maximum=99, optional=True,
        flag="realtime_priority"),
     _s("server", "shared_tick", bool, True, "Read and write every call's socket from one server-wide 20 ms tick "
        "instead of two tasks per call: the same pacing for about half the CPU (benchmarks/echo_capacity.py: 400 -> "
@@ -439,12 +440,12 @@ def validate(values: Mapping[str, Any], *, personas: bool = True) -> list[str]:
         if not ok:
             errors.append(f"{setting.name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
             continue
-        if setting.name == "server.realtime_priority" and value > 99:
-            errors.append(f"server.realtime_priority: must be at most 99, got {value!r}")
         if setting.choices and value not in setting.choices:
             errors.append(f"{setting.name}: must be one of {', '.join(setting.choices)}, got {value!r}")
         if setting.minimum is not None and value < setting.minimum:
             errors.append(f"{setting.name}: must be at least {setting.minimum:g}, got {value!r}")
+        if setting.maximum is not None and value > setting.maximum:
+            errors.append(f"{setting.name}: must be at most {setting.maximum:g}, got {value!r}")
         if setting.name == "server.allow" and isinstance(value, list):
             for entry in value:
                 try:
