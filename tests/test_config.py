@@ -84,7 +84,7 @@ def test_reference_docs_are_generated_from_the_schema() -> None:
 def test_gc_tuning_freezes_start_up_objects_and_raises_thresholds() -> None:
     import gc
 
-    from audiosocket_ai.app.serve import GC_THRESHOLDS, tune_gc
+    from audiosocket_ai.app.startup import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:

@@ -19,7 +19,7 @@ import trio
 from click.testing import CliRunner
 
 from audiosocket_ai import config
-from audiosocket_ai.app import serve as serving
+from audiosocket_ai.app import startup
 from audiosocket_ai.cli import main
 
 from .conftest import in_ci
@@ -54,8 +54,8 @@ def test_a_refusal_is_a_startup_error_that_says_what_is_missing(monkeypatch: pyt
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
-    with pytest.raises(serving.StartupError, match="CAP_SYS_NICE") as caught:
-        serving.use_realtime_priority(1)
+    with pytest.raises(startup.StartupError, match="CAP_SYS_NICE") as caught:
+        startup.use_realtime_priority(1)
     assert caught.value.setting == "server.realtime_priority"
     assert "Operation not permitted" in str(caught.value)
 
@@ -64,7 +64,7 @@ def test_a_refusal_is_a_startup_error_that_says_what_is_missing(monkeypatch: pyt
 def test_the_loop_thread_is_real_time_and_what_it_starts_is_not() -> None:
     script = textwrap.dedent("""
         import os, subprocess, sys, threading
-        from audiosocket_ai.app.serve import use_realtime_priority
+        from audiosocket_ai.app.startup import use_realtime_priority
         use_realtime_priority(3)
         seen = {}
         thread = threading.Thread(target=lambda: seen.update(thread=os.sched_getscheduler(0)))

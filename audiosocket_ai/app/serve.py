@@ -3,16 +3,15 @@
 The CLI parses flags and the config file into ``values`` (see :mod:`audiosocket_ai.config`)
 and calls :func:`build` then :func:`run`. Everything that chooses and wires parts lives
 here: which agent answers, which providers it uses, the busy prompt and admission
-control, metrics, the status endpoint, signals and the garbage-collector tuning.
+control, metrics, the status endpoint and signals (what the process sets for itself before
+its loop starts is :mod:`.startup`).
 """
 
 from __future__ import annotations
 
 import copy
-import gc
 import ipaddress
 import logging
-import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +28,6 @@ from ..agents.tools import TransferTargets
 from ..call import CallSettings
 from ..console import Console
 from ..context import ContextLimits, ContextStore
-from ..errors import AudiosocketAIError
 from ..http import StatusEndpoint
 from ..inference import inference_cores
 from ..log import current_call
@@ -42,23 +40,11 @@ from ..surface import AgentFactory, AgentFunction
 from .agents import load_agent_factory
 from .assistant import PipelineSpec, build_assistant, estimate_capacity, render_prompt
 from .personas import Persona, route_personas, same_providers, templated
+from .startup import GC_THRESHOLDS, StartupError, prepare_process
 
 log = logging.getLogger("audiosocket_ai")
 
 __all__ = ["GC_THRESHOLDS", "Application", "PipelineObserver", "StartupError", "build", "run"]
-
-GC_THRESHOLDS = (50_000, 50, 1_000)
-"""Python's defaults (700, 10, 10) ran ~16 collections a second at 200 calls, and a full one
-every few seconds stopped the event loop — and every call's pacer — for 12-23 ms."""
-
-
-class StartupError(AudiosocketAIError):
-    """The server cannot start with these settings; ``setting`` names the culprit if one is."""
-
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
-        super().__init__(message)
-        self.setting = setting
-
 
 @attrs.define(kw_only=True)
 class Application:
@@ -206,42 +192,8 @@ def run(application: Application) -> None:
     Raises:
         OSError: the AudioSocket or status port cannot be bound.
     """
-    if application.gc_tuning:
-        tune_gc()
-    if application.realtime_priority is not None:
-        use_realtime_priority(application.realtime_priority)
+    prepare_process(gc_tuning=application.gc_tuning, realtime_priority=application.realtime_priority)
     trio.run(_serve_until_signalled, application)
-
-
-def use_realtime_priority(priority: int) -> None:
-    """Put the calling thread (the event loop's) under SCHED_RR at ``priority``.
-
-    With ``SCHED_RESET_ON_FORK``: every thread and process started from it afterwards
-    (trio's worker threads, local inference and its libraries' pools) starts at normal
-    priority, so a long inference never holds the loop's core the way a real-time thread
-    would. The kernel keeps 5 % of each second for normal processes
-    (``kernel.sched_rt_runtime_us``) even if the loop were to spin.
-
-    Raises:
-        StartupError: the system does not allow it (no CAP_SYS_NICE or RLIMIT_RTPRIO).
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except OSError as exc:
-        raise StartupError(f"cannot run under real-time priority {priority} ({exc.strerror}): it needs "
-                           "CAP_SYS_NICE or an RLIMIT_RTPRIO of at least that (systemd: AmbientCapabilities="
-                           "CAP_SYS_NICE or LimitRTPRIO=; docker: --cap-add SYS_NICE)",
-                           setting="server.realtime_priority") from exc
-    log.info("event loop under SCHED_RR at real-time priority %d (threads and processes it starts: normal)", priority)
-
-
-def tune_gc() -> None:
-    """Move what start-up allocated (models, modules) out of the collector's reach and
-    collect less often; reference counting still frees almost everything at once."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    log.debug("gc frozen %d objects; thresholds %s", gc.get_freeze_count(), GC_THRESHOLDS)
 
 
 def _assistant(values: dict[str, Any]) -> VoiceAssistant:

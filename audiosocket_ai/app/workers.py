@@ -75,6 +75,7 @@ from ..inference import share_cores
 from ..log import configure_logging
 from ..pacing import TICK
 from . import serve as serving
+from .startup import prepare_process
 
 log = logging.getLogger("audiosocket_ai.workers")
 
@@ -513,14 +514,11 @@ def worker_main() -> None:
         application.endpoint.console.worker = args.index  # tags its snapshots for the parent's relay
     if application.endpoint is not None:  # a private loopback port: the parent checked the source
         application.endpoint.allow = ()
-    if application.gc_tuning:
-        serving.tune_gc()
-    if application.realtime_priority is not None:
-        try:
-            serving.use_realtime_priority(application.realtime_priority)
-        except serving.StartupError as exc:
-            log.error("cannot start: %s", exc)
-            sys.exit(2)
+    try:
+        prepare_process(gc_tuning=application.gc_tuning, realtime_priority=application.realtime_priority)
+    except serving.StartupError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(2)
     try:
         trio.run(_serve_worker, application, args.report_fd)
     except OSError as exc:
