@@ -365,8 +365,8 @@ class _RealtimeCall:
         the resampler and our VAD, with no task switch per frame); what waits on the engine
         (the appends, and our VAD's turn events, which commit and interrupt) goes to
         :meth:`_send_pumped` in order. A slow engine never holds up the caller's frames:
-        past :data:`PUMP_QUEUE_MS` of waiting appends, the newest audio is dropped (the turn
-        events never are).
+        once :data:`PUMP_QUEUE_MS` of appends are waiting (counted with the few turn events
+        among them), the newest audio is dropped (the turn events never are).
         """
         agent = self.agent
         vad = agent.vad_factory() if not self.engine.detects_turns and agent.vad_factory is not None else None
@@ -378,7 +378,6 @@ class _RealtimeCall:
         echo = EchoPath.create(self.call) if agent.echo_cancel else None
         send, receive = trio.open_memory_channel[bytes | VadEvent](math.inf)  # (bounded below, by audio queued)
         most_appends = max(1, PUMP_QUEUE_MS // agent.append_ms)
-        queued = [0]  # appends waiting in the channel
         dropped = 0
 
         def hear(frame: Audio) -> None:
@@ -403,17 +402,16 @@ class _RealtimeCall:
                 data = bytes(pending)
                 pending.clear()
                 pending_ms = 0.0
-                if queued[0] >= most_appends:
+                if send.statistics().current_buffer_used >= most_appends:
                     if not dropped:
                         log.warning("%s is not taking the caller's audio in time: dropping it", self.engine.name)
                     dropped += 1
                     return
-                queued[0] += 1
                 send.send_nowait(data)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_pumped, receive, queued)
+                nursery.start_soon(self._send_pumped, receive)
                 with send:
                     await self.call.hear(hear)
         finally:
@@ -421,13 +419,12 @@ class _RealtimeCall:
                 log.warning("dropped %d ms of the caller's audio the engine did not take in time",
                             dropped * agent.append_ms)
 
-    async def _send_pumped(self, receive: trio.MemoryReceiveChannel[bytes | VadEvent], queued: list[int]) -> None:
+    async def _send_pumped(self, receive: trio.MemoryReceiveChannel[bytes | VadEvent]) -> None:
         """The pump's appends and turn events, in order, to the session (while there is one:
         while reconnecting, the caller's audio is dropped)."""
         async with receive:
             async for item in receive:
                 if isinstance(item, bytes):
-                    queued[0] -= 1
                     if (session := self.session) is not None:
                         await session.append_audio(item)
                 else:
