@@ -43,14 +43,25 @@ def silence(rate: int, ms: float = FRAME_MS) -> bytes:
     return bytes(int(rate * ms / 1000) * SAMPLE_WIDTH)
 
 
+_INT16 = np.dtype("<i2")
+_FULL_SCALE_POWER = 32768.0 * 32768.0
+
+
 def rms_dbfs(pcm: bytes) -> float:
     """Loudness of ``pcm`` in dBFS (-inf for digital silence)."""
-    if len(pcm) < 2:
-        return float("-inf")
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
-    # (one dot product, not np.mean of the squares: ~3x cheaper per frame, and the same value —
-    # squares of 16-bit samples add up exactly in float64 whatever the order, below 2**23 samples)
-    return power_dbfs(float(np.dot(samples, samples)) / len(samples))
+    n = len(pcm) >> 1
+    if not n:
+        return -math.inf
+    # Called for every caller frame of every call, where numpy's per-call overhead is most of
+    # the cost: the samples are read in place (no copy of an odd tail), and one dot product
+    # (the ndarray method: no dispatch) of the 16-bit samples with their float64 copy gives
+    # the sum of squares. Exact: squares of 16-bit samples add up exactly in float64 whatever
+    # the order, below 2**23 samples; the same value as np.mean of the squares, ~3x cheaper.
+    samples = np.frombuffer(pcm, _INT16, n)
+    mean_square = float(samples.dot(samples.astype(np.float64))) / n
+    if mean_square <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(mean_square / _FULL_SCALE_POWER)
 
 
 def power_dbfs(mean_square: float) -> float:
@@ -58,7 +69,7 @@ def power_dbfs(mean_square: float) -> float:
     (-inf for 0): what :func:`rms_dbfs` gives, for a caller that has the power already."""
     if mean_square <= 0.0:
         return float("-inf")
-    return 10.0 * math.log10(mean_square / (32768.0 * 32768.0))
+    return 10.0 * math.log10(mean_square / _FULL_SCALE_POWER)
 
 
 def speech_level_db(levels: Iterable[float], *, above_db: float) -> float | None:

@@ -281,6 +281,7 @@ def test_framer_and_helpers() -> None:
     assert framer.flush() is None
     assert audio.frame_bytes(8000) == 320 and audio.frame_bytes(16000) == 640 and audio.frame_bytes(44100) == 1764
     assert audio.rms_dbfs(bytes(320)) == float("-inf")
+    assert audio.rms_dbfs(b"") == audio.rms_dbfs(b"\x10") == float("-inf")
     assert -4 < audio.rms_dbfs(np.full(160, 32767, "<i2").tobytes()) <= 0
 
 
@@ -294,6 +295,7 @@ def test_level_and_sample_conversion_are_exactly_their_definitions() -> None:
             mean_square = float(np.mean(wide * wide))
             expected = 10.0 * math.log10(mean_square / 32768.0**2) if mean_square > 0 else float("-inf")
             assert audio.rms_dbfs(samples.tobytes()) == expected
+            assert audio.rms_dbfs(samples.tobytes() + b"\x7f") == expected  # (an odd byte is no sample)
             assert audio.power_dbfs(mean_square) == expected
             floats = (rng.standard_normal(size) * scale * 2).astype(np.float32)
             assert audio.to_int16(floats) == np.clip(np.rint(floats), -32768, 32767).astype("<i2").tobytes()
