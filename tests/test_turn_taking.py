@@ -22,6 +22,7 @@ from audiosocket_ai.agents.assistant.turns import (
     Verdict,
     incomplete_phrase,
     is_backchannel,
+    is_farewell,
     is_hold_request,
     judge_interruption,
 )
@@ -980,3 +981,88 @@ async def test_a_continuation_merged_as_a_tentative_turn_and_abandoned_is_merged
     assert [m.content for m in llm.histories[-1] if m.role == "user"] == [
         "are you open what time do you close on Sundays"]
     assert [m for m in llm.histories[-1] if m.role == "assistant"] == []
+
+
+# --- the goodbye: the caller can still call it off -----------------------------------------
+
+GOODBYE = "Thank you for calling, it was a pleasure to help you today. Goodbye!"
+
+
+def test_a_farewell_over_the_agents_goodbye_is_no_interruption() -> None:
+    turn = TurnSettings()
+    for text in ("Bye.", "Okay, bye!", "Thank you, bye.", "You too.", "Have a nice day.", "Take care.", "bye-bye",
+                 "Cheers!", "see you later", "ok thanks bye", "Goodbye"):
+        assert is_farewell(text), text
+        assert judge_interruption(text, settings=turn, agent_text=GOODBYE) is Verdict.BACKCHANNEL, text
+    for text in ("Wait, one more thing.", "No, don't hang up", "thanks but I have another question", "hold on",
+                 "", "to a", "good"):
+        assert not is_farewell(text), text
+    assert judge_interruption("Wait, one more thing.", settings=turn, agent_text=GOODBYE) is Verdict.INTERRUPT
+    # over anything but the agent's goodbye, a caller's "bye" is what it says: they want to go
+    assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER) is Verdict.INTERRUPT
+
+
+@pytest.mark.parametrize(("heard_ms", "queued"), [(1200, False), (2200, True)])
+async def test_words_over_the_goodbye_call_off_the_hang_up(autojump_clock: trio.abc.Clock, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, heard_ms: int,
+                                                            queued: bool) -> None:
+    """Cut while the goodbye still streams in (the reply's turn is cancelled), or once all of it
+    is queued and only its playing is awaited (before, the hang-up went ahead then: the caller's
+    words silenced the goodbye, and the call ended in that silence)."""
+    caplog.set_level("INFO", logger="audiosocket_ai")
+    hang_up = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
+    llm = ScriptedLLM([[GOODBYE, hang_up], ["Of course, go ahead."]])
+    agent, observer, _ = assistant(llm, ScriptedSTT(["that's all", "wait, one more thing"]), transcript_dir=tmp_path)
+    outcomes: list[dict[str, Any]] = []
+    async with serve_in_memory(agent) as line:
+        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            await talk_until(pbx, lambda: audible_ms(pbx) >= heard_ms)
+            await pbx.send_audio(speech(400))
+            await talk_until(pbx, lambda: len(llm.histories) == 2 and not agent_talking(pbx))
+            await pbx.send_silence(1000)
+            assert not pbx.server_hung_up, "the caller spoke over the goodbye: the call goes on"
+    assert observer.barge_ins
+    assert [m.content for m in llm.histories[1] if m.role == "user"] == ["that's all", "wait, one more thing"]
+    cut = llm.histories[1][2]
+    assert cut.role == "assistant" and cut.interrupted and GOODBYE.startswith(cut.content)
+    assert agent_lines(tmp_path)[-1] == "Of course, go ahead."
+    assert outcomes and "hangup_reason" not in outcomes[0], "nothing recorded for an ending that did not happen"
+    assert ("the caller spoke over the goodbye: not hanging up" in caplog.text) is queued
+
+
+async def test_a_farewell_over_the_goodbye_lets_it_finish_and_the_call_ends(autojump_clock: trio.abc.Clock,
+                                                                           tmp_path: Path) -> None:
+    hang_up = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
+    llm = ScriptedLLM([[GOODBYE, hang_up]])
+    agent, observer, _ = assistant(llm, ScriptedSTT(["that's all", "okay, bye"]), transcript_dir=tmp_path)
+    outcomes: list[dict[str, Any]] = []
+    async with serve_in_memory(agent) as line:
+        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            await talk_until(pbx, lambda: audible_ms(pbx) >= 2200)
+            await pbx.send_audio(speech(300))
+            await talk_until(pbx, lambda: False)
+            assert pbx.server_hung_up
+    assert [v for _, v in observer.resumes] == ["backchannel"] and not observer.barge_ins
+    assert len(llm.histories) == 1
+    assert audible_ms(pbx) >= ToneTTS(ms_per_char=40).duration_ms(GOODBYE) - 40, "the goodbye was heard whole"
+    assert [outcome["hangup_reason"] for outcome in outcomes] == ["caller done"]
+
+
+async def test_a_caller_who_speaks_up_over_the_no_input_goodbye_is_not_hung_up_on(
+        autojump_clock: trio.abc.Clock, tmp_path: Path) -> None:
+    llm = ScriptedLLM([["Sure, what is it?"]])
+    agent, _, _ = assistant(llm, ScriptedSTT(["sorry, I'm here"]), reprompt_after=4.0, max_reprompts=0,
+                            transcript_dir=tmp_path)
+    goodbye = AssistantSettings().goodbye_text
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000)
+        await pbx.send_audio(speech(600))
+        await talk_until(pbx, lambda: len(llm.histories) == 1 and not agent_talking(pbx))
+        await pbx.send_silence(1000)
+        assert not pbx.server_hung_up
+    said = agent_lines(tmp_path)
+    assert goodbye.startswith(said[0]) and said[0] != goodbye and said[-1] == "Sure, what is it?"

@@ -132,7 +132,7 @@ class Conversation:
                     log.info("server is shutting down: saying goodbye")
                     self.interrupt("shutdown")
                     await self._say(settings.shutdown_goodbye or "")
-                    await self._hang_up()
+                    await self._hang_up(callable_off=False)
                 nursery.cancel_scope.cancel()
         finally:
             self._settle_spoken()
@@ -201,9 +201,10 @@ class Conversation:
             if utterance is None:
                 reprompts += 1
                 if reprompts > settings.max_reprompts:
-                    await self._say(settings.goodbye_text)
-                    await self._hang_up()
-                    return
+                    if await self._say(settings.goodbye_text) and await self._hang_up():
+                        return
+                    reprompts = 0  # the caller spoke up over the goodbye: what they said comes next
+                    continue
                 await self._say(settings.reprompt_text)
                 continue
             reprompts = 0
@@ -294,8 +295,9 @@ class Conversation:
             self.turn_scope.cancel()
             await trio.lowlevel.checkpoint()
 
-    async def _say(self, text: str) -> None:
-        """Speak a fixed line as an assistant turn (interruptible like any other)."""
+    async def _say(self, text: str) -> bool:
+        """Speak a fixed line as an assistant turn (interruptible like any other); False if
+        the caller interrupted it (its audio may still be playing when it was not)."""
         self._settle_spoken()
         self._begin_spoken()
         with trio.CancelScope() as scope:
@@ -304,6 +306,7 @@ class Conversation:
                 await self.speaker.speak(single(text), TurnTimings(), self.spoken, pin=True)
             finally:
                 self.turn_scope = None
+        return not scope.cancel_called
 
     async def _respond(self, timings: TurnTimings, *, held: Speculation | None = None) -> bool:
         """Answer the last user message. Returns True if the call is being ended.
@@ -339,11 +342,9 @@ class Conversation:
             log.info("the reply was prepared during the endpointing pause")
         if scope.cancelled_caught or ending is None:
             return False
-        record_ending(self.call.outcome, ending)
-        if ending.name == TRANSFER and not self.spoken:
-            await self._say(self.settings.transfer_text)
-        await self._hang_up()
-        return True
+        if ending.name == TRANSFER and not self.spoken and not await self._say(self.settings.transfer_text):
+            return False  # the caller spoke over it: the call goes on with what they said
+        return await self._hang_up(ending)
 
     async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
         """Stream one LLM answer into speech; return the tool calls it asked for."""
@@ -388,12 +389,36 @@ class Conversation:
             self.spoken_index = len(self.history) - 1
         return tool_calls
 
-    async def _hang_up(self) -> None:
-        """Let the caller hear the last reply in full, then hang up."""
-        for spoken in self.spoken:
-            await spoken.playback.wait_played()
+    async def _hang_up(self, ending: ToolCall | None = None, *, callable_off: bool = True) -> bool:
+        """Let the caller hear the last words in full, then hang up; ``ending`` (the model's
+        ``hang_up`` or ``transfer``) goes into the outcome the dialplan reads.
+
+        Until those words are heard out, the caller can still call it off, as they can cut
+        any reply: speech over the goodbye that interrupts (words, not a farewell of their
+        own: see :func:`~.turns.judge_interruption`) or a key stops the hang-up, and the call
+        goes on with what they said (returns False). A misheard "I see" taken for "bye", or a
+        caller who remembers one more thing, does not end the call while the caller objects.
+        ``callable_off`` False (the server is shutting down): it ends whatever the caller does.
+        """
+        with trio.CancelScope() as scope:
+            if callable_off:
+                self.turn_scope = scope  # (what a barge-in cancels)
+            try:
+                for spoken in self.spoken:
+                    await spoken.playback.wait_played()
+            finally:
+                if callable_off:
+                    self.turn_scope = None
+        # (cancel_called, not cancelled_caught: the flush that comes with the cancel may have
+        # woken the last wait before the cancel could be delivered)
+        if scope.cancel_called:
+            log.info("the caller spoke over the goodbye: not hanging up")
+            return False
+        if ending is not None:
+            record_ending(self.call.outcome, ending)
         self._settle_spoken()
         await self.call.hangup()
+        return True
 
     # --- history ---------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ __all__ = [
     "ECHO_BELOW_AGENT_DB",
     "ECHO_BELOW_DB",
     "ECHO_MIN_LOSS_DB",
+    "FAREWELL_WORDS",
     "NOISE_GATE_DB",
     "UNSURE_CONFIDENCE",
     "CallerLevel",
@@ -48,8 +49,10 @@ __all__ = [
     "far_below",
     "incomplete_phrase",
     "is_backchannel",
+    "is_farewell",
     "is_hold_request",
     "judge_interruption",
+    "says_goodbye",
     "words",
 ]
 
@@ -148,6 +151,32 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNE
         return True  # one word said again and again: how recognizers write "mm-hmm" ("time time", "10, 10, 10")
     # a short run of acknowledgements ("okay okay", "yeah right")
     return len(parts) <= 4 and all(part in known for part in parts)
+
+
+FAREWELL_WORDS = frozenset("""
+bye goodbye bye-bye cheers later care too thanks thank day night
+good see you ya take same to have a nice great lovely one evening weekend so much again then
+""".split())
+"""What a caller's farewell is made of ("okay, bye", "thanks, you too", "have a nice day"); the
+words of the first line say goodbye by themselves, the others only beside them."""
+
+_FAREWELL_CORE = frozenset("bye goodbye bye-bye cheers later care too thanks thank day night".split())
+
+_AGENT_GOODBYE = frozenset(("bye", "goodbye", "bye-bye"))
+
+
+def is_farewell(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS) -> bool:
+    """The whole utterance takes leave ("bye", "okay, thank you, bye", "you too", "take care"):
+    only farewell words and acknowledgements, one of them a farewell of its own."""
+    said = words(text)
+    known = {word for phrase in backchannels for word in words(phrase)}
+    return (any(word in _FAREWELL_CORE for word in said)
+            and all(word in FAREWELL_WORDS or word in known for word in said))
+
+
+def says_goodbye(text: str) -> bool:
+    """The agent's words take leave of the caller ("Thank you for calling. Goodbye!")."""
+    return any(word in _AGENT_GOODBYE for word in words(text))
 
 
 _WAIT_NOUNS = frozenset(("minute", "moment", "second", "sec", "mo"))
@@ -276,6 +305,8 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         return Verdict.NOISE
     if is_backchannel(text, settings.backchannels):
         return Verdict.BACKCHANNEL
+    if says_goodbye(agent_text) and is_farewell(text, settings.backchannels):
+        return Verdict.BACKCHANNEL  # the caller's own goodbye over the agent's: no reason to stop it
     if (confidence is not None and confidence < UNSURE_CONFIDENCE and len(said) <= 2
             and not any(word in COMMANDS for word in said)):
         return Verdict.NOISE
