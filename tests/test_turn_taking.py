@@ -1002,6 +1002,30 @@ def test_a_farewell_over_the_agents_goodbye_is_no_interruption() -> None:
     assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER) is Verdict.INTERRUPT
 
 
+HANG_UP_CALL = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
+
+
+async def _over_the_goodbye(llm: ScriptedLLM, stt_script: list[str], tmp_path: Path, *, heard_ms: int,
+                            sound_ms: int, until: Callable[[FakeAsterisk], bool] = lambda pbx: False,
+                            ) -> tuple[bool, FakeAsterisk, _Observer, list[dict[str, Any]]]:
+    """A question, then the caller's ``sound_ms`` of speech once ``heard_ms`` of the agent's
+    audio were heard; the line kept open until ``until(pbx)`` or a hangup (then 1 s more).
+    Returns whether the server hung up, the line, the observer and the calls' outcomes."""
+    agent, observer, _ = assistant(llm, ScriptedSTT(stt_script), transcript_dir=tmp_path)
+    outcomes: list[dict[str, Any]] = []
+    async with serve_in_memory(agent) as line:
+        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            await talk_until(pbx, lambda: audible_ms(pbx) >= heard_ms)
+            await pbx.send_audio(speech(sound_ms))
+            await talk_until(pbx, lambda: until(pbx))
+            if not (pbx.server_hung_up or pbx.server_closed):
+                await pbx.send_silence(1000)
+            hung_up = pbx.server_hung_up  # (before the end of the block hangs up whatever is left)
+    return hung_up, pbx, observer, outcomes
+
+
 @pytest.mark.parametrize(("heard_ms", "queued"), [(1200, False), (2200, True)])
 async def test_words_over_the_goodbye_call_off_the_hang_up(autojump_clock: trio.abc.Clock, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture, heard_ms: int,
@@ -1010,19 +1034,11 @@ async def test_words_over_the_goodbye_call_off_the_hang_up(autojump_clock: trio.
     is queued and only its playing is awaited (before, the hang-up went ahead then: the caller's
     words silenced the goodbye, and the call ended in that silence)."""
     caplog.set_level("INFO", logger="audiosocket_ai")
-    hang_up = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
-    llm = ScriptedLLM([[GOODBYE, hang_up], ["Of course, go ahead."]])
-    agent, observer, _ = assistant(llm, ScriptedSTT(["that's all", "wait, one more thing"]), transcript_dir=tmp_path)
-    outcomes: list[dict[str, Any]] = []
-    async with serve_in_memory(agent) as line:
-        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-        async with line.call() as pbx:
-            await pbx.send_audio(speech(400))
-            await talk_until(pbx, lambda: audible_ms(pbx) >= heard_ms)
-            await pbx.send_audio(speech(400))
-            await talk_until(pbx, lambda: len(llm.histories) == 2 and not agent_talking(pbx))
-            await pbx.send_silence(1000)
-            assert not pbx.server_hung_up, "the caller spoke over the goodbye: the call goes on"
+    llm = ScriptedLLM([[GOODBYE, HANG_UP_CALL], ["Of course, go ahead."]])
+    hung_up, _, observer, outcomes = await _over_the_goodbye(
+        llm, ["that's all", "wait, one more thing"], tmp_path, heard_ms=heard_ms, sound_ms=400,
+        until=lambda pbx: len(llm.histories) == 2 and not agent_talking(pbx))
+    assert not hung_up, "the caller spoke over the goodbye: the call goes on"
     assert observer.barge_ins
     assert [m.content for m in llm.histories[1] if m.role == "user"] == ["that's all", "wait, one more thing"]
     cut = llm.histories[1][2]
@@ -1034,18 +1050,10 @@ async def test_words_over_the_goodbye_call_off_the_hang_up(autojump_clock: trio.
 
 async def test_a_farewell_over_the_goodbye_lets_it_finish_and_the_call_ends(autojump_clock: trio.abc.Clock,
                                                                            tmp_path: Path) -> None:
-    hang_up = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
-    llm = ScriptedLLM([[GOODBYE, hang_up]])
-    agent, observer, _ = assistant(llm, ScriptedSTT(["that's all", "okay, bye"]), transcript_dir=tmp_path)
-    outcomes: list[dict[str, Any]] = []
-    async with serve_in_memory(agent) as line:
-        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
-        async with line.call() as pbx:
-            await pbx.send_audio(speech(400))
-            await talk_until(pbx, lambda: audible_ms(pbx) >= 2200)
-            await pbx.send_audio(speech(300))
-            await talk_until(pbx, lambda: False)
-            assert pbx.server_hung_up
+    llm = ScriptedLLM([[GOODBYE, HANG_UP_CALL]])
+    hung_up, pbx, observer, outcomes = await _over_the_goodbye(llm, ["that's all", "okay, bye"], tmp_path,
+                                                               heard_ms=2200, sound_ms=300)
+    assert hung_up
     assert [v for _, v in observer.resumes] == ["backchannel"] and not observer.barge_ins
     assert len(llm.histories) == 1
     assert audible_ms(pbx) >= ToneTTS(ms_per_char=40).duration_ms(GOODBYE) - 40, "the goodbye was heard whole"
