@@ -178,3 +178,89 @@ async def test_a_dropped_deepgram_stream_falls_back_to_another_recognizer(calllo
     assert llm.histories[0][-1].content == "heard by the backup"
     assert backup.audio_ms and backup.audio_ms[0] > 500, "the backup heard the whole utterance"
     assert any("STT DeepgramSTT failed" in r.getMessage() and r.call == str(pbx.uuid) for r in calllog.records)
+
+
+async def test_a_goodbye_the_caller_speaks_over_leaves_a_history_the_api_accepts(calllog, autojump_clock) -> None:
+    """The model says goodbye and calls hang_up; the caller cuts in. The next request carries
+    that tool call answered (OpenAI refuses a history with a tool call left unanswered), and
+    the conversation goes on with the model's real answer, not an apology."""
+    from .fakes.openai_server import FakeToolCall
+
+    goodbye = "Thank you for calling, it was a pleasure to help you today. Goodbye!"
+    answer = "Of course, what else can I do for you?"
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        fake.chat_replies.extend([
+            ChatReply(content=goodbye, tool_calls=[FakeToolCall("hang_up", {"reason": "caller done"}, id="call_1")]),
+            ChatReply(content=answer),
+        ])
+        tts = ToneTTS(ms_per_char=40)
+        llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
+        agent = VoiceAssistant(stt=ScriptedSTT(["that's all", "wait, one more thing"]), llm=llm, tts=tts,
+                               vad_factory=EnergyVad, settings=settings())
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
+                await pbx.send_audio(speech(400))
+                # all of the goodbye queued, most of it heard: only its playing is awaited
+                assert await keep_line_open(pbx, lambda: audible(pbx) >= 110, timeout=20)
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: answer in tts.texts, timeout=20)
+                await keep_line_open(pbx, lambda: False, timeout=1.0)
+                assert not pbx.server_hung_up
+        await llm.aclose()
+        nursery.cancel_scope.cancel()
+    messages = fake.chat_requests()[1]["messages"]
+    roles = [m["role"] for m in messages]
+    assert roles[-3:] == ["assistant", "tool", "user"] and messages[-2]["tool_call_id"] == "call_1"
+    assert "language model failed" not in calllog.text
+
+
+@pytest.mark.parametrize("case", ["cut short", "too many rounds"])
+async def test_tool_calls_left_unrun_are_answered_so_the_next_request_is_accepted(case: str, calllog,
+                                                                                  autojump_clock) -> None:
+    """A tool the caller cuts short (a key pressed while it runs), or one asked for past ``max_tool_rounds``:
+    either way it gets a result in the history (OpenAI refuses a tool call left unanswered),
+    and the caller's next words get the model's answer, not an apology."""
+    from audiosocket_ai.agents.tools import tool
+
+    from .fakes.openai_server import FakeToolCall
+
+    started = trio.Event()
+
+    @tool("Look an order up (slow).")
+    async def lookup() -> str:
+        started.set()
+        await trio.sleep(5)
+        return "shipped"
+
+    answer = "Sure, go ahead."
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        fake.chat_replies.extend([
+            ChatReply(content="Let me look.", tool_calls=[FakeToolCall("lookup", {}, id="call_1")]),
+            ChatReply(content=answer),
+        ])
+        tts = ToneTTS()
+        llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
+        rounds = 2 if case == "cut short" else 1
+        agent = VoiceAssistant(stt=ScriptedSTT(["where is my order", "actually, never mind"]), llm=llm, tts=tts,
+                               vad_factory=EnergyVad, settings=settings(max_tool_rounds=rounds), tools=[lookup])
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
+                await pbx.send_audio(speech(400))
+                if case == "cut short":
+                    assert await keep_line_open(pbx, started.is_set, timeout=10)
+                    await pbx.send_dtmf("1")  # (a key interrupts whatever the agent is doing)
+                else:
+                    assert await keep_line_open(pbx, lambda: "Let me look." in tts.texts, timeout=10)
+                    await keep_line_open(pbx, lambda: False, timeout=2.0)
+                    await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: answer in tts.texts, timeout=20)
+        await llm.aclose()
+        nursery.cancel_scope.cancel()
+    assert not started.is_set() or case == "cut short"
+    messages = fake.chat_requests()[-1]["messages"]
+    assert [m["role"] for m in messages][-3:] == ["assistant", "tool", "user"]
+    assert messages[-1]["content"] == ("[pressed 1]" if case == "cut short" else "actually, never mind")
+    assert messages[-2]["tool_call_id"] == "call_1" and messages[-2]["content"].startswith("Not run")
+    assert "language model failed" not in calllog.text

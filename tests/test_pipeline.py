@@ -367,3 +367,23 @@ async def test_a_long_sentence_cut_early_counts_as_heard_only_as_far_as_it_playe
     assert cut and heard == "word0 word1", "10 of the sentence's 250 frames: 2 of its 50 words"
     # without the sentence's length, what was queued (25 frames) stood for all of it: 20 words
     assert len(Spoken(text, playback).heard()[0].split()) == 20
+
+
+async def test_a_tool_asked_for_with_the_hang_up_runs_and_the_call_ends(autojump_clock) -> None:
+    """"I've logged your request. Goodbye!" with a tool call and hang_up in one answer: the
+    tool runs, and the call ends (the model is not asked again, which could forget the ending)."""
+    ran: list[str] = []
+
+    @tool("Log the caller's request.")
+    async def log_request() -> str:
+        ran.append("logged")
+        return "logged"
+
+    llm = ScriptedLLM([["I've logged your request. Goodbye!", ToolCall("c1", "log_request", {}),
+                        ToolCall("h1", "hang_up", {"reason": "done"})]])
+    agent, _ = make(llm, ScriptedSTT(["please log my request"]), ToneTTS(), tools=[log_request])
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=20)
+    assert ran == ["logged"] and len(llm.histories) == 1

@@ -1043,6 +1043,11 @@ async def test_words_over_the_goodbye_call_off_the_hang_up(autojump_clock: trio.
     assert [m.content for m in llm.histories[1] if m.role == "user"] == ["that's all", "wait, one more thing"]
     cut = llm.histories[1][2]
     assert cut.role == "assistant" and cut.interrupted and GOODBYE.startswith(cut.content)
+    # cut while the model's answer streamed in, its call to hang up was never taken; once it
+    # was, it is answered (as the chat APIs require of every tool call) before the caller's words
+    assert bool(cut.tool_calls) is queued
+    if queued:
+        assert llm.histories[1][3].role == "tool" and llm.histories[1][3].tool_call_id == "h1"
     assert agent_lines(tmp_path)[-1] == "Of course, go ahead."
     assert outcomes and "hangup_reason" not in outcomes[0], "nothing recorded for an ending that did not happen"
     assert ("the caller spoke over the goodbye: not hanging up" in caplog.text) is queued

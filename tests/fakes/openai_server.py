@@ -188,6 +188,16 @@ class _ClientError(Exception):
         self.code = code
 
 
+def _unanswered(ids: list[str], index: int) -> _ClientError:
+    """OpenAI's answer to tool calls not each followed by a tool message (as of 2025-2026)."""
+    return _ClientError(
+        400,
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+        f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(ids)}",
+        param=f"messages.[{index}].role",
+    )
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -387,10 +397,13 @@ class FakeOpenAI(HttpFake):
         if not isinstance(messages, list) or not messages:
             raise _ClientError(400, "[] is too short - 'messages'", param="messages")
         pending_ids: set[str] = set()
+        unanswered: list[str] = []  # the last tool calls' ids that no tool message answered yet
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if role not in ("system", "developer", "user", "assistant", "tool"):
                 raise _ClientError(400, f"Invalid value for 'role' in messages[{i}].", param=f"messages[{i}].role")
+            if role != "tool" and unanswered:
+                raise _unanswered(unanswered, i)
             content = message.get("content")
             if role == "assistant":
                 calls = message.get("tool_calls") or []
@@ -406,6 +419,7 @@ class FakeOpenAI(HttpFake):
                     ):
                         raise _ClientError(400, f"Invalid tool_calls in messages[{i}].", param=f"messages[{i}]")
                     pending_ids.add(call["id"])
+                    unanswered.append(call["id"])
             elif role == "tool":
                 if message.get("tool_call_id") not in pending_ids:
                     raise _ClientError(
@@ -414,8 +428,12 @@ class FakeOpenAI(HttpFake):
                         "message with 'tool_calls'.",
                         param=f"messages.[{i}].role",
                     )
+                if message.get("tool_call_id") in unanswered:
+                    unanswered.remove(message["tool_call_id"])
             elif not isinstance(content, str):
                 raise _ClientError(400, f"messages[{i}]: content must be a string", param=f"messages[{i}].content")
+        if unanswered:
+            raise _unanswered(unanswered, len(messages))
         for j, tool in enumerate(body.get("tools") or []):
             if tool.get("type") != "function" or not (tool.get("function") or {}).get("name"):
                 raise _ClientError(400, f"Invalid value for tools[{j}].", param=f"tools[{j}]")

@@ -45,6 +45,15 @@ from .turns import is_hold_request
 
 log = logging.getLogger(__name__)
 
+CALLED_OFF = "Not done: the caller spoke before the call ended, so the call goes on. Answer what they said."
+"""The result the model gets for a ``hang_up`` or ``transfer`` the caller called off."""
+
+INTERRUPTED = "Not run: the caller spoke first. Answer what they said."
+"""The result of a tool the caller's barge-in kept from running (or cut short)."""
+
+TOO_MANY_ROUNDS = "Not run: too many tool calls in a row. Answer the caller with what you have."
+"""The result of the tools asked for past ``max_tool_rounds``."""
+
 CONTINUATION_S = 1.2
 """A caller who speaks again this soon after their turn, cutting its reply short, was not done..."""
 
@@ -314,7 +323,7 @@ class Conversation:
         With ``held``, nothing is heard and no tool runs until the speculation is
         confirmed; if it is abandoned the turn is cancelled and leaves no trace.
         """
-        ending: ToolCall | None = None
+        endings: list[ToolCall] = []
         rounds = 0
         self._begin_spoken()
         with trio.CancelScope() as scope:
@@ -325,13 +334,22 @@ class Conversation:
                     calls = await self._one_round(timings, held)
                     if not calls:
                         break
+                    endings = [c for c in calls if c.name in (HANG_UP, TRANSFER)]
                     user_calls = [c for c in calls if c.name not in (HANG_UP, TRANSFER)]
-                    ending = next((c for c in calls if c.name in (HANG_UP, TRANSFER)), None)
-                    if not user_calls or rounds >= self.settings.max_tool_rounds:
-                        break
-                    for tool_call in user_calls:
-                        result = await run_tool(self.a.tools, tool_call)
-                        self.history.append(Message("tool", result, tool_call_id=tool_call.id, name=tool_call.name))
+                    # every tool call in the history gets its result before the next request
+                    # (the chat APIs refuse a history with one left unanswered)
+                    unanswered, why = user_calls, TOO_MANY_ROUNDS
+                    try:
+                        if rounds < self.settings.max_tool_rounds:
+                            why = INTERRUPTED
+                            while unanswered:
+                                result = await run_tool(self.a.tools, unanswered[0])
+                                self._answer(unanswered[:1], result)
+                                unanswered = unanswered[1:]
+                    finally:
+                        self._answer(unanswered, why)
+                    if not user_calls or endings or rounds >= self.settings.max_tool_rounds:
+                        break  # (asked to end the call: its other tools ran, and it ends)
             finally:
                 self.turn_scope = None
         if held is not None and not held.confirmed:
@@ -340,11 +358,17 @@ class Conversation:
         log.info("turn latency (ms): %s", timings.as_ms())
         if timings.preemptive:
             log.info("the reply was prepared during the endpointing pause")
-        if scope.cancelled_caught or ending is None:
+        if not endings:
             return False
-        if ending.name == TRANSFER and not self.spoken and not await self._say(self.settings.transfer_text):
-            return False  # the caller spoke over it: the call goes on with what they said
-        return await self._hang_up(ending)
+        ending = endings[0]
+        if not scope.cancelled_caught:
+            announced = ending.name != TRANSFER or bool(self.spoken) or await self._say(self.settings.transfer_text)
+            if announced and await self._hang_up(ending):
+                return True
+        # the caller cut in (while the reply or the transfer's announcement came, or while its
+        # last words played): the call goes on with what they said
+        self._answer(endings, CALLED_OFF)
+        return False
 
     async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
         """Stream one LLM answer into speech; return the tool calls it asked for."""
@@ -421,6 +445,11 @@ class Conversation:
         return True
 
     # --- history ---------------------------------------------------------------------
+
+    def _answer(self, calls: list[ToolCall], result: str) -> None:
+        """Give each of the model's tool ``calls`` its ``result`` in the history."""
+        for call in calls:
+            self.history.append(Message("tool", result, tool_call_id=call.id, name=call.name))
 
     def _begin_spoken(self) -> None:
         self.spoken = []
