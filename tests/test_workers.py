@@ -123,6 +123,13 @@ async def echo_call(port: int, uuid: uuid_module.UUID, seed: int) -> bool:
         return sent in pbx.received_audio()
 
 
+def test_a_worker_starts_no_blas_thread_pool_unless_told_to() -> None:
+    from audiosocket_ai.app.workers import worker_environment
+
+    assert worker_environment({"PATH": "/bin"}) == {"PATH": "/bin", "OPENBLAS_NUM_THREADS": "1"}
+    assert worker_environment({"OPENBLAS_NUM_THREADS": "8"})["OPENBLAS_NUM_THREADS"] == "8"
+
+
 def test_worker_count_setting() -> None:
     assert worker_count("1") == 1 and worker_count(3) == 3 and worker_count("4") == 4
     assert worker_count("auto") == len(os.sched_getaffinity(0))
@@ -145,6 +152,9 @@ def test_two_workers_share_the_port_and_the_status_port_speaks_for_both(group: G
 
     assert all(trio.run(calls))
     workers = group.wait_serving(2, timeout=1)
+    for worker in workers:  # no idle BLAS thread per core in each worker
+        environ = Path(f"/proc/{worker['pid']}/environ").read_bytes().split(b"\0")
+        assert f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '1')}".encode() in environ
     per_worker = []
     for worker in workers:
         deadline = time.monotonic() + 5

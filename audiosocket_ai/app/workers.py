@@ -60,7 +60,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,18 @@ ASK_TIMEOUT = 2.0
 """Seconds the parent waits for a worker's status endpoint."""
 
 _WORKER_COMMAND = "from audiosocket_ai.app.workers import worker_main; worker_main()"
+
+WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
+"""What each worker's environment has unless ``serve``'s own sets it. numpy's OpenBLAS starts
+a thread for each core but one in every process that imports numpy, and the server's numpy
+work (a frame's few hundred samples) never uses them: N workers on a C-core host would
+otherwise hold N × (C − 1) idle threads, each reserving ~40 MB of address space (measured
+here), against the unit's task limit. Local inference sizes its own thread pools."""
+
+
+def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment: ``parent``'s, with :data:`WORKER_ENVIRONMENT` where it has none."""
+    return {**WORKER_ENVIRONMENT, **parent}
 
 # A metrics snapshot: family name -> (type, help, {(sample name, labels): value}).
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -217,7 +229,8 @@ class _Group:
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-c", _WORKER_COMMAND, "--index", str(worker.index), "--report-fd", str(write_end)],
-                stdin=subprocess.PIPE, pass_fds=(write_end,), start_new_session=True)
+                stdin=subprocess.PIPE, pass_fds=(write_end,), start_new_session=True,
+                env=worker_environment(os.environ))
         except BaseException:
             os.close(read_end)
             raise
