@@ -1000,6 +1000,9 @@ def test_a_farewell_over_the_agents_goodbye_is_no_interruption() -> None:
     assert judge_interruption("Wait, one more thing.", settings=turn, agent_text=GOODBYE) is Verdict.INTERRUPT
     # over anything but the agent's goodbye, a caller's "bye" is what it says: they want to go
     assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER) is Verdict.INTERRUPT
+    # ... unless the agent is ending the call, its goodbye words not yet said
+    assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER, closing=True) is Verdict.BACKCHANNEL
+    assert judge_interruption("Wait, no", settings=turn, agent_text=ANSWER, closing=True) is Verdict.INTERRUPT
 
 
 HANG_UP_CALL = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
@@ -1079,3 +1082,23 @@ async def test_a_caller_who_speaks_up_over_the_no_input_goodbye_is_not_hung_up_o
         assert not pbx.server_hung_up
     said = agent_lines(tmp_path)
     assert goodbye.startswith(said[0]) and said[0] != goodbye and said[-1] == "Sure, what is it?"
+
+
+@pytest.mark.parametrize(("said", "sound_ms", "ends"), [
+    ("okay thank you so much have a great day", 1500, True),  # longer than interrupt_after_ms: words decide
+    ("no wait I have another question about my order", 3000, False),  # still talking at decide_within_ms
+])
+async def test_over_the_goodbye_a_long_farewell_lets_it_end_and_long_talk_calls_it_off(
+        autojump_clock: trio.abc.Clock, tmp_path: Path, said: str, sound_ms: int, ends: bool) -> None:
+    llm = ScriptedLLM([[GOODBYE, HANG_UP_CALL], ["Of course, go ahead."]])
+    hung_up, _, observer, outcomes = await _over_the_goodbye(
+        llm, ["that's all", said], tmp_path, heard_ms=1200, sound_ms=sound_ms,
+        until=lambda pbx: len(llm.histories) == 2 and not agent_talking(pbx))
+    assert hung_up is ends
+    if ends:
+        assert [v for _, v in observer.resumes] == ["backchannel"] and not observer.barge_ins
+        assert len(llm.histories) == 1 and outcomes[0]["hangup_reason"] == "caller done"
+    else:
+        (at, _), = observer.barge_ins
+        assert len(llm.histories) == 2 and llm.histories[1][-1].content == said
+        assert "hangup_reason" not in outcomes[0]

@@ -104,10 +104,14 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
+        self.closing = False
+        """The agent is ending the call (the model asked to, or it says the no-input goodbye):
+        a farewell of the caller's over it is no interruption, even before its goodbye words."""
         self._last_turn: tuple[int, float, TurnTimings] | None = None
         """The latest caller turn: its index in the history, when its speech ended, its reply's timings."""
         self.interruptions = Interruptions(call, settings, assistant.observer, interrupt=self.interrupt,
                                            agent_busy=lambda: self.agent_busy, agent_words=self._agent_words,
+                                           closing=lambda: self.closing,
                                            on_backchannel=self._log_backchannel)
         self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
                                  agent_busy=lambda: self.agent_busy, on_speech=self.interruptions.on_speech,
@@ -210,9 +214,10 @@ class Conversation:
             if utterance is None:
                 reprompts += 1
                 if reprompts > settings.max_reprompts:
+                    self.closing = True
                     if await self._say(settings.goodbye_text) and await self._hang_up():
                         return
-                    reprompts = 0  # the caller spoke up over the goodbye: what they said comes next
+                    self.closing, reprompts = False, 0  # the caller spoke up over it: what they said comes next
                     continue
                 await self._say(settings.reprompt_text)
                 continue
@@ -251,6 +256,7 @@ class Conversation:
             elif self.interruptions.nursery is not None:
                 self.interruptions.nursery.start_soon(self._taken_when_confirmed, held)
             ending = await self._respond(utterance.timings, held=held)
+            self.closing = ending  # (not ending: the caller called it off, or it was never asked for)
             if held is not None:
                 listener.release(held)
                 if not held.confirmed:  # abandoned: as if this reply had never been started
@@ -389,6 +395,7 @@ class Conversation:
                                     timings.llm_first = trio.current_time()
                                 if isinstance(piece, ToolCall):
                                     tool_calls.append(piece)
+                                    self.closing = self.closing or piece.name in (HANG_UP, TRANSFER)
                                     continue
                                 text_parts.append(piece)
                                 for sentence in splitter.push(piece):
@@ -415,15 +422,10 @@ class Conversation:
 
     async def _hang_up(self, ending: ToolCall | None = None, *, callable_off: bool = True) -> bool:
         """Let the caller hear the last words in full, then hang up; ``ending`` (the model's
-        ``hang_up`` or ``transfer``) goes into the outcome the dialplan reads.
-
-        Until those words are heard out, the caller can still call it off, as they can cut
-        any reply: speech over the goodbye that interrupts (words, not a farewell of their
-        own: see :func:`~.turns.judge_interruption`) or a key stops the hang-up, and the call
-        goes on with what they said (returns False). A misheard "I see" taken for "bye", or a
-        caller who remembers one more thing, does not end the call while the caller objects.
-        ``callable_off`` False (the server is shutting down): it ends whatever the caller does.
-        """
+        ``hang_up`` or ``transfer``) goes into the outcome the dialplan reads. Until the words
+        are heard out the caller can call it off, as they can cut any reply (words that are not
+        a farewell, or a key): then the call goes on and this returns False. ``callable_off``
+        False (the server is shutting down): it ends whatever the caller does."""
         with trio.CancelScope() as scope:
             if callable_off:
                 self.turn_scope = scope  # (what a barge-in cancels)

@@ -30,7 +30,7 @@ from ...log import private
 from ...surface import CallSurface
 from .listening import Listener
 from .settings import AssistantObserver, AssistantSettings, Utterance
-from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption
+from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption, says_goodbye
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Interruptions:
 
     def __init__(self, call: CallSurface, settings: AssistantSettings, observer: AssistantObserver, *,
                  interrupt: Callable[[str], None], agent_busy: Callable[[], bool], agent_words: Callable[[], str],
-                 on_backchannel: Callable[[Utterance], None]) -> None:
+                 on_backchannel: Callable[[Utterance], None], closing: Callable[[], bool] = lambda: False) -> None:
         self.call = call
         self.settings = settings
         self.observer = observer
@@ -86,6 +86,7 @@ class Interruptions:
         self._agent_busy = agent_busy
         self._agent_words = agent_words
         self._on_backchannel = on_backchannel
+        self._closing = closing
         self._listener: Listener | None = None
         self.nursery: trio.Nursery | None = None
         """Where the pause's deadline runs (the conversation's)."""
@@ -158,6 +159,7 @@ class Interruptions:
         may still be on the line, and that repeats its words): the agent's level is no evidence."""
         agent_db = self._agent_db() if over_agent else None
         verdict = judge_interruption(utterance.text, settings=self.settings.turn, agent_text=agent_text,
+                                     closing=self._closing(),
                                      level_db=utterance.level_db, caller_db=caller_db,
                                      echo_share=utterance.echo_share, confidence=utterance.confidence,
                                      agent_db=agent_db)
@@ -239,22 +241,36 @@ class Interruptions:
         self.observer.on_resume(trio.current_time(), why)
 
     async def _decide_in_time(self, pause: _Pause) -> None:
-        """Bound the pause: long speech interrupts; no verdict in time resumes."""
+        """Bound the pause: long speech interrupts; no verdict in time resumes.
+
+        Over the agent's goodbye, a caller's farewell may be long ("okay, thank you so much,
+        have a great day"): there their words decide up to ``turn.decide_within_ms``, and
+        only a caller still talking then interrupts (to call the ending off)."""
         turn = self.settings.turn
         with trio.move_on_at(pause.onset + turn.interrupt_after_ms / 1000):
             await pause.decided.wait()
             return
         if self._pause is not pause:
             return
-        talking = trio.current_time() - self.listener.voiced_at < VOICE_GAP_S
-        if talking and not self._quiet_voice():
+        closing = self._closing() or says_goodbye(pause.agent_text)
+        if not closing and self._still_talking():
             pause.decided.set()
             self._interrupt_for(self.listener.speech_serial, "caller kept talking")
             return
         with trio.move_on_at(pause.onset + turn.decide_within_ms / 1000):
             await pause.decided.wait()
             return
+        if self._pause is not pause:
+            return
+        if closing and self._still_talking():
+            pause.decided.set()
+            self._interrupt_for(self.listener.speech_serial, "caller kept talking over the goodbye")
+            return
         self._resume(pause, "undecided")
+
+    def _still_talking(self) -> bool:
+        """The caller's voice was heard just now (not the room's)."""
+        return trio.current_time() - self.listener.voiced_at < VOICE_GAP_S and not self._quiet_voice()
 
     def _quiet_voice(self) -> bool:
         """The sound going on now is the room's: within the line's background, or far

@@ -284,7 +284,7 @@ class TurnSettings:
             raise ValueError("turn.hold_wait must be >= 0 and turn.hold_check_in > 0")
 
 
-def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "",
+def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "", closing: bool = False,
                        level_db: float | None = None, caller_db: float | None = None,
                        echo_share: float = 0.0, confidence: float | None = None,
                        agent_db: float | None = None) -> Verdict:
@@ -293,6 +293,7 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
     Args:
         text: what the recognizer heard ("" for no words).
         agent_text: what the agent was saying around then (its own echo repeats it).
+        closing: the agent is ending the call (its goodbye may not be in ``agent_text`` yet).
         level_db: the sound's speech level (dBFS), if measured.
         caller_db: the caller's usual level (dBFS), if known yet.
         echo_share: the share of the sound's frames the echo canceller took for the agent's
@@ -305,7 +306,7 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         return Verdict.NOISE
     if is_backchannel(text, settings.backchannels):
         return Verdict.BACKCHANNEL
-    if says_goodbye(agent_text) and is_farewell(text, settings.backchannels):
+    if (closing or says_goodbye(agent_text)) and is_farewell(text, settings.backchannels):
         return Verdict.BACKCHANNEL  # the caller's own goodbye over the agent's: no reason to stop it
     if (confidence is not None and confidence < UNSURE_CONFIDENCE and len(said) <= 2
             and not any(word in COMMANDS for word in said)):
