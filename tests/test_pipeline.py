@@ -369,9 +369,11 @@ async def test_a_long_sentence_cut_early_counts_as_heard_only_as_far_as_it_playe
     assert len(Spoken(text, playback).heard()[0].split()) == 20
 
 
-async def test_a_tool_asked_for_with_the_hang_up_runs_and_the_call_ends(autojump_clock) -> None:
+@pytest.mark.parametrize("max_tool_rounds", [3, 1])
+async def test_a_tool_asked_for_with_the_hang_up_runs_and_the_call_ends(autojump_clock, max_tool_rounds: int) -> None:
     """"I've logged your request. Goodbye!" with a tool call and hang_up in one answer: the
-    tool runs, and the call ends (the model is not asked again, which could forget the ending)."""
+    tool runs, and the call ends (the model is not asked again, which could forget the ending),
+    in the last round allowed too (the caller was told it is done)."""
     ran: list[str] = []
 
     @tool("Log the caller's request.")
@@ -381,7 +383,8 @@ async def test_a_tool_asked_for_with_the_hang_up_runs_and_the_call_ends(autojump
 
     llm = ScriptedLLM([["I've logged your request. Goodbye!", ToolCall("c1", "log_request", {}),
                         ToolCall("h1", "hang_up", {"reason": "done"})]])
-    agent, _ = make(llm, ScriptedSTT(["please log my request"]), ToneTTS(), tools=[log_request])
+    agent, _ = make(llm, ScriptedSTT(["please log my request"]), ToneTTS(), tools=[log_request],
+                    max_tool_rounds=max_tool_rounds)
     async with serve_in_memory(agent) as line:
         async with line.call() as pbx:
             await pbx.send_audio(speech(400))

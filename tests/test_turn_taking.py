@@ -988,21 +988,21 @@ async def test_a_continuation_merged_as_a_tentative_turn_and_abandoned_is_merged
 GOODBYE = "Thank you for calling, it was a pleasure to help you today. Goodbye!"
 
 
-def test_a_farewell_over_the_agents_goodbye_is_no_interruption() -> None:
+def test_a_farewell_while_the_agent_ends_the_call_is_no_interruption() -> None:
     turn = TurnSettings()
     for text in ("Bye.", "Okay, bye!", "Thank you, bye.", "You too.", "Have a nice day.", "Take care.", "bye-bye",
-                 "Cheers!", "see you later", "ok thanks bye", "Goodbye"):
+                 "Cheers!", "see you later", "ok thanks bye", "Goodbye", "Have a good one.", "Same to you!",
+                 "See you.", "okay thank you so much have a great day"):
         assert is_farewell(text), text
-        assert judge_interruption(text, settings=turn, agent_text=GOODBYE) is Verdict.BACKCHANNEL, text
+        assert judge_interruption(text, settings=turn, agent_text=GOODBYE, closing=True) is Verdict.BACKCHANNEL, text
     for text in ("Wait, one more thing.", "No, don't hang up", "thanks but I have another question", "hold on",
-                 "", "to a", "good"):
+                 "", "to a", "good", "have a look"):
         assert not is_farewell(text), text
-    assert judge_interruption("Wait, one more thing.", settings=turn, agent_text=GOODBYE) is Verdict.INTERRUPT
-    # over anything but the agent's goodbye, a caller's "bye" is what it says: they want to go
+    assert judge_interruption("Wait, one more thing.", settings=turn, agent_text=GOODBYE, closing=True) is \
+        Verdict.INTERRUPT
+    # a model that said goodbye without asking to hang up: the caller's "bye" is a turn (it can end the call then)
+    assert judge_interruption("Okay, bye!", settings=turn, agent_text=GOODBYE) is Verdict.INTERRUPT
     assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER) is Verdict.INTERRUPT
-    # ... unless the agent is ending the call, its goodbye words not yet said
-    assert judge_interruption("Okay, bye!", settings=turn, agent_text=ANSWER, closing=True) is Verdict.BACKCHANNEL
-    assert judge_interruption("Wait, no", settings=turn, agent_text=ANSWER, closing=True) is Verdict.INTERRUPT
 
 
 HANG_UP_CALL = asa.ToolCall("h1", "hang_up", {"reason": "caller done"})
@@ -1102,3 +1102,44 @@ async def test_over_the_goodbye_a_long_farewell_lets_it_end_and_long_talk_calls_
         (at, _), = observer.barge_ins
         assert len(llm.histories) == 2 and llm.histories[1][-1].content == said
         assert "hangup_reason" not in outcomes[0]
+
+
+async def test_a_noise_over_the_no_input_goodbye_calls_it_off_but_restarts_no_reprompts(
+        autojump_clock: trio.abc.Clock, tmp_path: Path) -> None:
+    """A wordless sound that outlasts the verdict's deadline calls the goodbye off (it might
+    be the caller), but it is no turn: the goodbye comes again, without a new round of
+    re-prompts before it."""
+    agent, _, _ = assistant(ScriptedLLM([]), ScriptedSTT([""]), reprompt_after=4.0, max_reprompts=1,
+                            transcript_dir=tmp_path)
+    goodbye = AssistantSettings().goodbye_text
+    async with serve_in_memory(agent) as line, line.call() as pbx:
+        # 1 s into the goodbye (the re-prompt heard whole before it)
+        await talk_until(pbx, lambda: audible_ms(pbx) >= 1000 + ToneTTS(ms_per_char=40).duration_ms(
+            "Are you still there?"))
+        await pbx.send_audio(speech(3500))
+        await talk_until(pbx, lambda: False)
+        assert pbx.server_hung_up
+    said = agent_lines(tmp_path)
+    assert said[0] == "Are you still there?" and goodbye.startswith(said[1]) and said[1] != goodbye
+    assert said[2:] == [goodbye], "the goodbye again, not another re-prompt first"
+
+
+async def test_a_shutdown_during_a_transfers_goodbye_keeps_the_transfer(autojump_clock: trio.abc.Clock,
+                                                                        tmp_path: Path) -> None:
+    """The outcome the dialplan reads names the transfer as soon as the goodbye starts: a
+    server shutting down under it (its own goodbye, then the hangup) must not lose it."""
+    transfer = asa.ToolCall("t1", "transfer", {"target": "operator"})
+    llm = ScriptedLLM([["Let me put you through to someone who can help with that, please stay on the line.",
+                        transfer]])
+    agent, _, _ = assistant(llm, ScriptedSTT(["a person please"]), transcript_dir=tmp_path,
+                            shutdown_goodbye="Sorry, we have to end the call.")
+    outcomes: list[dict[str, Any]] = []
+    async with serve_in_memory(agent, drain_timeout=0.5) as line:
+        line.server._on_call_end = lambda call: outcomes.append(dict(call.outcome))
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            await talk_until(pbx, lambda: audible_ms(pbx) >= 2000)
+            line.server.drain()
+            await talk_until(pbx, lambda: False)
+            assert pbx.server_hung_up
+    assert outcomes and outcomes[0].get("transfer") == "operator"

@@ -32,8 +32,9 @@ from ...interfaces import LLM, STT, TTS, Message, ToolCall, ToolSpec, VADFactory
 from ...log import private
 from ...recording import StereoRecorder, TranscriptWriter
 from ...surface import CallSurface
-from ..tools import HANG_UP, TRANSFER, Tool, record_ending, run_tool, tool_specs
+from ..tools import HANG_UP, TRANSFER, Tool, run_tool, tool_specs
 from .capture import Speculation
+from .endings import CALLED_OFF, INTERRUPTED, TOO_MANY_ROUNDS, Ending, answer
 from .interruptions import Interruptions
 from .listening import Listener
 from .quiet import wait_for_utterance
@@ -44,15 +45,6 @@ from .speech_cache import SpeechCache
 from .turns import is_hold_request
 
 log = logging.getLogger(__name__)
-
-CALLED_OFF = "Not done: the caller spoke before the call ended, so the call goes on. Answer what they said."
-"""The result the model gets for a ``hang_up`` or ``transfer`` the caller called off."""
-
-INTERRUPTED = "Not run: the caller spoke first. Answer what they said."
-"""The result of a tool the caller's barge-in kept from running (or cut short)."""
-
-TOO_MANY_ROUNDS = "Not run: too many tool calls in a row. Answer the caller with what you have."
-"""The result of the tools asked for past ``max_tool_rounds``."""
 
 CONTINUATION_S = 1.2
 """A caller who speaks again this soon after their turn, cutting its reply short, was not done..."""
@@ -104,14 +96,12 @@ class Conversation:
         self.spoken_start = 0.0
         self.transcript: TranscriptWriter | None = None
         self.barge_ins = 0
-        self.closing = False
-        """The agent is ending the call (the model asked to, or it says the no-input goodbye):
-        a farewell of the caller's over it is no interruption, even before its goodbye words."""
+        self.ending = Ending(call.outcome)
         self._last_turn: tuple[int, float, TurnTimings] | None = None
         """The latest caller turn: its index in the history, when its speech ended, its reply's timings."""
         self.interruptions = Interruptions(call, settings, assistant.observer, interrupt=self.interrupt,
                                            agent_busy=lambda: self.agent_busy, agent_words=self._agent_words,
-                                           closing=lambda: self.closing,
+                                           closing=lambda: self.ending.closing,
                                            on_backchannel=self._log_backchannel)
         self.listener = Listener(call, stt=assistant.stt, vad_factory=assistant.vad_factory, settings=settings,
                                  agent_busy=lambda: self.agent_busy, on_speech=self.interruptions.on_speech,
@@ -214,10 +204,10 @@ class Conversation:
             if utterance is None:
                 reprompts += 1
                 if reprompts > settings.max_reprompts:
-                    self.closing = True
+                    self.ending.begin()
                     if await self._say(settings.goodbye_text) and await self._hang_up():
                         return
-                    self.closing, reprompts = False, 0  # the caller spoke up over it: what they said comes next
+                    self.ending.settle(False)  # called off: what they said comes next (a noise resets no re-prompt)
                     continue
                 await self._say(settings.reprompt_text)
                 continue
@@ -256,7 +246,7 @@ class Conversation:
             elif self.interruptions.nursery is not None:
                 self.interruptions.nursery.start_soon(self._taken_when_confirmed, held)
             ending = await self._respond(utterance.timings, held=held)
-            self.closing = ending  # (not ending: the caller called it off, or it was never asked for)
+            self.ending.settle(ending)
             if held is not None:
                 listener.release(held)
                 if not held.confirmed:  # abandoned: as if this reply had never been started
@@ -311,8 +301,7 @@ class Conversation:
             await trio.lowlevel.checkpoint()
 
     async def _say(self, text: str) -> bool:
-        """Speak a fixed line as an assistant turn (interruptible like any other); False if
-        the caller interrupted it (its audio may still be playing when it was not)."""
+        """Speak a fixed line as an assistant turn (interruptible like any other); False if the caller cut it."""
         self._settle_spoken()
         self._begin_spoken()
         with trio.CancelScope() as scope:
@@ -346,16 +335,16 @@ class Conversation:
                     # (the chat APIs refuse a history with one left unanswered)
                     unanswered, why = user_calls, TOO_MANY_ROUNDS
                     try:
-                        if rounds < self.settings.max_tool_rounds:
+                        if rounds < self.settings.max_tool_rounds or endings:
                             why = INTERRUPTED
                             while unanswered:
                                 result = await run_tool(self.a.tools, unanswered[0])
-                                self._answer(unanswered[:1], result)
+                                answer(self.history, unanswered[:1], result)
                                 unanswered = unanswered[1:]
                     finally:
-                        self._answer(unanswered, why)
+                        answer(self.history, unanswered, why)
                     if not user_calls or endings or rounds >= self.settings.max_tool_rounds:
-                        break  # (asked to end the call: its other tools ran, and it ends)
+                        break  # (with an ending: its tools ran, and the call ends)
             finally:
                 self.turn_scope = None
         if held is not None and not held.confirmed:
@@ -367,13 +356,12 @@ class Conversation:
         if not endings:
             return False
         ending = endings[0]
-        if not scope.cancelled_caught:
+        # (cancel_called: a barge-in that came as the last round returned was never delivered)
+        if not scope.cancel_called:
             announced = ending.name != TRANSFER or bool(self.spoken) or await self._say(self.settings.transfer_text)
-            if announced and await self._hang_up(ending):
+            if announced and await self._hang_up():
                 return True
-        # the caller cut in (while the reply or the transfer's announcement came, or while its
-        # last words played): the call goes on with what they said
-        self._answer(endings, CALLED_OFF)
+        answer(self.history, endings, CALLED_OFF)  # the caller cut in: the call goes on with what they said
         return False
 
     async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
@@ -395,7 +383,8 @@ class Conversation:
                                     timings.llm_first = trio.current_time()
                                 if isinstance(piece, ToolCall):
                                     tool_calls.append(piece)
-                                    self.closing = self.closing or piece.name in (HANG_UP, TRANSFER)
+                                    if piece.name in (HANG_UP, TRANSFER):
+                                        self.ending.begin(piece)
                                     continue
                                 text_parts.append(piece)
                                 for sentence in splitter.push(piece):
@@ -420,12 +409,11 @@ class Conversation:
             self.spoken_index = len(self.history) - 1
         return tool_calls
 
-    async def _hang_up(self, ending: ToolCall | None = None, *, callable_off: bool = True) -> bool:
-        """Let the caller hear the last words in full, then hang up; ``ending`` (the model's
-        ``hang_up`` or ``transfer``) goes into the outcome the dialplan reads. Until the words
-        are heard out the caller can call it off, as they can cut any reply (words that are not
-        a farewell, or a key): then the call goes on and this returns False. ``callable_off``
-        False (the server is shutting down): it ends whatever the caller does."""
+    async def _hang_up(self, *, callable_off: bool = True) -> bool:
+        """Let the caller hear the last words in full, then hang up. Until they are heard out
+        the caller can call it off, as they can cut any reply (words that are not a farewell,
+        or a key): then the call goes on and this returns False. ``callable_off`` False (the
+        server is shutting down): it ends whatever the caller does."""
         with trio.CancelScope() as scope:
             if callable_off:
                 self.turn_scope = scope  # (what a barge-in cancels)
@@ -440,18 +428,11 @@ class Conversation:
         if scope.cancel_called:
             log.info("the caller spoke over the goodbye: not hanging up")
             return False
-        if ending is not None:
-            record_ending(self.call.outcome, ending)
         self._settle_spoken()
         await self.call.hangup()
         return True
 
     # --- history ---------------------------------------------------------------------
-
-    def _answer(self, calls: list[ToolCall], result: str) -> None:
-        """Give each of the model's tool ``calls`` its ``result`` in the history."""
-        for call in calls:
-            self.history.append(Message("tool", result, tool_call_id=call.id, name=call.name))
 
     def _begin_spoken(self) -> None:
         self.spoken = []

@@ -30,7 +30,7 @@ from ...log import private
 from ...surface import CallSurface
 from .listening import Listener
 from .settings import AssistantObserver, AssistantSettings, Utterance
-from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption, says_goodbye
+from .turns import BACKGROUND_SPEECH_DB, Verdict, far_below, judge_interruption
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class Interruptions:
             return
         if self._pause is not pause:
             return
-        closing = self._closing() or says_goodbye(pause.agent_text)
+        closing = self._closing()
         if not closing and self._still_talking():
             pause.decided.set()
             self._interrupt_for(self.listener.speech_serial, "caller kept talking")

@@ -52,7 +52,6 @@ __all__ = [
     "is_farewell",
     "is_hold_request",
     "judge_interruption",
-    "says_goodbye",
     "words",
 ]
 
@@ -155,28 +154,26 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNE
 
 FAREWELL_WORDS = frozenset("""
 bye goodbye bye-bye cheers later care too thanks thank day night
-good see you ya take same to have a nice great lovely one evening weekend so much again then
+good see you ya take same to have a nice great lovely one evening weekend so much again then it easy
 """.split())
 """What a caller's farewell is made of ("okay, bye", "thanks, you too", "have a nice day"); the
 words of the first line say goodbye by themselves, the others only beside them."""
 
 _FAREWELL_CORE = frozenset("bye goodbye bye-bye cheers later care too thanks thank day night".split())
 
-_AGENT_GOODBYE = frozenset(("bye", "goodbye", "bye-bye"))
+_FAREWELL_PHRASES = ("see you", "see ya", "same to you", "have a good one", "have a nice one", "take it easy")
 
 
 def is_farewell(text: str, backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS) -> bool:
-    """The whole utterance takes leave ("bye", "okay, thank you, bye", "you too", "take care"):
-    only farewell words and acknowledgements, one of them a farewell of its own."""
+    """The whole utterance takes leave ("bye", "okay, thank you, bye", "you too", "take care",
+    "have a good one"): only farewell words and acknowledgements, with a farewell of its own
+    among them (a word of the first line of :data:`FAREWELL_WORDS`, or a parting phrase)."""
     said = words(text)
     known = {word for phrase in backchannels for word in words(phrase)}
-    return (any(word in _FAREWELL_CORE for word in said)
-            and all(word in FAREWELL_WORDS or word in known for word in said))
-
-
-def says_goodbye(text: str) -> bool:
-    """The agent's words take leave of the caller ("Thank you for calling. Goodbye!")."""
-    return any(word in _AGENT_GOODBYE for word in words(text))
+    if not said or not all(word in FAREWELL_WORDS or word in known for word in said):
+        return False
+    phrase = " ".join(said)
+    return any(word in _FAREWELL_CORE for word in said) or any(p in phrase for p in _FAREWELL_PHRASES)
 
 
 _WAIT_NOUNS = frozenset(("minute", "moment", "second", "sec", "mo"))
@@ -293,7 +290,9 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
     Args:
         text: what the recognizer heard ("" for no words).
         agent_text: what the agent was saying around then (its own echo repeats it).
-        closing: the agent is ending the call (its goodbye may not be in ``agent_text`` yet).
+        closing: the agent is ending the call: a farewell over it is an acknowledgement. (Not
+            merely words of goodbye in ``agent_text``: a model that said "Goodbye!" without
+            asking to hang up needs the caller's "bye" as a turn, to end the call.)
         level_db: the sound's speech level (dBFS), if measured.
         caller_db: the caller's usual level (dBFS), if known yet.
         echo_share: the share of the sound's frames the echo canceller took for the agent's
@@ -306,7 +305,7 @@ def judge_interruption(text: str, *, settings: TurnSettings, agent_text: str = "
         return Verdict.NOISE
     if is_backchannel(text, settings.backchannels):
         return Verdict.BACKCHANNEL
-    if (closing or says_goodbye(agent_text)) and is_farewell(text, settings.backchannels):
+    if closing and is_farewell(text, settings.backchannels):
         return Verdict.BACKCHANNEL  # the caller's own goodbye over the agent's: no reason to stop it
     if (confidence is not None and confidence < UNSURE_CONFIDENCE and len(said) <= 2
             and not any(word in COMMANDS for word in said)):
