@@ -215,12 +215,11 @@ async def test_a_goodbye_the_caller_speaks_over_leaves_a_history_the_api_accepts
     assert "language model failed" not in calllog.text
 
 
-@pytest.mark.parametrize("case", ["cut short", "too many rounds"])
-async def test_tool_calls_left_unrun_are_answered_so_the_next_request_is_accepted(case: str, calllog,
-                                                                                  autojump_clock) -> None:
-    """A tool the caller cuts short (a key pressed while it runs), or one asked for past ``max_tool_rounds``:
-    either way it gets a result in the history (OpenAI refuses a tool call left unanswered),
-    and the caller's next words get the model's answer, not an apology."""
+async def test_a_tool_the_caller_cuts_short_is_answered_so_the_next_request_is_accepted(calllog,
+                                                                                       autojump_clock) -> None:
+    """A key pressed while a slow tool runs cuts it short: it gets a result in the history
+    (OpenAI refuses a tool call left unanswered), and the caller's key gets the model's
+    answer, not an apology."""
     from audiosocket_ai.agents.tools import tool
 
     from .fakes.openai_server import FakeToolCall
@@ -242,25 +241,63 @@ async def test_tool_calls_left_unrun_are_answered_so_the_next_request_is_accepte
         ])
         tts = ToneTTS()
         llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
-        rounds = 2 if case == "cut short" else 1
-        agent = VoiceAssistant(stt=ScriptedSTT(["where is my order", "actually, never mind"]), llm=llm, tts=tts,
-                               vad_factory=EnergyVad, settings=settings(max_tool_rounds=rounds), tools=[lookup])
+        agent = VoiceAssistant(stt=ScriptedSTT(["where is my order"]), llm=llm, tts=tts, vad_factory=EnergyVad,
+                               settings=settings(), tools=[lookup])
         async with serve_in_memory(agent) as line:
             async with line.call() as pbx:
                 await pbx.send_audio(speech(400))
-                if case == "cut short":
-                    assert await keep_line_open(pbx, started.is_set, timeout=10)
-                    await pbx.send_dtmf("1")  # (a key interrupts whatever the agent is doing)
-                else:
-                    assert await keep_line_open(pbx, lambda: "Let me look." in tts.texts, timeout=10)
-                    await keep_line_open(pbx, lambda: False, timeout=2.0)
-                    await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, started.is_set, timeout=10)
+                await pbx.send_dtmf("1")  # (a key interrupts whatever the agent is doing)
                 assert await keep_line_open(pbx, lambda: answer in tts.texts, timeout=20)
         await llm.aclose()
         nursery.cancel_scope.cancel()
-    assert not started.is_set() or case == "cut short"
     messages = fake.chat_requests()[-1]["messages"]
     assert [m["role"] for m in messages][-3:] == ["assistant", "tool", "user"]
-    assert messages[-1]["content"] == ("[pressed 1]" if case == "cut short" else "actually, never mind")
     assert messages[-2]["tool_call_id"] == "call_1" and messages[-2]["content"].startswith("Not run")
+    assert messages[-1]["content"] == "[pressed 1]"
+    assert "language model failed" not in calllog.text
+
+
+async def test_past_max_tool_rounds_the_model_answers_without_tools(calllog, autojump_clock) -> None:
+    """A model that keeps calling tools gets max_tool_rounds answers with tools, then one with
+    none offered. One that asks for a tool even then gets it answered as not run, and the
+    next request is accepted."""
+    from audiosocket_ai.agents.tools import tool
+
+    from .fakes.openai_server import FakeToolCall
+
+    ran: list[str] = []
+
+    @tool("Look an order up.")
+    async def lookup() -> str:
+        ran.append("lookup")
+        return "shipped"
+
+    answer = "It has shipped."
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI().start(nursery)
+        fake.chat_replies.extend([
+            ChatReply(tool_calls=[FakeToolCall("lookup", {}, id="call_1")]),
+            ChatReply(tool_calls=[FakeToolCall("lookup", {}, id="call_2")]),  # (not offered: a misbehaving model)
+            ChatReply(content=answer),
+        ])
+        tts = ToneTTS()
+        llm = OpenAIChatLLM(base_url=fake.base_url, api_key=OPENAI_KEY)
+        agent = VoiceAssistant(stt=ScriptedSTT(["where is my order", "and when will it arrive"]), llm=llm,
+                               tts=tts, vad_factory=EnergyVad, settings=settings(max_tool_rounds=1), tools=[lookup])
+        async with serve_in_memory(agent) as line:
+            async with line.call() as pbx:
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: len(fake.chat_requests()) == 2, timeout=10)
+                await keep_line_open(pbx, lambda: False, timeout=1.0)
+                await pbx.send_audio(speech(400))
+                assert await keep_line_open(pbx, lambda: answer in tts.texts, timeout=20)
+        await llm.aclose()
+        nursery.cancel_scope.cancel()
+    requests = fake.chat_requests()
+    assert ran == ["lookup"], "one round of tools"
+    assert requests[0].get("tools") and not requests[1].get("tools"), "the second answer is offered no tools"
+    messages = requests[2]["messages"]
+    assert [m["role"] for m in messages][-3:] == ["assistant", "tool", "user"]
+    assert messages[-2]["tool_call_id"] == "call_2" and messages[-2]["content"].startswith("Not run")
     assert "language model failed" not in calllog.text

@@ -390,3 +390,21 @@ async def test_a_tool_asked_for_with_the_hang_up_runs_and_the_call_ends(autojump
             await pbx.send_audio(speech(400))
             assert await keep_line_open(pbx, lambda: pbx.server_hung_up, timeout=20)
     assert ran == ["logged"] and len(llm.histories) == 1
+
+
+async def test_past_max_tool_rounds_the_caller_hears_an_answer_without_asking_again(autojump_clock) -> None:
+    """After max_tool_rounds answers with tool calls, the model is asked once more with no
+    tools offered, so it answers in words (before, the caller heard nothing until they spoke)."""
+    @tool("Look an order up.")
+    async def lookup() -> str:
+        return "shipped"
+
+    llm = ScriptedLLM([[ToolCall("c1", "lookup", {})], ["It has shipped."]])
+    tts = ToneTTS()
+    agent, _ = make(llm, ScriptedSTT(["where is my order"]), tts, tools=[lookup], max_tool_rounds=1)
+    async with serve_in_memory(agent) as line:
+        async with line.call() as pbx:
+            await pbx.send_audio(speech(400))
+            assert await keep_line_open(pbx, lambda: tts.texts == ["It has shipped."], timeout=20)
+    assert "lookup" in llm.tools_seen[0] and llm.tools_seen[1] == []
+    assert [m.role for m in llm.histories[1]][-2:] == ["assistant", "tool"]

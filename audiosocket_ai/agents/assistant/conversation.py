@@ -326,7 +326,9 @@ class Conversation:
             try:
                 while True:
                     rounds += 1
-                    calls = await self._one_round(timings, held)
+                    # past max_tool_rounds answers with tools, one more with none: the caller hears an answer
+                    offer = rounds <= self.settings.max_tool_rounds
+                    calls = await self._one_round(timings, held, offer_tools=offer)
                     if not calls:
                         break
                     endings = [c for c in calls if c.name in (HANG_UP, TRANSFER)]
@@ -335,7 +337,7 @@ class Conversation:
                     # (the chat APIs refuse a history with one left unanswered)
                     unanswered, why = user_calls, TOO_MANY_ROUNDS
                     try:
-                        if rounds < self.settings.max_tool_rounds or endings:
+                        if offer:
                             why = INTERRUPTED
                             while unanswered:
                                 result = await run_tool(self.a.tools, unanswered[0])
@@ -343,7 +345,7 @@ class Conversation:
                                 unanswered = unanswered[1:]
                     finally:
                         answer(self.history, unanswered, why)
-                    if not user_calls or endings or rounds >= self.settings.max_tool_rounds:
+                    if not user_calls or endings or not offer:
                         break  # (with an ending: its tools ran, and the call ends)
             finally:
                 self.turn_scope = None
@@ -364,7 +366,8 @@ class Conversation:
         answer(self.history, endings, CALLED_OFF)  # the caller cut in: the call goes on with what they said
         return False
 
-    async def _one_round(self, timings: TurnTimings, held: Speculation | None = None) -> list[ToolCall]:
+    async def _one_round(self, timings: TurnTimings, held: Speculation | None = None, *,
+                         offer_tools: bool = True) -> list[ToolCall]:
         """Stream one LLM answer into speech; return the tool calls it asked for."""
         tool_calls: list[ToolCall] = []
         text_parts: list[str] = []
@@ -376,7 +379,8 @@ class Conversation:
             async with sentences_send:
                 try:
                     with trio.fail_after(settings.llm_timeout):
-                        async with _llm_stream(self.a.llm, self.history, tool_specs(list(self.a.tools.values()))
+                        specs = tool_specs(list(self.a.tools.values())) if offer_tools else []
+                        async with _llm_stream(self.a.llm, self.history, specs
                                                ) as pieces:
                             async for piece in pieces:
                                 if timings.llm_first is None:
