@@ -21,8 +21,9 @@ hang-up for ``turn.hold_wait`` seconds, with a gentle check-in now and then.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -304,13 +305,19 @@ class Conversation:
         """Speak a fixed line as an assistant turn (interruptible like any other); False if the caller cut it."""
         self._settle_spoken()
         self._begin_spoken()
+        with self._turn() as scope:
+            await self.speaker.speak(single(text), TurnTimings(), self.spoken, pin=True)
+        return not scope.cancel_called
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[trio.CancelScope]:
+        """The agent's turn: a cancel scope that a barge-in cancels (:meth:`interrupt`)."""
         with trio.CancelScope() as scope:
             self.turn_scope = scope
             try:
-                await self.speaker.speak(single(text), TurnTimings(), self.spoken, pin=True)
+                yield scope
             finally:
                 self.turn_scope = None
-        return not scope.cancel_called
 
     async def _respond(self, timings: TurnTimings, *, held: Speculation | None = None) -> bool:
         """Answer the last user message. Returns True if the call is being ended.
@@ -321,34 +328,30 @@ class Conversation:
         endings: list[ToolCall] = []
         rounds = 0
         self._begin_spoken()
-        with trio.CancelScope() as scope:
-            self.turn_scope = scope
-            try:
-                while True:
-                    rounds += 1
-                    # past max_tool_rounds answers with tools, one more with none: the caller hears an answer
-                    offer = rounds <= self.settings.max_tool_rounds
-                    calls = await self._one_round(timings, held, offer_tools=offer)
-                    if not calls:
-                        break
-                    endings = [c for c in calls if c.name in (HANG_UP, TRANSFER)]
-                    user_calls = [c for c in calls if c.name not in (HANG_UP, TRANSFER)]
-                    # every tool call in the history gets its result before the next request
-                    # (the chat APIs refuse a history with one left unanswered)
-                    unanswered, why = user_calls, TOO_MANY_ROUNDS
-                    try:
-                        if offer:
-                            why = INTERRUPTED
-                            while unanswered:
-                                result = await run_tool(self.a.tools, unanswered[0])
-                                answer(self.history, unanswered[:1], result)
-                                unanswered = unanswered[1:]
-                    finally:
-                        answer(self.history, unanswered, why)
-                    if not user_calls or endings or not offer:
-                        break  # (with an ending: its tools ran, and the call ends)
-            finally:
-                self.turn_scope = None
+        with self._turn() as scope:
+            while True:
+                rounds += 1
+                # past max_tool_rounds answers with tools, one more with none: the caller hears an answer
+                offer = rounds <= self.settings.max_tool_rounds
+                calls = await self._one_round(timings, held, offer_tools=offer)
+                if not calls:
+                    break
+                endings = [c for c in calls if c.name in (HANG_UP, TRANSFER)]
+                user_calls = [c for c in calls if c.name not in (HANG_UP, TRANSFER)]
+                # every tool call in the history gets its result before the next request
+                # (the chat APIs refuse a history with one left unanswered)
+                unanswered, why = user_calls, TOO_MANY_ROUNDS
+                try:
+                    if offer:
+                        why = INTERRUPTED
+                        while unanswered:
+                            result = await run_tool(self.a.tools, unanswered[0])
+                            answer(self.history, unanswered[:1], result)
+                            unanswered = unanswered[1:]
+                finally:
+                    answer(self.history, unanswered, why)
+                if not user_calls or endings or not offer:
+                    break  # (with an ending: its tools ran, and the call ends)
         if held is not None and not held.confirmed:
             return False
         self.a.observer.on_turn(timings)
@@ -418,15 +421,9 @@ class Conversation:
         the caller can call it off, as they can cut any reply (words that are not a farewell,
         or a key): then the call goes on and this returns False. ``callable_off`` False (the
         server is shutting down): it ends whatever the caller does."""
-        with trio.CancelScope() as scope:
-            if callable_off:
-                self.turn_scope = scope  # (what a barge-in cancels)
-            try:
-                for spoken in self.spoken:
-                    await spoken.playback.wait_played()
-            finally:
-                if callable_off:
-                    self.turn_scope = None
+        with self._turn() if callable_off else trio.CancelScope() as scope:
+            for spoken in self.spoken:
+                await spoken.playback.wait_played()
         # (cancel_called, not cancelled_caught: the flush that comes with the cancel may have
         # woken the last wait before the cancel could be delivered)
         if scope.cancel_called:
